@@ -1,0 +1,35 @@
+# mfwrap developer targets. `make demo` and `make test` set up everything from scratch.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+PIPC    = $(PIP) install -q -c constraints.txt
+STAMP   = $(VENV)/.installed
+
+.PHONY: venv demo test test-fast bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIPC) torch==2.13.0
+	$(PIPC) -e ".[test,bench,triton]" torch==2.13.0
+	# torch-scatter has no wheel on PyPI: compiled once (~10 min), then taken from pip's cache.
+	$(PIPC) --no-build-isolation "torch-scatter>=2.1" torch==2.13.0
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m mfwrap.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -x tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/speed_chgnet.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

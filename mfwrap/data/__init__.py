@@ -1,0 +1,6 @@
+"""Graph data: key names, neighbour lists, structure → graph conversion, readers, batching."""
+
+from mfwrap.data import keys
+from mfwrap.data.graph import AtomicGraph, GraphSpec, StructureError, edge_vectors, structures_to_graphs, to_graph
+
+__all__ = ["keys", "AtomicGraph", "GraphSpec", "StructureError", "edge_vectors", "structures_to_graphs", "to_graph"]

@@ -1,0 +1,207 @@
+"""The graph-data type: structures (ase / pymatgen) to PyG ``Data``, with validation.
+
+A backbone states the graph it needs with a :class:`GraphSpec` (``backbone.graph_spec``);
+:func:`to_graph` builds exactly that, once per structure, so training never rebuilds graphs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from mfwrap.data import keys as K
+from mfwrap.data.line_graph import angle_edge_pairs, pair_undirected
+from mfwrap.data.neighbors import periodic_radius_graph
+
+MAX_ATOMIC_NUMBER = 94
+EV_PER_A3_TO_GPA = 160.21766208
+
+
+class StructureError(ValueError):
+    """A structure (or its labels) that cannot be turned into a graph; the message names it."""
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What graph a backbone reads.
+
+    Attributes:
+        cutoff: atom-graph radius, Å.
+        line_graph_cutoff: if set, also build undirected pairing and angle pairs of edges shorter
+            than this, Å (CHGNet's bond graph); None for backbones without one.
+    """
+
+    cutoff: float
+    line_graph_cutoff: float | None = None
+
+
+class AtomicGraph(Data):
+    """PyG ``Data`` whose index tensors are offset correctly when batched."""
+
+    def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
+        if key in (K.UNDIRECTED_TO_EDGE, K.ANGLE_EDGES):
+            return self[K.EDGE_INDEX].shape[1]
+        if key == K.EDGE_TO_UNDIRECTED:
+            return int(self[K.NUM_UNDIRECTED])
+        return super().__inc__(key, value, *args, **kwargs)
+
+    def __cat_dim__(self, key: str, value: Any, *args, **kwargs) -> Any:
+        if key == K.ANGLE_EDGES:
+            return 1
+        return super().__cat_dim__(key, value, *args, **kwargs)
+
+
+def _as_arrays(structure: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(atomic numbers, positions Å, cell rows Å, pbc) from ase.Atoms or pymatgen Structure/Molecule."""
+    if hasattr(structure, "get_atomic_numbers"):  # ase.Atoms
+        return (
+            np.asarray(structure.get_atomic_numbers()),
+            np.asarray(structure.get_positions(), dtype=np.float64),
+            np.asarray(structure.cell.array, dtype=np.float64),
+            np.asarray(structure.pbc, dtype=bool),
+        )
+    if hasattr(structure, "cart_coords"):  # pymatgen
+        numbers = np.array([getattr(site.specie, "Z", 0) for site in structure], dtype=np.int64)
+        if hasattr(structure, "lattice"):
+            lattice = structure.lattice
+            return numbers, np.asarray(structure.cart_coords), np.asarray(lattice.matrix), np.asarray(lattice.pbc)
+        return numbers, np.asarray(structure.cart_coords), np.zeros((3, 3)), np.zeros(3, dtype=bool)
+    raise TypeError(f"expected ase.Atoms or a pymatgen Structure/Molecule, got {type(structure).__name__}")
+
+
+def validate_geometry(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, name: str) -> None:
+    """Raise :class:`StructureError` naming ``name`` for input no potential can evaluate."""
+    if len(numbers) == 0:
+        raise StructureError(f"{name}: empty structure (no atoms)")
+    bad = np.nonzero((numbers < 1) | (numbers > MAX_ATOMIC_NUMBER))[0]
+    if bad.size:
+        raise StructureError(
+            f"{name}: unknown element (atomic number {int(numbers[bad[0]])} at atom {int(bad[0])}); "
+            f"supported are Z = 1..{MAX_ATOMIC_NUMBER}"
+        )
+    if not np.isfinite(positions).all():
+        atom = int(np.nonzero(~np.isfinite(positions).all(axis=1))[0][0])
+        raise StructureError(f"{name}: non-finite (NaN or inf) coordinates at atom {atom}")
+    if pbc.any():
+        if not np.isfinite(cell).all():
+            raise StructureError(f"{name}: non-finite cell")
+        periodic = cell[pbc]
+        gram = np.linalg.det(periodic @ periodic.T)
+        scale = np.prod(np.linalg.norm(periodic, axis=1) ** 2) + 1e-300
+        if gram <= 1e-12 * scale or np.linalg.norm(periodic, axis=1).min() < 1e-6:
+            raise StructureError(f"{name}: zero-volume (degenerate) cell {cell.tolist()} with pbc {pbc.tolist()}")
+        if pbc.all() and abs(np.linalg.det(cell)) < 1e-6:
+            raise StructureError(f"{name}: zero-volume cell (|det| = {abs(np.linalg.det(cell)):.3g} Å^3)")
+
+
+def to_graph(
+    structure: Any,
+    spec: GraphSpec,
+    *,
+    fidelity: int = 0,
+    labels: Mapping[str, Any] | None = None,
+    name: str = "structure",
+    dtype: torch.dtype = torch.float32,
+    on_isolated_atoms: str = "warn",
+) -> AtomicGraph:
+    """Turn one structure into an :class:`AtomicGraph`.
+
+    Args:
+        structure: ase.Atoms or pymatgen Structure / Molecule.
+        spec: the backbone's graph needs (cutoffs).
+        fidelity: integer fidelity index of this structure.
+        labels: optional {"energy": eV total, "forces": (n,3) eV/Å, "stress": (3,3) GPa,
+            "magmoms": (n,) μB}; a missing or None label is stored as zeros with a False mask.
+        name: how error messages name the structure.
+        dtype: float dtype of positions, cell, shifts and labels.
+        on_isolated_atoms: "warn" (default), "error" or "ignore" for atoms with no neighbour
+            inside ``spec.cutoff``. Such an atom receives no messages: its energy is its
+            embedding's readout alone. Official CHGNet raises by default instead.
+    """
+    numbers, positions, cell, pbc = _as_arrays(structure)
+    validate_geometry(numbers, positions, cell, pbc, name)
+    pos = torch.tensor(positions, dtype=torch.float64)
+    cell_t = torch.tensor(cell, dtype=torch.float64)
+    pbc_t = torch.tensor(pbc, dtype=torch.bool)
+    edge_index, shift, length = periodic_radius_graph(pos, cell_t, pbc_t, spec.cutoff)
+
+    n_atoms = len(numbers)
+    has_neighbour = torch.zeros(n_atoms, dtype=torch.bool)
+    has_neighbour[edge_index[1]] = True
+    if not bool(has_neighbour.all()) and on_isolated_atoms != "ignore":
+        lonely = (~has_neighbour).nonzero().flatten().tolist()
+        msg = f"{name}: atom(s) {lonely[:10]} have no neighbour within the {spec.cutoff} Å cutoff"
+        if on_isolated_atoms == "error":
+            raise StructureError(msg)
+        warnings.warn(msg + "; they receive no messages (embedding-only energy)", stacklevel=2)
+
+    graph = AtomicGraph(
+        pos=pos.to(dtype),
+        atomic_numbers=torch.tensor(numbers, dtype=torch.long),
+        cell=cell_t.to(dtype).unsqueeze(0),
+        pbc=pbc_t.unsqueeze(0),
+        edge_index=edge_index,
+        edge_shift=shift.to(dtype),
+        fidelity=torch.tensor([fidelity], dtype=torch.long),
+        num_nodes=n_atoms,
+    )
+    if spec.line_graph_cutoff is not None:
+        to_undirected, to_edge = pair_undirected(edge_index, shift, n_atoms)
+        graph[K.EDGE_TO_UNDIRECTED] = to_undirected
+        graph[K.UNDIRECTED_TO_EDGE] = to_edge
+        graph[K.NUM_UNDIRECTED] = int(to_edge.numel())
+        graph[K.ANGLE_EDGES] = angle_edge_pairs(edge_index, length, n_atoms, spec.line_graph_cutoff)
+    if labels is not None:
+        attach_labels(graph, labels, name, dtype)
+    return graph
+
+
+_LABEL_SHAPES = {K.ENERGY: lambda n: (1,), K.FORCES: lambda n: (n, 3), K.STRESS: lambda n: (1, 3, 3), K.MAGMOMS: lambda n: (n,)}
+_MASK_SHAPES = {K.ENERGY: lambda n: (1,), K.FORCES: lambda n: (n,), K.STRESS: lambda n: (1,), K.MAGMOMS: lambda n: (n,)}
+
+
+def attach_labels(graph: Data, labels: Mapping[str, Any], name: str, dtype: torch.dtype = torch.float32) -> None:
+    """Store every target with its mask; absent (None / missing) labels get zeros and a False mask."""
+    n_atoms = graph.num_nodes
+    unknown = set(labels) - set(K.TARGETS)
+    if unknown:
+        raise StructureError(f"{name}: unknown label(s) {sorted(unknown)}; known are {list(K.TARGETS)}")
+    for target in K.TARGETS:
+        shape = _LABEL_SHAPES[target](n_atoms)
+        value = labels.get(target)
+        if value is None:
+            graph[target] = torch.zeros(shape, dtype=dtype)
+            graph[K.mask_key(target)] = torch.zeros(_MASK_SHAPES[target](n_atoms), dtype=torch.bool)
+            continue
+        array = np.asarray(value, dtype=np.float64)
+        if array.size != int(np.prod(shape)) or (array.ndim > 0 and array.shape[0] != shape[0] and target != K.STRESS):
+            raise StructureError(f"{name}: label '{target}' has shape {array.shape}, expected {shape[1:] or ()} for {n_atoms} atoms")
+        if not np.isfinite(array).all():
+            raise StructureError(f"{name}: label '{target}' has non-finite values")
+        graph[target] = torch.tensor(array.reshape(shape), dtype=dtype)
+        graph[K.mask_key(target)] = torch.ones(_MASK_SHAPES[target](n_atoms), dtype=torch.bool)
+
+
+def structures_to_graphs(structures: Any | Sequence[Any], spec: GraphSpec, **kwargs) -> list[AtomicGraph]:
+    """Convert one structure or a list; error messages name structures by their list index."""
+    if not isinstance(structures, (list, tuple)):
+        structures = [structures]
+    return [to_graph(s, spec, name=f"structure {i}", **kwargs) for i, s in enumerate(structures)]
+
+
+def edge_vectors(data: Data) -> Tensor:
+    """(E, 3) vectors from centre to neighbour image, ``r_j + S @ cell_b - r_i``, Å.
+
+    Differentiable in ``data.pos`` and ``data.cell`` (so a strained cell gives stress).
+    """
+    neighbour, centre = data[K.EDGE_INDEX]
+    batch = data.batch if getattr(data, "batch", None) is not None else torch.zeros_like(data[K.ATOMIC_NUMBERS])
+    edge_cell = data[K.CELL][batch[centre]]  # (E, 3, 3)
+    offset = torch.bmm(data[K.EDGE_SHIFT].unsqueeze(1), edge_cell).squeeze(1)
+    return data[K.POSITIONS][neighbour] + offset - data[K.POSITIONS][centre]

@@ -1,0 +1,1 @@
+"""Reference structures and datasets."""

@@ -1,0 +1,79 @@
+"""Energy → forces and stress by automatic differentiation.
+
+For structure b with strain ε_b (3×3, zero at evaluation), every position and lattice vector is
+deformed as ``r → r (I + ε_b)``, ``L → L (I + ε_b)``; then
+
+    F_i = -∂E/∂r_i                       (eV/Å)
+    σ_b = (1/V_b) ∂E/∂ε_b · 160.21766    (GPa; V_b the undeformed volume, Å^3)
+
+which is the sign convention of chgnet's ``predict_structure`` stress ('s') and of ASE (eV/Å^3
+before the unit factor). With ``create_graph=True`` the returned forces and stress stay
+differentiable in the parameters (training on forces needs a double backward).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch
+
+from mfwrap.data import keys as K
+from mfwrap.data.graph import EV_PER_A3_TO_GPA
+
+
+def _structure_index(batch: Batch) -> Tensor:
+    return batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(batch[K.ATOMIC_NUMBERS])
+
+
+def energy_and_derivatives(
+    model: Callable[[Batch], dict[str, Tensor]],
+    batch: Batch,
+    *,
+    forces: bool = True,
+    stress: bool = True,
+    create_graph: bool = False,
+) -> dict[str, Tensor]:
+    """Run ``model`` on ``batch`` and add forces and stress from autograd.
+
+    ``model(batch)`` must return a dict with "energy" (num_structures,) total eV and may return
+    more (e.g. "magmoms" (num_atoms,) μB), all passed through.
+
+    Returns:
+        the model's dict plus "forces" (num_atoms, 3) eV/Å and "stress" (num_structures, 3, 3) GPa
+        when requested. Stress of a structure that is not periodic in all three directions is NaN.
+    """
+    strained = copy.copy(batch)
+    structure = _structure_index(batch)
+    num_structures = batch[K.CELL].shape[0]
+    pos = batch[K.POSITIONS]
+    cell = batch[K.CELL]
+    inputs: list[Tensor] = []
+    if forces:
+        pos = pos.detach().requires_grad_(True)
+        inputs.append(pos)
+    if stress:
+        strain = torch.zeros(num_structures, 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
+        inputs.append(strain)
+        deformation = torch.eye(3, dtype=pos.dtype, device=pos.device) + strain
+        strained[K.POSITIONS] = torch.bmm(pos.unsqueeze(1), deformation[structure]).squeeze(1)
+        strained[K.CELL] = torch.bmm(cell, deformation)
+    else:
+        strained[K.POSITIONS] = pos
+    with torch.enable_grad():
+        out = dict(model(strained))
+        if inputs:
+            grads = torch.autograd.grad(
+                out[K.ENERGY].sum(), inputs, create_graph=create_graph, allow_unused=True
+            )
+            grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+    if forces:
+        out[K.FORCES] = -grads[0]
+    if stress:
+        volume = torch.linalg.det(cell.detach()).abs()
+        periodic = batch[K.PBC].reshape(num_structures, 3).all(dim=1)
+        sigma = grads[-1] / volume.clamp_min(1e-12).view(-1, 1, 1) * EV_PER_A3_TO_GPA
+        out[K.STRESS] = torch.where(periodic.view(-1, 1, 1), sigma, torch.full_like(sigma, float("nan")))
+    return out
