@@ -1,0 +1,101 @@
+"""Training hyperparameters as a dataclass, readable from YAML.
+
+Defaults are the seed paper's (Dong & Wang 2025, Table 1): Adam, batch 4, 60 epochs, learning rate
+0.005 with a cosine schedule, Huber loss on energy/forces/stress/magmoms weighted 1 : 1 : 0.1 : 0.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mfwrap.train.loss import LossWeights, parse_targets
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, checkpointing and logging of one training run.
+
+    Attributes:
+        targets: which labels enter the loss, a subset of "efsm" (energy, forces, stress, magmoms).
+        epochs: passes over the training set.
+        batch_size: structures per optimiser step (the *global* batch in distributed training).
+        lr: peak learning rate of Adam.
+        lr_min_fraction: the cosine schedule decays lr to ``lr * lr_min_fraction`` at the last
+            step (chgnet's CosLR uses 0.01).
+        scheduler: "cos" (cosine, stepped once per optimiser step) or "constant".
+        weight_decay: Adam's L2 weight decay.
+        loss_weights: weights of the energy-per-atom, forces, stress and magmom Huber terms.
+        huber_delta: δ of the Huber loss, in each target's units (eV/atom, eV/Å, GPa, μB).
+        grad_clip: clip the global gradient norm to this value; 0 = no clipping.
+        seed: seeds parameters' initial values, data order and validation split.
+        val_fraction: share of each fidelity's training structures held out for validation when
+            no validation set is given.
+        eval_batch_size: structures per batch in validation and test.
+        best_metric: how the best-on-validation checkpoint is chosen, on the target fidelity:
+            "weighted_mae" (Σ_t w_t MAE_t in eV/atom, eV/Å, GPa, μB) or "<target>_<mae|rmse>",
+            e.g. "forces_mae".
+        target_fidelity: fidelity name the best checkpoint is chosen on; None = the last one.
+        fit_composition: fit the composition model(s) by least squares before training.
+        freeze: parameter-name prefixes to freeze (requires_grad = False), e.g. "atom_embedding".
+        checkpoint_every: also write ``last.pt`` every this many optimiser steps (0 = only at the
+            end of each epoch).
+        output_dir: where checkpoints and metric logs go.
+        device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ...
+        progress: show tqdm progress bars (always off when the CI variable is set or stderr is
+            not a terminal).
+    """
+
+    targets: str = "efsm"
+    epochs: int = 60
+    batch_size: int = 4
+    lr: float = 0.005
+    lr_min_fraction: float = 0.01
+    scheduler: str = "cos"
+    weight_decay: float = 0.0
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    huber_delta: float = 0.1
+    grad_clip: float = 0.0
+    seed: int = 0
+    val_fraction: float = 0.1
+    eval_batch_size: int = 16
+    best_metric: str = "weighted_mae"
+    target_fidelity: str | None = None
+    fit_composition: bool = True
+    freeze: list[str] = field(default_factory=list)
+    checkpoint_every: int = 0
+    output_dir: str = "runs/mfwrap"
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss_weights, Mapping):
+            self.loss_weights = LossWeights(**self.loss_weights)
+        parse_targets(self.targets)
+        if self.scheduler not in ("cos", "constant"):
+            raise ValueError(f"scheduler must be 'cos' or 'constant', got {self.scheduler!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a mapping; unknown keys are an error that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s) {sorted(unknown)}; known are {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,85 @@
+"""Error metrics per fidelity and per target: MAE and RMSE over present labels.
+
+Units of the reported numbers: energy meV/atom (per structure, |ΔE|/N), forces meV/Å (per
+Cartesian component), stress GPa (per tensor component), magmoms μB (per atom). Sums are kept as
+float64 so that accumulation over many batches, and over processes, does not lose precision.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch
+
+from mfwrap.data import keys as K
+from mfwrap.train.loss import per_atom_energy
+
+# Factor from mfwrap units (eV/atom, eV/Å, GPa, μB) to the reported ones.
+REPORT_UNITS = {K.ENERGY: ("meV/atom", 1000.0), K.FORCES: ("meV/Å", 1000.0), K.STRESS: ("GPa", 1.0), K.MAGMOMS: ("μB", 1.0)}
+
+
+class ErrorAccumulator:
+    """Running Σ|err|, Σ err² and counts, indexed [fidelity, target]."""
+
+    def __init__(self, fidelity_names: Sequence[str], targets: Sequence[str]) -> None:
+        self.fidelity_names = list(fidelity_names)
+        self.targets = list(targets)
+        # rows: fidelity; columns: target; last axis: (Σ|err|, Σ err², count)
+        self.sums = torch.zeros(len(self.fidelity_names), len(self.targets), 3, dtype=torch.float64)
+
+    def update(self, pred: dict[str, Tensor], batch: Batch) -> None:
+        """Add the errors of one batch (predictions detached; NaN where unlabelled is fine)."""
+        structure_fidelity = batch[K.FIDELITY].view(-1)
+        atom_fidelity = structure_fidelity[batch.batch]
+        for column, target in enumerate(self.targets):
+            if target not in pred:
+                continue
+            prediction, label = pred[target].detach(), batch[target]
+            if target == K.ENERGY:
+                prediction, label = per_atom_energy(prediction, batch), per_atom_energy(label, batch)
+            mask = batch[K.mask_key(target)]
+            fidelity = atom_fidelity if target in K.PER_ATOM_TARGETS else structure_fidelity
+            error = (prediction - label).double().reshape(label.shape[0], -1)
+            error = torch.where(mask.view(-1, 1), error, torch.zeros_like(error))
+            components = error.shape[1] * mask.double()
+            stats = torch.stack([error.abs().sum(1), error.square().sum(1), components], dim=1)
+            self.sums[:, column].index_add_(0, fidelity.cpu(), stats.cpu())
+
+    def result(self) -> dict[str, dict[str, dict[str, float]]]:
+        """{fidelity: {target: {"mae", "rmse", "count"}}} in report units; only targets with labels."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for row, name in enumerate(self.fidelity_names):
+            for column, target in enumerate(self.targets):
+                abs_sum, sq_sum, count = self.sums[row, column].tolist()
+                if count == 0:
+                    continue
+                factor = REPORT_UNITS[target][1]
+                out.setdefault(name, {})[target] = {
+                    "mae": factor * abs_sum / count,
+                    "rmse": factor * math.sqrt(sq_sum / count),
+                    "count": count,
+                }
+        return out
+
+
+def format_table(columns: dict[str, dict[str, dict[str, dict[str, float]]]], fidelity: str) -> str:
+    """Side-by-side text table of MAE / RMSE at one fidelity for several runs.
+
+    ``columns`` maps a run name to an :meth:`ErrorAccumulator.result`.
+    """
+    names = list(columns)
+    header = f"{'target':<10}{'unit':<10}" + "".join(f"{n + ' MAE':>18}{n + ' RMSE':>18}" for n in names)
+    lines = [header, "-" * len(header)]
+    for target, (unit, _) in REPORT_UNITS.items():
+        row = f"{target:<10}{unit:<10}"
+        present = False
+        for name in names:
+            stats = columns[name].get(fidelity, {}).get(target)
+            present |= stats is not None
+            row += f"{stats['mae']:>18.4g}{stats['rmse']:>18.4g}" if stats else f"{'-':>18}{'-':>18}"
+        if present:
+            lines.append(row)
+    return "\n".join(lines)

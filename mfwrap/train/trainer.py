@@ -1,0 +1,330 @@
+"""Training loop: composition fit, Adam + cosine schedule, masked Huber loss with double backward,
+validation every epoch, best-on-validation and resumable checkpoints, metric logs, DDP.
+
+Reproducibility: the data order of epoch e is ``randperm`` from a generator seeded with
+``(seed, e)``; ``last.pt`` stores model, optimiser, scheduler, RNG states, the epoch and the number
+of steps done in it. ``fit(resume=True)`` skips those steps and continues, so a run killed after
+any checkpoint ends with the same weights as an uninterrupted one.
+
+Distributed: each global batch of ``batch_size`` structures is split into ``world_size``
+contiguous slices; losses are normalised by the *global* label counts (see mfwrap.train.loss),
+so N processes follow the one-process trajectory up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch, Data
+from tqdm.auto import tqdm
+
+from mfwrap.composition import fit_linear_composition
+from mfwrap.data import keys as K
+from mfwrap.physics import energy_and_derivatives
+from mfwrap.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from mfwrap.train.config import TrainConfig
+from mfwrap.train.distributed import DistributedContext
+from mfwrap.train.loss import MultiTargetLoss, label_counts, targets_to_compute
+from mfwrap.train.metrics import REPORT_UNITS, ErrorAccumulator
+
+# Options that may differ between a run and its resumption.
+_RESUME_FREE = {"progress", "device", "output_dir", "eval_batch_size"}
+
+
+def fidelity_names_of(model: nn.Module) -> list[str]:
+    """Fidelity names of a multi-fidelity model (``model.fidelities``), else ["default"]."""
+    names = getattr(model, "fidelities", None)
+    return [str(n) for n in names] if names else ["default"]
+
+
+def fit_composition(model: nn.Module, graphs: Sequence[Data]) -> None:
+    """Fit the composition model(s) of ``model`` to the energies in ``graphs``, in place.
+
+    A model with ``fit_composition(graphs)`` (the multi-fidelity wrapper: one fit per fidelity)
+    does it itself; a backbone whose ``composition`` submodule has an ``element_energies``
+    parameter (max_z,) indexed by Z − 1 gets :func:`mfwrap.composition.fit_linear_composition`.
+    """
+    if hasattr(model, "fit_composition"):
+        model.fit_composition(graphs)
+        return
+    energies = getattr(getattr(model, "composition", None), "element_energies", None)
+    if energies is None:
+        warnings.warn(f"{type(model).__name__} has no composition model; nothing fitted", stacklevel=2)
+        return
+    weights = fit_linear_composition(graphs, num_elements=energies.numel() + 1)
+    with torch.no_grad():
+        energies.copy_(weights[1:].to(energies))
+
+
+class _SelectOutputs(nn.Module):
+    """Passes on only the outputs the loss reads in this step (``keys``, the same in every process),
+    so that DDP never waits for a gradient of a parameter that only feeds an unused output."""
+
+    def __init__(self, model: nn.Module, keys: Sequence[str]) -> None:
+        super().__init__()
+        self.model, self.keys = model, tuple(keys)
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        out = self.model(batch)
+        return {k: out[k] for k in self.keys if k in out}
+
+
+class Trainer:
+    """Train ``model`` (a backbone or a multi-fidelity wrapper) on labelled graphs.
+
+    Args:
+        model: module with ``graph_spec`` whose forward returns "energy" (B,) eV (+ "magmoms").
+        config: hyperparameters.
+        fidelity_names: names of the fidelity indices in the graphs (default: the model's, or
+            ["default"] for a plain backbone).
+        model_spec: JSON-able description of how to rebuild the model (stored in checkpoints so
+            that ``mfwrap evaluate`` / ``predict`` can load them).
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig, *, fidelity_names: Sequence[str] | None = None,
+                 model_spec: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.ctx = DistributedContext.from_env()
+        self.device = self.ctx.device(config.device)
+        self.model = model.to(self.device)
+        self.fidelity_names = list(fidelity_names or fidelity_names_of(model))
+        self.model_spec = model_spec
+        self.criterion = MultiTargetLoss(config.targets, config.loss_weights, config.huber_delta)
+        self.targets = self.criterion.targets
+        self.target_fidelity = config.target_fidelity or self.fidelity_names[-1]
+        if self.target_fidelity not in self.fidelity_names:
+            raise ValueError(f"target_fidelity {self.target_fidelity!r} not among {self.fidelity_names}")
+        self.out_dir = Path(config.output_dir)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"value": math.inf, "epoch": -1}
+        self.show_progress = config.progress and self.ctx.is_main and sys.stderr.isatty() and not os.environ.get("CI")
+
+    # ----------------------------------------------------------------- set-up
+    def split_validation(self, graphs: Sequence[Data]) -> tuple[list[Data], list[Data]]:
+        """Hold out ``val_fraction`` of each fidelity's graphs (seeded); returns (train, val)."""
+        fidelity = torch.tensor([int(g[K.FIDELITY]) for g in graphs])
+        generator = torch.Generator().manual_seed(self.config.seed)
+        held = torch.zeros(len(graphs), dtype=torch.bool)
+        for f in fidelity.unique():
+            members = (fidelity == f).nonzero().flatten()
+            members = members[torch.randperm(len(members), generator=generator)]
+            held[members[: int(round(self.config.val_fraction * len(members)))]] = True
+        return [g for g, h in zip(graphs, held) if not h], [g for g, h in zip(graphs, held) if h]
+
+    def _batches_of_epoch(self, n: int, epoch: int) -> list[Tensor]:
+        """Global batches (index tensors) of one epoch, in this run's deterministic order."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        batches = list(torch.randperm(n, generator=generator).split(self.config.batch_size))
+        if self.ctx.enabled and len(batches[-1]) < self.ctx.world_size:
+            batches.pop()  # a process would get no structure; this last partial batch is dropped
+        return batches
+
+    def _optimiser(self, steps_total: int) -> None:
+        for name, param in self.model.named_parameters():
+            if any(name.startswith(prefix) for prefix in self.config.freeze):
+                param.requires_grad_(False)
+        unmatched = [p for p in self.config.freeze if not any(n.startswith(p) for n, _ in self.model.named_parameters())]
+        if unmatched:
+            raise ValueError(f"freeze prefixes {unmatched} match no parameter of {type(self.model).__name__}")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        floor = self.config.lr_min_fraction
+
+        def cosine(step: int) -> float:
+            if self.config.scheduler == "constant":
+                return 1.0
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, steps_total) / steps_total))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
+        selected = self.selected = _SelectOutputs(self.model, (K.ENERGY,))
+        if self.ctx.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            selected = nn.parallel.DistributedDataParallel(selected, device_ids=device_ids, find_unused_parameters=True)
+        self.train_model = selected
+
+    # ----------------------------------------------------------------- steps
+    def _train_step(self, graphs: Sequence[Data], indices: Tensor) -> Tensor:
+        """One optimiser step on the global batch ``indices``; returns this process's loss share."""
+        local = torch.tensor_split(indices, self.ctx.world_size)[self.ctx.rank]
+        batch = Batch.from_data_list([graphs[i] for i in local.tolist()]).to(self.device)
+        counts = label_counts(batch, self.targets)
+        if self.ctx.enabled:
+            stacked = self.ctx.sum_(torch.stack(list(counts.values())))
+            counts = dict(zip(counts, stacked))
+        need = targets_to_compute(batch, self.targets)
+        self.selected.keys = (K.ENERGY,) + ((K.MAGMOMS,) if K.MAGMOMS in counts and float(counts[K.MAGMOMS]) > 0 else ())
+        pred = energy_and_derivatives(self.train_model, batch, forces=need[K.FORCES], stress=need[K.STRESS], create_graph=True)
+        loss, _ = self.criterion(pred, batch, counts, scale=float(self.ctx.world_size))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
+    def evaluate(self, graphs: Sequence[Data]) -> dict[str, dict[str, dict[str, float]]]:
+        """MAE / RMSE per fidelity and target on ``graphs`` (see :class:`ErrorAccumulator`)."""
+        accumulator = ErrorAccumulator(self.fidelity_names, self.targets)
+        was_training = self.model.training
+        self.model.eval()
+        shard = list(graphs)[self.ctx.rank :: self.ctx.world_size]
+        size = self.config.eval_batch_size
+        for start in range(0, len(shard), size):
+            batch = Batch.from_data_list(shard[start : start + size]).to(self.device)
+            need = targets_to_compute(batch, self.targets)
+            pred = energy_and_derivatives(self.model, batch, forces=need[K.FORCES], stress=need[K.STRESS])
+            accumulator.update(pred, batch)
+        self.model.train(was_training)
+        self.ctx.sum_(accumulator.sums)
+        return accumulator.result()
+
+    def score(self, metrics: dict[str, dict[str, dict[str, float]]]) -> float:
+        """The ``best_metric`` value (lower is better) at the target fidelity."""
+        at_target = metrics.get(self.target_fidelity)
+        if not at_target:
+            raise ValueError(f"no validation labels at the target fidelity {self.target_fidelity!r}")
+        if self.config.best_metric == "weighted_mae":
+            return sum(getattr(self.config.loss_weights, t) * at_target[t]["mae"] / REPORT_UNITS[t][1] for t in at_target)
+        target, _, kind = self.config.best_metric.rpartition("_")
+        if target not in at_target or kind not in ("mae", "rmse"):
+            raise ValueError(f"best_metric {self.config.best_metric!r} not available; validation has {sorted(at_target)}")
+        return at_target[target][kind]
+
+    # ----------------------------------------------------------------- checkpoints and logs
+    def _model_payload(self) -> dict[str, Any]:
+        return {"model_state": self.model.state_dict(), "model_spec": self.model_spec, "fidelity_names": self.fidelity_names,
+                "targets": self.config.targets}
+
+    def _save_last(self, epoch: int, step_in_epoch: int, global_step: int, num_train: int) -> None:
+        if self.ctx.is_main:
+            save_atomic({**self._model_payload(), "config": self.config.to_dict(), "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
+                         "step_in_epoch": step_in_epoch, "global_step": global_step, "num_train": num_train,
+                         "epoch_loss_sum": self.epoch_loss_sum, "history": self.history, "best": self.best},
+                        self.out_dir / "last.pt")
+        self.ctx.barrier()
+
+    def _resume(self, num_train: int) -> tuple[int, int, int]:
+        state = load_checkpoint(self.out_dir / "last.pt", map_location=self.device)
+        changed = sorted(k for k, v in self.config.to_dict().items() if k not in _RESUME_FREE and state["config"].get(k) != v)
+        if changed or state["num_train"] != num_train:
+            raise ValueError(f"cannot resume {self.out_dir / 'last.pt'}: options {changed} or the training set size differ")
+        self.model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.history, self.best = state["history"], state["best"]
+        self.epoch_loss_sum = state["epoch_loss_sum"]
+        return state["epoch"], state["step_in_epoch"], state["global_step"]
+
+    def _log(self, epoch: int, split: str, metrics: dict[str, dict[str, dict[str, float]]], **extra: float) -> None:
+        for fidelity, per_target in metrics.items():
+            for target, stats in per_target.items():
+                self.history.append({"epoch": epoch, "split": split, "fidelity": fidelity, "target": target,
+                                     "unit": REPORT_UNITS[target][0], **stats})
+        for name, value in extra.items():
+            self.history.append({"epoch": epoch, "split": split, "fidelity": "all", "target": name, "unit": "",
+                                 "mae": value, "rmse": math.nan, "count": math.nan})
+
+    def _write_logs(self, summary: dict[str, Any] | None = None) -> None:
+        if not self.ctx.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        columns = ["epoch", "split", "fidelity", "target", "unit", "mae", "rmse", "count"]
+        lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in self.history]
+        _write_text(self.out_dir / "metrics.csv", "\n".join(lines) + "\n")
+        record = {"config": self.config.to_dict(), "fidelity_names": self.fidelity_names, "best": self.best,
+                  "history": self.history, **(summary or {})}
+        _write_text(self.out_dir / "metrics.json", json.dumps(record, indent=1, default=float))
+
+    # ----------------------------------------------------------------- main loop
+    def fit(self, train: Sequence[Data], val: Sequence[Data] | None = None, test: Sequence[Data] | None = None, *,
+            resume: bool = False, stop_after_steps: int | None = None) -> dict[str, Any]:
+        """Train, validating each epoch; finally evaluate the best checkpoint on ``test``.
+
+        Args:
+            train, val, test: labelled graphs (fidelity indices matching ``fidelity_names``).
+                Without ``val``, ``val_fraction`` of ``train`` is held out.
+            resume: continue from ``output_dir/last.pt`` if it exists.
+            stop_after_steps: return (after writing ``last.pt``) once this many optimiser steps
+                have been taken in total, e.g. to split a long run over time-limited jobs.
+
+        Returns:
+            {"best": {"value", "epoch"}, "val": metrics at the best epoch, "test": metrics or None,
+             "stopped": bool}.
+        """
+        if val is None and self.config.val_fraction > 0:
+            train, val = self.split_validation(train)
+        train = list(train)
+        steps_per_epoch = len(self._batches_of_epoch(len(train), 0))
+        if steps_per_epoch == 0:
+            raise ValueError(f"{len(train)} training structures are too few for {self.ctx.world_size} processes")
+        self._optimiser(self.config.epochs * steps_per_epoch)
+        start_epoch = start_step = global_step = 0
+        self.epoch_loss_sum = 0.0
+        if resume and (self.out_dir / "last.pt").is_file():
+            start_epoch, start_step, global_step = self._resume(len(train))
+        else:
+            torch.manual_seed(self.config.seed)
+            if self.config.fit_composition:
+                fit_composition(self.model, train)
+
+        self.model.train()
+        epochs = tqdm(range(start_epoch, self.config.epochs), desc="epochs", disable=not self.show_progress,
+                      initial=start_epoch, total=self.config.epochs)
+        for epoch in epochs:
+            batches = self._batches_of_epoch(len(train), epoch)
+            for step in tqdm(range(start_step, len(batches)), desc=f"epoch {epoch}", leave=False,
+                             disable=not self.show_progress, initial=start_step, total=len(batches)):
+                self.epoch_loss_sum += float(self._train_step(train, batches[step]))
+                global_step += 1
+                done = stop_after_steps is not None and global_step >= stop_after_steps
+                if done or (self.config.checkpoint_every and global_step % self.config.checkpoint_every == 0):
+                    self._save_last(epoch, step + 1, global_step, len(train))
+                if done:
+                    return {"best": self.best, "val": None, "test": None, "stopped": True}
+            summed = self.ctx.sum_(torch.tensor(self.epoch_loss_sum, dtype=torch.float64))
+            mean_loss = float(summed) / (self.ctx.world_size * len(batches))
+            start_step, self.epoch_loss_sum = 0, 0.0
+            self._end_of_epoch(epoch, val, mean_loss)
+            self._save_last(epoch + 1, 0, global_step, len(train))
+            epochs.set_postfix(loss=f"{mean_loss:.4g}", best=f"{self.best['value']:.4g}")
+        return self._finish(val, test)
+
+    def _end_of_epoch(self, epoch: int, val: Sequence[Data] | None, mean_loss: float) -> None:
+        self._log(epoch, "train", {}, loss=mean_loss, lr=self.scheduler.get_last_lr()[0])
+        metrics = self.evaluate(val) if val else {}
+        self._log(epoch, "val", metrics)
+        value = self.score(metrics) if val else -epoch  # without validation the last epoch is "best"
+        if value < self.best["value"]:
+            self.best = {"value": value, "epoch": epoch, "metric": self.config.best_metric}
+            if self.ctx.is_main:
+                save_atomic({**self._model_payload(), "epoch": epoch, "val": metrics}, self.out_dir / "best.pt")
+        self._write_logs()
+
+    def _finish(self, val: Sequence[Data] | None, test: Sequence[Data] | None) -> dict[str, Any]:
+        self.ctx.barrier()
+        best = load_checkpoint(self.out_dir / "best.pt", map_location=self.device)
+        self.model.load_state_dict(best["model_state"])
+        test_metrics = self.evaluate(test) if test else None
+        if test_metrics is not None:
+            self._log(best["epoch"], "test", test_metrics)
+        summary = {"best": self.best, "val": best["val"], "test": test_metrics, "stopped": False}
+        self._write_logs(summary)
+        return summary
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
