@@ -1,0 +1,5 @@
+"""Native CHGNet backbone: ``from backbones.chgnet import CHGNet``."""
+
+from backbones.chgnet.model import CHGNet
+
+__all__ = ["CHGNet"]
