@@ -35,14 +35,15 @@ from mfwrap.train.config import TrainConfig
 from mfwrap.train.distributed import DistributedContext
 from mfwrap.train.loss import MultiTargetLoss, label_counts, targets_to_compute
 from mfwrap.train.metrics import REPORT_UNITS, ErrorAccumulator
+from mfwrap.train.models import describe_model
 
 # Options that may differ between a run and its resumption.
 _RESUME_FREE = {"progress", "device", "output_dir", "eval_batch_size"}
 
 
 def fidelity_names_of(model: nn.Module) -> list[str]:
-    """Fidelity names of a multi-fidelity model (``model.fidelities``), else ["default"]."""
-    names = getattr(model, "fidelities", None)
+    """Fidelity names of a multi-fidelity model (``model.fidelity_names``), else ["default"]."""
+    names = getattr(model, "fidelity_names", None)
     return [str(n) for n in names] if names else ["default"]
 
 
@@ -86,8 +87,9 @@ class Trainer:
         config: hyperparameters.
         fidelity_names: names of the fidelity indices in the graphs (default: the model's, or
             ["default"] for a plain backbone).
-        model_spec: JSON-able description of how to rebuild the model (stored in checkpoints so
-            that ``mfwrap evaluate`` / ``predict`` can load them).
+        model_spec: how to rebuild the model (stored in checkpoints so that ``mfwrap evaluate`` /
+            ``predict`` can load them); default :func:`mfwrap.train.models.describe_model`, or
+            None when the model cannot be described.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, *, fidelity_names: Sequence[str] | None = None,
@@ -97,7 +99,7 @@ class Trainer:
         self.device = self.ctx.device(config.device)
         self.model = model.to(self.device)
         self.fidelity_names = list(fidelity_names or fidelity_names_of(model))
-        self.model_spec = model_spec
+        self.model_spec = model_spec if model_spec is not None else _describe_or_none(model)
         self.criterion = MultiTargetLoss(config.targets, config.loss_weights, config.huber_delta)
         self.targets = self.criterion.targets
         self.target_fidelity = config.target_fidelity or self.fidelity_names[-1]
@@ -205,6 +207,11 @@ class Trainer:
         return {"model_state": self.model.state_dict(), "model_spec": self.model_spec, "fidelity_names": self.fidelity_names,
                 "targets": self.config.targets}
 
+    def save_model(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write the model (weights, spec, fidelity names) and ``extra`` to a checkpoint file."""
+        if self.ctx.is_main:
+            save_atomic({**self._model_payload(), **(extra or {})}, path)
+
     def _save_last(self, epoch: int, step_in_epoch: int, global_step: int, num_train: int) -> None:
         if self.ctx.is_main:
             save_atomic({**self._model_payload(), "config": self.config.to_dict(), "optimizer": self.optimizer.state_dict(),
@@ -308,8 +315,7 @@ class Trainer:
         value = self.score(metrics) if val else -epoch  # without validation the last epoch is "best"
         if value < self.best["value"]:
             self.best = {"value": value, "epoch": epoch, "metric": self.config.best_metric}
-            if self.ctx.is_main:
-                save_atomic({**self._model_payload(), "epoch": epoch, "val": metrics}, self.out_dir / "best.pt")
+            self.save_model(self.out_dir / "best.pt", {"epoch": epoch, "val": metrics})
         self._write_logs()
 
     def _finish(self, val: Sequence[Data] | None, test: Sequence[Data] | None) -> dict[str, Any]:
@@ -322,6 +328,13 @@ class Trainer:
         summary = {"best": self.best, "val": best["val"], "test": test_metrics, "stopped": False}
         self._write_logs(summary)
         return summary
+
+
+def _describe_or_none(model: nn.Module) -> dict[str, Any] | None:
+    try:
+        return describe_model(model)
+    except TypeError:
+        return None
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -36,10 +36,14 @@ class ElementEnergies(nn.Module):
 class TinyBackbone(nn.Module):
     """Gaussian-filter message passing: E = Σ_i R(h_i) + Σ_i μ_{Z_i}, magmoms |W h_i|."""
 
+    fidelity_spec = {"embedding": "atom_embedding", "message": ["filters.*", "updates.*"],
+                     "readout": ["readout", "magmom_head"], "composition": "composition"}
+
     def __init__(self, features: int = 8, layers: int = 2, cutoff: float = 3.5, seed: int | None = None) -> None:
         super().__init__()
         if seed is not None:
             torch.manual_seed(seed)
+        self.config = {"features": features, "layers": layers, "cutoff": cutoff}
         self.graph_spec = GraphSpec(cutoff=cutoff)
         self.atom_embedding = nn.Embedding(94, features)
         self.register_buffer("centres", torch.linspace(0.5, cutoff, 8))

@@ -1,0 +1,204 @@
+"""Multi-fidelity training and the usual alternatives, in one harness.
+
+Methods (``Experiment.method``), all evaluated on the target fidelity (default: the last one):
+
+* ``multi_fidelity`` — :class:`mfwrap.MultiFidelity` with ``model.mechanisms`` (any subset of
+  "ECMR": the ablations of the seed paper) trained on all fidelities at once.
+* ``single_fidelity`` — the plain backbone on the target-fidelity data only (the paper's N).
+* ``transfer`` — pre-train the plain backbone on all other fidelities, then fine-tune it on the
+  target fidelity with every parameter frozen except the readout heads (the backbone spec's
+  ``readout`` modules: for CHGNet the energy readout and the magmom head), i.e. the embeddings and
+  the atom / bond / angle convolutions stay as pre-trained, as in the seed paper. The composition
+  model is refitted to the target fidelity's energies.
+* ``delta`` — Δ-learning: pre-train a base model on the other fidelities (frozen afterwards), then
+  learn a correction so that E_high = E_base + E_Δ (see :class:`~mfwrap.train.models.DeltaModel`).
+  ``delta_reference="labels"`` (classical Δ-learning) fits E_Δ to E_high − E_low on structures that
+  carry *both* labels, which needs paired data: every target-fidelity training structure must
+  also appear (same species, positions and cell within 1e-6 Å) at a lower fidelity, else it is an
+  error. ``delta_reference="model"`` needs no pairs: it fits E_high − E_base(x), the base model's
+  prediction standing in for the missing low-fidelity label. Magmoms are learnt by the correction
+  directly (low fidelity has none). Predictions: base + correction, one forward each.
+
+Stage one of ``transfer`` and ``delta`` uses ``TrainConfig`` with the ``pretrain`` overrides applied
+and writes to ``output_dir/pretrain``; the final model goes to ``output_dir/<method>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch_geometric.data import Data
+
+from mfwrap.data import keys as K
+from mfwrap.multifidelity import MultiFidelity
+from mfwrap.surgery import resolve_spec
+from mfwrap.train.config import TrainConfig
+from mfwrap.train.models import DeltaModel, import_object
+from mfwrap.train.trainer import Trainer
+
+METHODS = ("multi_fidelity", "single_fidelity", "transfer", "delta")
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone, how initialised, and (multi_fidelity only) which mechanisms.
+
+    Attributes:
+        backbone: import path "module:Class" of the backbone.
+        kwargs: constructor arguments (ignored when ``pretrained`` is set).
+        pretrained: if set, ``Class.from_pretrained(pretrained)`` (e.g. CHGNet "0.3.0").
+        mechanisms: subset of "ECMR" for the multi-fidelity wrapper.
+    """
+
+    backbone: str = "backbones.chgnet:CHGNet"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
+    mechanisms: str = "ECMR"
+
+    def build_backbone(self) -> nn.Module:
+        cls = import_object(self.backbone)
+        return cls.from_pretrained(self.pretrained) if self.pretrained else cls(**self.kwargs)
+
+
+@dataclass
+class Experiment:
+    """One training run of one method (see the module docstring).
+
+    Attributes:
+        method: one of ``METHODS``.
+        model: the backbone and mechanisms.
+        train: hyperparameters (of the final stage); ``train.output_dir`` is the run directory.
+        pretrain: overrides of ``train`` for the pre-training stage of transfer / delta.
+        transfer_freeze: parameter-name prefixes frozen when fine-tuning; None = all but the
+            backbone spec's readout modules.
+        delta_reference: "labels" (paired data) or "model" (base-model predictions).
+    """
+
+    method: str = "multi_fidelity"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    transfer_freeze: list[str] | None = None
+    delta_reference: str = "labels"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig(**self.model)
+        if isinstance(self.train, dict):
+            self.train = TrainConfig.from_dict(self.train)
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.delta_reference not in ("labels", "model"):
+            raise ValueError(f"delta_reference must be 'labels' or 'model', got {self.delta_reference!r}")
+
+
+def _stage(config: TrainConfig, name: str, **overrides: Any) -> TrainConfig:
+    return dataclasses.replace(config, output_dir=str(Path(config.output_dir) / name), **overrides)
+
+
+def _of_fidelity(graphs: Sequence[Data] | None, keep: set[int]) -> list[Data] | None:
+    return None if graphs is None else [g for g in graphs if int(g[K.FIDELITY]) in keep]
+
+
+def readout_only_freeze(backbone: nn.Module) -> list[str]:
+    """Names of all parameters outside the backbone spec's readout modules (and its composition)."""
+    spec, _ = resolve_spec(backbone, None)
+    keep = [*spec.readout, *([spec.composition] if spec.composition else [])]
+    frozen = []
+    for name, _ in backbone.named_parameters():
+        module_paths = [name.rsplit(".", depth)[0] for depth in range(1, name.count(".") + 1)]
+        if not any(fnmatch(path, pattern) for path in module_paths for pattern in keep):
+            frozen.append(name)
+    return frozen
+
+
+def _pretrain(experiment: Experiment, fidelities: Sequence[str], target: int, train, val) -> tuple[nn.Module, dict]:
+    """Stage one of transfer / delta: the plain backbone on every fidelity but the target."""
+    others = set(range(len(fidelities))) - {target}
+    low_train = _of_fidelity(train, others)
+    counts = {f: sum(int(g[K.FIDELITY]) == f for g in low_train) for f in others}
+    if not low_train:
+        raise ValueError(f"{experiment.method} needs training data at a fidelity other than {fidelities[target]!r}")
+    config = _stage(experiment.train, "pretrain", target_fidelity=fidelities[max(counts, key=counts.get)],
+                    **experiment.pretrain)
+    torch.manual_seed(config.seed)
+    base = experiment.model.build_backbone()
+    summary = Trainer(base, config, fidelity_names=fidelities).fit(low_train, _of_fidelity(val, others) or None)
+    return base, summary
+
+
+def paired_differences(high: Sequence[Data], low: Sequence[Data], tolerance: float = 1e-6) -> list[Data]:
+    """Copies of ``high`` with labels high − low of the same structure (magmoms kept: high's own).
+
+    Structures match when species, positions and cell agree within ``tolerance`` Å. A label is
+    present in the result where both fidelities have it. ValueError if any structure has no twin.
+    """
+    def key(graph: Data) -> tuple:
+        rounded = torch.cat([graph[K.POSITIONS].flatten(), graph[K.CELL].flatten()]).double() / tolerance
+        return tuple(graph[K.ATOMIC_NUMBERS].tolist()), tuple(torch.round(rounded).long().tolist())
+
+    twins = {key(g): g for g in low}
+    missing = [i for i, g in enumerate(high) if key(g) not in twins]
+    if missing:
+        raise ValueError(
+            f"Δ-learning with delta_reference='labels' needs paired data, but {len(missing)} of {len(high)} "
+            f"target-fidelity training structures have no low-fidelity twin (first: index {missing[0]}); "
+            "use delta_reference='model' to learn the difference to the base model's prediction instead"
+        )
+    result = []
+    for graph in high:
+        twin, diff = twins[key(graph)], graph.clone()
+        for target in (K.ENERGY, K.FORCES, K.STRESS):
+            diff[target] = graph[target] - twin[target]
+            diff[K.mask_key(target)] = graph[K.mask_key(target)] & twin[K.mask_key(target)]
+        result.append(diff)
+    return result
+
+
+def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Sequence[Data],
+                   val: Sequence[Data] | None = None, test: Sequence[Data] | None = None) -> dict[str, Any]:
+    """Train ``experiment.method``; returns the final stage's summary (best epoch, val and test metrics).
+
+    Graphs carry fidelity indices into ``fidelities`` and must be built with the backbone's
+    ``graph_spec``.
+    """
+    config = experiment.train
+    target_name = config.target_fidelity or fidelities[-1]
+    target = list(fidelities).index(target_name)
+    final = _stage(config, experiment.method, target_fidelity=target_name)
+    high_train, high_val, high_test = (_of_fidelity(x, {target}) for x in (train, val, test))
+
+    if experiment.method == "multi_fidelity":
+        torch.manual_seed(config.seed)
+        model = MultiFidelity(experiment.model.build_backbone(), fidelities, experiment.model.mechanisms)
+        return Trainer(model, final).fit(train, val, test)
+
+    if experiment.method == "single_fidelity":
+        torch.manual_seed(config.seed)
+        return Trainer(experiment.model.build_backbone(), final, fidelity_names=fidelities).fit(high_train, high_val, high_test)
+
+    base, _ = _pretrain(experiment, fidelities, target, train, val)
+    if experiment.method == "transfer":
+        freeze = experiment.transfer_freeze if experiment.transfer_freeze is not None else readout_only_freeze(base)
+        final = dataclasses.replace(final, freeze=list(freeze))
+        return Trainer(base, final, fidelity_names=fidelities).fit(high_train, high_val, high_test)
+
+    torch.manual_seed(config.seed + 1)
+    # the correction starts from fresh weights, with the base's architecture
+    correction = type(base)(**base.config) if hasattr(base, "config") else experiment.model.build_backbone()
+    model = DeltaModel(base, correction)
+    if experiment.delta_reference == "model":
+        return Trainer(model, final, fidelity_names=fidelities).fit(high_train, high_val, high_test)
+    others = _of_fidelity(train, set(range(len(fidelities))) - {target})
+    Trainer(correction, _stage(final, "correction"), fidelity_names=fidelities).fit(paired_differences(high_train, others))
+    evaluator = Trainer(model, final, fidelity_names=fidelities)
+    summary = {"best": None, "val": evaluator.evaluate(high_val) if high_val else None,
+               "test": evaluator.evaluate(high_test) if high_test else None, "stopped": False}
+    evaluator.save_model(Path(final.output_dir) / "best.pt", {"epoch": None, **summary})
+    return summary
