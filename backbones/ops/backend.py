@@ -12,8 +12,9 @@ Backends:
 The requested name comes from, in order: the innermost :func:`use_backend` context, the last
 :func:`set_backend` call, the environment variable ``MFWRAP_SCATTER_BACKEND``, then "auto".
 Resolution looks only at the tensor's device type and Python state, never at tensor values, so
-it adds no host-device synchronisation. The first resolution for each (device type, backend)
-pair is logged at INFO level on the ``backbones.ops`` logger.
+it adds no host-device synchronisation. The state is process-wide (not per thread); an op's
+backward runs on the backend its forward used. The first resolution for each (device type,
+backend) pair is logged at INFO level on the ``backbones.ops`` logger.
 """
 
 from __future__ import annotations

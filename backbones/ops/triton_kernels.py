@@ -31,6 +31,9 @@ from backbones.ops.csr import CSR
 
 _MAX_BLOCK_F = 128
 _TILE = 2048  # elements of the (BLOCK_E, BLOCK_F) tile a program accumulates
+# No fused multiply-add: each w·x product is rounded as in torch's composite (and the default
+# of this option changes between Triton versions).
+_OPTIONS = {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -121,7 +124,7 @@ def _segment(x: Tensor, csr: CSR, gather_index: Tensor | None, weight: Tensor | 
         csr.ptr if gather_index is None else gather_index,
         num_features, w.stride(0), w_col_stride,
         HAS_PERM=csr.perm is not None, HAS_GATHER=gather_index is not None, HAS_WEIGHT=weight is not None,
-        ACC_DTYPE=_acc_dtype(x.dtype), BLOCK_E=block_e, BLOCK_F=block_f,
+        ACC_DTYPE=_acc_dtype(x.dtype), BLOCK_E=block_e, BLOCK_F=block_f, **_OPTIONS,
     )
     return out
 
@@ -156,5 +159,5 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     block_e, block_f = _blocks(num_features)
     grid = (triton.cdiv(num_rows, block_e), triton.cdiv(num_features, block_f))
     _scatter_atomic_kernel[grid](src.contiguous(), index, out, num_rows, num_features, dim_size,
-                                 BLOCK_E=block_e, BLOCK_F=block_f)
+                                 BLOCK_E=block_e, BLOCK_F=block_f, **_OPTIONS)
     return out.to(src.dtype)
