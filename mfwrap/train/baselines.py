@@ -118,7 +118,7 @@ def readout_only_freeze(backbone: nn.Module) -> list[str]:
     return frozen
 
 
-def _pretrain(experiment: Experiment, fidelities: Sequence[str], target: int, train, val) -> tuple[nn.Module, dict]:
+def _pretrain(experiment: Experiment, fidelities: Sequence[str], target: int, train, val, resume: bool) -> tuple[nn.Module, dict]:
     """Stage one of transfer / delta: the plain backbone on every fidelity but the target."""
     others = set(range(len(fidelities))) - {target}
     low_train = _of_fidelity(train, others)
@@ -129,7 +129,7 @@ def _pretrain(experiment: Experiment, fidelities: Sequence[str], target: int, tr
                     **experiment.pretrain)
     torch.manual_seed(config.seed)
     base = experiment.model.build_backbone()
-    summary = Trainer(base, config, fidelity_names=fidelities).fit(low_train, _of_fidelity(val, others) or None)
+    summary = Trainer(base, config, fidelity_names=fidelities).fit(low_train, _of_fidelity(val, others) or None, resume=resume)
     return base, summary
 
 
@@ -162,11 +162,13 @@ def paired_differences(high: Sequence[Data], low: Sequence[Data], tolerance: flo
 
 
 def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Sequence[Data],
-                   val: Sequence[Data] | None = None, test: Sequence[Data] | None = None) -> dict[str, Any]:
+                   val: Sequence[Data] | None = None, test: Sequence[Data] | None = None, *,
+                   resume: bool = False) -> dict[str, Any]:
     """Train ``experiment.method``; returns the final stage's summary (best epoch, val and test metrics).
 
     Graphs carry fidelity indices into ``fidelities`` and must be built with the backbone's
-    ``graph_spec``.
+    ``graph_spec``. ``resume`` continues every stage from its ``last.pt`` (a finished stage is
+    not retrained, only re-evaluated).
     """
     config = experiment.train
     target_name = config.target_fidelity or fidelities[-1]
@@ -177,26 +179,28 @@ def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Seq
     if experiment.method == "multi_fidelity":
         torch.manual_seed(config.seed)
         model = MultiFidelity(experiment.model.build_backbone(), fidelities, experiment.model.mechanisms)
-        return Trainer(model, final).fit(train, val, test)
+        return Trainer(model, final).fit(train, val, test, resume=resume)
 
     if experiment.method == "single_fidelity":
         torch.manual_seed(config.seed)
-        return Trainer(experiment.model.build_backbone(), final, fidelity_names=fidelities).fit(high_train, high_val, high_test)
+        model = experiment.model.build_backbone()
+        return Trainer(model, final, fidelity_names=fidelities).fit(high_train, high_val, high_test, resume=resume)
 
-    base, _ = _pretrain(experiment, fidelities, target, train, val)
+    base, _ = _pretrain(experiment, fidelities, target, train, val, resume)
     if experiment.method == "transfer":
         freeze = experiment.transfer_freeze if experiment.transfer_freeze is not None else readout_only_freeze(base)
         final = dataclasses.replace(final, freeze=list(freeze))
-        return Trainer(base, final, fidelity_names=fidelities).fit(high_train, high_val, high_test)
+        return Trainer(base, final, fidelity_names=fidelities).fit(high_train, high_val, high_test, resume=resume)
 
     torch.manual_seed(config.seed + 1)
     # the correction starts from fresh weights, with the base's architecture
     correction = type(base)(**base.config) if hasattr(base, "config") else experiment.model.build_backbone()
     model = DeltaModel(base, correction)
     if experiment.delta_reference == "model":
-        return Trainer(model, final, fidelity_names=fidelities).fit(high_train, high_val, high_test)
+        return Trainer(model, final, fidelity_names=fidelities).fit(high_train, high_val, high_test, resume=resume)
     others = _of_fidelity(train, set(range(len(fidelities))) - {target})
-    Trainer(correction, _stage(final, "correction"), fidelity_names=fidelities).fit(paired_differences(high_train, others))
+    Trainer(correction, _stage(final, "correction"), fidelity_names=fidelities).fit(paired_differences(high_train, others),
+                                                                                   resume=resume)
     evaluator = Trainer(model, final, fidelity_names=fidelities)
     summary = {"best": None, "val": evaluator.evaluate(high_val) if high_val else None,
                "test": evaluator.evaluate(high_test) if high_test else None, "stopped": False}

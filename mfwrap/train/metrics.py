@@ -71,7 +71,8 @@ def format_table(columns: dict[str, dict[str, dict[str, dict[str, float]]]], fid
     ``columns`` maps a run name to an :meth:`ErrorAccumulator.result`.
     """
     names = list(columns)
-    header = f"{'target':<10}{'unit':<10}" + "".join(f"{n + ' MAE':>18}{n + ' RMSE':>18}" for n in names)
+    width = max(12, *(len(n) + 7 for n in names))
+    header = f"{'target':<10}{'unit':<10}" + "".join(f"{n + ' MAE':>{width}}{n + ' RMSE':>{width}}" for n in names)
     lines = [header, "-" * len(header)]
     for target, (unit, _) in REPORT_UNITS.items():
         row = f"{target:<10}{unit:<10}"
@@ -79,7 +80,7 @@ def format_table(columns: dict[str, dict[str, dict[str, dict[str, float]]]], fid
         for name in names:
             stats = columns[name].get(fidelity, {}).get(target)
             present |= stats is not None
-            row += f"{stats['mae']:>18.4g}{stats['rmse']:>18.4g}" if stats else f"{'-':>18}{'-':>18}"
+            row += f"{stats['mae']:>{width}.4g}{stats['rmse']:>{width}.4g}" if stats else f"{'-':>{width}}{'-':>{width}}"
         if present:
             lines.append(row)
     return "\n".join(lines)

@@ -205,7 +205,7 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints and logs
     def _model_payload(self) -> dict[str, Any]:
         return {"model_state": self.model.state_dict(), "model_spec": self.model_spec, "fidelity_names": self.fidelity_names,
-                "targets": self.config.targets}
+                "targets": self.config.targets, "target_fidelity": self.target_fidelity}
 
     def save_model(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write the model (weights, spec, fidelity names) and ``extra`` to a checkpoint file."""

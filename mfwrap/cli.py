@@ -1,0 +1,205 @@
+"""The ``mfwrap`` command: train from a YAML config, evaluate a checkpoint, predict structures.
+
+    mfwrap train CONFIG.yaml [--resume] [--output-dir DIR]
+    mfwrap evaluate CHECKPOINT DATA --fidelity NAME [--json OUT]
+    mfwrap predict CHECKPOINT STRUCTURES [--fidelity NAME] [--output OUT.extxyz]
+
+Multi-process / multi-GPU training: ``torchrun --nproc-per-node=N -m mfwrap.cli train CONFIG.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+CONFIG_HELP = """\
+CONFIG.yaml sections (all optional except data):
+
+  method: multi_fidelity | single_fidelity | transfer | delta   (default multi_fidelity)
+  model:
+    backbone: backbones.chgnet:CHGNet    import path of the backbone class
+    kwargs: {}                           constructor arguments (e.g. atom_fea_dim: 64)
+    pretrained: null                     or a version for Class.from_pretrained, e.g. "0.3.0"
+    mechanisms: ECMR                     any subset of E, C, M, R (ablations; "" = none)
+  data:
+    fidelities: [low, high]              index order; the last is the target fidelity
+    train: [{path: low.xyz, fidelity: low}, {path: high.xyz, fidelity: high, limit: 100}]
+    val:   [...]                         optional; else train.val_fraction is held out
+    test:  [...]                         optional
+      (per source: index, limit, energy_key, forces_key, stress_key, magmoms_key)
+    lmfp: {size: small, seed: 0, n_high: 100, n_val: 0}   instead of files: the LMFP set
+  train:                                 mfwrap.train.TrainConfig; defaults = seed paper
+    targets: efsm  epochs: 60  batch_size: 4  lr: 0.005  lr_min_fraction: 0.01
+    scheduler: cos  weight_decay: 0  huber_delta: 0.1  grad_clip: 0  seed: 0
+    loss_weights: {energy: 1, forces: 1, stress: 0.1, magmoms: 0.1}
+    val_fraction: 0.1  eval_batch_size: 16  best_metric: weighted_mae  target_fidelity: null
+    fit_composition: true  freeze: []  checkpoint_every: 0  output_dir: runs/mfwrap
+    device: auto  progress: true
+  pretrain: {epochs: 30}                 transfer / delta: overrides of train for stage one
+  transfer_freeze: null                  prefixes frozen in fine-tuning; null = all but readouts
+  delta_reference: labels                labels (needs paired data) | model
+"""
+
+
+def _load_run_config(path: str, overrides: argparse.Namespace) -> tuple[Any, Any]:
+    from mfwrap.train.baselines import Experiment
+    from mfwrap.train.data import DataConfig
+
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if "data" not in raw:
+        raise SystemExit(f"{path}: a 'data' section is required (see mfwrap train --help)")
+    data = DataConfig(**raw.pop("data"))
+    train = dict(raw.pop("train", None) or {})
+    if overrides.output_dir is not None:
+        train["output_dir"] = overrides.output_dir
+    return Experiment(train=train, **raw), data
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mfwrap.train.baselines import run_experiment
+    from mfwrap.train.data import load_data
+    from mfwrap.train.metrics import format_table
+
+    experiment, data = _load_run_config(args.config, args)
+    spec = experiment.model.build_backbone().graph_spec
+    train, val, test = load_data(data, spec)
+    summary = run_experiment(experiment, data.fidelities, train, val, test, resume=args.resume)
+    target = experiment.train.target_fidelity or data.fidelities[-1]
+    if summary.get("test"):
+        print(f"test errors at fidelity {target!r} ({experiment.method}):")
+        print(format_table({experiment.method: summary["test"]}, target))
+    print(f"outputs in {Path(experiment.train.output_dir) / experiment.method}")
+    return 0
+
+
+def _read_frames(path: str) -> list:
+    import ase.io
+    from ase import Atoms
+
+    frames = ase.io.read(path, index=":")
+    return [frames] if isinstance(frames, Atoms) else list(frames)
+
+
+def _fidelity(model: Any, checkpoint: dict, requested: str | None) -> tuple[str | None, str, int]:
+    """(name for mfwrap.predict, name for reports, index for graphs) of the requested fidelity.
+
+    A multi-fidelity model needs ``requested`` when it has several fidelities; a single-fidelity
+    model (backbone, Δ) was trained for one fidelity of its run, which is the default.
+    """
+    names = list(checkpoint.get("fidelity_names") or ["default"])
+    if hasattr(model, "fidelity_index"):
+        if requested is None and len(model.fidelity_names) > 1:
+            raise SystemExit(f"this model has fidelities {list(model.fidelity_names)}: choose one with --fidelity")
+        index = model.fidelity_index(requested)
+        return requested, model.fidelity_names[index], index
+    name = requested or checkpoint.get("target_fidelity") or names[-1]
+    if name not in names:
+        raise SystemExit(f"fidelity {name!r} unknown to this checkpoint (it knows {names})")
+    return None, name, names.index(name)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mfwrap.train.config import TrainConfig
+    from mfwrap.train.data import Source, atoms_to_graphs
+    from mfwrap.train.metrics import format_table
+    from mfwrap.train.models import load_trained
+    from mfwrap.train.trainer import Trainer
+
+    model, checkpoint = load_trained(args.checkpoint)
+    _, name, index = _fidelity(model, checkpoint, args.fidelity)
+    names = list(checkpoint.get("fidelity_names") or ["default"])
+    keys = {f"{t}_key": None if getattr(args, f"{t}_key").lower() == "none" else getattr(args, f"{t}_key")
+            for t in ("energy", "forces", "stress", "magmoms")}
+    source = Source(path=args.data, fidelity=name, **keys)
+    graphs = atoms_to_graphs(_read_frames(args.data), source, index, model.graph_spec)
+    config = TrainConfig(targets=checkpoint.get("targets", "efsm"), eval_batch_size=args.batch_size, device=args.device,
+                         progress=False, output_dir=str(Path(args.checkpoint).parent))
+    metrics = Trainer(model, config, fidelity_names=names).evaluate(graphs)
+    print(f"{len(graphs)} structures from {args.data} at fidelity {name!r}:")
+    print(format_table({Path(args.checkpoint).name: metrics}, name))
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=1))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import ase.io
+    import numpy as np
+    import torch
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    from mfwrap.data.graph import EV_PER_A3_TO_GPA
+    from mfwrap.predict import predict
+    from mfwrap.train.models import load_trained
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, checkpoint = load_trained(args.checkpoint, map_location=device)
+    frames = _read_frames(args.structures)
+    results = predict(model, frames, fidelity=_fidelity(model, checkpoint, args.fidelity)[0], batch_size=args.batch_size)
+    for atoms, result in zip(frames, results):
+        stress = result.get("stress")
+        labels = {"energy": result["energy"], "forces": result["forces"]}
+        if stress is not None and np.isfinite(stress).all():
+            labels["stress"] = full_3x3_to_voigt_6_stress(stress / EV_PER_A3_TO_GPA)
+        if "magmoms" in result:
+            labels["magmoms"] = result["magmoms"]
+        atoms.calc = SinglePointCalculator(atoms, **labels)
+    if args.output:
+        ase.io.write(args.output, frames, format="extxyz")
+    for i, (atoms, result) in enumerate(zip(frames, results)):
+        print(f"{i:>5} {atoms.get_chemical_formula():<20} E = {result['energy']:.6f} eV "
+              f"({result['energy'] / len(atoms):.6f} eV/atom)  max|F| = {np.abs(result['forces']).max():.4f} eV/Å")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mfwrap", description="Multi-fidelity interatomic potentials: train, evaluate, predict.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model from a YAML config", description=CONFIG_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("config", help="YAML run config (sections described above)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUTPUT_DIR/<method>/last.pt if it exists (same config required); "
+                            "the result equals an uninterrupted run")
+    train.add_argument("--output-dir", default=None, help="overrides train.output_dir of the config")
+    train.set_defaults(func=cmd_train)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("checkpoint", help="a checkpoint written by mfwrap train (best.pt or last.pt)")
+        sub.add_argument("--fidelity", default=None, help="fidelity name; required for models with several fidelities")
+        sub.add_argument("--batch-size", type=int, default=16, help="structures per forward pass (default 16)")
+        sub.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ... (default auto)")
+
+    evaluate = commands.add_parser("evaluate", help="MAE / RMSE of a checkpoint on labelled structures")
+    common(evaluate)
+    evaluate.add_argument("data", help="labelled structures, any file ase.io.read reads (extxyz, ASE db, ...)")
+    for target in ("energy", "forces", "stress", "magmoms"):
+        evaluate.add_argument(f"--{target}-key", default=target,
+                              help=f"calculator result / info / arrays key of the {target} label, 'none' if "
+                                   f"unlabelled (default {target!r})")
+    evaluate.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="energies, forces, stress, magmoms of structures")
+    common(predict)
+    predict.add_argument("structures", help="structures, any file ase.io.read reads")
+    predict.add_argument("--output", default=None, help="write the structures with predictions to this extxyz file")
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
