@@ -6,8 +6,9 @@ in ``perm[ptr[k]:ptr[k+1]]`` (in increasing row order), so a segment sum
 
     out[k] = Σ_{p = ptr[k]}^{ptr[k+1]-1} src[perm[p]]
 
-reads each row once and needs no atomic additions: the result is deterministic. Rows whose index
-lies outside [0, K) belong to no segment and are left out of every sum.
+reads each row once and needs no atomic additions: the result is deterministic. Indices should
+lie in [0, K); they are not checked (that would need a host-device synchronisation), and a row
+outside belongs to no segment (the torch backend, which uses ``index`` directly, raises instead).
 """
 
 from __future__ import annotations
