@@ -31,7 +31,8 @@ CONFIG.yaml sections (all optional except data):
     train: [{path: low.xyz, fidelity: low}, {path: high.xyz, fidelity: high, limit: 100}]
     val:   [...]                         optional; else train.val_fraction is held out
     test:  [...]                         optional
-      (per source: index, limit, energy_key, forces_key, stress_key, magmoms_key)
+      (per source: limit: N first frames; keys: {energy: NAME, forces: NAME, ...} where the file
+       stores each label, a target left out = unlabelled; default: ASE's standard names)
     lmfp: {size: small, seed: 0, n_high: 100, n_val: 0}   instead of files: the LMFP set
   train:                                 mfwrap.train.TrainConfig; defaults = seed paper
     targets: efsm  epochs: 60  batch_size: 4  lr: 0.005  lr_min_fraction: 0.01
@@ -104,8 +105,8 @@ def _fidelity(model: Any, checkpoint: dict, requested: str | None) -> tuple[str 
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mfwrap.data.readers import DEFAULT_KEYS, read_dataset, to_graphs
     from mfwrap.train.config import TrainConfig
-    from mfwrap.train.data import Source, atoms_to_graphs
     from mfwrap.train.metrics import format_table
     from mfwrap.train.models import load_trained
     from mfwrap.train.trainer import Trainer
@@ -113,10 +114,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, checkpoint = load_trained(args.checkpoint)
     _, name, index = _fidelity(model, checkpoint, args.fidelity)
     names = list(checkpoint.get("fidelity_names") or ["default"])
-    keys = {f"{t}_key": None if getattr(args, f"{t}_key").lower() == "none" else getattr(args, f"{t}_key")
-            for t in ("energy", "forces", "stress", "magmoms")}
-    source = Source(path=args.data, fidelity=name, **keys)
-    graphs = atoms_to_graphs(_read_frames(args.data), source, index, model.graph_spec)
+    keys = {target: getattr(args, f"{target}_key") for target in DEFAULT_KEYS}
+    keys = {target: None if key.lower() == "none" else key for target, key in keys.items()}
+    records = read_dataset(args.data, name, keys, strict=False)
+    graphs = to_graphs(records, model.graph_spec, {name: index})
     config = TrainConfig(targets=checkpoint.get("targets", "efsm"), eval_batch_size=args.batch_size, device=args.device,
                          progress=False, output_dir=str(Path(args.checkpoint).parent))
     metrics = Trainer(model, config, fidelity_names=names).evaluate(graphs)

@@ -44,7 +44,7 @@ model: {{backbone: "tiny_backbone:TinyBackbone", kwargs: {{features: 8}}, mechan
 data:
   fidelities: [pbe, r2scan]
   train:
-    - {{path: {tmp_path / 'low.xyz'}, fidelity: pbe, energy_key: pbe_energy, magmoms_key: null}}
+    - {{path: {tmp_path / 'low.xyz'}, fidelity: pbe, keys: {{energy: pbe_energy, forces: forces, stress: stress}}}}
     - {{path: {tmp_path / 'high.xyz'}, fidelity: r2scan, limit: 6}}
   test: [{{path: {tmp_path / 'test.xyz'}, fidelity: r2scan}}]
 train: {{epochs: 2, output_dir: {tmp_path / 'out'}, progress: false}}
