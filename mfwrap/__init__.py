@@ -1,6 +1,8 @@
 """mfwrap: multi-fidelity machine-learning interatomic potentials by module surgery on PyG models."""
 
+from mfwrap.calculator import Calculator
+from mfwrap.multifidelity import MultiFidelity, load
 from mfwrap.predict import predict
 
-__all__ = ["predict"]
+__all__ = ["Calculator", "MultiFidelity", "load", "predict"]
 __version__ = "0.1.0"

@@ -1,0 +1,49 @@
+"""E: the additive fidelity embedding of the initial atom features."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mfwrap.fidelity import FidelityContext
+
+
+class FidelityEmbedding(nn.Module):
+    r"""Adds a learned vector per fidelity to the output of the atomic-number embedding (Eq. 4):
+
+    .. math::  v_i^0 = X_{Z_i} + X_{f_i}
+
+    ``embedding`` is the backbone's own module, called unchanged with whatever arguments the
+    backbone passes; ``fidelity_vectors`` (n_F, features) is zero at initialisation, so the
+    output then equals the backbone's. ``row_kind`` names the rows of the embedding's output
+    (atoms for every known backbone).
+    """
+
+    def __init__(self, embedding: nn.Module, context: FidelityContext, row_kind: str, features: int, name: str = "") -> None:
+        super().__init__()
+        reference = next(embedding.parameters(), None)
+        self.embedding = embedding
+        self.fidelity_vectors = nn.Parameter(
+            torch.zeros(
+                context.num_fidelities,
+                features,
+                dtype=reference.dtype if reference is not None and reference.is_floating_point() else None,
+                device=reference.device if reference is not None else None,
+            )
+        )
+        self.context = context
+        self.row_kind = row_kind
+        self.name = name
+
+    def forward(self, *args, **kwargs) -> Tensor:
+        out = self.embedding(*args, **kwargs)
+        f = self.context.rows(self.row_kind, out.shape[0], self.name)
+        return out + self.fidelity_vectors.index_select(0, f).view(f.shape[0], *([1] * (out.dim() - 2)), out.shape[-1])
+
+    def add_fidelity(self, like: int) -> None:
+        """Append a vector for a new fidelity, equal to the vector of fidelity ``like``."""
+        vectors = self.fidelity_vectors.detach()
+        self.fidelity_vectors = nn.Parameter(torch.cat([vectors, vectors[like : like + 1]], dim=0))
+
+    def extra_repr(self) -> str:
+        return f"fidelities={self.fidelity_vectors.shape[0]}, rows={self.row_kind}"

@@ -1,0 +1,328 @@
+"""Module surgery: find where the four fidelity mechanisms go in a backbone, and put them there.
+
+A :class:`BackboneSpec` names the places by module path (the names of ``named_modules()``).
+It comes from the caller, from the backbone's own ``fidelity_spec`` attribute, or from
+:func:`propose_spec`'s heuristics (which warn, saying what they chose). Which kind of rows
+(atoms, edges, undirected bonds, angles, structures) each place produces is found by one probe
+forward on a small batch whose row counts of all kinds differ: forward hooks record the number
+of output rows of every place, and each count names exactly one kind. A place that is not
+called, is called with rows of several kinds, or whose rows match no kind is an error unless the
+caller names its kind (``row_kinds``). At run time every inserted module checks that its row
+count equals that of its kind in the batch, so a kind that varies between batches is an error
+too, not a silent misassignment.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatch
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from ase import Atoms
+from torch import nn
+from torch_geometric.data import Batch
+
+from mfwrap.composition import FidelityComposition, read_element_energies
+from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec, to_graph
+from mfwrap.embedding import FidelityEmbedding
+from mfwrap.fidelity import ATOM, ROW_KINDS, STRUCTURE, FidelityContext, row_counts
+from mfwrap.linear import FidelityLinear
+from mfwrap.readout import FidelityReadout
+
+MECHANISMS = "ECMR"
+
+
+def parse_mechanisms(mechanisms: str) -> str:
+    """Canonical mechanism string (letters in the order E, C, M, R); other letters are an error."""
+    if not isinstance(mechanisms, str):
+        raise TypeError(f"mechanisms must be a string of letters from 'ECMR', got {mechanisms!r}")
+    letters = mechanisms.upper()
+    unknown = sorted(set(letters) - set(MECHANISMS))
+    if unknown or len(set(letters)) != len(letters):
+        raise ValueError(
+            f"mechanisms {mechanisms!r}: use each of E (embedding), C (composition), M (message "
+            f"linear layers), R (readout) at most once" + (f"; unknown letters {unknown}" if unknown else "")
+        )
+    return "".join(m for m in MECHANISMS if m in letters)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Where the mechanisms go in a backbone, by module path.
+
+    Attributes:
+        embedding: the atomic-number embedding; E adds X_f to its output.
+        message: fnmatch patterns ('*' also spans dots) of the linear layers of the message
+            functions; M adds W_F onehot(f) to their output. A matching module is taken if it
+            is an ``nn.Linear`` or its class name is in ``linear_types``; nested matches count once
+            (the outermost).
+        readout: patterns of the readout networks (row-wise, e.g. per-atom energy MLPs); R
+            copies each per fidelity. Nested matches count once (the outermost).
+        composition: the composition-energy module, which C replaces; None: C adds its energy
+            to the backbone's total.
+        linear_types: class names that ``message`` treats as linear layers (affine modules
+            such as CHGNet's factorised first layer of a gated MLP).
+    """
+
+    embedding: str | None = None
+    message: tuple[str, ...] = ()
+    readout: tuple[str, ...] = ()
+    composition: str | None = None
+    linear_types: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_value(cls, value: "BackboneSpec | Mapping[str, Any]") -> "BackboneSpec":
+        """A spec from a spec or a dict with (a subset of) its fields."""
+        if isinstance(value, BackboneSpec):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError(f"a backbone spec must be a BackboneSpec or a dict, got {type(value).__name__}")
+        unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown backbone spec field(s) {unknown}; known are {sorted(cls.__dataclass_fields__)}")
+        tuples = {key: tuple(value[key]) for key in ("message", "readout", "linear_types") if key in value}
+        return cls(**{**dict(value), **tuples})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+
+
+_MESSAGE_NAME = re.compile(r"interaction|conv|message|layers|blocks", re.IGNORECASE)
+_READOUT_NAME = re.compile(r"readout|output|head|energy", re.IGNORECASE)
+
+
+def propose_spec(backbone: nn.Module) -> BackboneSpec:
+    """Heuristic spec for a backbone that declares none.
+
+    embedding: the one ``nn.Embedding`` with ≥ 84 entries and width > 1; composition: the one
+    ``nn.Embedding(·, 1)`` or module with ``element_energies``; message: every ``nn.Linear`` in
+    ``nn.ModuleList``s whose name says interaction/conv/message/layers/blocks; readout: direct
+    children named readout/output/head/energy (each block of such a list).
+    """
+    modules = dict(backbone.named_modules())
+    embeddings = [p for p, m in modules.items() if isinstance(m, nn.Embedding) and m.num_embeddings >= 84 and m.embedding_dim > 1]
+    compositions = [
+        p for p, m in modules.items()
+        if (isinstance(m, nn.Embedding) and m.embedding_dim == 1) or isinstance(getattr(m, "element_energies", None), torch.Tensor)
+    ]
+    stacks = [
+        p for p, m in modules.items()
+        if isinstance(m, nn.ModuleList) and _MESSAGE_NAME.search(p.rsplit(".", 1)[-1]) and not _READOUT_NAME.search(p)
+    ]
+    heads = [name for name, m in backbone.named_children() if _READOUT_NAME.search(name) and name not in stacks]
+    return BackboneSpec(
+        embedding=embeddings[0] if len(embeddings) == 1 else None,
+        message=tuple(f"{p}.*" for p in stacks),
+        readout=tuple(f"{h}.*" if isinstance(modules[h], nn.ModuleList) else h for h in heads),
+        composition=compositions[0] if len(compositions) == 1 else None,
+    )
+
+
+def resolve_spec(backbone: nn.Module, spec: "BackboneSpec | Mapping[str, Any] | None") -> tuple[BackboneSpec, str]:
+    """(spec, where it came from: "given", "backbone" or "heuristic")."""
+    if spec is not None:
+        return BackboneSpec.from_value(spec), "given"
+    declared = getattr(backbone, "fidelity_spec", None)
+    if declared is not None:
+        return BackboneSpec.from_value(declared), "backbone"
+    proposal = propose_spec(backbone)
+    warnings.warn(
+        f"{type(backbone).__name__} declares no fidelity_spec; heuristics chose {proposal.as_dict()} "
+        "(pass spec= to MultiFidelity to change or pin it)",
+        stacklevel=3,
+    )
+    return proposal, "heuristic"
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    return [p for p in paths if not any(p.startswith(q + ".") for q in paths)]
+
+
+def find_places(backbone: nn.Module, spec: BackboneSpec, mechanisms: str) -> dict[str, list[str]]:
+    """Module paths per mechanism letter; a requested mechanism without a place is an error."""
+    modules = dict(backbone.named_modules())
+    name = type(backbone).__name__
+
+    def matching(patterns: tuple[str, ...], accept) -> list[str]:
+        return _outermost([p for p, m in modules.items() if p and accept(m) and any(fnmatch(p, pat) for pat in patterns)])
+
+    def single(path: str | None, what: str) -> list[str]:
+        if path is None:
+            return []
+        if path not in modules:
+            raise ValueError(f"spec names {what} module '{path}', but {name} has no such module")
+        return [path]
+
+    places = {
+        "E": single(spec.embedding, "embedding"),
+        "C": single(spec.composition, "composition"),
+        "M": matching(spec.message, lambda m: isinstance(m, nn.Linear) or type(m).__name__ in spec.linear_types),
+        "R": matching(spec.readout, lambda m: True),
+    }
+    chosen = [p for letter in mechanisms for p in places[letter]]
+    nested = [(p, q) for p in chosen for q in chosen if q.startswith(p + ".")] + [(p, p) for p in set(chosen) if chosen.count(p) > 1]
+    if nested:
+        raise ValueError(f"places of different mechanisms are nested in {name}: {nested[:3]}; fix the spec")
+    what = {"E": "an atomic-number embedding (spec.embedding)", "M": "message linear layers (spec.message)",
+            "R": "a readout (spec.readout)"}
+    for letter in mechanisms:
+        if letter != "C" and not places[letter]:
+            raise ValueError(f"mechanism {letter} has no place in {name}: its spec names no {what[letter]}; spec = {spec.as_dict()}")
+    return {letter: places[letter] for letter in mechanisms}
+
+
+def probe_batch(spec: GraphSpec, dtype: torch.dtype, device: torch.device) -> Batch:
+    """A triangle and a tetrahedron of atoms (edges d = half the shortest cutoff) in big boxes.
+
+    Row counts: 7 atoms, 18 edges, 9 undirected bonds, 30 angles, 2 structures — all different.
+    """
+    d = 0.5 * min(spec.cutoff, spec.line_graph_cutoff or spec.cutoff)
+    triangle = [[0, 0, 0], [d, 0, 0], [d / 2, d * np.sqrt(3) / 2, 0]]
+    tetrahedron = triangle + [[d / 2, d * np.sqrt(3) / 6, d * np.sqrt(2.0 / 3.0)]]
+    box = np.eye(3) * (3 * spec.cutoff + 2 * d)
+    structures = [Atoms([8, 3, 26], positions=triangle, cell=box, pbc=True),
+                  Atoms([15, 8, 8, 3], positions=tetrahedron, cell=box, pbc=True)]
+    graphs = [to_graph(s, spec, dtype=dtype, name="probe") for s in structures]
+    return Batch.from_data_list(graphs).to(device)
+
+
+def probe_rows(backbone: nn.Module, paths: list[str], batch: Batch) -> dict[str, list[tuple[int, ...]]]:
+    """Output shapes of every call of each module in ``paths`` during ``backbone(batch)``."""
+    modules = dict(backbone.named_modules())
+    calls: dict[str, list[tuple[int, ...]]] = {p: [] for p in paths}
+
+    def recorder(path):
+        return lambda module, args, out: calls[path].append(tuple(out.shape) if isinstance(out, torch.Tensor) else ())
+
+    handles = [modules[p].register_forward_hook(recorder(p)) for p in paths]
+    was_training = backbone.training
+    try:
+        backbone.eval()
+        with torch.no_grad():
+            backbone(batch)
+    finally:
+        backbone.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def row_kinds_from_probe(calls: Mapping[str, list[tuple[int, ...]]], counts: Mapping[str, int],
+                         overrides: Mapping[str, str], backbone_name: str) -> dict[str, str]:
+    """Row kind of each probed path (see module docstring); ``overrides``: pattern → kind.
+
+    Paths that were not called (and have no override) are left out: the forward does not use them.
+    """
+    by_count = {count: kind for kind, count in counts.items()}
+    if len(by_count) != len(counts):
+        raise RuntimeError(f"probe batch row counts are not distinct: {counts}")
+    kinds: dict[str, str] = {}
+    for path, shapes in calls.items():
+        forced = [kind for pattern, kind in overrides.items() if fnmatch(path, pattern)]
+        if forced:
+            kinds[path] = forced[0]
+            continue
+        if not shapes:
+            continue  # not called by the forward: the caller leaves it unchanged
+        hint = f"; name its kind with row_kinds={{'{path}': one of {list(ROW_KINDS)}}}"
+        found = {by_count.get(shape[0] if shape else -1) for shape in shapes}
+        if None in found:
+            raise ValueError(
+                f"{backbone_name}.{path} produced outputs of shapes {sorted(set(shapes))}, whose row counts "
+                f"match no row kind of the probe batch {dict(counts)}{hint}"
+            )
+        if len(found) > 1:
+            raise ValueError(f"{backbone_name}.{path} is called with rows of different kinds {sorted(found)}{hint}")
+        kinds[path] = found.pop()
+    return kinds
+
+
+@dataclass
+class SurgeryReport:
+    """What the surgery did: one (mechanism, module path, module type, row kind) per place, and
+    the places the spec matched that the backbone's forward never calls (left unchanged)."""
+
+    spec: BackboneSpec
+    spec_source: str
+    places: list[tuple[str, str, str, str]]
+    skipped: list[str] = field(default_factory=list)
+
+    def count(self, mechanism: str) -> int:
+        return sum(1 for m, *_ in self.places if m == mechanism)
+
+    def __str__(self) -> str:
+        lines = [f"spec ({self.spec_source}): {self.spec.as_dict()}"]
+        for letter in MECHANISMS:
+            entries = [p for p in self.places if p[0] == letter]
+            if entries:
+                lines.append(f"{letter}: {len(entries)} place(s)")
+                lines += [f"    {path} ({kind} rows, {type_name})" for _, path, type_name, kind in entries]
+        if self.skipped:
+            lines.append(f"not called by the forward, left unchanged: {self.skipped}")
+        return "\n".join(lines)
+
+
+def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec: BackboneSpec, spec_source: str,
+            row_kinds: Mapping[str, str] | None = None) -> tuple[SurgeryReport, FidelityComposition | None]:
+    """Insert the mechanisms into ``backbone`` in place.
+
+    Returns (what was done, a :class:`FidelityComposition` that the wrapper must add to the total
+    energy, or None when C is off or replaced the backbone's composition module).
+    """
+    overrides = dict(row_kinds or {})
+    bad = {k: v for k, v in overrides.items() if v not in ROW_KINDS}
+    if bad:
+        raise ValueError(f"row_kinds {bad}: kinds must be among {list(ROW_KINDS)}")
+    places = find_places(backbone, spec, mechanisms)
+    paths = [p for letter in places for p in places[letter]]
+    parameter = next(backbone.parameters())
+    batch = probe_batch(backbone.graph_spec, parameter.dtype, parameter.device)
+    calls = probe_rows(backbone, paths, batch)
+    kinds = row_kinds_from_probe(calls, row_counts(batch), overrides, type(backbone).__name__)
+    skipped = [p for p in paths if p not in kinds]
+    places = {letter: [p for p in found if p in kinds] for letter, found in places.items()}
+    for letter, found in places.items():
+        if letter != "C" and not found:
+            raise ValueError(f"mechanism {letter} has no place in {type(backbone).__name__}: none of {skipped} is called by its forward")
+    context.kinds = set(kinds.values()) | {ATOM, STRUCTURE}
+    modules = dict(backbone.named_modules())
+    report = SurgeryReport(spec, spec_source, [(letter, p, type(modules[p]).__name__, kinds[p])
+                                               for letter in places for p in places[letter]], skipped)
+
+    def width(path: str) -> int:
+        module = modules[path]
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            return module.out_features if isinstance(module, nn.Linear) else module.embedding_dim
+        shapes = calls[path]
+        if not shapes or len(shapes[0]) < 2:
+            raise ValueError(f"cannot tell the output width of {path} (output shapes {shapes})")
+        return shapes[0][-1]
+
+    for path in places.get("M", []):
+        _replace(backbone, path, FidelityLinear(modules[path], context, kinds[path], width(path), name=path))
+    for path in places.get("E", []):
+        _replace(backbone, path, FidelityEmbedding(modules[path], context, kinds[path], width(path), name=path))
+    for path in places.get("R", []):
+        _replace(backbone, path, FidelityReadout(modules[path], context, kinds[path], name=path))
+    added = None
+    if "C" in places:
+        if places["C"]:
+            path = places["C"][0]
+            if kinds[path] not in (ATOM, STRUCTURE) or not calls[path]:
+                raise ValueError(f"composition module {path} must return per-atom or per-structure energies")
+            module = FidelityComposition(context, read_element_energies(modules[path]), kinds[path], calls[path][0][1:],
+                                         parameter.dtype, name=path)
+            _replace(backbone, path, module.to(parameter.device))
+        else:
+            initial = torch.zeros(MAX_ATOMIC_NUMBER + 1, dtype=torch.float64)
+            added = FidelityComposition(context, initial, STRUCTURE, (), parameter.dtype, name="composition").to(parameter.device)
+    return report, added

@@ -1,0 +1,48 @@
+"""FidelityLinear equals the paper's concatenated one-hot layer [W, W_F] [a; onehot(f)] + b."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch_geometric.data import Data
+
+from mfwrap.fidelity import FidelityContext
+from mfwrap.linear import FidelityLinear
+
+
+def _context(fidelity_of_atoms: list[int], num_fidelities: int = 3):
+    atoms = torch.tensor(fidelity_of_atoms)
+    batch = Data(atomic_numbers=torch.ones(len(atoms), dtype=torch.long), fidelity=atoms, batch=torch.arange(len(atoms)),
+                 cell=torch.zeros(len(atoms), 3, 3), edge_index=torch.zeros(2, 0, dtype=torch.long))
+    context = FidelityContext(num_fidelities)
+    context.kinds = {"atom"}
+    return context, batch
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_equals_linear_on_input_concatenated_with_one_hot(bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 4, bias=bias)
+    context, batch = _context([0, 2, 1, 2])
+    layer = FidelityLinear(linear, context, "atom", 4)
+    a = torch.randn(4, 5)
+    with context.bound(batch):
+        assert torch.equal(layer(a), linear(a))  # W_F = 0 at initialisation
+        with torch.no_grad():
+            layer.fidelity_weight.normal_()
+        concatenated = torch.cat([a, nn.functional.one_hot(batch.fidelity, 3).float()], dim=1)
+        weight = torch.cat([linear.weight, layer.fidelity_weight], dim=1)
+        expected = concatenated @ weight.t() + (linear.bias if bias else 0)
+        torch.testing.assert_close(layer(a), expected)
+        three_d = torch.randn(4, 2, 5)  # extra middle dimension: one fidelity per leading row
+        torch.testing.assert_close(layer(three_d), linear(three_d) + layer.fidelity_weight.t()[batch.fidelity].unsqueeze(1))
+
+
+def test_add_fidelity_copies_a_column():
+    context, _ = _context([0])
+    layer = FidelityLinear(nn.Linear(2, 3), context, "atom", 3)
+    with torch.no_grad():
+        layer.fidelity_weight.normal_()
+    layer.add_fidelity(1)
+    assert layer.fidelity_weight.shape == (3, 4) and torch.equal(layer.fidelity_weight[:, 3], layer.fidelity_weight[:, 1])
