@@ -16,11 +16,13 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
-from mfwrap.data.line_graph import angle_edge_pairs, pair_undirected
+from mfwrap.data.line_graph import angle_edge_pairs, undirected_from_reverse
 from mfwrap.data.neighbors import periodic_radius_graph
 
 MAX_ATOMIC_NUMBER = 94
 EV_PER_A3_TO_GPA = 160.21766208
+MIN_DISTANCE = 1e-4
+"""Å; two atoms (or an atom and a periodic image) closer than this are rejected as coincident."""
 
 
 class StructureError(ValueError):
@@ -88,9 +90,9 @@ def validate_geometry(numbers: np.ndarray, positions: np.ndarray, cell: np.ndarr
     if not np.isfinite(positions).all():
         atom = int(np.nonzero(~np.isfinite(positions).all(axis=1))[0][0])
         raise StructureError(f"{name}: non-finite (NaN or inf) coordinates at atom {atom}")
+    if not np.isfinite(cell).all():  # also non-periodic rows: edge vectors multiply them by 0
+        raise StructureError(f"{name}: non-finite (NaN or inf) cell {cell.tolist()}")
     if pbc.any():
-        if not np.isfinite(cell).all():
-            raise StructureError(f"{name}: non-finite cell")
         periodic = cell[pbc]
         gram = np.linalg.det(periodic @ periodic.T)
         scale = np.prod(np.linalg.norm(periodic, axis=1) ** 2) + 1e-300
@@ -124,26 +126,30 @@ def to_graph(
             inside ``spec.cutoff``. Such an atom receives no messages: its energy is its
             embedding's readout alone. Official CHGNet raises by default instead.
     """
+    if on_isolated_atoms not in ("warn", "error", "ignore"):
+        raise ValueError(f"on_isolated_atoms must be 'warn', 'error' or 'ignore', got {on_isolated_atoms!r}")
     numbers, positions, cell, pbc = _as_arrays(structure)
     validate_geometry(numbers, positions, cell, pbc, name)
-    pos = torch.tensor(positions, dtype=torch.float64)
+    pos = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.float64))
     cell_t = torch.tensor(cell, dtype=torch.float64)
-    pbc_t = torch.tensor(pbc, dtype=torch.bool)
-    edge_index, shift, length = periodic_radius_graph(pos, cell_t, pbc_t, spec.cutoff)
+    pbc_t = torch.from_numpy(np.asarray(pbc, dtype=bool))
+    edge_index, shift, length, reverse = periodic_radius_graph(pos, cell_t, pbc_t, spec.cutoff)
 
     n_atoms = len(numbers)
-    has_neighbour = torch.zeros(n_atoms, dtype=torch.bool)
-    has_neighbour[edge_index[1]] = True
-    if not bool(has_neighbour.all()) and on_isolated_atoms != "ignore":
-        lonely = (~has_neighbour).nonzero().flatten().tolist()
-        msg = f"{name}: atom(s) {lonely[:10]} have no neighbour within the {spec.cutoff} Å cutoff"
+    if length.numel() and float(length.min()) < MIN_DISTANCE:
+        e = int(length.argmin())
+        i, j = int(edge_index[1, e]), int(edge_index[0, e])
+        raise StructureError(f"{name}: atoms {i} and {j} (or its periodic image) coincide (distance {float(length[e]):.2g} Å)")
+    lonely = np.flatnonzero(np.bincount(edge_index[1].numpy(), minlength=n_atoms) == 0)
+    if lonely.size and on_isolated_atoms != "ignore":
+        msg = f"{name}: atom(s) {lonely[:10].tolist()} have no neighbour within the {spec.cutoff} Å cutoff"
         if on_isolated_atoms == "error":
             raise StructureError(msg)
         warnings.warn(msg + "; they receive no messages (embedding-only energy)", stacklevel=2)
 
     graph = AtomicGraph(
         pos=pos.to(dtype),
-        atomic_numbers=torch.tensor(numbers, dtype=torch.long),
+        atomic_numbers=torch.from_numpy(np.asarray(numbers, dtype=np.int64)),
         cell=cell_t.to(dtype).unsqueeze(0),
         pbc=pbc_t.unsqueeze(0),
         edge_index=edge_index,
@@ -152,7 +158,7 @@ def to_graph(
         num_nodes=n_atoms,
     )
     if spec.line_graph_cutoff is not None:
-        to_undirected, to_edge = pair_undirected(edge_index, shift, n_atoms)
+        to_undirected, to_edge = undirected_from_reverse(reverse)
         graph[K.EDGE_TO_UNDIRECTED] = to_undirected
         graph[K.UNDIRECTED_TO_EDGE] = to_edge
         graph[K.NUM_UNDIRECTED] = int(to_edge.numel())
@@ -181,7 +187,10 @@ def attach_labels(graph: Data, labels: Mapping[str, Any], name: str, dtype: torc
             continue
         array = np.asarray(value, dtype=np.float64)
         if array.size != int(np.prod(shape)) or (array.ndim > 0 and array.shape[0] != shape[0] and target != K.STRESS):
-            raise StructureError(f"{name}: label '{target}' has shape {array.shape}, expected {shape[1:] or ()} for {n_atoms} atoms")
+            expected = {K.ENERGY: "a scalar", K.FORCES: f"({n_atoms}, 3)", K.STRESS: "(3, 3)", K.MAGMOMS: f"({n_atoms},)"}
+            raise StructureError(
+                f"{name}: label '{target}' has shape {array.shape}, expected {expected[target]} for {n_atoms} atoms"
+            )
         if not np.isfinite(array).all():
             raise StructureError(f"{name}: label '{target}' has non-finite values")
         graph[target] = torch.tensor(array.reshape(shape), dtype=dtype)

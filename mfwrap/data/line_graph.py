@@ -11,12 +11,25 @@ import torch
 from torch import Tensor
 
 
-def pair_undirected(edge_index: Tensor, edge_shift: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
-    """Map each directed edge to its undirected edge.
+def undirected_from_reverse(reverse: Tensor) -> tuple[Tensor, Tensor]:
+    """Number the undirected edges given each directed edge's reverse (an involution without
+    fixed points, e.g. :attr:`NeighbourList.reverse`).
 
     Returns:
         edge_to_undirected (E,) long; undirected_to_edge (U,) long, the lower-indexed directed edge
         of each pair, with undirected ids numbered in the order of those representatives.
+    """
+    is_representative = torch.arange(reverse.numel(), device=reverse.device) < reverse
+    undirected_id = torch.cumsum(is_representative, 0) - 1
+    edge_to_undirected = torch.where(is_representative, undirected_id, undirected_id[reverse])
+    return edge_to_undirected, is_representative.nonzero().squeeze(1)
+
+
+def pair_undirected(edge_index: Tensor, edge_shift: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+    """Map each directed edge of any symmetric edge list to its undirected edge.
+
+    Returns:
+        as :func:`undirected_from_reverse`.
 
     Raises:
         ValueError if some edge (i, j, S) has no reverse (j, i, -S).
@@ -30,41 +43,37 @@ def pair_undirected(edge_index: Tensor, edge_shift: Tensor, num_nodes: int) -> t
     shift = edge_shift.round().long()
     reach = int(shift.abs().max()) + 1
     base = 2 * reach + 1
-    code = ((shift + reach) * torch.tensor([base * base, base, 1], device=device)).sum(-1)
-    reverse_code = ((reach - shift) * torch.tensor([base * base, base, 1], device=device)).sum(-1)
+    weights = torch.tensor([base * base, base, 1], device=device)
+    code = ((shift + reach) * weights).sum(-1)
     cube = base**3
     key = (centre * num_nodes + neighbour) * cube + code
-    reverse_key = (neighbour * num_nodes + centre) * cube + reverse_code
+    reverse_key = (neighbour * num_nodes + centre) * cube + (cube - 1 - code)  # code of -S
     sorted_key, order = torch.sort(key)
     slot = torch.searchsorted(sorted_key, reverse_key).clamp(max=n_edges - 1)
     if not bool((sorted_key[slot] == reverse_key).all()):
         raise ValueError("neighbour list is not symmetric: some edge (i, j, S) has no (j, i, -S)")
-    reverse = order[slot]
-    edge_ids = torch.arange(n_edges, device=device)
-    is_representative = edge_ids < reverse
-    undirected_id = torch.cumsum(is_representative.long(), 0) - 1
-    edge_to_undirected = torch.where(is_representative, undirected_id, undirected_id[reverse])
-    undirected_to_edge = edge_ids[is_representative]
-    return edge_to_undirected, undirected_to_edge
+    return undirected_from_reverse(order[slot])
 
 
 def angle_edge_pairs(edge_index: Tensor, edge_length: Tensor, num_nodes: int, cutoff: float) -> Tensor:
     """All ordered pairs of distinct directed edges with a common centre, both shorter than ``cutoff``.
 
+    Short edge k (after a stable sort by centre) sits at rank ``a_k`` in its centre's group of
+    ``c`` short edges starting at ``start_k``; its ``c - 1`` partners are enumerated by
+    ``w = 0..c-2`` as ``start_k + w + [w >= a_k]`` (skipping itself), so no pair is made and dropped.
+
     Returns:
-        angle_edges (2, A) long: directed edge indices (e1, e2), grouped by centre.
+        angle_edges (2, A) long: directed edge indices (e1, e2), grouped by centre, then by e1.
     """
     device = edge_index.device
-    short = (edge_length < cutoff).nonzero(as_tuple=True)[0]
-    centre = edge_index[1, short]
-    centre, perm = torch.sort(centre, stable=True)
+    short = (edge_length < cutoff).nonzero().squeeze(1)
+    centre, perm = torch.sort(edge_index[1, short], stable=True)
     short = short[perm]
     per_centre = torch.bincount(centre, minlength=num_nodes)
-    group_start = torch.cumsum(per_centre, 0) - per_centre
-    group_size = per_centre[centre]  # for each short edge, how many share its centre
-    first = torch.arange(short.numel(), device=device).repeat_interleave(group_size)
-    pair_start = torch.cumsum(group_size, 0) - group_size
-    within = torch.arange(first.numel(), device=device) - pair_start.repeat_interleave(group_size)
-    second = group_start[centre[first]] + within
-    distinct = first != second
-    return torch.stack([short[first[distinct]], short[second[distinct]]])
+    start = (torch.cumsum(per_centre, 0) - per_centre)[centre]  # (m,) group start of each short edge
+    rank = torch.arange(short.numel(), device=device) - start
+    partners = per_centre[centre] - 1
+    first = torch.repeat_interleave(partners)  # (A,) index into short
+    w = torch.arange(first.numel(), device=device) - (torch.cumsum(partners, 0) - partners)[first]
+    second = start[first] + w + (w >= rank[first])
+    return torch.stack([short[first], short[second]])
