@@ -89,12 +89,12 @@ def native_setup(data, labels, batch_size: int, out_dir: Path):
     conversion = (time.perf_counter() - start) / len(data) * batch_size
     trainer = Trainer(model, TrainConfig(targets="efsm", batch_size=batch_size, lr=0.005, epochs=1,
                                          output_dir=str(out_dir), progress=False))
-    trainer._optimiser(steps_total=1000)
+    trainer.setup_optimiser(steps_total=1000)
     batches = [torch.arange(i, min(i + batch_size, len(graphs))) for i in range(0, len(graphs), batch_size)]
 
     def step(batch_list):
         for indices in batch_list:
-            trainer._train_step(graphs, indices)
+            trainer.train_step(graphs, indices)
 
     return batches, step, conversion
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
-from mfwrap.composition import fit_linear_composition
+from mfwrap.composition import fit_linear_composition, read_element_energies, write_element_energies
 from mfwrap.data import keys as K
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -51,19 +51,19 @@ def fit_composition(model: nn.Module, graphs: Sequence[Data]) -> None:
     """Fit the composition model(s) of ``model`` to the energies in ``graphs``, in place.
 
     A model with ``fit_composition(graphs)`` (the multi-fidelity wrapper: one fit per fidelity)
-    does it itself; a backbone whose ``composition`` submodule has an ``element_energies``
-    parameter (max_z,) indexed by Z − 1 gets :func:`mfwrap.composition.fit_linear_composition`.
+    does it itself. For a backbone, its ``composition`` submodule (a per-element energy table,
+    see :func:`mfwrap.composition.read_element_energies`) gets the least-squares fit of
+    :func:`mfwrap.composition.fit_linear_composition`; elements absent from ``graphs`` keep
+    their current values.
     """
     if hasattr(model, "fit_composition"):
         model.fit_composition(graphs)
         return
-    energies = getattr(getattr(model, "composition", None), "element_energies", None)
-    if energies is None:
-        warnings.warn(f"{type(model).__name__} has no composition model; nothing fitted", stacklevel=2)
+    module = getattr(model, "composition", None)
+    if module is None:
+        warnings.warn(f"{type(model).__name__} has no `composition` module; no composition model fitted", stacklevel=2)
         return
-    weights = fit_linear_composition(graphs, num_elements=energies.numel() + 1)
-    with torch.no_grad():
-        energies.copy_(weights[1:].to(energies))
+    write_element_energies(module, fit_linear_composition(graphs, prior=read_element_energies(module)))
 
 
 class _SelectOutputs(nn.Module):
@@ -130,7 +130,10 @@ class Trainer:
             batches.pop()  # a process would get no structure; this last partial batch is dropped
         return batches
 
-    def _optimiser(self, steps_total: int) -> None:
+    def setup_optimiser(self, steps_total: int) -> None:
+        """Freeze ``config.freeze``; create Adam, the cosine schedule over ``steps_total`` steps,
+        and (distributed) the DDP wrapper. :meth:`fit` calls it; call it yourself only to drive
+        :meth:`train_step` directly (e.g. in a benchmark)."""
         for name, param in self.model.named_parameters():
             if any(name.startswith(prefix) for prefix in self.config.freeze):
                 param.requires_grad_(False)
@@ -154,7 +157,7 @@ class Trainer:
         self.train_model = selected
 
     # ----------------------------------------------------------------- steps
-    def _train_step(self, graphs: Sequence[Data], indices: Tensor) -> Tensor:
+    def train_step(self, graphs: Sequence[Data], indices: Tensor) -> Tensor:
         """One optimiser step on the global batch ``indices``; returns this process's loss share."""
         local = torch.tensor_split(indices, self.ctx.world_size)[self.ctx.rank]
         batch = Batch.from_data_list([graphs[i] for i in local.tolist()]).to(self.device)
@@ -276,7 +279,7 @@ class Trainer:
         steps_per_epoch = len(self._batches_of_epoch(len(train), 0))
         if steps_per_epoch == 0:
             raise ValueError(f"{len(train)} training structures are too few for {self.ctx.world_size} processes")
-        self._optimiser(self.config.epochs * steps_per_epoch)
+        self.setup_optimiser(self.config.epochs * steps_per_epoch)
         start_epoch = start_step = global_step = 0
         self.epoch_loss_sum = 0.0
         if resume and (self.out_dir / "last.pt").is_file():
@@ -293,7 +296,7 @@ class Trainer:
             batches = self._batches_of_epoch(len(train), epoch)
             for step in tqdm(range(start_step, len(batches)), desc=f"epoch {epoch}", leave=False,
                              disable=not self.show_progress, initial=start_step, total=len(batches)):
-                self.epoch_loss_sum += float(self._train_step(train, batches[step]))
+                self.epoch_loss_sum += float(self.train_step(train, batches[step]))
                 global_step += 1
                 done = stop_after_steps is not None and global_step >= stop_after_steps
                 if done or (self.config.checkpoint_every and global_step % self.config.checkpoint_every == 0):
