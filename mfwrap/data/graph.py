@@ -68,8 +68,14 @@ def _as_arrays(structure: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
             np.asarray(structure.cell.array, dtype=np.float64),
             np.asarray(structure.pbc, dtype=bool),
         )
-    if hasattr(structure, "cart_coords"):  # pymatgen
-        numbers = np.array([getattr(site.specie, "Z", 0) for site in structure], dtype=np.int64)
+    if hasattr(structure, "cart_coords"):  # pymatgen (imported already, as the input is one)
+        from pymatgen.core.periodic_table import DummySpecies
+
+        # Z = 0 (an unknown element) for dummy species and disordered sites
+        numbers = np.array(
+            [0 if not site.is_ordered or isinstance(site.specie, DummySpecies) else site.specie.Z for site in structure],
+            dtype=np.int64,
+        )
         if hasattr(structure, "lattice"):
             lattice = structure.lattice
             return numbers, np.asarray(structure.cart_coords), np.asarray(lattice.matrix), np.asarray(lattice.pbc)
