@@ -1,0 +1,415 @@
+"""A two-fidelity Li_x Mn_y Fe_(1-y) PO4 (LMFP) dataset labelled by pretrained CHGNet teachers.
+
+No public DFT dataset of LiMnFePO4 exists, so this one is synthesised from two published models
+that the ``chgnet`` package ships (they load offline; chgnet is imported only while building):
+
+* ``high``: CHGNet r2SCAN (``CHGNet.load(model_name="r2scan")``) → energy, forces, stress, magmoms;
+* ``low``: CHGNet 0.3.0 (GGA/GGA+U, MPtrj) → energy, forces, stress; magmoms absent (not zero).
+
+Structures are olivine (Pnma) 1x1x2 supercells (56 atoms when fully lithiated) from
+:func:`mfwrap.datasets.structures.lifepo4`. Each configuration draws its number of Li atoms
+uniformly from 0..8 (Li_x, x = n_Li / 8, removed sites random) and its number of Mn atoms
+uniformly from 0..8 (Mn_y Fe_(1-y), sites random), a symmetric strain ε with every component
+uniform in ±``max_strain`` (lattice rows L → L (I + ε), fractional coordinates kept), then either
+
+* ``static``: Gaussian displacements of every atom, σ uniform in ``displacement_a`` (Å); or
+* ``md``: a short Langevin run (BAOAB, ``timestep_fs``, friction ``friction_per_fs``) at a
+  temperature uniform in ``temperature_k``, driven by the *same* teacher that labels the frame,
+  from small displacements and Maxwell-Boltzmann velocities; a snapshot every ``md_interval``
+  steps, ``md_snapshots`` per trajectory.
+
+The two fidelities are built from independent random streams, so they share no structure; the
+high-fidelity test split holds whole groups (one static frame, or all snapshots of one trajectory),
+so no trajectory is split between train and test.
+
+Frames are stored as ``ase.Atoms`` with a ``SinglePointCalculator`` holding the labels in ASE units
+(energy eV total, forces eV/Å, stress eV/Å^3 with the sign of chgnet's 's' and ASE, i.e.
+``stress_GPa * ase.units.GPa``; magmoms μB, absent at ``low``) and ``info`` with ``fidelity``
+("high" / "low"), ``kind``, ``group``, ``li_fraction``, ``mn_fraction``, ``strain`` (9 numbers,
+row-major ε), and ``temperature_K`` / ``md_step`` (md) or ``displacement_A`` (static).
+
+A built dataset is a directory of extxyz files (``high_train.xyz``, ``high_test.xyz``,
+``low_train.xyz``) plus ``manifest.json`` (seed, recipe, sizes, package versions, SHA-256 of every
+file and of the teacher checkpoints). :func:`load_lmfp` builds it once into the cache
+(``cache_dir`` argument, else ``$MFWRAP_CACHE``, else ``~/.cache/mfwrap``) and reads it back
+through :mod:`mfwrap.data.readers`, like any labelled extxyz file (stress converted to GPa).
+
+Command line: ``python -m mfwrap.datasets.lmfp --size full|small|tiny [--out DIR] [--seed 0]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import importlib.metadata
+import io
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.singlepoint import SinglePointCalculator
+from pymatgen.core import Lattice, Structure
+
+from mfwrap.data.readers import LabelledStructure, read_dataset
+from mfwrap.datasets.structures import lifepo4
+
+LOG = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+TEACHERS = {"high": "r2scan", "low": "0.3.0"}  # fidelity name -> chgnet pretrained model name
+_LABEL_TASK = {"high": "efsm", "low": "efs"}  # chgnet tasks: energy, forces, stress (+ magmoms)
+SPLITS = ("high_train", "high_test", "low_train")
+_STREAM = {"high": 1, "low": 2, "split": 3}  # independent random streams per seed
+
+
+@dataclass(frozen=True)
+class LMFPRecipe:
+    """How many frames of each kind, and how they are perturbed (lengths Å, times fs, K)."""
+
+    n_high: int
+    n_high_test: int
+    n_low: int
+    md_fraction: float = 0.5
+    md_snapshots: int = 5
+    md_interval: int = 4
+    timestep_fs: float = 2.0
+    friction_per_fs: float = 0.01
+    temperature_k: tuple[float, float] = (300.0, 1000.0)
+    max_strain: float = 0.03
+    displacement_a: tuple[float, float] = (0.01, 0.06)
+    md_start_displacement_a: float = 0.02
+    batch_size: int = 1
+
+
+SIZES = {
+    # the seed paper's sizes: 1,911 high (10 % test), 1,736 low
+    "full": LMFPRecipe(n_high=1911, n_high_test=191, n_low=1736),
+    # the demo trains on the 100 high-fidelity training frames (+ all low) and tests on 50
+    "small": LMFPRecipe(n_high=150, n_high_test=50, n_low=300, md_fraction=0.3, md_interval=3),
+    # for unit tests: a few frames of every kind
+    "tiny": LMFPRecipe(n_high=6, n_high_test=2, n_low=6, md_fraction=0.34, md_snapshots=2, md_interval=2),
+}
+
+
+class _Teacher:
+    """A pretrained CHGNet as a labeller; ``teacher(frames, task)`` → chgnet prediction dicts."""
+
+    def __init__(self, model_name: str, device: str, batch_size: int) -> None:
+        from chgnet.model import CHGNet  # teacher only: never imported by mfwrap at import time
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.model = CHGNet.load(model_name=model_name, use_device=device, verbose=False)
+        self.batch_size = batch_size
+
+    def __call__(self, frames: list[Atoms], task: str) -> list[dict[str, np.ndarray]]:
+        structures = [
+            Structure(Lattice(a.cell.array), a.numbers, a.positions, coords_are_cartesian=True) for a in frames
+        ]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            out = self.model.predict_structure(structures, task=task, batch_size=self.batch_size)
+        return [out] if isinstance(out, dict) else out
+
+
+def _labelled(atoms: Atoms, prediction: dict[str, np.ndarray], fidelity: str) -> Atoms:
+    """Attach a teacher's prediction as labels: E = e·n (chgnet's e is per atom), σ symmetrised."""
+    stress = np.asarray(prediction["s"], dtype=np.float64)
+    results = {
+        "energy": float(prediction["e"]) * len(atoms),
+        "forces": np.asarray(prediction["f"], dtype=np.float64),
+        "stress": 0.5 * (stress + stress.T) * units.GPa,
+    }
+    if "m" in _LABEL_TASK[fidelity]:
+        results["magmoms"] = np.asarray(prediction["m"], dtype=np.float64).reshape(len(atoms))
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    atoms.info["fidelity"] = fidelity
+    atoms.info["teacher"] = f"chgnet-{TEACHERS[fidelity]}"
+    return atoms
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_cell() -> Atoms:
+    """Fully lithiated LiFePO4 1x1x2 (56 atoms); callers copy it."""
+    structure = lifepo4((1, 1, 2))
+    return Atoms(numbers=[site.specie.Z for site in structure], positions=structure.cart_coords,
+                 cell=structure.lattice.matrix, pbc=True)
+
+
+def random_configuration(rng: np.random.Generator, recipe: LMFPRecipe, displacement: float) -> Atoms:
+    """One Li_x Mn_y Fe_(1-y) PO4 cell: random Li vacancies, Mn/Fe mixing, strain, displacements σ (Å)."""
+    atoms = _reference_cell().copy()
+    lithium = np.flatnonzero(atoms.numbers == 3)
+    metal = np.flatnonzero(atoms.numbers == 26)
+    n_li, n_mn = rng.integers(0, len(lithium) + 1), rng.integers(0, len(metal) + 1)
+    atoms.numbers[rng.choice(metal, n_mn, replace=False)] = 25
+    del atoms[np.setdiff1d(lithium, rng.choice(lithium, n_li, replace=False))]
+    strain = rng.uniform(-recipe.max_strain, recipe.max_strain, (3, 3))
+    strain = 0.5 * (strain + strain.T)
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + strain), scale_atoms=True)
+    atoms.positions += rng.normal(0.0, displacement, atoms.positions.shape)
+    atoms.info.update(li_fraction=n_li / len(lithium), mn_fraction=n_mn / len(metal), strain=strain.reshape(9))
+    return atoms
+
+
+def _langevin_snapshots(teacher: _Teacher, starts: list[Atoms], temperatures: np.ndarray,
+                        rng: np.random.Generator, recipe: LMFPRecipe, fidelity: str) -> list[list[Atoms]]:
+    """Run all trajectories in lock-step (one teacher call per step); labelled snapshots per trajectory.
+
+    BAOAB Langevin: v += dt/2 F/m; r += dt/2 v; v ← c v + sqrt(1 - c²) sqrt(k_B T / m) ξ with
+    c = exp(-γ dt); r += dt/2 v; F ← teacher(r); v += dt/2 F/m. Snapshot labels are the teacher's
+    evaluation at that step (with stress and magmoms), so they cost no extra call.
+    """
+    dt = recipe.timestep_fs * units.fs
+    damping = np.exp(-recipe.friction_per_fs * recipe.timestep_fs)
+    frames = [a.copy() for a in starts]
+    inv_mass = [1.0 / a.get_masses()[:, None] for a in frames]
+    thermal = [np.sqrt(units.kB * t * m) for t, m in zip(temperatures, inv_mass)]
+    velocities = [s * rng.standard_normal(a.positions.shape) for s, a in zip(thermal, frames)]
+    forces = [p["f"] for p in teacher(frames, "ef")]
+    snapshots: list[list[Atoms]] = [[] for _ in frames]
+    for step in range(1, recipe.md_interval * recipe.md_snapshots + 1):
+        for atoms, v, f, m, s in zip(frames, velocities, forces, inv_mass, thermal):
+            v += 0.5 * dt * f * m
+            atoms.positions += 0.5 * dt * v
+            v *= damping
+            v += np.sqrt(1.0 - damping**2) * s * rng.standard_normal(v.shape)
+            atoms.positions += 0.5 * dt * v
+        sample = step % recipe.md_interval == 0
+        predictions = teacher(frames, _LABEL_TASK[fidelity] if sample else "ef")
+        forces = [p["f"] for p in predictions]
+        for v, f, m in zip(velocities, forces, inv_mass):
+            v += 0.5 * dt * f * m
+        if sample:
+            for trajectory, atoms, prediction, temperature in zip(snapshots, frames, predictions, temperatures):
+                snapshot = atoms.copy()
+                snapshot.wrap()
+                snapshot.info.update(kind="md", temperature_K=float(temperature), md_step=step)
+                trajectory.append(_labelled(snapshot, prediction, fidelity))
+        LOG.info("%s: md step %d / %d", fidelity, step, recipe.md_interval * recipe.md_snapshots)
+    return snapshots
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int):
+    """Run the teacher with ``threads`` intra-op threads (one is fastest here for 56-atom cells)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def build_pool(fidelity: str, n_frames: int, recipe: LMFPRecipe, seed: int, device: str = "cpu",
+               threads: int = 1) -> list[Atoms]:
+    """All labelled frames of one fidelity, each with a ``group`` id (static frame or trajectory)."""
+    with _torch_threads(threads):
+        return _build_pool(fidelity, n_frames, recipe, seed, device)
+
+
+def _build_pool(fidelity: str, n_frames: int, recipe: LMFPRecipe, seed: int, device: str) -> list[Atoms]:
+    rng = np.random.default_rng([seed, _STREAM[fidelity]])
+    teacher = _Teacher(TEACHERS[fidelity], device, recipe.batch_size)
+    n_traj = int(round(recipe.md_fraction * n_frames / recipe.md_snapshots))
+    n_static = n_frames - n_traj * recipe.md_snapshots
+    static = []
+    for _ in range(n_static):
+        sigma = rng.uniform(*recipe.displacement_a)
+        static.append(random_configuration(rng, recipe, sigma))
+        static[-1].info.update(kind="static", displacement_A=sigma)
+    starts = [random_configuration(rng, recipe, recipe.md_start_displacement_a) for _ in range(n_traj)]
+    temperatures = rng.uniform(*recipe.temperature_k, n_traj)
+    LOG.info("%s: labelling %d static frames", fidelity, n_static)
+    frames = [_labelled(a, p, fidelity) for a, p in zip(static, teacher(static, _LABEL_TASK[fidelity]))]
+    LOG.info("%s: %d md trajectories x %d snapshots", fidelity, n_traj, recipe.md_snapshots)
+    trajectories = _langevin_snapshots(teacher, starts, temperatures, rng, recipe, fidelity) if n_traj else []
+    for group, members in enumerate([[a] for a in frames] + trajectories):
+        for atoms in members:
+            atoms.info["group"] = group
+    return frames + [a for trajectory in trajectories for a in trajectory]
+
+
+def _build_pool_in_worker(log_level: int, *args) -> list[Atoms]:
+    """:func:`build_pool` in a spawned process, logging at the parent's level."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(message)s")
+    return build_pool(*args)
+
+
+def split_high(frames: list[Atoms], n_test: int, rng: np.random.Generator) -> tuple[list[Atoms], list[Atoms]]:
+    """(train, test) with exactly ``n_test`` test frames made of whole groups; both shuffled."""
+    groups: dict[int, list[int]] = {}
+    for index, atoms in enumerate(frames):
+        groups.setdefault(int(atoms.info["group"]), []).append(index)
+    test: list[int] = []
+    for group in rng.permutation(sorted(groups)):
+        if len(test) + len(groups[group]) <= n_test:
+            test.extend(groups[group])
+    if len(test) != n_test:
+        raise ValueError(f"cannot hold out exactly {n_test} frames as whole groups")
+    train = sorted(set(range(len(frames))) - set(test))
+    return [frames[i] for i in rng.permutation(train)], [frames[i] for i in rng.permutation(test)]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _provenance() -> dict:
+    import chgnet  # only called while building
+
+    from mfwrap import __version__
+
+    versions = {name: importlib.metadata.version(name) for name in ("chgnet", "torch", "ase", "pymatgen", "numpy")}
+    versions["mfwrap"] = __version__
+    pretrained = Path(chgnet.__file__).parent / "pretrained"
+    checkpoints = {
+        fidelity: {path.name: _sha256(path) for path in sorted((pretrained / name).glob("*.pth.tar"))}
+        for fidelity, name in TEACHERS.items()
+    }
+    return {"versions": versions, "teacher_checkpoints_sha256": checkpoints}
+
+
+def _recipe(size: str | LMFPRecipe) -> tuple[str, LMFPRecipe]:
+    if isinstance(size, LMFPRecipe):
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(size), sort_keys=True).encode()).hexdigest()[:10]
+        return f"custom-{digest}", size
+    if size not in SIZES:
+        raise ValueError(f"unknown LMFP size {size!r}; choose one of {sorted(SIZES)} or pass an LMFPRecipe")
+    return size, SIZES[size]
+
+
+def build_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, out_dir: str | os.PathLike | None = None,
+               *, device: str = "cpu", workers: int = 1, threads: int = 1) -> Path:
+    """Build the dataset into ``out_dir`` (created atomically; must not exist yet) and return it.
+
+    ``workers`` = 2 labels the two fidelities in two spawned processes, each with ``threads``
+    torch threads. The result does not depend on ``workers``.
+    """
+    name, recipe = _recipe(size)
+    out = Path(out_dir) if out_dir is not None else dataset_dir(size, seed)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; remove it to rebuild")
+    start = time.perf_counter()
+    jobs = [("high", recipe.n_high), ("low", recipe.n_low)]
+    if workers > 1:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(_build_pool_in_worker, LOG.getEffectiveLevel(), f, n, recipe, seed, device, threads) for f, n in jobs]
+            high, low = (future.result() for future in futures)
+    else:
+        high, low = (build_pool(f, n, recipe, seed, device, threads) for f, n in jobs)
+    split_rng = np.random.default_rng([seed, _STREAM["split"]])
+    high_train, high_test = split_high(high, recipe.n_high_test, split_rng)
+    low_train = [low[i] for i in split_rng.permutation(len(low))]
+    splits = {"high_train": high_train, "high_test": high_test, "low_train": low_train}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for split, frames in splits.items():
+            ase.io.write(staging / f"{split}.xyz", frames, format="extxyz")
+        manifest = {
+            "dataset": "lmfp", "format_version": FORMAT_VERSION, "size": name, "seed": seed,
+            "recipe": dataclasses.asdict(recipe), "teachers": {f: f"chgnet {m}" for f, m in TEACHERS.items()},
+            "units": {"energy": "eV (total)", "forces": "eV/Å", "stress": "eV/Å^3 (ASE units; GPa = this / ase.units.GPa)",
+                      "magmoms": "μB (high only)"},
+            "files": {f"{split}.xyz": {"frames": len(frames), "sha256": _sha256(staging / f"{split}.xyz")}
+                      for split, frames in splits.items()},
+            "build_seconds": round(time.perf_counter() - start, 1), "workers": workers, "device": device,
+            **_provenance(),
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        try:
+            os.replace(staging, out)
+        except OSError as error:  # another process renamed the same build into place first
+            raise FileExistsError(f"{out} exists; remove it to rebuild") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    LOG.info("built %s in %.0f s", out, time.perf_counter() - start)
+    return out
+
+
+def read_lmfp(directory: str | os.PathLike) -> dict[str, list[LabelledStructure]]:
+    """Read a built dataset through :func:`mfwrap.data.readers.read_dataset` (standard ASE keys),
+    after checking every file against the manifest's SHA-256."""
+    directory = Path(directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    splits = {}
+    for split in SPLITS:
+        path = directory / f"{split}.xyz"
+        if _sha256(path) != manifest["files"][path.name]["sha256"]:
+            raise ValueError(f"{path} does not match its manifest (corrupt cache?); delete {directory} to rebuild")
+        splits[split] = read_dataset(path, fidelity=split.split("_")[0])
+    return splits
+
+
+def default_cache_dir() -> Path:
+    """``$MFWRAP_CACHE`` if set, else ``~/.cache/mfwrap``."""
+    return Path(os.environ.get("MFWRAP_CACHE") or Path.home() / ".cache" / "mfwrap")
+
+
+def dataset_dir(size: str | LMFPRecipe = "small", seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where :func:`load_lmfp` keeps this variant."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / "lmfp" / f"v{FORMAT_VERSION}-{_recipe(size)[0]}-seed{seed}"
+
+
+def load_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, cache_dir: str | os.PathLike | None = None,
+              *, device: str = "cpu", workers: int = 2) -> dict[str, list[LabelledStructure]]:
+    """The LMFP splits ``{"high_train", "high_test", "low_train"}``, built on first use, then cached.
+
+    Each split is a list of :class:`~mfwrap.data.readers.LabelledStructure` (fidelity "high" or
+    "low", labels in mfwrap units: stress in GPa; no magmoms at "low"), ready for
+    :func:`mfwrap.data.readers.to_graphs`; ``record.atoms.info`` keeps the provenance keys.
+
+    Args:
+        size: "full" (1,911 high of which 191 test, 1,736 low), "small" (150 high of which 50
+            test, 300 low), "tiny" (tests), or an :class:`LMFPRecipe`.
+        seed: everything (compositions, strains, displacements, MD noise, split) follows from it.
+        cache_dir: cache root; default ``$MFWRAP_CACHE`` or ``~/.cache/mfwrap``.
+        device, workers: for a build only (see :func:`build_lmfp`).
+    """
+    directory = dataset_dir(size, seed, cache_dir)
+    if not (directory / "manifest.json").exists():
+        try:
+            build_lmfp(size, seed, directory, device=device, workers=workers)
+        except FileExistsError:  # another process finished the same build first
+            pass
+    return read_lmfp(directory)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the two-fidelity LMFP dataset (CHGNet r2SCAN = high, 0.3.0 = low).")
+    parser.add_argument("--size", choices=sorted(SIZES), default="small", help="variant to build (default: small)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory to create (default: the cache directory load_lmfp reads, see MFWRAP_CACHE)")
+    parser.add_argument("--device", default="cpu", help="torch device of the teachers (default: cpu)")
+    parser.add_argument("--workers", type=int, default=2, help="processes; 2 labels both fidelities at once (default: 2)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = args.out if args.out is not None else dataset_dir(args.size, args.seed)
+    if not (out / "manifest.json").exists():
+        build_lmfp(args.size, args.seed, out, device=args.device, workers=args.workers)
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = ", ".join(f"{name}: {entry['frames']}" for name, entry in manifest["files"].items())
+    print(f"{out}\n  {counts}\n  built in {manifest['build_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
