@@ -90,19 +90,24 @@ class FidelityContext:
     def __init__(self, num_fidelities: int) -> None:
         self.num_fidelities = num_fidelities
         self.kinds: set[str] = set()
+        self.uniform: int | None = None
         self._batch: Data | None = None
         self._rows: dict[str, Tensor] = {}
         self._groups: dict[str, tuple[Tensor, list[int]]] = {}
 
     @contextmanager
-    def bound(self, batch: Data) -> Iterator[None]:
-        """Make ``batch``'s per-row fidelities available for the duration of one forward."""
-        self._batch = batch
+    def bound(self, batch: Data, uniform: int | None = None) -> Iterator[None]:
+        """Make ``batch``'s per-row fidelities available for the duration of one forward.
+
+        ``uniform``: the fidelity of every structure when the batch has only one (lets modules
+        take shortcuts), else None.
+        """
+        self._batch, self.uniform = batch, uniform
         self._rows = fidelity_rows(batch, tuple(self.kinds))
         try:
             yield
         finally:
-            self._batch, self._rows, self._groups = None, {}, {}
+            self._batch, self._rows, self._groups, self.uniform = None, {}, {}, None
 
     @property
     def batch(self) -> Data:

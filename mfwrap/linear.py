@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from mfwrap.fidelity import FidelityContext
 
@@ -23,9 +24,13 @@ class FidelityLinear(nn.Module):
 
     ``row_kind`` names what the rows of the layer's *output* are (atoms, edges, undirected
     bonds, angles, structures); the shared :class:`FidelityContext` supplies their fidelities.
+    When the whole batch has one fidelity f and ``bias`` names the bias parameter of ``linear``
+    (whose output is ``... + b``), the layer runs as ``linear`` with b + W_F[:, f] in place of b
+    (``torch.func.functional_call``): no extra pass over the output rows.
     """
 
-    def __init__(self, linear: nn.Module, context: FidelityContext, row_kind: str, out_features: int, name: str = "") -> None:
+    def __init__(self, linear: nn.Module, context: FidelityContext, row_kind: str, out_features: int, name: str = "",
+                 bias: str | None = None) -> None:
         super().__init__()
         reference = next(linear.parameters())
         self.linear = linear
@@ -35,10 +40,19 @@ class FidelityLinear(nn.Module):
         self.context = context
         self.row_kind = row_kind
         self.name = name
+        self.bias = bias
 
     def forward(self, *args, **kwargs) -> Tensor:
+        uniform = self.context.uniform
+        if uniform is not None and self.bias is not None:
+            bias = self.linear.get_parameter(self.bias) + self.fidelity_weight[:, uniform]
+            out = functional_call(self.linear, {self.bias: bias}, args, kwargs)
+            self.context.rows(self.row_kind, out.shape[0], self.name)
+            return out
         out = self.linear(*args, **kwargs)
         f = self.context.rows(self.row_kind, out.shape[0], self.name)
+        if uniform is not None:
+            return out + self.fidelity_weight[:, uniform]
         per_row = self.fidelity_weight.t().index_select(0, f)  # (rows, out)
         return out + per_row.view(f.shape[0], *([1] * (out.dim() - 2)), out.shape[-1])
 

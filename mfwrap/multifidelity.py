@@ -92,12 +92,12 @@ class MultiFidelity(nn.Module):
         """batch (with ``fidelity`` per structure) → the backbone's dict, each structure at its fidelity."""
         if K.FIDELITY not in batch:
             raise KeyError(f"the batch has no '{K.FIDELITY}' (per-structure fidelity index); build graphs with to_graph(..., fidelity=)")
-        fidelity = batch[K.FIDELITY]
-        if fidelity.numel() and (int(fidelity.min()) < 0 or int(fidelity.max()) >= len(self.fidelity_names)):
+        lowest, highest = torch.stack(torch.aminmax(batch[K.FIDELITY].reshape(-1))).tolist()
+        if lowest < 0 or highest >= len(self.fidelity_names):
             raise ValueError(
-                f"batch fidelity indices {sorted(set(fidelity.tolist()))} out of range for fidelities {list(self.fidelity_names)}"
+                f"batch fidelity indices {sorted(set(batch[K.FIDELITY].tolist()))} out of range for fidelities {list(self.fidelity_names)}"
             )
-        with self.context.bound(batch):
+        with self.context.bound(batch, lowest if lowest == highest else None):
             out = dict(self.backbone(batch))
             if self.composition is not None:
                 out[K.ENERGY] = out[K.ENERGY] + self.composition()

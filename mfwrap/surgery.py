@@ -64,15 +64,17 @@ class BackboneSpec:
             copies each per fidelity. Nested matches count once (the outermost).
         composition: the composition-energy module, which C replaces; None: C adds its energy
             to the backbone's total.
-        linear_types: class names that ``message`` treats as linear layers (affine modules
-            such as CHGNet's factorised first layer of a gated MLP).
+        linear_types: {class name: path of its bias parameter or None}: modules that
+            ``message`` treats as linear layers (affine modules such as CHGNet's factorised first
+            layer of a gated MLP). With a bias path (``nn.Linear``: "bias"), a batch of one
+            fidelity f folds W_F[:, f] into that bias instead of adding it to every output row.
     """
 
     embedding: str | None = None
     message: tuple[str, ...] = ()
     readout: tuple[str, ...] = ()
     composition: str | None = None
-    linear_types: tuple[str, ...] = field(default_factory=tuple)
+    linear_types: Mapping[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def from_value(cls, value: "BackboneSpec | Mapping[str, Any]") -> "BackboneSpec":
@@ -84,11 +86,14 @@ class BackboneSpec:
         unknown = sorted(set(value) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown backbone spec field(s) {unknown}; known are {sorted(cls.__dataclass_fields__)}")
-        tuples = {key: tuple(value[key]) for key in ("message", "readout", "linear_types") if key in value}
-        return cls(**{**dict(value), **tuples})
+        fields = {key: tuple(value[key]) for key in ("message", "readout") if key in value}
+        types = value.get("linear_types", {})
+        fields["linear_types"] = dict(types) if isinstance(types, Mapping) else dict.fromkeys(types)
+        return cls(**{**dict(value), **fields})
 
     def as_dict(self) -> dict[str, Any]:
-        return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
+        return {key: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v
+                for key, v in asdict(self).items()}
 
 
 _MESSAGE_NAME = re.compile(r"interaction|conv|message|layers|blocks", re.IGNORECASE)
@@ -308,7 +313,9 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
         return shapes[0][-1]
 
     for path in places.get("M", []):
-        _replace(backbone, path, FidelityLinear(modules[path], context, kinds[path], width(path), name=path))
+        module = modules[path]
+        bias = "bias" if isinstance(module, nn.Linear) and module.bias is not None else spec.linear_types.get(type(module).__name__)
+        _replace(backbone, path, FidelityLinear(module, context, kinds[path], width(path), name=path, bias=bias))
     for path in places.get("E", []):
         _replace(backbone, path, FidelityEmbedding(modules[path], context, kinds[path], width(path), name=path))
     for path in places.get("R", []):

@@ -46,3 +46,22 @@ def test_add_fidelity_copies_a_column():
         layer.fidelity_weight.normal_()
     layer.add_fidelity(1)
     assert layer.fidelity_weight.shape == (3, 4) and torch.equal(layer.fidelity_weight[:, 3], layer.fidelity_weight[:, 1])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_fidelity_batch_folds_w_f_into_the_bias(bias):
+    torch.manual_seed(1)
+    linear = nn.Linear(5, 4, bias=bias)
+    context, batch = _context([1, 1, 1])
+    layer = FidelityLinear(linear, context, "atom", 4, bias="bias" if bias else None)
+    with torch.no_grad():
+        layer.fidelity_weight.normal_()
+    a = torch.randn(3, 5)
+    with context.bound(batch, uniform=1):
+        folded = layer(a)
+    with context.bound(batch):
+        gathered = layer(a)
+    torch.testing.assert_close(folded, gathered)
+    folded.sum().backward()  # the folded bias still trains W_F[:, 1] only
+    assert float(layer.fidelity_weight.grad[:, 1].abs().sum()) > 0 and float(layer.fidelity_weight.grad[:, [0, 2]].abs().sum()) == 0
+    assert linear.bias is None or torch.equal(linear.bias, layer.linear.bias)  # the module's own bias is untouched
