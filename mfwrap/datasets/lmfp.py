@@ -390,6 +390,9 @@ def load_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, cache_dir: str | 
             build_lmfp(size, seed, directory, device=device, workers=workers)
         except FileExistsError:  # another process finished the same build first
             pass
+    built_with = json.loads((directory / "manifest.json").read_text())["recipe"]
+    if built_with != json.loads(json.dumps(dataclasses.asdict(_recipe(size)[1]))):
+        raise ValueError(f"{directory} was built with a different recipe ({built_with}); delete it to rebuild")
     return read_lmfp(directory)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -142,6 +144,7 @@ def _compare_with_teachers(splits, CHGNet):
         model = CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
         structure = lmfp.Structure(lmfp.Lattice(atoms.cell.array), atoms.numbers, atoms.positions, coords_are_cartesian=True)
         prediction = model.predict_structure(structure, task="efs")
+        assert -12.0 < record.labels[K.ENERGY] / len(atoms) < -5.0  # total energy: chgnet's e is per atom
         assert record.labels[K.ENERGY] == pytest.approx(float(prediction["e"]) * len(atoms), abs=1e-3)
         np.testing.assert_allclose(record.labels[K.FORCES], prediction["f"], atol=1e-4)
         np.testing.assert_allclose(record.labels[K.STRESS], prediction["s"], atol=1e-3)  # GPa, chgnet's sign
@@ -155,6 +158,12 @@ def test_cache_is_reused_without_relabelling(splits, cache, monkeypatch):
     cached = lmfp.load_lmfp("tiny", seed=7, cache_dir=cache)
     assert [len(cached[name]) for name in lmfp.SPLITS] == [len(splits[name]) for name in lmfp.SPLITS]
     assert (lmfp.dataset_dir("tiny", 7, cache) / "manifest.json").exists()
+
+
+def test_cache_of_another_recipe_is_refused(splits, cache, monkeypatch):
+    monkeypatch.setitem(lmfp.SIZES, "tiny", dataclasses.replace(RECIPE, max_strain=0.02))
+    with pytest.raises(ValueError, match="different recipe"):
+        lmfp.load_lmfp("tiny", seed=7, cache_dir=cache)
 
 
 def test_corrupt_cache_is_reported(splits, cache, tmp_path):
