@@ -234,8 +234,11 @@ def _build_pool(fidelity: str, n_frames: int, recipe: LMFPRecipe, seed: int, dev
         static[-1].info.update(kind="static", displacement_A=sigma)
     starts = [random_configuration(rng, recipe, recipe.md_start_displacement_a) for _ in range(n_traj)]
     temperatures = rng.uniform(*recipe.temperature_k, n_traj)
-    LOG.info("%s: labelling %d static frames", fidelity, n_static)
-    frames = [_labelled(a, p, fidelity) for a, p in zip(static, teacher(static, _LABEL_TASK[fidelity]))]
+    frames: list[Atoms] = []
+    for start in range(0, n_static, 100):  # chunks only to log progress
+        chunk = static[start : start + 100]
+        frames += [_labelled(a, p, fidelity) for a, p in zip(chunk, teacher(chunk, _LABEL_TASK[fidelity]))]
+        LOG.info("%s: labelled %d / %d static frames", fidelity, len(frames), n_static)
     LOG.info("%s: %d md trajectories x %d snapshots", fidelity, n_traj, recipe.md_snapshots)
     trajectories = _langevin_snapshots(teacher, starts, temperatures, rng, recipe, fidelity) if n_traj else []
     for group, members in enumerate([[a] for a in frames] + trajectories):
