@@ -63,6 +63,12 @@ def test_pymatgen_dummy_species_is_unknown_element():
         to_graph(structure, SPEC)
 
 
+def test_disordered_pymatgen_structure_is_a_named_error():
+    structure = Structure(Lattice.cubic(4.0), [{"Na": 0.5, "K": 0.5}, "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(StructureError, match="^NaKCl: disordered structure"):
+        to_graph(structure, SPEC, name="NaKCl")
+
+
 def _isolated() -> Atoms:
     """Na2 at 2.5 Å plus a Cl atom 8 Å away from both, in a large periodic box."""
     return Atoms("Na2Cl", positions=[[1, 1, 1], [3.5, 1, 1], [1, 1, 9]], cell=[14, 14, 17], pbc=True)
