@@ -18,9 +18,10 @@ uniform in ±``max_strain`` (lattice rows L → L (I + ε), fractional coordinat
   from small displacements and Maxwell-Boltzmann velocities; a snapshot every ``md_interval``
   steps, ``md_snapshots`` per trajectory.
 
-The two fidelities are built from independent random streams, so they share no structure; the
-high-fidelity test split holds whole groups (one static frame, or all snapshots of one trajectory),
-so no trajectory is split between train and test.
+Each fidelity is built in ``shards`` pieces (for parallel workers), each from its own random
+stream (seed, fidelity, shard), so the two fidelities share no structure. The high-fidelity test
+split holds whole groups (one static frame, or all snapshots of one trajectory), so no trajectory
+is split between train and test.
 
 Frames are stored as ``ase.Atoms`` with a ``SinglePointCalculator`` holding the labels in ASE units
 (energy eV total, forces eV/Å, stress eV/Å^3 with the sign of chgnet's 's' and ASE, i.e.
@@ -92,16 +93,23 @@ class LMFPRecipe:
     displacement_a: tuple[float, float] = (0.01, 0.06)
     md_start_displacement_a: float = 0.02
     batch_size: int = 1
+    shards: int = 2
 
 
 SIZES = {
     # the seed paper's sizes: 1,911 high (10 % test), 1,736 low
-    "full": LMFPRecipe(n_high=1911, n_high_test=191, n_low=1736),
+    "full": LMFPRecipe(n_high=1911, n_high_test=191, n_low=1736, shards=4),
     # the demo trains on the 100 high-fidelity training frames (+ all low) and tests on 50
     "small": LMFPRecipe(n_high=150, n_high_test=50, n_low=300, md_fraction=0.3, md_interval=3),
     # for unit tests: a few frames of every kind
-    "tiny": LMFPRecipe(n_high=6, n_high_test=2, n_low=6, md_fraction=0.34, md_snapshots=2, md_interval=2),
+    "tiny": LMFPRecipe(n_high=6, n_high_test=2, n_low=6, md_fraction=0.34, md_snapshots=2, md_interval=2, shards=1),
 }
+
+
+@functools.lru_cache(maxsize=2)
+def _teacher(model_name: str, device: str, batch_size: int) -> "_Teacher":
+    """One loaded teacher per process and model."""
+    return _Teacher(model_name, device, batch_size)
 
 
 class _Teacher:
@@ -215,16 +223,23 @@ def _torch_threads(threads: int):
         torch.set_num_threads(previous)
 
 
-def build_pool(fidelity: str, n_frames: int, recipe: LMFPRecipe, seed: int, device: str = "cpu",
-               threads: int = 1) -> list[Atoms]:
-    """All labelled frames of one fidelity, each with a ``group`` id (static frame or trajectory)."""
+def shard_sizes(n_frames: int, shards: int) -> list[int]:
+    """Frames per shard: as equal as possible, the first ones one larger."""
+    return [n_frames // shards + (k < n_frames % shards) for k in range(shards)]
+
+
+def build_shard(fidelity: str, shard: int, recipe: LMFPRecipe, seed: int, device: str = "cpu",
+                threads: int = 1) -> list[Atoms]:
+    """Labelled frames of one shard of one fidelity (its own random stream), each with a ``group``
+    id "<shard>-<i>" (one static frame, or all snapshots of one trajectory)."""
+    n_frames = shard_sizes(recipe.n_high if fidelity == "high" else recipe.n_low, recipe.shards)[shard]
     with _torch_threads(threads):
-        return _build_pool(fidelity, n_frames, recipe, seed, device)
+        return _build_shard(fidelity, shard, n_frames, recipe, seed, device)
 
 
-def _build_pool(fidelity: str, n_frames: int, recipe: LMFPRecipe, seed: int, device: str) -> list[Atoms]:
-    rng = np.random.default_rng([seed, _STREAM[fidelity]])
-    teacher = _Teacher(TEACHERS[fidelity], device, recipe.batch_size)
+def _build_shard(fidelity: str, shard: int, n_frames: int, recipe: LMFPRecipe, seed: int, device: str) -> list[Atoms]:
+    rng = np.random.default_rng([seed, _STREAM[fidelity], shard])
+    teacher = _teacher(TEACHERS[fidelity], device, recipe.batch_size)
     n_traj = int(round(recipe.md_fraction * n_frames / recipe.md_snapshots))
     n_static = n_frames - n_traj * recipe.md_snapshots
     static = []
@@ -238,26 +253,26 @@ def _build_pool(fidelity: str, n_frames: int, recipe: LMFPRecipe, seed: int, dev
     for start in range(0, n_static, 100):  # chunks only to log progress
         chunk = static[start : start + 100]
         frames += [_labelled(a, p, fidelity) for a, p in zip(chunk, teacher(chunk, _LABEL_TASK[fidelity]))]
-        LOG.info("%s: labelled %d / %d static frames", fidelity, len(frames), n_static)
-    LOG.info("%s: %d md trajectories x %d snapshots", fidelity, n_traj, recipe.md_snapshots)
+        LOG.info("%s shard %d: labelled %d / %d static frames", fidelity, shard, len(frames), n_static)
+    LOG.info("%s shard %d: %d md trajectories x %d snapshots", fidelity, shard, n_traj, recipe.md_snapshots)
     trajectories = _langevin_snapshots(teacher, starts, temperatures, rng, recipe, fidelity) if n_traj else []
     for group, members in enumerate([[a] for a in frames] + trajectories):
         for atoms in members:
-            atoms.info["group"] = group
+            atoms.info["group"] = f"{shard}-{group}"
     return frames + [a for trajectory in trajectories for a in trajectory]
 
 
-def _build_pool_in_worker(log_level: int, *args) -> list[Atoms]:
-    """:func:`build_pool` in a spawned process, logging at the parent's level."""
+def _build_shard_in_worker(log_level: int, *args) -> list[Atoms]:
+    """:func:`build_shard` in a spawned process, logging at the parent's level."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(message)s")
-    return build_pool(*args)
+    return build_shard(*args)
 
 
 def split_high(frames: list[Atoms], n_test: int, rng: np.random.Generator) -> tuple[list[Atoms], list[Atoms]]:
     """(train, test) with exactly ``n_test`` test frames made of whole groups; both shuffled."""
-    groups: dict[int, list[int]] = {}
+    groups: dict[str, list[int]] = {}
     for index, atoms in enumerate(frames):
-        groups.setdefault(int(atoms.info["group"]), []).append(index)
+        groups.setdefault(str(atoms.info["group"]), []).append(index)
     test: list[int] = []
     for group in rng.permutation(sorted(groups)):
         if len(test) + len(groups[group]) <= n_test:
@@ -300,22 +315,26 @@ def build_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, out_dir: str | o
                *, device: str = "cpu", workers: int = 1, threads: int = 1) -> Path:
     """Build the dataset into ``out_dir`` (created atomically; must not exist yet) and return it.
 
-    ``workers`` = 2 labels the two fidelities in two spawned processes, each with ``threads``
-    torch threads. The result does not depend on ``workers``.
+    The work is ``recipe.shards`` shards per fidelity; ``workers`` > 1 spawns that many processes
+    (each with ``threads`` torch threads) to label shards in parallel. The result does not depend
+    on ``workers`` or ``threads`` beyond floating-point reduction order.
     """
     name, recipe = _recipe(size)
     out = Path(out_dir) if out_dir is not None else dataset_dir(size, seed)
     if out.exists():
         raise FileExistsError(f"{out} exists; remove it to rebuild")
     start = time.perf_counter()
-    jobs = [("high", recipe.n_high), ("low", recipe.n_low)]
-    if workers > 1:
+    sizes = {"high": shard_sizes(recipe.n_high, recipe.shards), "low": shard_sizes(recipe.n_low, recipe.shards)}
+    jobs = sorted(((f, k) for f in sizes for k in range(recipe.shards)), key=lambda job: -sizes[job[0]][job[1]])
+    if workers > 1:  # largest shards first, so the workers finish together
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_build_pool_in_worker, LOG.getEffectiveLevel(), f, n, recipe, seed, device, threads) for f, n in jobs]
-            high, low = (future.result() for future in futures)
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+            futures = {job: pool.submit(_build_shard_in_worker, LOG.getEffectiveLevel(), *job, recipe, seed, device, threads)
+                       for job in jobs}
+            shards = {job: future.result() for job, future in futures.items()}
     else:
-        high, low = (build_pool(f, n, recipe, seed, device, threads) for f, n in jobs)
+        shards = {job: build_shard(*job, recipe, seed, device, threads) for job in jobs}
+    high, low = ([a for k in range(recipe.shards) for a in shards[f, k]] for f in ("high", "low"))
     split_rng = np.random.default_rng([seed, _STREAM["split"]])
     high_train, high_test = split_high(high, recipe.n_high_test, split_rng)
     low_train = [low[i] for i in split_rng.permutation(len(low))]

@@ -64,7 +64,7 @@ def test_build_is_deterministic_from_the_seed(splits):
     def key(atoms):
         return atoms.info["group"], atoms.info.get("md_step", 0)
 
-    rebuilt = sorted(lmfp.build_pool("low", RECIPE.n_low, RECIPE, seed=7), key=key)
+    rebuilt = sorted(lmfp.build_shard("low", 0, RECIPE, seed=7), key=key)
     cached = sorted(splits["low_train"], key=lambda record: key(record.atoms))
     for record, atoms in zip(cached, rebuilt, strict=True):
         np.testing.assert_array_equal(record.atoms.numbers, atoms.numbers)
@@ -154,7 +154,7 @@ def test_cache_is_reused_without_relabelling(splits, cache, monkeypatch):
     def no_teacher(*args, **kwargs):
         raise AssertionError("the cached dataset was relabelled")
 
-    monkeypatch.setattr(lmfp, "_Teacher", no_teacher)
+    monkeypatch.setattr(lmfp, "_teacher", no_teacher)
     cached = lmfp.load_lmfp("tiny", seed=7, cache_dir=cache)
     assert [len(cached[name]) for name in lmfp.SPLITS] == [len(splits[name]) for name in lmfp.SPLITS]
     assert (lmfp.dataset_dir("tiny", 7, cache) / "manifest.json").exists()
