@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="directory to create (default: the cache directory load_lmfp reads, see MFWRAP_CACHE)")
     parser.add_argument("--device", default="cpu", help="torch device of the teachers (default: cpu)")
-    parser.add_argument("--workers", type=int, default=2, help="processes; 2 labels both fidelities at once (default: 2)")
+    parser.add_argument("--workers", type=int, default=2, help="processes labelling shards in parallel (default: 2)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = args.out if args.out is not None else dataset_dir(args.size, args.seed)
