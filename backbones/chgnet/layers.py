@@ -1,7 +1,8 @@
 """CHGNet's three interaction layers on the atom graph and the bond graph.
 
 Notation: atoms i, j with features x (n, F_a); undirected bonds u with features e (U, F_b) and
-smooth weights w (U, ·) from the radial basis; directed edges (i ← j) with undirected bond u(ij);
+smooth weights w from the radial basis (w^ag on all U bonds, w^bg on the S bonds that take part in
+angles); directed edges (i ← j) with undirected bond u(ij);
 angles t = (u1, u2) at centre atom c (two bonds out of c shorter than the bond-graph cutoff) with
 features a (A, F_t). ⊕ is concatenation, ⊙ the elementwise product, g a :class:`GatedMLP`.
 
@@ -28,7 +29,10 @@ class Topology(NamedTuple):
     """Index tensors of one batch, shared by all layers.
 
     centre, neighbour, edge_bond: (E,) per directed edge: atom i, atom j, undirected bond u(ij).
-    angle_centre, angle_bond, angle_other_bond: (A,) per angle: c, u1 (receives the update), u2.
+    angle_centre, angle_bond: (A,) per angle: c and u1 (the bond that receives the update).
+    short_bonds: (S,) the undirected bonds that take part in angles (shorter than the bond-graph
+        cutoff); bond-graph layers project only these.
+    angle_bond_short, angle_other_short: (A,) u1 and u2 as positions in ``short_bonds``.
     num_atoms, num_bonds: n and U.
     """
 
@@ -37,7 +41,9 @@ class Topology(NamedTuple):
     edge_bond: Tensor
     angle_centre: Tensor
     angle_bond: Tensor
-    angle_other_bond: Tensor
+    short_bonds: Tensor
+    angle_bond_short: Tensor
+    angle_other_short: Tensor
     num_atoms: int
     num_bonds: int
 
@@ -69,9 +75,13 @@ class BondConv(nn.Module):
         self.norm = normalization(norm, bond_dim)
 
     def forward(self, x: Tensor, e: Tensor, weight: Tensor, a: Tensor, topo: Topology) -> Tensor:
-        message = self.message([(e, topo.angle_bond), (e, topo.angle_other_bond), (a, None), (x, topo.angle_centre)])
-        message = message * (weight.index_select(0, topo.angle_bond) * weight.index_select(0, topo.angle_other_bond))
-        return self.norm(e + self.mlp_out(scatter_sum(message, topo.angle_bond, topo.num_bonds)))
+        """``weight``: w^bg of the short bonds (S, F_b)."""
+        short = e.index_select(0, topo.short_bonds)
+        message = self.message(
+            [(short, topo.angle_bond_short), (short, topo.angle_other_short), (a, None), (x, topo.angle_centre)]
+        )
+        pair_weight = weight.index_select(0, topo.angle_bond_short) * weight.index_select(0, topo.angle_other_short)
+        return self.norm(e + self.mlp_out(scatter_sum(message * pair_weight, topo.angle_bond, topo.num_bonds)))
 
 
 class AngleUpdate(nn.Module):
@@ -84,5 +94,8 @@ class AngleUpdate(nn.Module):
         self.norm = normalization(norm, angle_dim)
 
     def forward(self, x: Tensor, e: Tensor, a: Tensor, topo: Topology) -> Tensor:
-        update = self.message([(e, topo.angle_bond), (e, topo.angle_other_bond), (a, None), (x, topo.angle_centre)])
+        short = e.index_select(0, topo.short_bonds)
+        update = self.message(
+            [(short, topo.angle_bond_short), (short, topo.angle_other_short), (a, None), (x, topo.angle_centre)]
+        )
         return self.norm(a + update)

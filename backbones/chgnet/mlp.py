@@ -59,15 +59,21 @@ class FactorisedLinear(nn.Module):
         self.blocks = nn.ModuleList(nn.Linear(d, out_dim, bias=bias and k == 0) for k, d in enumerate(in_dims))
 
     def forward(self, sources: Sequence[Source]) -> Tensor:
-        total: Tensor | None = None
+        total, owned = None, False  # owned: ``total`` is a fresh tensor no backward formula reads
         for block, (features, index) in zip(self.blocks, sources, strict=True):
+            gathered = index is not None and index.numel() >= features.shape[0]
             if index is None:
                 part = block(features)
-            elif index.numel() >= features.shape[0]:
+            elif gathered:
                 part = block(features).index_select(0, index)
             else:
                 part = block(features.index_select(0, index))
-            total = part if total is None else total + part
+            if total is None:
+                total, owned = part, gathered
+            elif owned:
+                total = total.add_(part)
+            else:
+                total, owned = total + part, True
         return total
 
 

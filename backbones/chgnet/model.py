@@ -64,6 +64,8 @@ class CHGNet(nn.Module):
 
     Bond features live on undirected bonds u (atom-graph cutoff); angles t pair two bonds shorter
     than the bond-graph cutoff out of one atom. Official CHGNet predicts per-atom energy E_b / n_b.
+    The last AngleUpdate's output is read by no later layer (in official CHGNet too), so it is not
+    evaluated; its weights are kept for loading official checkpoints.
 
     Modules (names are a contract: multi-fidelity surgery finds them by name):
         atom_embedding  :class:`AtomEmbedding`, Z (n,) → X_Z (n, F).
@@ -178,18 +180,25 @@ class CHGNet(nn.Module):
 
         return load_pretrained(cls, version)
 
-    def topology(self, batch) -> Topology:
-        """Index tensors of ``batch`` (no host-device synchronisation: sizes come from shapes)."""
+    @staticmethod
+    def topology(batch) -> Topology:
+        """Index tensors of ``batch``. One host-device synchronisation (``torch.unique``, the
+        number of short bonds); all other sizes come from shapes."""
         neighbour, centre = batch[K.EDGE_INDEX]
         edge_bond = batch[K.EDGE_TO_UNDIRECTED]
         first_edge, second_edge = batch[K.ANGLE_EDGES]
+        angle_bonds = edge_bond.index_select(0, batch[K.ANGLE_EDGES].reshape(-1))
+        short_bonds, position = torch.unique(angle_bonds, return_inverse=True)
+        angle_bond_short, angle_other_short = position.view(2, -1)
         return Topology(
             centre=centre,
             neighbour=neighbour,
             edge_bond=edge_bond,
             angle_centre=centre.index_select(0, first_edge),
-            angle_bond=edge_bond.index_select(0, first_edge),
-            angle_other_bond=edge_bond.index_select(0, second_edge),
+            angle_bond=angle_bonds[: first_edge.shape[0]],
+            short_bonds=short_bonds,
+            angle_bond_short=angle_bond_short,
+            angle_other_short=angle_other_short,
             num_atoms=batch[K.ATOMIC_NUMBERS].shape[0],
             num_bonds=batch[K.UNDIRECTED_TO_EDGE].shape[0],
         )
@@ -206,7 +215,8 @@ class CHGNet(nn.Module):
         e = self.bond_embedding(rbf_atom_graph)
         weights_atom_graph = self.bond_weights_atom_graph(rbf_atom_graph)
         if len(self.bond_convs):
-            weights_bond_graph = self.bond_weights_bond_graph(self.radial_basis_bond_graph(bond_lengths))
+            short_lengths = bond_lengths.index_select(0, topo.short_bonds)
+            weights_bond_graph = self.bond_weights_bond_graph(self.radial_basis_bond_graph(short_lengths))
             a = self.angle_embedding(self.angle_basis(self._angles(vectors, lengths, batch[K.ANGLE_EDGES])))
 
         for k, atom_conv in enumerate(self.atom_convs):
@@ -215,7 +225,7 @@ class CHGNet(nn.Module):
                 magmoms = self.magmom_head(x).squeeze(-1).abs()
             if k < len(self.bond_convs):
                 e = self.bond_convs[k](x, e, weights_bond_graph, a, topo)
-                if k < len(self.angle_updates):
+                if k < len(self.angle_updates) and k + 1 < len(self.bond_convs):  # else a is never read again
                     a = self.angle_updates[k](x, e, a, topo)
 
         structures = structure_index(batch)

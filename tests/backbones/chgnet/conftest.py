@@ -56,3 +56,9 @@ STRUCTURES = {
 def test_structures() -> dict[str, Structure]:
     """Name → rattled, snapped pymatgen Structure."""
     return {name: _rattled_snapped(build(), seed) for seed, (name, build) in enumerate(STRUCTURES.items())}
+
+
+@pytest.fixture(scope="session")
+def angle_free_structure() -> Structure:
+    """Simple-cubic Po 2×1×1 (a = 3.35 Å): every bond is longer than the 3 Å bond-graph cutoff."""
+    return _rattled_snapped(Structure(Lattice.cubic(3.35), ["Po"], [[0, 0, 0]]) * (2, 1, 1), seed=7, sigma=0.03)

@@ -95,10 +95,11 @@ class _CountingLinear(nn.Linear):
 
 
 def test_every_linear_in_the_convolutions_is_called_as_a_module(test_structures):
-    """Surgery swaps nn.Linear modules for subclasses; each must be used through its forward."""
+    """Surgery swaps nn.Linear modules for subclasses; each must be used through its forward
+    (except in the last angle update, whose output no layer reads, so it is not evaluated)."""
     model = CHGNet(n_conv=3)
     swapped = []
-    for parent in list(model.atom_convs) + list(model.bond_convs) + list(model.angle_updates) + [model.readout]:
+    for parent in list(model.atom_convs) + list(model.bond_convs) + list(model.angle_updates)[:-1] + [model.readout]:
         for owner in parent.modules():
             for name, child in list(owner.named_children()):
                 if type(child) is nn.Linear:

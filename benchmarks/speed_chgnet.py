@@ -1,0 +1,278 @@
+"""CPU speed of the native CHGNet (backbones.chgnet) against official chgnet, same 0.3.0 weights.
+
+    python benchmarks/speed_chgnet.py            # full run (~15 min on 2 cores)
+    python benchmarks/speed_chgnet.py --quick    # 1 thread, sizes up to 1,008 atoms (~5 min)
+
+What is timed (wall clock, ``time.perf_counter``; each cell interleaves the two implementations,
+alternating which goes first, and reports medians of ``--repeats`` ≥ 10 runs after warm-up):
+
+* model: prebuilt graphs → outputs as numpy. Native: ``mfwrap.physics.energy_and_derivatives`` on
+  a ``Batch``; official: ``CHGNet.predict_graph`` on its ``CrystalGraph``s. Tasks: energy ("e"),
+  E+F ("ef"), E+F+S+M ("efsm"); on LiFePO4 1×1×2 (56 atoms) alone and as a batch of 16 rattled
+  copies; with 1 and 2 threads.
+* end to end: structures → outputs (``mfwrap.predict`` vs ``predict_structure``), E+F+S+M.
+* graph: structure → graph (``mfwrap.data.to_graph`` vs chgnet's ``CrystalGraphConverter``).
+* scaling: E+F+S+M on LiFePO4 supercells up to 5,040 atoms, each size and implementation in a
+  fresh process, 1 thread: median time and peak resident memory above the pre-call baseline.
+* FLOPs: matrix-multiply FLOPs of one E+F+S+M evaluation (``torch.utils.flop_counter``, forward
+  and backward), per implementation, and the rate reached against the machine's measured sgemm
+  rate (``torch.mm`` of 2048² float32, same thread count).
+
+Writes benchmarks/results/speed_chgnet.json and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from torch_geometric.data import Batch  # noqa: E402
+
+import mfwrap  # noqa: E402
+from backbones.chgnet import CHGNet  # noqa: E402
+from mfwrap.data.graph import to_graph  # noqa: E402
+from mfwrap.datasets.structures import lifepo4  # noqa: E402
+from mfwrap.physics import energy_and_derivatives  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "speed_chgnet.json"
+TASKS = {"e": {"forces": False, "stress": False}, "ef": {"stress": False}, "efsm": {}}
+TARGETS = {"efsm_speedup": 4.0, "graph_speedup": 10.0}
+SCALING_CELLS = [(1, 1, 2), (2, 2, 4), (3, 3, 4), (4, 4, 5), (4, 5, 9)]  # 56 … 5,040 atoms
+
+
+def quiet_official():
+    """Official CHGNet 0.3.0 on CPU (its load prints; silenced)."""
+    from chgnet.model import CHGNet as OfficialCHGNet
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return OfficialCHGNet.load(model_name="0.3.0", verbose=False, use_device="cpu")
+
+
+def rattled_copies(structure, count: int, sigma: float = 0.02) -> list:
+    from pymatgen.core import Structure
+
+    rng = np.random.default_rng(0)
+    return [
+        Structure(structure.lattice, structure.species, structure.cart_coords + rng.normal(0.0, sigma, (len(structure), 3)),
+                  coords_are_cartesian=True)
+        for _ in range(count)
+    ]
+
+
+def interleaved(native: Callable[[], object], official: Callable[[], object], repeats: int, warmup: int = 2) -> dict:
+    """Median wall times (ms) of two callables measured alternately, and official/native."""
+    for _ in range(warmup):
+        native(), official()
+    times: dict[str, list[float]] = {"native": [], "official": []}
+    for rep in range(repeats):
+        order = [("native", native), ("official", official)]
+        for name, fn in order if rep % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    native_ms, official_ms = statistics.median(times["native"]), statistics.median(times["official"])
+    return {"native_ms": native_ms, "official_ms": official_ms, "speedup": official_ms / native_ms, "repeats": repeats}
+
+
+def native_model_call(model, batch, task: str) -> Callable[[], object]:
+    def run():
+        out = energy_and_derivatives(model, batch, **TASKS[task])
+        return {k: v.detach().numpy() for k, v in out.items()}
+
+    return run
+
+
+def measure_speed(model, official, repeats: int, threads: list[int], results: dict) -> None:
+    single = lifepo4((1, 1, 2))
+    groups = {"single": [single], "batch16": rattled_copies(single, 16)}
+    results.update({"model": {}, "end_to_end": {}, "graph": {}})
+    for count in threads:
+        torch.set_num_threads(count)
+        for group, structures in groups.items():
+            batch = Batch.from_data_list([to_graph(s, model.graph_spec) for s in structures])
+            crystal_graphs = [official.graph_converter(s) for s in structures]
+            for task in TASKS:
+                key = f"{group}/{task}/{count}t"
+                results["model"][key] = interleaved(
+                    native_model_call(model, batch, task),
+                    lambda: official.predict_graph(crystal_graphs, task=task, batch_size=16),
+                    repeats,
+                )
+                print(f"model {key}: {results['model'][key]['speedup']:.2f}x", flush=True)
+            key = f"{group}/efsm/{count}t"
+            results["end_to_end"][key] = interleaved(
+                lambda: mfwrap.predict(model, structures, batch_size=16),
+                lambda: official.predict_structure(structures, task="efsm", batch_size=16),
+                repeats,
+            )
+            results["graph"][f"{group}/{count}t"] = interleaved(
+                lambda: [to_graph(s, model.graph_spec) for s in structures],
+                lambda: [official.graph_converter(s) for s in structures],
+                repeats,
+            )
+            save(results)
+            print(f"end-to-end/graph {group} {count}t done", flush=True)
+
+
+def sgemm_gflops(repeats: int = 5) -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * 2048**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def flop_counts(model, official) -> dict:
+    """Matmul FLOPs of one E+F+S+M call on LiFePO4 1×1×2 (forward + backward), per implementation."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    structure = lifepo4((1, 1, 2))
+    batch = Batch.from_data_list([to_graph(structure, model.graph_spec)])
+    graph = official.graph_converter(structure)
+    counts = {}
+    for name, fn in (("native", native_model_call(model, batch, "efsm")),
+                     ("official", lambda: official.predict_graph(graph, task="efsm"))):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        counts[name] = counter.get_total_flops()
+    sizes = {"atoms": batch.num_nodes, "directed_edges": batch.edge_index.shape[1],
+             "undirected_bonds": int(batch.num_undirected.sum()), "angles": batch.angle_edges.shape[1]}
+    return {"efsm_matmul_flops": counts, "graph_sizes": sizes}
+
+
+def scaling_worker(implementation: str, cell: tuple[int, int, int], repeats: int) -> dict:
+    """One size, one implementation, in this (fresh) process: E+F+S+M time and peak memory."""
+    torch.set_num_threads(1)
+    structure = lifepo4(cell)
+    if implementation == "native":
+        model = CHGNet.from_pretrained("0.3.0")
+        batch = Batch.from_data_list([to_graph(structure, model.graph_spec)])
+        run = native_model_call(model, batch, "efsm")
+    else:
+        official = quiet_official()
+        graph = official.graph_converter(structure)
+        run = lambda: official.predict_graph(graph, task="efsm")  # noqa: E731
+    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run()  # warm-up; the peak of later calls is the same
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"atoms": len(structure), "ms": statistics.median(times), "repeats": repeats,
+            "peak_MiB_above_baseline": (peak_kib - baseline_kib) / 1024}
+
+
+def measure_scaling(cells: list, repeats: int, report: dict) -> None:
+    """Each (size, implementation) in a fresh process, smallest first, while it fits in memory.
+
+    A size is skipped (recorded with the reason) when the memory predicted from the previous
+    size, linearly in atoms, exceeds 80 % of the memory available now (the machine is shared)."""
+    import psutil
+
+    report["scaling"] = rows = []
+    per_atom_mib: dict[str, float] = {}
+    for cell in cells:
+        atoms = 28 * int(np.prod(cell))
+        row = {"cell": "x".join(map(str, cell)), "atoms": atoms}
+        for implementation in ("native", "official"):
+            available = psutil.virtual_memory().available / 2**20
+            predicted = per_atom_mib.get(implementation, 0.0) * atoms
+            if predicted > 0.8 * available:
+                row[implementation] = {"skipped": f"needs ~{predicted:.0f} MiB, {available:.0f} MiB available"}
+                continue
+            reps = repeats if atoms <= 500 else max(2, repeats // 4)
+            command = [sys.executable, __file__, "--scaling-worker", implementation, ",".join(map(str, cell)), str(reps)]
+            env = dict(os.environ, PYTHONWARNINGS="ignore")
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                row[implementation] = {"skipped": f"worker failed (exit {done.returncode}, e.g. out of memory)"}
+                continue
+            row[implementation] = json.loads(done.stdout.strip().splitlines()[-1])
+            per_atom_mib[implementation] = row[implementation]["peak_MiB_above_baseline"] / atoms
+        rows.append(row)
+        save(report)
+        print(f"scaling {row['cell']} ({atoms} atoms) done", flush=True)
+
+
+def save(report: dict) -> None:
+    """Write the report so far (a long run that is interrupted keeps what it measured)."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2))
+
+
+def print_tables(report: dict) -> None:
+    print("\n| workload | threads | native ms | official ms | speedup |\n|---|---|---|---|---|")
+    for section in ("model", "end_to_end"):
+        for key, cell in report[section].items():
+            group, task, threads = key.split("/")
+            label = f"{group} {task.upper()}" + (" (end to end)" if section == "end_to_end" else "")
+            print(f"| {label} | {threads[:-1]} | {cell['native_ms']:.1f} | {cell['official_ms']:.1f} | {cell['speedup']:.2f}x |")
+    for key, cell in report["graph"].items():
+        group, threads = key.split("/")
+        print(f"| {group} graph construction | {threads[:-1]} | {cell['native_ms']:.1f} | {cell['official_ms']:.1f} | {cell['speedup']:.2f}x |")
+    print("\n| atoms | native ms | native MiB | official ms | official MiB |\n|---|---|---|---|---|")
+    for row in report["scaling"]:
+        cells = [
+            f"{row[i]['ms']:.0f} | {row[i]['peak_MiB_above_baseline']:.0f}" if "ms" in row[i] else "– | –"
+            for i in ("native", "official")
+        ]
+        print(f"| {row['atoms']} | {cells[0]} | {cells[1]} |")
+    flops = report["flops"]
+    print(f"\nE+F+S+M matmul FLOPs (56 atoms): native {flops['efsm_matmul_flops']['native'] / 1e9:.2f} G, "
+          f"official {flops['efsm_matmul_flops']['official'] / 1e9:.2f} G; sgemm peak {flops['sgemm_gflops_1t']:.0f} GFLOP/s "
+          f"(1 thread); native reaches {flops['native_gflops_1t']:.1f} GFLOP/s on single E+F+S+M")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 thread only and cells up to 1,008 atoms")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--scaling-worker", nargs=3, metavar=("IMPL", "CELL", "REPEATS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.scaling_worker:
+        implementation, cell, reps = args.scaling_worker
+        print(json.dumps(scaling_worker(implementation, tuple(int(c) for c in cell.split(",")), int(reps))))
+        return
+
+    model = CHGNet.from_pretrained("0.3.0")
+    official = quiet_official()
+    report = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "structure": "LiFePO4 1x1x2 (56 atoms); batch16 = 16 copies rattled by 0.02 Å",
+        "targets": TARGETS,
+    }
+    measure_speed(model, official, args.repeats, [1] if args.quick else [1, 2], report)
+    torch.set_num_threads(1)
+    report["flops"] = flop_counts(model, official)
+    report["flops"]["sgemm_gflops_1t"] = sgemm_gflops()
+    single_ms = report["model"]["single/efsm/1t"]["native_ms"]
+    report["flops"]["native_gflops_1t"] = report["flops"]["efsm_matmul_flops"]["native"] / single_ms / 1e6
+    save(report)
+    measure_scaling(SCALING_CELLS[:3] if args.quick else SCALING_CELLS, args.repeats, report)
+    print_tables(report)
+    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
