@@ -17,6 +17,10 @@ predicts the fitted energies equally well.
 Used by the trainer for a plain backbone, and by ``MultiFidelity.fit_composition`` once per
 fidelity (pass that fidelity's graphs, and e.g. the all-fidelity fit as ``prior`` so that an
 element missing at one fidelity falls back to the shared value).
+
+Also here: mechanism C, :class:`FidelityComposition` (one weight vector per fidelity), and
+:func:`read_element_energies` / :func:`write_element_energies` for a backbone's own composition
+module (an ``nn.Embedding(num, 1)`` indexed by Z, or a module with ``element_energies`` from Z = 1).
 """
 
 from __future__ import annotations

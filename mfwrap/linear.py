@@ -53,7 +53,9 @@ class FidelityLinear(nn.Module):
         f = self.context.rows(self.row_kind, out.shape[0], self.name)
         if uniform is not None:
             return out + self.fidelity_weight[:, uniform]
-        per_row = self.fidelity_weight.t().index_select(0, f)  # (rows, out)
+        per_row = self.fidelity_weight.t().index_select(0, f)  # (rows, out), a fresh tensor
+        if out.dim() == 2 and out.dtype == per_row.dtype:
+            return per_row.add_(out)  # in place on our own gather: no second (rows, out) allocation
         return out + per_row.view(f.shape[0], *([1] * (out.dim() - 2)), out.shape[-1])
 
     def add_fidelity(self, like: int) -> None:

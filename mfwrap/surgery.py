@@ -289,6 +289,9 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
         raise ValueError(f"row_kinds {bad}: kinds must be among {list(ROW_KINDS)}")
     places = find_places(backbone, spec, mechanisms)
     paths = [p for letter in places for p in places[letter]]
+    unused = [pattern for pattern in overrides if not any(fnmatch(p, pattern) for p in paths)]
+    if unused:
+        raise ValueError(f"row_kinds pattern(s) {unused} match no place of mechanisms {mechanisms!r}; places are {paths}")
     parameter = next(backbone.parameters())
     batch = probe_batch(backbone.graph_spec, parameter.dtype, parameter.device)
     calls = probe_rows(backbone, paths, batch)

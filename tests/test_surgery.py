@@ -103,6 +103,8 @@ def test_bad_specs_are_clear_errors():
         MultiFidelity(toy, ["a"], "MR", spec={"message": ["layers.*"], "readout": ["layers.0"]})
     with pytest.raises(ValueError, match="mechanism R has no place"):
         MultiFidelity(toy, ["a"], "R", spec={"embedding": "species"})
+    with pytest.raises(ValueError, match="match no place"):
+        MultiFidelity(toy, ["a"], "M", spec={"message": ["layers.*"]}, row_kinds={"layer.*": "edge"})
     with pytest.raises(ValueError, match="kinds must be among"):
         MultiFidelity(toy, ["a"], "M", spec={"message": ["layers.*"]}, row_kinds={"layers.*": "bond"})
 
