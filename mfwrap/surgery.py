@@ -9,7 +9,8 @@ of output rows of every place, and each count names exactly one kind. A place th
 called, is called with rows of several kinds, or whose rows match no kind is an error unless the
 caller names its kind (``row_kinds``). At run time every inserted module checks that its row
 count equals that of its kind in the batch, so a kind that varies between batches is an error
-too, not a silent misassignment.
+too, not a silent misassignment. Rows are assumed to be in the batch's order of their kind
+(structure by structure), as they are in every backbone that indexes with the batch's tensors.
 """
 
 from __future__ import annotations
