@@ -112,14 +112,17 @@ class Trainer:
 
     # ----------------------------------------------------------------- set-up
     def split_validation(self, graphs: Sequence[Data]) -> tuple[list[Data], list[Data]]:
-        """Hold out ``val_fraction`` of each fidelity's graphs (seeded); returns (train, val)."""
+        """Hold out ``val_fraction`` (at least one) of each fidelity's graphs, seeded; returns (train, val)."""
         fidelity = torch.tensor([int(g[K.FIDELITY]) for g in graphs])
         generator = torch.Generator().manual_seed(self.config.seed)
         held = torch.zeros(len(graphs), dtype=torch.bool)
         for f in fidelity.unique():
             members = (fidelity == f).nonzero().flatten()
             members = members[torch.randperm(len(members), generator=generator)]
-            held[members[: int(round(self.config.val_fraction * len(members)))]] = True
+            count = int(round(self.config.val_fraction * len(members)))
+            if self.config.val_fraction > 0 and len(members) > 1:
+                count = max(count, 1)
+            held[members[:count]] = True
         return [g for g, h in zip(graphs, held) if not h], [g for g, h in zip(graphs, held) if h]
 
     def _batches_of_epoch(self, n: int, epoch: int) -> list[Tensor]:
