@@ -32,7 +32,6 @@ import torch
 from torch_geometric.data import Batch
 
 from mfwrap.data import keys as K
-from mfwrap.datasets.lmfp import load_lmfp
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train.baselines import Experiment, ModelConfig, run_experiment
 from mfwrap.train.config import TrainConfig
@@ -111,7 +110,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     print(f"loading the {args.size} LMFP dataset (built and cached on first use; minutes the first time) ...", flush=True)
-    load_lmfp(args.size, args.seed, workers=2)  # a first build labels both fidelities at once
     spec = ModelConfig().build_backbone().graph_spec
     _, _, test = lmfp_graphs(spec, size=args.size, seed=args.seed, n_high=args.n_high)
     print(f"  ready after {time.perf_counter() - start:.0f} s; training both models for {args.epochs} epoch(s) "

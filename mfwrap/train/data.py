@@ -95,17 +95,13 @@ def lmfp_graphs(spec: GraphSpec, *, fidelities: Sequence[str] = ("low", "high"),
 
     ``n_high`` / ``n_low`` None = all; frames are taken in the dataset's (already shuffled) order.
     """
-    from mfwrap.datasets.lmfp import dataset_dir, load_lmfp
+    from mfwrap.datasets.lmfp import load_lmfp
 
     splits = load_lmfp(size, seed, cache_dir)  # builds the dataset on first use, checks it
     n_high = len(splits["high_train"]) - n_val if n_high is None else n_high
     if n_high + n_val > len(splits["high_train"]):
         raise ValueError(f"LMFP {size}: {n_high} + {n_val} high-fidelity frames requested, {len(splits['high_train'])} exist")
-
-    def read(split: str, fidelity: str, frames: slice) -> list[Data]:
-        path = dataset_dir(size, seed, cache_dir) / f"{split}.xyz"
-        return to_graphs(read_dataset(path, fidelity, index=frames), spec, list(fidelities))
-
-    train = read("low_train", "low", slice(n_low)) + read("high_train", "high", slice(n_high))
-    val = read("high_train", "high", slice(n_high, n_high + n_val)) if n_val else None
-    return train, val, read("high_test", "high", slice(None))
+    graphs = lambda records: to_graphs(records, spec, list(fidelities))  # noqa: E731
+    train = graphs(splits["low_train"][:n_low] + splits["high_train"][:n_high])
+    val = graphs(splits["high_train"][n_high : n_high + n_val])
+    return train, val or None, graphs(splits["high_test"])
