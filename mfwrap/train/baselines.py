@@ -103,7 +103,8 @@ def _stage(config: TrainConfig, name: str, **overrides: Any) -> TrainConfig:
 
 
 def _of_fidelity(graphs: Sequence[Data] | None, keep: set[int]) -> list[Data] | None:
-    return None if graphs is None else [g for g in graphs if int(g[K.FIDELITY]) in keep]
+    """The graphs at the fidelities ``keep``; None if there are none."""
+    return [g for g in graphs or () if int(g[K.FIDELITY]) in keep] or None
 
 
 def readout_only_freeze(backbone: nn.Module) -> list[str]:
@@ -122,14 +123,14 @@ def _pretrain(experiment: Experiment, fidelities: Sequence[str], target: int, tr
     """Stage one of transfer / delta: the plain backbone on every fidelity but the target."""
     others = set(range(len(fidelities))) - {target}
     low_train = _of_fidelity(train, others)
-    counts = {f: sum(int(g[K.FIDELITY]) == f for g in low_train) for f in others}
     if not low_train:
         raise ValueError(f"{experiment.method} needs training data at a fidelity other than {fidelities[target]!r}")
+    counts = {f: sum(int(g[K.FIDELITY]) == f for g in low_train) for f in others}
     config = _stage(experiment.train, "pretrain", target_fidelity=fidelities[max(counts, key=counts.get)],
                     **experiment.pretrain)
     torch.manual_seed(config.seed)
     base = experiment.model.build_backbone()
-    summary = Trainer(base, config, fidelity_names=fidelities).fit(low_train, _of_fidelity(val, others) or None, resume=resume)
+    summary = Trainer(base, config, fidelity_names=fidelities).fit(low_train, _of_fidelity(val, others), resume=resume)
     return base, summary
 
 
@@ -175,6 +176,8 @@ def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Seq
     target = list(fidelities).index(target_name)
     final = _stage(config, experiment.method, target_fidelity=target_name)
     high_train, high_val, high_test = (_of_fidelity(x, {target}) for x in (train, val, test))
+    if not high_train:
+        raise ValueError(f"no training structure at the target fidelity {target_name!r}")
 
     if experiment.method == "multi_fidelity":
         torch.manual_seed(config.seed)
