@@ -94,6 +94,7 @@ class FidelityContext:
         self._batch: Data | None = None
         self._rows: dict[str, Tensor] = {}
         self._groups: dict[str, tuple[Tensor, list[int]]] = {}
+        self._majority: dict[str, tuple[int, Tensor, Tensor]] = {}
 
     @contextmanager
     def bound(self, batch: Data, uniform: int | None = None) -> Iterator[None]:
@@ -107,7 +108,7 @@ class FidelityContext:
         try:
             yield
         finally:
-            self._batch, self._rows, self._groups, self.uniform = None, {}, {}, None
+            self._batch, self._rows, self._groups, self._majority, self.uniform = None, {}, {}, {}, None
 
     @property
     def batch(self) -> Data:
@@ -144,3 +145,15 @@ class FidelityContext:
             counts = torch.bincount(rows, minlength=self.num_fidelities).tolist()
             self._groups[kind] = (order, counts)
         return self._groups[kind]
+
+    def majority(self, kind: str) -> tuple[int, Tensor, Tensor]:
+        """(most common fidelity f0 among rows of ``kind``, indices of the other rows, their
+        fidelities), cached per forward."""
+        if self._batch is None:
+            self.batch  # raises the explanatory error
+        if kind not in self._majority:
+            rows = self._rows[kind]
+            base = int(torch.bincount(rows, minlength=self.num_fidelities).argmax())
+            other = (rows != base).nonzero().squeeze(1)
+            self._majority[kind] = (base, other, rows.index_select(0, other))
+        return self._majority[kind]

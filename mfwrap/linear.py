@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from functools import reduce
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from mfwrap.fidelity import FidelityContext
+
+
+# Producers of a fresh output whose backward does not read that output: adding to it in place is safe.
+_IN_PLACE_SAFE = {"AddmmBackward0", "AddBackward0", "MmBackward0", "IndexSelectBackward0", "IndexAddBackward0"}
+
+
+def _may_modify_in_place(out: Tensor) -> bool:
+    return out._base is None and (out.grad_fn is None or type(out.grad_fn).__name__ in _IN_PLACE_SAFE)
 
 
 class FidelityLinear(nn.Module):
@@ -24,9 +34,11 @@ class FidelityLinear(nn.Module):
 
     ``row_kind`` names what the rows of the layer's *output* are (atoms, edges, undirected
     bonds, angles, structures); the shared :class:`FidelityContext` supplies their fidelities.
-    When the whole batch has one fidelity f and ``bias`` names the bias parameter of ``linear``
-    (whose output is ``... + b``), the layer runs as ``linear`` with b + W_F[:, f] in place of b
-    (``torch.func.functional_call``): no extra pass over the output rows.
+    Cost: with ``bias`` naming the bias parameter of ``linear`` (whose output is ``... + b``), the
+    layer runs as ``linear`` with b + W_F[:, f0] in place of b (``torch.func.functional_call``),
+    f0 the batch's most common fidelity, so a batch of one fidelity costs no extra pass over the
+    output rows; rows of other fidelities then get W_F[:, f] − W_F[:, f0] added (``index_add``,
+    in place when autograd allows it). Without ``bias``, W_F[:, f0] is added to all rows first.
     """
 
     def __init__(self, linear: nn.Module, context: FidelityContext, row_kind: str, out_features: int, name: str = "",
@@ -44,19 +56,20 @@ class FidelityLinear(nn.Module):
 
     def forward(self, *args, **kwargs) -> Tensor:
         uniform = self.context.uniform
-        if uniform is not None and self.bias is not None:
-            bias = self.linear.get_parameter(self.bias) + self.fidelity_weight[:, uniform]
+        base, other, other_fidelity = (uniform, None, None) if uniform is not None else self.context.majority(self.row_kind)
+        if self.bias is not None:
+            bias = reduce(getattr, self.bias.split("."), self.linear) + self.fidelity_weight[:, base]
             out = functional_call(self.linear, {self.bias: bias}, args, kwargs)
-            self.context.rows(self.row_kind, out.shape[0], self.name)
+            owned = _may_modify_in_place(out)
+        else:
+            out = self.linear(*args, **kwargs)
+            out, owned = out + self.fidelity_weight[:, base], True
+        self.context.rows(self.row_kind, out.shape[0], self.name)
+        if other is None:
             return out
-        out = self.linear(*args, **kwargs)
-        f = self.context.rows(self.row_kind, out.shape[0], self.name)
-        if uniform is not None:
-            return out + self.fidelity_weight[:, uniform]
-        per_row = self.fidelity_weight.t().index_select(0, f)  # (rows, out), a fresh tensor
-        if out.dim() == 2 and out.dtype == per_row.dtype:
-            return per_row.add_(out)  # in place on our own gather: no second (rows, out) allocation
-        return out + per_row.view(f.shape[0], *([1] * (out.dim() - 2)), out.shape[-1])
+        delta = (self.fidelity_weight - self.fidelity_weight[:, base : base + 1]).t().index_select(0, other_fidelity)
+        delta = delta.view(-1, *([1] * (out.dim() - 2)), out.shape[-1]).expand(-1, *out.shape[1:])
+        return out.index_add_(0, other, delta) if owned else out.index_add(0, other, delta)
 
     def add_fidelity(self, like: int) -> None:
         """Append a column for a new fidelity, equal to the column of fidelity ``like``."""

@@ -25,7 +25,7 @@ def test_equals_linear_on_input_concatenated_with_one_hot(bias):
     torch.manual_seed(0)
     linear = nn.Linear(5, 4, bias=bias)
     context, batch = _context([0, 2, 1, 2])
-    layer = FidelityLinear(linear, context, "atom", 4)
+    layer = FidelityLinear(linear, context, "atom", 4, bias="bias" if bias else None)
     a = torch.randn(4, 5)
     with context.bound(batch):
         assert torch.equal(layer(a), linear(a))  # W_F = 0 at initialisation
@@ -65,3 +65,23 @@ def test_one_fidelity_batch_folds_w_f_into_the_bias(bias):
     folded.sum().backward()  # the folded bias still trains W_F[:, 1] only
     assert float(layer.fidelity_weight.grad[:, 1].abs().sum()) > 0 and float(layer.fidelity_weight.grad[:, [0, 2]].abs().sum()) == 0
     assert linear.bias is None or torch.equal(linear.bias, layer.linear.bias)  # the module's own bias is untouched
+
+
+@pytest.mark.parametrize("bias", ["bias", None])
+def test_gradients_of_the_mixed_fidelity_path(bias):
+    torch.manual_seed(2)
+    linear = nn.Linear(3, 2).double()
+    context, batch = _context([1, 0, 1, 1, 2])
+    layer = FidelityLinear(linear, context, "atom", 2, bias=bias).double()
+    a = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(a, w_f, b):
+        with torch.no_grad():
+            layer.fidelity_weight.copy_(w_f)
+        with context.bound(batch):
+            return torch.func.functional_call(layer, {"fidelity_weight": w_f, "linear.bias": b}, (a,))
+
+    w_f = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (a, w_f, b))
+    assert torch.autograd.gradgradcheck(f, (a, w_f, b))
