@@ -52,6 +52,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -262,10 +263,24 @@ def _build_shard(fidelity: str, shard: int, n_frames: int, recipe: LMFPRecipe, s
     return frames + [a for trajectory in trajectories for a in trajectory]
 
 
-def _build_shard_in_worker(log_level: int, *args) -> list[Atoms]:
-    """:func:`build_shard` in a spawned process, logging at the parent's level."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(message)s")
-    return build_shard(*args)
+def _build_shard_file(path: Path, log_level: int | None, *args) -> None:
+    """``build_shard(*args)`` pickled atomically to ``path``, so a finished shard survives an
+    interrupted build; ``log_level`` set = running in a spawned worker, log like the parent."""
+    if log_level is not None:
+        logging.basicConfig(level=log_level, format="%(asctime)s %(message)s")
+    frames = build_shard(*args)
+    path.with_suffix(".tmp").write_bytes(pickle.dumps(frames))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def _partial_dir(out: Path, key: dict) -> Path:
+    """Where finished shards of the build of ``out`` wait; emptied if they were made for another ``key``."""
+    partial, key = out.parent / f".{out.name}.partial", json.loads(json.dumps(key))  # tuples as JSON lists
+    if partial.exists() and (not (partial / "key.json").exists() or json.loads((partial / "key.json").read_text()) != key):
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "key.json").write_text(json.dumps(key))
+    return partial
 
 
 def split_high(frames: list[Atoms], n_test: int, rng: np.random.Generator) -> tuple[list[Atoms], list[Atoms]]:
@@ -315,6 +330,9 @@ def build_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, out_dir: str | o
                *, device: str = "cpu", workers: int = 1, threads: int = 1) -> Path:
     """Build the dataset into ``out_dir`` (created atomically; must not exist yet) and return it.
 
+    Finished shards are kept next to ``out_dir`` until the build completes, so running the same
+    build again after an interruption only labels the missing shards.
+
     The work is ``recipe.shards`` shards per fidelity; ``workers`` > 1 spawns that many processes
     (each with ``threads`` torch threads) to label shards in parallel. The result does not depend
     on ``workers`` or ``threads`` beyond floating-point reduction order.
@@ -324,17 +342,23 @@ def build_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, out_dir: str | o
     if out.exists():
         raise FileExistsError(f"{out} exists; remove it to rebuild")
     start = time.perf_counter()
+    partial = _partial_dir(out, {"recipe": dataclasses.asdict(recipe), "seed": seed, "format_version": FORMAT_VERSION})
     sizes = {"high": shard_sizes(recipe.n_high, recipe.shards), "low": shard_sizes(recipe.n_low, recipe.shards)}
     jobs = sorted(((f, k) for f in sizes for k in range(recipe.shards)), key=lambda job: -sizes[job[0]][job[1]])
-    if workers > 1:  # largest shards first, so the workers finish together
+    todo = [job for job in jobs if not (partial / f"{job[0]}-{job[1]}.pkl").exists()]
+    LOG.info("%d of %d shards to build (%s)", len(todo), len(jobs), partial)
+    if workers > 1 and len(todo) > 1:  # largest shards first, so the workers finish together
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-            futures = {job: pool.submit(_build_shard_in_worker, LOG.getEffectiveLevel(), *job, recipe, seed, device, threads)
-                       for job in jobs}
-            shards = {job: future.result() for job, future in futures.items()}
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+            futures = [pool.submit(_build_shard_file, partial / f"{f}-{k}.pkl", LOG.getEffectiveLevel(), f, k, recipe,
+                                   seed, device, threads) for f, k in todo]
+            for future in futures:
+                future.result()
     else:
-        shards = {job: build_shard(*job, recipe, seed, device, threads) for job in jobs}
-    high, low = ([a for k in range(recipe.shards) for a in shards[f, k]] for f in ("high", "low"))
+        for f, k in todo:
+            _build_shard_file(partial / f"{f}-{k}.pkl", None, f, k, recipe, seed, device, threads)
+    high, low = ([a for k in range(recipe.shards) for a in pickle.loads((partial / f"{f}-{k}.pkl").read_bytes())]
+                 for f in ("high", "low"))
     split_rng = np.random.default_rng([seed, _STREAM["split"]])
     high_train, high_test = split_high(high, recipe.n_high_test, split_rng)
     low_train = [low[i] for i in split_rng.permutation(len(low))]
@@ -360,6 +384,7 @@ def build_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, out_dir: str | o
             os.replace(staging, out)
         except OSError as error:  # another process renamed the same build into place first
             raise FileExistsError(f"{out} exists; remove it to rebuild") from error
+        shutil.rmtree(partial)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     LOG.info("built %s in %.0f s", out, time.perf_counter() - start)

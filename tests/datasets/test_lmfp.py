@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -60,17 +61,29 @@ def test_label_masks_of_the_graphs(splits):
     assert sorted(int(g[K.FIDELITY]) for g in graphs) == [0] * RECIPE.n_low + [1] * RECIPE.n_high_test
 
 
-def test_build_is_deterministic_from_the_seed(splits):
-    def key(atoms):
-        return atoms.info["group"], atoms.info.get("md_step", 0)
+def test_interrupted_build_resumes_and_is_deterministic(splits, cache, tmp_path, monkeypatch):
+    built, labelled = lmfp.build_shard, []
 
-    rebuilt = sorted(lmfp.build_shard("low", 0, RECIPE, seed=7), key=key)
-    cached = sorted(splits["low_train"], key=lambda record: key(record.atoms))
-    for record, atoms in zip(cached, rebuilt, strict=True):
-        np.testing.assert_array_equal(record.atoms.numbers, atoms.numbers)
-        np.testing.assert_allclose(record.atoms.positions, atoms.positions, atol=1e-6)
-        np.testing.assert_allclose(record.labels[K.FORCES], atoms.calc.results["forces"], atol=1e-5)
-        assert record.labels[K.ENERGY] == pytest.approx(atoms.calc.results["energy"], abs=1e-5)
+    def interrupted_at_low(fidelity, *args):
+        if fidelity == "low":
+            raise KeyboardInterrupt
+        return built(fidelity, *args)
+
+    def counting(fidelity, *args):
+        labelled.append(fidelity)
+        return built(fidelity, *args)
+
+    out = tmp_path / "again"
+    monkeypatch.setattr(lmfp, "build_shard", interrupted_at_low)
+    with pytest.raises(KeyboardInterrupt):
+        lmfp.build_lmfp("tiny", seed=7, out_dir=out)
+    assert not out.exists()
+    monkeypatch.setattr(lmfp, "build_shard", counting)
+    lmfp.build_lmfp("tiny", seed=7, out_dir=out)
+    assert labelled == ["low"]  # the finished high-fidelity shard was kept
+    assert not (tmp_path / ".again.partial").exists()
+    files = lambda directory: json.loads((directory / "manifest.json").read_text())["files"]  # noqa: E731
+    assert files(out) == files(lmfp.dataset_dir("tiny", 7, cache))  # same seed, same bytes
 
 
 def test_seed_changes_the_structures():
