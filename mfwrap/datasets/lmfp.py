@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
 import hashlib
 import importlib.metadata
-import io
 import json
 import logging
 import multiprocessing
@@ -56,17 +54,15 @@ import pickle
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import ase.io
 import numpy as np
-from ase import Atoms, units
-from ase.calculators.singlepoint import SinglePointCalculator
-from pymatgen.core import Lattice, Structure
+from ase import Atoms
 
 from mfwrap.data.readers import LabelledStructure, read_dataset
+from mfwrap.datasets import teachers
 from mfwrap.datasets.structures import lifepo4
 
 LOG = logging.getLogger(__name__)
@@ -107,48 +103,6 @@ SIZES = {
 }
 
 
-@functools.lru_cache(maxsize=2)
-def _teacher(model_name: str, device: str, batch_size: int) -> "_Teacher":
-    """One loaded teacher per process and model."""
-    return _Teacher(model_name, device, batch_size)
-
-
-class _Teacher:
-    """A pretrained CHGNet as a labeller; ``teacher(frames, task)`` → chgnet prediction dicts."""
-
-    def __init__(self, model_name: str, device: str, batch_size: int) -> None:
-        from chgnet.model import CHGNet  # teacher only: never imported by mfwrap at import time
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.model = CHGNet.load(model_name=model_name, use_device=device, verbose=False)
-        self.batch_size = batch_size
-
-    def __call__(self, frames: list[Atoms], task: str) -> list[dict[str, np.ndarray]]:
-        structures = [
-            Structure(Lattice(a.cell.array), a.numbers, a.positions, coords_are_cartesian=True) for a in frames
-        ]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            out = self.model.predict_structure(structures, task=task, batch_size=self.batch_size)
-        return [out] if isinstance(out, dict) else out
-
-
-def _labelled(atoms: Atoms, prediction: dict[str, np.ndarray], fidelity: str) -> Atoms:
-    """Attach a teacher's prediction as labels: E = e·n (chgnet's e is per atom), σ symmetrised."""
-    stress = np.asarray(prediction["s"], dtype=np.float64)
-    results = {
-        "energy": float(prediction["e"]) * len(atoms),
-        "forces": np.asarray(prediction["f"], dtype=np.float64),
-        "stress": 0.5 * (stress + stress.T) * units.GPa,
-    }
-    if "m" in _LABEL_TASK[fidelity]:
-        results["magmoms"] = np.asarray(prediction["m"], dtype=np.float64).reshape(len(atoms))
-    atoms.calc = SinglePointCalculator(atoms, **results)
-    atoms.info["fidelity"] = fidelity
-    atoms.info["teacher"] = f"chgnet-{TEACHERS[fidelity]}"
-    return atoms
-
-
 @functools.lru_cache(maxsize=1)
 def _reference_cell() -> Atoms:
     """Fully lithiated LiFePO4 1x1x2 (56 atoms); callers copy it."""
@@ -173,57 +127,6 @@ def random_configuration(rng: np.random.Generator, recipe: LMFPRecipe, displacem
     return atoms
 
 
-def _langevin_snapshots(teacher: _Teacher, starts: list[Atoms], temperatures: np.ndarray,
-                        rng: np.random.Generator, recipe: LMFPRecipe, fidelity: str) -> list[list[Atoms]]:
-    """Run all trajectories in lock-step (one teacher call per step); labelled snapshots per trajectory.
-
-    BAOAB Langevin: v += dt/2 F/m; r += dt/2 v; v ← c v + sqrt(1 - c²) sqrt(k_B T / m) ξ with
-    c = exp(-γ dt); r += dt/2 v; F ← teacher(r); v += dt/2 F/m. Snapshot labels are the teacher's
-    evaluation at that step (with stress and magmoms), so they cost no extra call.
-    """
-    dt = recipe.timestep_fs * units.fs
-    damping = np.exp(-recipe.friction_per_fs * recipe.timestep_fs)
-    frames = [a.copy() for a in starts]
-    inv_mass = [1.0 / a.get_masses()[:, None] for a in frames]
-    thermal = [np.sqrt(units.kB * t * m) for t, m in zip(temperatures, inv_mass)]
-    velocities = [s * rng.standard_normal(a.positions.shape) for s, a in zip(thermal, frames)]
-    forces = [p["f"] for p in teacher(frames, "ef")]
-    snapshots: list[list[Atoms]] = [[] for _ in frames]
-    for step in range(1, recipe.md_interval * recipe.md_snapshots + 1):
-        for atoms, v, f, m, s in zip(frames, velocities, forces, inv_mass, thermal):
-            v += 0.5 * dt * f * m
-            atoms.positions += 0.5 * dt * v
-            v *= damping
-            v += np.sqrt(1.0 - damping**2) * s * rng.standard_normal(v.shape)
-            atoms.positions += 0.5 * dt * v
-        sample = step % recipe.md_interval == 0
-        predictions = teacher(frames, _LABEL_TASK[fidelity] if sample else "ef")
-        forces = [p["f"] for p in predictions]
-        for v, f, m in zip(velocities, forces, inv_mass):
-            v += 0.5 * dt * f * m
-        if sample:
-            for trajectory, atoms, prediction, temperature in zip(snapshots, frames, predictions, temperatures):
-                snapshot = atoms.copy()
-                snapshot.wrap()
-                snapshot.info.update(kind="md", temperature_K=float(temperature), md_step=step)
-                trajectory.append(_labelled(snapshot, prediction, fidelity))
-        LOG.info("%s: md step %d / %d", fidelity, step, recipe.md_interval * recipe.md_snapshots)
-    return snapshots
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int):
-    """Run the teacher with ``threads`` intra-op threads (one is fastest here for 56-atom cells)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def shard_sizes(n_frames: int, shards: int) -> list[int]:
     """Frames per shard: as equal as possible, the first ones one larger."""
     return [n_frames // shards + (k < n_frames % shards) for k in range(shards)]
@@ -234,13 +137,13 @@ def build_shard(fidelity: str, shard: int, recipe: LMFPRecipe, seed: int, device
     """Labelled frames of one shard of one fidelity (its own random stream), each with a ``group``
     id "<shard>-<i>" (one static frame, or all snapshots of one trajectory)."""
     n_frames = shard_sizes(recipe.n_high if fidelity == "high" else recipe.n_low, recipe.shards)[shard]
-    with _torch_threads(threads):
+    with teachers.torch_threads(threads):
         return _build_shard(fidelity, shard, n_frames, recipe, seed, device)
 
 
 def _build_shard(fidelity: str, shard: int, n_frames: int, recipe: LMFPRecipe, seed: int, device: str) -> list[Atoms]:
     rng = np.random.default_rng([seed, _STREAM[fidelity], shard])
-    teacher = _teacher(TEACHERS[fidelity], device, recipe.batch_size)
+    teacher = teachers.load_teacher(TEACHERS[fidelity], device, recipe.batch_size)
     n_traj = int(round(recipe.md_fraction * n_frames / recipe.md_snapshots))
     n_static = n_frames - n_traj * recipe.md_snapshots
     static = []
@@ -253,13 +156,17 @@ def _build_shard(fidelity: str, shard: int, n_frames: int, recipe: LMFPRecipe, s
     frames: list[Atoms] = []
     for start in range(0, n_static, 100):  # chunks only to log progress
         chunk = static[start : start + 100]
-        frames += [_labelled(a, p, fidelity) for a, p in zip(chunk, teacher(chunk, _LABEL_TASK[fidelity]))]
+        frames += map(teachers.store_prediction, chunk, teacher(chunk, _LABEL_TASK[fidelity]))
         LOG.info("%s shard %d: labelled %d / %d static frames", fidelity, shard, len(frames), n_static)
     LOG.info("%s shard %d: %d md trajectories x %d snapshots", fidelity, shard, n_traj, recipe.md_snapshots)
-    trajectories = _langevin_snapshots(teacher, starts, temperatures, rng, recipe, fidelity) if n_traj else []
+    trajectories = teachers.langevin_snapshots(
+        teacher, starts, temperatures, rng, timestep_fs=recipe.timestep_fs, friction_per_fs=recipe.friction_per_fs,
+        interval=recipe.md_interval, snapshots=recipe.md_snapshots, task=_LABEL_TASK[fidelity],
+        log=lambda step, n: LOG.info("%s shard %d: md step %d / %d", fidelity, shard, step, n),
+    ) if n_traj else []
     for group, members in enumerate([[a] for a in frames] + trajectories):
         for atoms in members:
-            atoms.info["group"] = f"{shard}-{group}"
+            atoms.info.update(fidelity=fidelity, teacher=f"chgnet-{TEACHERS[fidelity]}", group=f"{shard}-{group}")
     return frames + [a for trajectory in trajectories for a in trajectory]
 
 

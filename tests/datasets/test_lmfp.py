@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from pymatgen.core import Lattice, Structure
 
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec
@@ -155,7 +156,7 @@ def _compare_with_teachers(splits, CHGNet):
         record = splits[name][0]
         atoms = record.atoms
         model = CHGNet.load(model_name=model_name, use_device="cpu", verbose=False)
-        structure = lmfp.Structure(lmfp.Lattice(atoms.cell.array), atoms.numbers, atoms.positions, coords_are_cartesian=True)
+        structure = Structure(Lattice(atoms.cell.array), atoms.numbers, atoms.positions, coords_are_cartesian=True)
         prediction = model.predict_structure(structure, task="efs")
         assert -12.0 < record.labels[K.ENERGY] / len(atoms) < -5.0  # total energy: chgnet's e is per atom
         assert record.labels[K.ENERGY] == pytest.approx(float(prediction["e"]) * len(atoms), abs=1e-3)
@@ -167,7 +168,7 @@ def test_cache_is_reused_without_relabelling(splits, cache, monkeypatch):
     def no_teacher(*args, **kwargs):
         raise AssertionError("the cached dataset was relabelled")
 
-    monkeypatch.setattr(lmfp, "_teacher", no_teacher)
+    monkeypatch.setattr(lmfp.teachers, "load_teacher", no_teacher)
     cached = lmfp.load_lmfp("tiny", seed=7, cache_dir=cache)
     assert [len(cached[name]) for name in lmfp.SPLITS] == [len(splits[name]) for name in lmfp.SPLITS]
     assert (lmfp.dataset_dir("tiny", 7, cache) / "manifest.json").exists()
