@@ -9,7 +9,7 @@ alternating which goes first, and reports medians of ``--repeats`` ≥ 10 runs a
 * model: prebuilt graphs → outputs as numpy. Native: ``mfwrap.physics.energy_and_derivatives`` on
   a ``Batch``; official: ``CHGNet.predict_graph`` on its ``CrystalGraph``s. Tasks: energy ("e"),
   E+F ("ef"), E+F+S+M ("efsm"); on LiFePO4 1×1×2 (56 atoms) alone and as a batch of 16 rattled
-  copies; with 1 and 2 threads.
+  copies (official: ``batch_size=4``, see OFFICIAL_BATCH); with 1 and 2 threads.
 * end to end: structures → outputs (``mfwrap.predict`` vs ``predict_structure``), E+F+S+M.
 * graph: structure → graph (``mfwrap.data.to_graph`` vs chgnet's ``CrystalGraphConverter``).
 * scaling: E+F+S+M on LiFePO4 supercells up to 5,040 atoms, each size and implementation in a
@@ -17,6 +17,12 @@ alternating which goes first, and reports medians of ``--repeats`` ≥ 10 runs a
 * FLOPs: matrix-multiply FLOPs of one E+F+S+M evaluation (``torch.utils.flop_counter``, forward
   and backward), per implementation, and the rate reached against the machine's measured sgemm
   rate (``torch.mm`` of 2048² float32, same thread count).
+
+Allocator: by default the script re-executes itself with glibc told to keep freed memory
+(``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2^40``), for both implementations alike. With glibc's
+defaults, blocks above 32 MB (a batch of 16 cells: 40 MB activations) are mapped and unmapped on
+every call, and the resulting page faults take 35-50 % of the native model's time at batch 16
+(0.2-0.8 million minor faults per call). ``--malloc default`` measures the defaults.
 
 Writes benchmarks/results/speed_chgnet.json and prints markdown tables.
 """
@@ -54,6 +60,10 @@ from mfwrap.physics import energy_and_derivatives  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "speed_chgnet.json"
 TASKS = {"e": {"forces": False, "stress": False}, "ef": {"stress": False}, "efsm": {}}
 TARGETS = {"efsm_speedup": 4.0, "graph_speedup": 10.0}
+TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+# Official E+F+S+M keeps a double-backward graph (create_graph=True), ~0.8 GB per 56-atom cell:
+# it runs the batch of 16 as 4 forward passes of 4 to fit in memory (its cost is linear in atoms).
+OFFICIAL_BATCH = 4
 SCALING_CELLS = [(1, 1, 2), (2, 2, 4), (3, 3, 4), (4, 4, 5), (4, 5, 9)]  # 56 … 5,040 atoms
 
 
@@ -77,18 +87,25 @@ def rattled_copies(structure, count: int, sigma: float = 0.02) -> list:
 
 
 def interleaved(native: Callable[[], object], official: Callable[[], object], repeats: int, warmup: int = 2) -> dict:
-    """Median wall times (ms) of two callables measured alternately, and official/native."""
+    """Medians (ms) of wall and process CPU time of two callables measured alternately, and the
+    official/native ratios. CPU time is the steadier figure on a shared machine (it does not count
+    time the process waits for a core); with 2 threads it sums both threads."""
     for _ in range(warmup):
         native(), official()
-    times: dict[str, list[float]] = {"native": [], "official": []}
+    wall: dict[str, list[float]] = {"native": [], "official": []}
+    cpu: dict[str, list[float]] = {"native": [], "official": []}
     for rep in range(repeats):
         order = [("native", native), ("official", official)]
         for name, fn in order if rep % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    native_ms, official_ms = statistics.median(times["native"]), statistics.median(times["official"])
-    return {"native_ms": native_ms, "official_ms": official_ms, "speedup": official_ms / native_ms, "repeats": repeats}
+            wall[name].append((time.perf_counter() - start) * 1e3)
+            cpu[name].append((time.process_time() - start_cpu) * 1e3)
+    result = {"repeats": repeats}
+    for label, times in (("", wall), ("cpu_", cpu)):
+        native_ms, official_ms = statistics.median(times["native"]), statistics.median(times["official"])
+        result.update({f"native_{label}ms": native_ms, f"official_{label}ms": official_ms, f"{label}speedup": official_ms / native_ms})
+    return result
 
 
 def native_model_call(model, batch, task: str) -> Callable[[], object]:
@@ -112,14 +129,14 @@ def measure_speed(model, official, repeats: int, threads: list[int], results: di
                 key = f"{group}/{task}/{count}t"
                 results["model"][key] = interleaved(
                     native_model_call(model, batch, task),
-                    lambda: official.predict_graph(crystal_graphs, task=task, batch_size=16),
+                    lambda: official.predict_graph(crystal_graphs, task=task, batch_size=OFFICIAL_BATCH),
                     repeats,
                 )
                 print(f"model {key}: {results['model'][key]['speedup']:.2f}x", flush=True)
             key = f"{group}/efsm/{count}t"
             results["end_to_end"][key] = interleaved(
                 lambda: mfwrap.predict(model, structures, batch_size=16),
-                lambda: official.predict_structure(structures, task="efsm", batch_size=16),
+                lambda: official.predict_structure(structures, task="efsm", batch_size=OFFICIAL_BATCH),
                 repeats,
             )
             results["graph"][f"{group}/{count}t"] = interleaved(
@@ -221,15 +238,13 @@ def save(report: dict) -> None:
 
 
 def print_tables(report: dict) -> None:
-    print("\n| workload | threads | native ms | official ms | speedup |\n|---|---|---|---|---|")
-    for section in ("model", "end_to_end"):
-        for key, cell in report[section].items():
-            group, task, threads = key.split("/")
-            label = f"{group} {task.upper()}" + (" (end to end)" if section == "end_to_end" else "")
-            print(f"| {label} | {threads[:-1]} | {cell['native_ms']:.1f} | {cell['official_ms']:.1f} | {cell['speedup']:.2f}x |")
-    for key, cell in report["graph"].items():
-        group, threads = key.split("/")
-        print(f"| {group} graph construction | {threads[:-1]} | {cell['native_ms']:.1f} | {cell['official_ms']:.1f} | {cell['speedup']:.2f}x |")
+    print("\n| workload | threads | native ms | official ms | speedup (wall) | speedup (CPU time) |\n|---|---|---|---|---|---|")
+    rows = [(f"{k.split('/')[0]} {k.split('/')[1].upper()}", k.split("/")[2], c) for k, c in report["model"].items()]
+    rows += [(f"{k.split('/')[0]} EFSM end to end", k.split("/")[2], c) for k, c in report["end_to_end"].items()]
+    rows += [(f"{k.split('/')[0]} graph construction", k.split("/")[1], c) for k, c in report["graph"].items()]
+    for label, threads, cell in rows:
+        print(f"| {label} | {threads[:-1]} | {cell['native_ms']:.1f} | {cell['official_ms']:.1f} | "
+              f"{cell['speedup']:.2f}x | {cell['cpu_speedup']:.2f}x |")
     print("\n| atoms | native ms | native MiB | official ms | official MiB |\n|---|---|---|---|---|")
     for row in report["scaling"]:
         cells = [
@@ -247,6 +262,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 thread only and cells up to 1,008 atoms")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned", help="glibc allocator settings")
     parser.add_argument("--scaling-worker", nargs=3, metavar=("IMPL", "CELL", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scaling_worker:
@@ -254,11 +270,15 @@ def main() -> None:
         print(json.dumps(scaling_worker(implementation, tuple(int(c) for c in cell.split(",")), int(reps))))
         return
 
+    if args.malloc == "tuned" and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
+
     model = CHGNet.from_pretrained("0.3.0")
     official = quiet_official()
     report = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "torch": torch.__version__, "python": platform.python_version()},
+        "allocator": {k: os.environ[k] for k in TUNED_MALLOC} if args.malloc == "tuned" else "glibc defaults",
         "structure": "LiFePO4 1x1x2 (56 atoms); batch16 = 16 copies rattled by 0.02 Å",
         "targets": TARGETS,
     }
