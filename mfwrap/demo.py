@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     predictions = {name: _predictions(args.out / method / "best.pt", test) for name, method in RUNS.items()}
     plot = args.out / "parity.png"
     parity_plot(predictions, plot)
-    summary = {"epochs": args.epochs, "single_fidelity_epochs": args.single_epochs or args.epochs, "seed": args.seed, "size": args.size, "n_high": args.n_high,
+    summary = {"epochs": args.epochs, "single_fidelity_epochs": args.single_epochs or args.epochs, "seed": args.seed,
+               "size": args.size, "n_high": args.n_high,
                "n_test": len(test), "test": results, "train_seconds": timings,
                "total_seconds": time.perf_counter() - start, "jobs": args.jobs}
     (args.out / "demo.json").write_text(json.dumps(summary, indent=1))
