@@ -35,6 +35,11 @@ file and of the teacher checkpoints). :func:`load_lmfp` builds it once into the 
 (``cache_dir`` argument, else ``$MFWRAP_CACHE``, else ``~/.cache/mfwrap``) and reads it back
 through :mod:`mfwrap.data.readers`, like any labelled extxyz file (stress converted to GPa).
 
+The ``small`` set with seed 0 ships prebuilt with the package (``prebuilt/``: the three files
+gzipped, and the build's manifest): :func:`load_lmfp` installs it into the cache instead of
+labelling (minutes on a CPU), as long as its recipe equals ``SIZES["small"]``.
+``python -m mfwrap.datasets.lmfp --size small --out DIR`` rebuilds it from the teachers.
+
 Command line: ``python -m mfwrap.datasets.lmfp --size full|small|tiny [--out DIR] [--seed 0]``.
 """
 
@@ -44,6 +49,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import functools
+import gzip
 import hashlib
 import importlib.metadata
 import json
@@ -70,6 +76,7 @@ FORMAT_VERSION = 1
 TEACHERS = {"high": "r2scan", "low": "0.3.0"}  # fidelity name -> chgnet pretrained model name
 _LABEL_TASK = {"high": "efsm", "low": "efs"}  # chgnet tasks: energy, forces, stress (+ magmoms)
 SPLITS = ("high_train", "high_test", "low_train")
+PREBUILT = Path(__file__).parent / "prebuilt"  # packaged copies of built variants (gzipped)
 _STREAM = {"high": 1, "low": 2, "split": 3}  # independent random streams per seed
 
 
@@ -323,6 +330,46 @@ def dataset_dir(size: str | LMFPRecipe = "small", seed: int = 0, cache_dir: str 
     return root / "lmfp" / f"v{FORMAT_VERSION}-{_recipe(size)[0]}-seed{seed}"
 
 
+def prebuilt_dir(size: str | LMFPRecipe = "small", seed: int = 0) -> Path:
+    """Where a packaged copy of this variant would be (it exists for ``small``, seed 0)."""
+    return PREBUILT / f"lmfp-v{FORMAT_VERSION}-{_recipe(size)[0]}-seed{seed}"
+
+
+def install_prebuilt(size: str | LMFPRecipe, seed: int, directory: Path) -> bool:
+    """Install the packaged copy of (size, seed) into ``directory`` (atomically); False if there is
+    none, or if it was built with another recipe or format than ``SIZES[size]`` / ``FORMAT_VERSION``.
+
+    The packaged files are gzipped extxyz; each decompressed file must match the SHA-256 in the
+    packaged manifest (else ValueError naming the file, and nothing is installed).
+    """
+    source = prebuilt_dir(size, seed)
+    if not (source / "manifest.json").exists():
+        return False
+    manifest = json.loads((source / "manifest.json").read_text())
+    recipe = json.loads(json.dumps(dataclasses.asdict(_recipe(size)[1])))
+    if (manifest["recipe"], manifest["seed"], manifest["format_version"]) != (recipe, seed, FORMAT_VERSION):
+        LOG.warning("packaged LMFP copy %s was made with another recipe; building instead", source)
+        return False
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        for name, entry in manifest["files"].items():
+            data = gzip.decompress((source / f"{name}.gz").read_bytes())
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise ValueError(f"packaged {source / name}.gz does not match its manifest (damaged installation?); "
+                                 f"reinstall mfwrap, or build with python -m mfwrap.datasets.lmfp --size {manifest['size']}")
+            (staging / name).write_bytes(data)
+        shutil.copyfile(source / "manifest.json", staging / "manifest.json")
+        try:
+            os.replace(staging, directory)
+        except OSError:  # another process installed or built it first
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    LOG.info("LMFP %s (seed %d): installed the packaged copy into %s (no labelling)", manifest["size"], seed, directory)
+    return True
+
+
 def load_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, cache_dir: str | os.PathLike | None = None,
               *, device: str = "cpu", workers: int = 2) -> dict[str, list[LabelledStructure]]:
     """The LMFP splits ``{"high_train", "high_test", "low_train"}``, built on first use, then cached.
@@ -333,13 +380,14 @@ def load_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, cache_dir: str | 
 
     Args:
         size: "full" (1,911 high of which 191 test, 1,736 low), "small" (150 high of which 50
-            test, 300 low), "tiny" (tests), or an :class:`LMFPRecipe`.
+            test, 300 low; packaged for seed 0, see :func:`install_prebuilt`), "tiny" (tests),
+            or an :class:`LMFPRecipe`.
         seed: everything (compositions, strains, displacements, MD noise, split) follows from it.
         cache_dir: cache root; default ``$MFWRAP_CACHE`` or ``~/.cache/mfwrap``.
         device, workers: for a build only (see :func:`build_lmfp`).
     """
     directory = dataset_dir(size, seed, cache_dir)
-    if not (directory / "manifest.json").exists():
+    if not (directory / "manifest.json").exists() and not install_prebuilt(size, seed, directory):
         try:
             build_lmfp(size, seed, directory, device=device, workers=workers)
         except FileExistsError:  # another process finished the same build first
