@@ -1,8 +1,9 @@
 """mfwrap: multi-fidelity machine-learning interatomic potentials by module surgery on PyG models."""
 
 from mfwrap.calculator import Calculator
+from mfwrap.compile import compile_model
 from mfwrap.multifidelity import MultiFidelity, load
 from mfwrap.predict import predict
 
-__all__ = ["Calculator", "MultiFidelity", "load", "predict"]
+__all__ = ["Calculator", "MultiFidelity", "compile_model", "load", "predict"]
 __version__ = "0.1.0"

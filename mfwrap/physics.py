@@ -28,6 +28,12 @@ def _structure_index(batch: Batch) -> Tensor:
     return batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(batch[K.ATOMIC_NUMBERS])
 
 
+def deform(pos: Tensor, cell: Tensor, strain: Tensor, structure: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions (n, 3) and cells (B, 3, 3) under strain ε (B, 3, 3): ``r (I + ε_b)``, ``L (I + ε_b)``."""
+    deformation = torch.eye(3, dtype=pos.dtype, device=pos.device) + strain
+    return torch.bmm(pos.unsqueeze(1), deformation[structure]).squeeze(1), torch.bmm(cell, deformation)
+
+
 def energy_and_derivatives(
     model: Callable[[Batch], dict[str, Tensor]],
     batch: Batch,
@@ -39,36 +45,25 @@ def energy_and_derivatives(
     """Run ``model`` on ``batch`` and add forces and stress from autograd.
 
     ``model(batch)`` must return a dict with "energy" (num_structures,) total eV and may return
-    more (e.g. "magmoms" (num_atoms,) μB), all passed through.
+    more (e.g. "magmoms" (num_atoms,) μB), all passed through. A model that computes the
+    derivatives itself (e.g. a compiled backbone, :mod:`backbones.chgnet.compiled`) provides
+    ``model.energy_and_gradients(batch) -> (dict, ∂E/∂r (n, 3), ∂E/∂ε (B, 3, 3))``, which is used
+    instead; its results are differentiable in the parameters exactly when ``create_graph``.
 
     Returns:
         the model's dict plus "forces" (num_atoms, 3) eV/Å and "stress" (num_structures, 3, 3) GPa
         when requested. Stress of a structure that is not periodic in all three directions is NaN.
     """
-    strained = copy.copy(batch)
-    structure = _structure_index(batch)
     num_structures = batch[K.CELL].shape[0]
     pos = batch[K.POSITIONS]
     cell = batch[K.CELL]
-    inputs: list[Tensor] = []
-    if forces:
-        pos = pos.detach().requires_grad_(True)
-        inputs.append(pos)
-    if stress:
-        strain = torch.zeros(num_structures, 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
-        inputs.append(strain)
-        deformation = torch.eye(3, dtype=pos.dtype, device=pos.device) + strain
-        strained[K.POSITIONS] = torch.bmm(pos.unsqueeze(1), deformation[structure]).squeeze(1)
-        strained[K.CELL] = torch.bmm(cell, deformation)
+    if (forces or stress) and hasattr(model, "energy_and_gradients"):
+        with torch.set_grad_enabled(create_graph):
+            out, *grads = model.energy_and_gradients(batch)
+        grads = grads if stress else grads[:1]
+        out = dict(out)
     else:
-        strained[K.POSITIONS] = pos
-    with torch.enable_grad():
-        out = dict(model(strained))
-        if inputs:
-            grads = torch.autograd.grad(
-                out[K.ENERGY].sum(), inputs, create_graph=create_graph, allow_unused=True
-            )
-            grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+        out, grads = _autograd_derivatives(model, batch, forces, stress, create_graph)
     if forces:
         out[K.FORCES] = -grads[0]
     if stress:
@@ -77,3 +72,30 @@ def energy_and_derivatives(
         sigma = grads[-1] / volume.clamp_min(1e-12).view(-1, 1, 1) * EV_PER_A3_TO_GPA
         out[K.STRESS] = torch.where(periodic.view(-1, 1, 1), sigma, torch.full_like(sigma, float("nan")))
     return out
+
+
+def _autograd_derivatives(
+    model: Callable[[Batch], dict[str, Tensor]], batch: Batch, forces: bool, stress: bool, create_graph: bool
+) -> tuple[dict[str, Tensor], list[Tensor]]:
+    """model(strained batch) and [∂E/∂r if forces, ∂E/∂ε if stress] by ``torch.autograd.grad``."""
+    strained = copy.copy(batch)
+    pos = batch[K.POSITIONS]
+    inputs: list[Tensor] = []
+    grads: list[Tensor] = []
+    with torch.enable_grad():  # also under an outer no_grad: the strain must enter the graph
+        if forces:
+            pos = pos.detach().requires_grad_(True)
+            inputs.append(pos)
+        if stress:
+            strain = torch.zeros(batch[K.CELL].shape[0], 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
+            inputs.append(strain)
+            strained[K.POSITIONS], strained[K.CELL] = deform(pos, batch[K.CELL], strain, _structure_index(batch))
+        else:
+            strained[K.POSITIONS] = pos
+        out = dict(model(strained))
+        if inputs:
+            grads = torch.autograd.grad(
+                out[K.ENERGY].sum(), inputs, create_graph=create_graph, allow_unused=True
+            )
+            grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+    return out, grads

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,7 @@ from backbones.chgnet.layers import AngleUpdate, AtomConv, BondConv, Topology
 from backbones.chgnet.mlp import Readout, hidden_dims
 from backbones.ops import scatter_sum
 from mfwrap.data import keys as K
-from mfwrap.data.graph import GraphSpec, edge_vectors
+from mfwrap.data.graph import GraphSpec, edge_vectors_of
 
 # 1 − 1e-6 keeps acos away from ±1, where its derivative diverges (as in CHGNet).
 _COSINE_SHRINK = 1.0 - 1e-6
@@ -22,6 +22,30 @@ def structure_index(batch) -> Tensor:
     """(n,) index of the structure each atom belongs to (zeros for a single un-batched graph)."""
     index = getattr(batch, "batch", None)
     return index if index is not None else torch.zeros_like(batch[K.ATOMIC_NUMBERS])
+
+
+class Geometry(NamedTuple):
+    """The tensors of a batch the network reads besides its :class:`Topology` (plain tensors, so
+    that :meth:`CHGNet.network` can be traced by ``torch.compile``).
+
+    positions (n, 3) Å and cell (B, 3, 3) Å (differentiable: physics' strain acts on them),
+    edge_shift (E, 3), edge_index (2, E), structure (n,) atom → structure, atomic_numbers (n,),
+    undirected_to_edge (U,), angle_edges (2, A).
+    """
+
+    positions: Tensor
+    cell: Tensor
+    edge_shift: Tensor
+    edge_index: Tensor
+    structure: Tensor
+    atomic_numbers: Tensor
+    undirected_to_edge: Tensor
+    angle_edges: Tensor
+
+    @classmethod
+    def of(cls, batch) -> "Geometry":
+        return cls(batch[K.POSITIONS], batch[K.CELL], batch[K.EDGE_SHIFT], batch[K.EDGE_INDEX], structure_index(batch),
+                   batch[K.ATOMIC_NUMBERS], batch[K.UNDIRECTED_TO_EDGE], batch[K.ANGLE_EDGES])
 
 
 class AtomEmbedding(nn.Module):
@@ -180,6 +204,12 @@ class CHGNet(nn.Module):
 
         return load_pretrained(cls, version)
 
+    def compiled(self, **options) -> nn.Module:
+        """This model with its network under ``torch.compile`` (:mod:`backbones.chgnet.compiled`)."""
+        from backbones.chgnet.compiled import CompiledCHGNet
+
+        return CompiledCHGNet(self, **options)
+
     @staticmethod
     def topology(batch) -> Topology:
         """Index tensors of ``batch``. One host-device synchronisation (``torch.unique``, the
@@ -205,19 +235,28 @@ class CHGNet(nn.Module):
 
     def forward(self, batch) -> dict[str, Tensor]:
         """batch → {"energy": (B,) total eV, "magmoms": (n,) μB}."""
-        topo = self.topology(batch)
-        vectors = edge_vectors(batch)  # (E, 3) Å, centre → neighbour image
+        out = self.network(Geometry.of(batch), self.topology(batch))
+        out[K.ENERGY] = out[K.ENERGY] + self.composition(batch)
+        return out
+
+    def network(self, g: Geometry, topo: Topology) -> dict[str, Tensor]:
+        """Everything but the composition energy: {"energy": (B,) Σ_i R(x_i) eV, "magmoms": (n,) μB}.
+
+        Reads tensors only (no batch object, no host-device synchronisation), so it is the part
+        that ``torch.compile`` traces (see :mod:`backbones.chgnet.compiled`).
+        """
+        vectors = edge_vectors_of(g.positions, g.cell, g.edge_shift, g.edge_index, g.structure)  # (E, 3) Å
         lengths = torch.linalg.vector_norm(vectors, dim=-1)
-        bond_lengths = lengths.index_select(0, batch[K.UNDIRECTED_TO_EDGE])
+        bond_lengths = lengths.index_select(0, g.undirected_to_edge)
         rbf_atom_graph = self.radial_basis_atom_graph(bond_lengths)
 
-        x = self.atom_embedding(batch[K.ATOMIC_NUMBERS])
+        x = self.atom_embedding(g.atomic_numbers)
         e = self.bond_embedding(rbf_atom_graph)
         weights_atom_graph = self.bond_weights_atom_graph(rbf_atom_graph)
         if len(self.bond_convs):
             short_lengths = bond_lengths.index_select(0, topo.short_bonds)
             weights_bond_graph = self.bond_weights_bond_graph(self.radial_basis_bond_graph(short_lengths))
-            a = self.angle_embedding(self.angle_basis(self._angles(vectors, lengths, batch[K.ANGLE_EDGES])))
+            a = self.angle_embedding(self.angle_basis(self._angles(vectors, lengths, g.angle_edges)))
 
         for k, atom_conv in enumerate(self.atom_convs):
             x = atom_conv(x, e, weights_atom_graph, topo)
@@ -228,8 +267,7 @@ class CHGNet(nn.Module):
                 if k < len(self.angle_updates) and k + 1 < len(self.bond_convs):  # else a is never read again
                     a = self.angle_updates[k](x, e, a, topo)
 
-        structures = structure_index(batch)
-        energy = scatter_sum(self.readout(x), structures, batch[K.CELL].shape[0]) + self.composition(batch)
+        energy = scatter_sum(self.readout(x), g.structure, g.cell.shape[0])
         return {K.ENERGY: energy, K.MAGMOMS: magmoms}
 
     @staticmethod
