@@ -17,7 +17,7 @@ from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
 from mfwrap.data.line_graph import angle_edge_pairs, undirected_from_reverse
-from mfwrap.data.neighbors import periodic_radius_graph
+from mfwrap.data.neighbors import neighbour_arrays
 
 MAX_ATOMIC_NUMBER = 94
 EV_PER_A3_TO_GPA = 160.21766208
@@ -68,13 +68,15 @@ def _as_arrays(structure: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.nd
             np.asarray(structure.cell.array, dtype=np.float64),
             np.asarray(structure.pbc, dtype=bool),
         )
-    if hasattr(structure, "cart_coords"):  # pymatgen (imported already, as the input is one)
+    if hasattr(type(structure), "cart_coords"):  # pymatgen (imported already, as the input is one)
         from pymatgen.core.periodic_table import DummySpecies
 
-        if not structure.is_ordered:
+        # One pass over the sites' compositions (pymatgen's own is_ordered / species re-walk them).
+        compositions = [site.species for site in structure.sites]
+        if not all(len(c) == 1 and c.num_atoms == 1 for c in compositions):
             raise StructureError(f"{name}: disordered structure (partial occupancies) cannot be a graph")
         numbers = np.fromiter(  # Z = 0, an unknown element, for a dummy species
-            (0 if isinstance(sp, DummySpecies) else sp.Z for sp in structure.species), dtype=np.int64, count=len(structure)
+            (0 if isinstance(sp, DummySpecies) else sp.Z for c in compositions for sp in c), dtype=np.int64, count=len(compositions)
         )
         if hasattr(structure, "lattice"):
             lattice = structure.lattice
@@ -136,39 +138,40 @@ def to_graph(
         raise ValueError(f"on_isolated_atoms must be 'warn', 'error' or 'ignore', got {on_isolated_atoms!r}")
     numbers, positions, cell, pbc = _as_arrays(structure, name)
     validate_geometry(numbers, positions, cell, pbc, name)
-    pos = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.float64))
-    cell_t = torch.tensor(cell, dtype=torch.float64)
-    pbc_t = torch.from_numpy(np.asarray(pbc, dtype=bool))
-    edge_index, shift, length, reverse = periodic_radius_graph(pos, cell_t, pbc_t, spec.cutoff)
+    # The graph is built in numpy (float64) and becomes tensors once, at the end.
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool)
+    edge_index, shift, length, reverse = neighbour_arrays(positions, cell, pbc, spec.cutoff)
 
     n_atoms = len(numbers)
-    if length.numel() and float(length.min()) < MIN_DISTANCE:
+    if len(length) and length.min() < MIN_DISTANCE:
         e = int(length.argmin())
         i, j = int(edge_index[1, e]), int(edge_index[0, e])
         raise StructureError(f"{name}: atoms {i} and {j} (or its periodic image) coincide (distance {float(length[e]):.2g} Å)")
-    lonely = np.flatnonzero(np.bincount(edge_index[1].numpy(), minlength=n_atoms) == 0)
+    lonely = np.flatnonzero(np.bincount(edge_index[1], minlength=n_atoms) == 0)
     if lonely.size and on_isolated_atoms != "ignore":
         msg = f"{name}: atom(s) {lonely[:10].tolist()} have no neighbour within the {spec.cutoff} Å cutoff"
         if on_isolated_atoms == "error":
             raise StructureError(msg)
         warnings.warn(msg + "; they receive no messages (embedding-only energy)", stacklevel=2)
 
-    graph = AtomicGraph(
-        pos=pos.to(dtype),
-        atomic_numbers=torch.from_numpy(np.asarray(numbers, dtype=np.int64)),
-        cell=cell_t.to(dtype).unsqueeze(0),
-        pbc=pbc_t.unsqueeze(0),
-        edge_index=edge_index,
-        edge_shift=shift.to(dtype),
-        fidelity=torch.tensor([fidelity], dtype=torch.long),
-        num_nodes=n_atoms,
-    )
+    fields = {
+        K.POSITIONS: torch.from_numpy(positions).to(dtype),
+        K.ATOMIC_NUMBERS: torch.from_numpy(np.asarray(numbers, dtype=np.int64)),
+        K.CELL: torch.from_numpy(np.array(cell, dtype=np.float64)).to(dtype).unsqueeze(0),
+        K.PBC: torch.from_numpy(pbc.copy()).unsqueeze(0),
+        K.EDGE_INDEX: torch.from_numpy(edge_index),
+        K.EDGE_SHIFT: torch.from_numpy(shift).to(dtype),
+        K.FIDELITY: torch.tensor([fidelity], dtype=torch.long),
+        "num_nodes": n_atoms,
+    }
     if spec.line_graph_cutoff is not None:
         to_undirected, to_edge = undirected_from_reverse(reverse)
-        graph[K.EDGE_TO_UNDIRECTED] = to_undirected
-        graph[K.UNDIRECTED_TO_EDGE] = to_edge
-        graph[K.NUM_UNDIRECTED] = int(to_edge.numel())
-        graph[K.ANGLE_EDGES] = angle_edge_pairs(edge_index, length, n_atoms, spec.line_graph_cutoff)
+        fields[K.EDGE_TO_UNDIRECTED] = torch.from_numpy(to_undirected)
+        fields[K.UNDIRECTED_TO_EDGE] = torch.from_numpy(to_edge)
+        fields[K.NUM_UNDIRECTED] = len(to_edge)
+        fields[K.ANGLE_EDGES] = torch.from_numpy(angle_edge_pairs(edge_index, length, n_atoms, spec.line_graph_cutoff))
+    graph = AtomicGraph(**fields)
     if labels is not None:
         attach_labels(graph, labels, name, dtype)
     return graph
@@ -215,14 +218,8 @@ def edge_vectors(data: Data) -> Tensor:
 
     Differentiable in ``data.pos`` and ``data.cell`` (so a strained cell gives stress).
     """
+    neighbour, centre = data[K.EDGE_INDEX]
     batch = data.batch if getattr(data, "batch", None) is not None else torch.zeros_like(data[K.ATOMIC_NUMBERS])
-    return edge_vectors_of(data[K.POSITIONS], data[K.CELL], data[K.EDGE_SHIFT], data[K.EDGE_INDEX], batch)
-
-
-def edge_vectors_of(pos: Tensor, cell: Tensor, edge_shift: Tensor, edge_index: Tensor, structure: Tensor) -> Tensor:
-    """:func:`edge_vectors` on plain tensors (traceable by ``torch.compile``): pos (n, 3) Å,
-    cell (B, 3, 3) Å, edge_shift (E, 3), edge_index (2, E), structure (n,) → (E, 3) Å."""
-    neighbour, centre = edge_index
-    edge_cell = cell[structure[centre]]  # (E, 3, 3)
-    offset = torch.bmm(edge_shift.unsqueeze(1), edge_cell).squeeze(1)
-    return pos[neighbour] + offset - pos[centre]
+    edge_cell = data[K.CELL][batch[centre]]  # (E, 3, 3)
+    offset = torch.bmm(data[K.EDGE_SHIFT].unsqueeze(1), edge_cell).squeeze(1)
+    return data[K.POSITIONS][neighbour] + offset - data[K.POSITIONS][centre]

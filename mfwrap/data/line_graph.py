@@ -3,26 +3,32 @@
 CHGNet's bond graph: each undirected edge {(i, j, S), (j, i, -S)} is one bond; an angle is an
 ordered pair (e1, e2), e1 != e2, of directed edges leaving the same centre atom, both shorter
 than the bond-graph cutoff (3 Å in CHGNet). Every centre with c short edges has c (c - 1) angles.
+
+The pairing and the angles are index bookkeeping on the host, done in numpy: for the few thousand
+edges of a typical structure, torch's per-operation overhead would cost several times the work.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 
-def undirected_from_reverse(reverse: Tensor) -> tuple[Tensor, Tensor]:
+def undirected_from_reverse(reverse: Tensor | np.ndarray) -> tuple[Tensor, Tensor] | tuple[np.ndarray, np.ndarray]:
     """Number the undirected edges given each directed edge's reverse (an involution without
     fixed points, e.g. :attr:`NeighbourList.reverse`).
 
     Returns:
         edge_to_undirected (E,) long; undirected_to_edge (U,) long, the lower-indexed directed edge
-        of each pair, with undirected ids numbered in the order of those representatives.
+        of each pair, with undirected ids numbered in the order of those representatives. Tensors
+        on ``reverse``'s device for a tensor, numpy arrays for an array (computed in numpy).
     """
-    is_representative = torch.arange(reverse.numel(), device=reverse.device) < reverse
-    undirected_id = torch.cumsum(is_representative, 0) - 1
-    edge_to_undirected = torch.where(is_representative, undirected_id, undirected_id[reverse])
-    return edge_to_undirected, is_representative.nonzero().squeeze(1)
+    rev = _host(reverse)
+    is_representative = np.arange(len(rev)) < rev
+    undirected_id = np.cumsum(is_representative) - 1
+    edge_to_undirected = np.where(is_representative, undirected_id, undirected_id.take(rev))
+    return _like(reverse, edge_to_undirected), _like(reverse, np.flatnonzero(is_representative))
 
 
 def pair_undirected(edge_index: Tensor, edge_shift: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
@@ -55,7 +61,9 @@ def pair_undirected(edge_index: Tensor, edge_shift: Tensor, num_nodes: int) -> t
     return undirected_from_reverse(order[slot])
 
 
-def angle_edge_pairs(edge_index: Tensor, edge_length: Tensor, num_nodes: int, cutoff: float) -> Tensor:
+def angle_edge_pairs(
+    edge_index: Tensor | np.ndarray, edge_length: Tensor | np.ndarray, num_nodes: int, cutoff: float
+) -> Tensor | np.ndarray:
     """All ordered pairs of distinct directed edges with a common centre, both shorter than ``cutoff``.
 
     Short edge k (after a stable sort by centre) sits at rank ``a_k`` in its centre's group of
@@ -63,17 +71,27 @@ def angle_edge_pairs(edge_index: Tensor, edge_length: Tensor, num_nodes: int, cu
     ``w = 0..c-2`` as ``start_k + w + [w >= a_k]`` (skipping itself), so no pair is made and dropped.
 
     Returns:
-        angle_edges (2, A) long: directed edge indices (e1, e2), grouped by centre, then by e1.
+        angle_edges (2, A) long: directed edge indices (e1, e2), grouped by centre, then by e1; a
+        tensor on ``edge_index``'s device for tensors, a numpy array for arrays (computed in numpy).
     """
-    device = edge_index.device
-    short = (edge_length < cutoff).nonzero().squeeze(1)
-    centre, perm = torch.sort(edge_index[1, short], stable=True)
-    short = short[perm]
-    per_centre = torch.bincount(centre, minlength=num_nodes)
-    start = (torch.cumsum(per_centre, 0) - per_centre)[centre]  # (m,) group start of each short edge
-    rank = torch.arange(short.numel(), device=device) - start
-    partners = per_centre[centre] - 1
-    first = torch.repeat_interleave(partners)  # (A,) index into short
-    w = torch.arange(first.numel(), device=device) - (torch.cumsum(partners, 0) - partners)[first]
-    second = start[first] + w + (w >= rank[first])
-    return torch.stack([short[first], short[second]])
+    short = np.flatnonzero(_host(edge_length) < cutoff)
+    centre = _host(edge_index)[1].take(short)
+    perm = np.argsort(centre, kind="stable")
+    short, centre = short.take(perm), centre.take(perm)
+    per_centre = np.bincount(centre, minlength=num_nodes)
+    start = (np.cumsum(per_centre) - per_centre).take(centre)  # (m,) group start of each short edge
+    rank = np.arange(len(short)) - start
+    partners = per_centre.take(centre) - 1
+    first = np.repeat(np.arange(len(short)), partners)  # (A,) index into short
+    w = np.arange(len(first)) - (np.cumsum(partners) - partners).take(first)
+    second = start.take(first) + w + (w >= rank.take(first))
+    return _like(edge_index, np.stack([short.take(first), short.take(second)]))
+
+
+def _host(array: Tensor | np.ndarray) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
+
+
+def _like(reference: Tensor | np.ndarray, array: np.ndarray) -> Tensor | np.ndarray:
+    """``array`` as a tensor on ``reference``'s device if that is a tensor, else as is."""
+    return torch.from_numpy(array).to(reference.device) if isinstance(reference, Tensor) else array

@@ -13,10 +13,12 @@ Algorithm (periodic "ghost" images, then all pairs or a cell list):
    centre looks at its 27 surrounding bins, bins kept sparse (sorted ids + searchsorted), so the
    work is O(N) and a dilute molecule costs nothing.
 
-Steps 1–3 are O(n · images) index bookkeeping done in numpy on the host (a torch operation
-costs microseconds of overhead, which dominates for small structures); step 4 and everything
-per edge run in torch on the positions' device. Both paths of step 4 return bitwise the same
-edges in the same order, sorted by (i, j, S). Work is in float64 whatever the input dtype.
+All of it runs on the host in numpy (:func:`neighbour_arrays`), whose per-operation overhead is
+several times below torch's and dominates for the small structures graphs are usually built
+from; only the O(pairs) distance kernel calls torch on zero-copy views (faster broadcasting).
+:func:`periodic_radius_graph` wraps it for tensors.
+Both paths of step 4 return bitwise the same edges in the same order, sorted by (i, j, S).
+Work is in float64 whatever the input dtype.
 """
 
 from __future__ import annotations
@@ -33,16 +35,16 @@ BRUTE_FORCE_PAIRS = 1 << 20
 """Largest ``n_atoms * n_ghosts`` handled by the all-pairs path (8 MB per float64 array); about
 where the cell list starts to win (a few hundred atoms at a 5 Å cutoff)."""
 
-_NEIGHBOUR_BIN_OFFSETS = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)))
+_NEIGHBOUR_BIN_OFFSETS = np.array(list(itertools.product((-1, 0, 1), repeat=3)))
 
 
 class NeighbourList(NamedTuple):
-    """Directed edges (i, j, S), sorted by (i, j, S)."""
+    """Directed edges (i, j, S), sorted by (i, j, S); tensors or numpy arrays."""
 
-    edge_index: Tensor  # (2, E) long, row 0 = neighbour j, row 1 = centre i
-    shift: Tensor  # (E, 3) integer-valued cell offsets S of the neighbour's image
-    distance: Tensor  # (E,) |r_j + S @ cell - r_i|, Å
-    reverse: Tensor  # (E,) long, index of the edge (j, i, -S)
+    edge_index: Tensor | np.ndarray  # (2, E) long, row 0 = neighbour j, row 1 = centre i
+    shift: Tensor | np.ndarray  # (E, 3) integer-valued cell offsets S of the neighbour's image
+    distance: Tensor | np.ndarray  # (E,) |r_j + S @ cell - r_i|, Å
+    reverse: Tensor | np.ndarray  # (E,) long, index of the edge (j, i, -S)
 
 
 def completed_basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -71,57 +73,119 @@ def _image_shifts(n_images: tuple[int, int, int]) -> np.ndarray:
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
-def _squared_distance(r_j: Sequence[Tensor], r_i: Sequence[Tensor], offset: Sequence[Tensor]) -> Tensor:
-    """``Σ_k ((r_j,k - r_i,k) + o_k)^2`` from per-component tensors (broadcast), in this order.
+def _squared_distance(r_j: Sequence[np.ndarray], r_i: Sequence[np.ndarray], offset: Sequence[np.ndarray]) -> np.ndarray:
+    """``Σ_k ((r_j,k - r_i,k) + o_k)^2`` from per-component arrays (broadcast), in this order.
 
     The order makes the pair (j, i, -o) round bitwise like (i, j, o), so the neighbour list is
     exactly symmetric even for distances at the cutoff, and both search paths agree bitwise.
+    Computed by torch on zero-copy views: its broadcasting loops are several times faster than
+    numpy's for an (n, 1) - (1, G) operation; the result is IEEE-exact either way.
     """
-    x, y, z = ((a - b).add_(o).square_() for a, b, o in zip(r_j, r_i, offset))
-    return x.add_(y).add_(z)
+    total = part = None
+    for a, b, o in zip(r_j, r_i, offset):  # two buffers in all, reused
+        part = torch.sub(torch.from_numpy(a), torch.from_numpy(b), out=part)
+        part.add_(torch.from_numpy(o)).square_()
+        if total is None:
+            total, part = part, None
+        else:
+            total.add_(part)
+    return total.numpy()
 
 
-def _pairs_all(pos: Tensor, ghost_atom: Tensor, ghost_offset: Tensor, self_ghost: Tensor, cutoff: float):
+def _pairs_all(pos: np.ndarray, ghost_atom: np.ndarray, ghost_offset: np.ndarray, self_ghost: np.ndarray, cutoff: float):
     """(centre, ghost, squared distance) of every centre–ghost pair closer than ``cutoff``.
 
     Ghost g is atom ``ghost_atom[g]`` displaced by ``ghost_offset[g]`` (Cartesian);
     ``self_ghost[i]`` is the ghost that is atom i itself (excluded). Sorted by (centre, ghost).
     """
-    pos_t, offset_t = pos.T.contiguous(), ghost_offset.T.contiguous()
-    d2 = _squared_distance(pos_t[:, ghost_atom].unsqueeze(1), pos_t.unsqueeze(2), offset_t.unsqueeze(1))
-    close = d2 < cutoff * cutoff  # (n, G)
-    close[torch.arange(len(self_ghost), device=close.device), self_ghost] = False
-    centre, ghost = close.nonzero(as_tuple=True)
-    return centre, ghost, d2[centre, ghost]
+    n_ghosts = len(ghost_atom)
+    pos_t, offset_t = np.ascontiguousarray(pos.T), np.ascontiguousarray(ghost_offset.T)  # contiguous rows: fast loops
+    d2 = _squared_distance(pos_t.take(ghost_atom, axis=1)[:, None, :], pos_t[:, :, None], offset_t[:, None, :])
+    close = (d2 < cutoff * cutoff).reshape(-1)  # (n G,)
+    close[np.arange(len(self_ghost)) * n_ghosts + self_ghost] = False
+    pair = np.flatnonzero(close)
+    centre, ghost = np.divmod(pair, n_ghosts)
+    return centre, ghost, d2.reshape(-1)[pair]
 
 
-def _pairs_cell_list(pos: Tensor, ghost_atom: Tensor, ghost_offset: Tensor, self_ghost: Tensor, cutoff: float):
+def _pairs_cell_list(pos: np.ndarray, ghost_atom: np.ndarray, ghost_offset: np.ndarray, self_ghost: np.ndarray, cutoff: float):
     """Same as :func:`_pairs_all`, O(N) with sparse cubic bins (edge slightly above ``cutoff``)."""
-    device = pos.device
-    n_centres, n_ghosts = pos.shape[0], ghost_atom.shape[0]
-    ghost_pos = pos[ghost_atom] + ghost_offset
+    n_centres, n_ghosts = len(pos), len(ghost_atom)
+    pos_t, offset_t = np.ascontiguousarray(pos.T), np.ascontiguousarray(ghost_offset.T)
+    ghost_pos = pos.take(ghost_atom, axis=0) + ghost_offset
     bin_size = cutoff * (1 + 1e-8)  # no pair closer than cutoff is ever two bins apart
-    origin = ghost_pos.min(dim=0).values
-    ghost_bin = torch.floor((ghost_pos - origin) / bin_size).long() + 1
-    n_bins = ghost_bin.max(dim=0).values + 2  # +margin so offsets of -1/+1 never alias
-    strides = torch.stack([n_bins[1] * n_bins[2], n_bins[2], torch.ones_like(n_bins[2])])
-    ghost_bin_id, order = torch.sort((ghost_bin * strides).sum(-1))
-    bin_ids, bin_counts = torch.unique_consecutive(ghost_bin_id, return_counts=True)
-    bin_starts = torch.cumsum(bin_counts, 0) - bin_counts
+    origin = ghost_pos.min(axis=0)
+    ghost_bin = np.floor((ghost_pos - origin) / bin_size).astype(np.int64) + 1
+    n_bins = ghost_bin.max(axis=0) + 2  # +margin so offsets of -1/+1 never alias
+    strides = np.array([n_bins[1] * n_bins[2], n_bins[2], 1])
+    ghost_bin_id = ghost_bin @ strides
+    order = np.argsort(ghost_bin_id, kind="stable")
+    ghost_bin_id = ghost_bin_id[order]
+    bin_starts = np.flatnonzero(np.diff(ghost_bin_id, prepend=-1))
+    bin_ids, bin_counts = ghost_bin_id[bin_starts], np.diff(bin_starts, append=n_ghosts)
 
-    centre_bin = torch.floor((pos - origin) / bin_size).long() + 1
-    probe_id = ((centre_bin.unsqueeze(1) + _NEIGHBOUR_BIN_OFFSETS.to(device)) * strides).sum(-1).reshape(-1)
-    slot = torch.searchsorted(bin_ids, probe_id).clamp(max=bin_ids.numel() - 1)
-    counts = torch.where(bin_ids[slot] == probe_id, bin_counts[slot], torch.zeros_like(slot))
-    centre = torch.arange(n_centres, device=device).repeat_interleave(27).repeat_interleave(counts)
-    first_of_probe = torch.cumsum(counts, 0) - counts
-    within = torch.arange(centre.numel(), device=device) - first_of_probe.repeat_interleave(counts)
-    ghost = order[bin_starts[slot].repeat_interleave(counts) + within]
+    centre_bin = np.floor((pos - origin) / bin_size).astype(np.int64) + 1
+    probe_id = ((centre_bin[:, None, :] + _NEIGHBOUR_BIN_OFFSETS) @ strides).reshape(-1)
+    slot = np.minimum(np.searchsorted(bin_ids, probe_id), len(bin_ids) - 1)
+    counts = np.where(bin_ids[slot] == probe_id, bin_counts[slot], 0)
+    centre = np.repeat(np.arange(n_centres).repeat(27), counts)
+    first_of_probe = np.cumsum(counts) - counts
+    within = np.arange(len(centre)) - np.repeat(first_of_probe, counts)
+    ghost = order[np.repeat(bin_starts[slot], counts) + within]
 
-    d2 = _squared_distance(pos[ghost_atom[ghost]].T, pos[centre].T, ghost_offset[ghost].T)
-    keep = ((d2 < cutoff * cutoff) & (ghost != self_ghost[centre])).nonzero().squeeze(1)
-    keep = keep[torch.argsort(centre[keep] * n_ghosts + ghost[keep])]
+    d2 = _squared_distance(pos_t.take(ghost_atom[ghost], axis=1), pos_t.take(centre, axis=1), offset_t.take(ghost, axis=1))
+    keep = np.flatnonzero((d2 < cutoff * cutoff) & (ghost != self_ghost[centre]))
+    keep = keep[np.argsort(centre[keep] * n_ghosts + ghost[keep])]
     return centre[keep], ghost[keep], d2[keep]
+
+
+def neighbour_arrays(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> NeighbourList:
+    """:func:`periodic_radius_graph` on numpy arrays: float64 (n, 3), (3, 3) and bool (3,) in,
+    a :class:`NeighbourList` of numpy arrays out (int64 indices, float64 shifts and distances)."""
+    pos = np.asarray(positions, dtype=np.float64)
+    n_atoms = len(pos)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    basis = completed_basis(cell, pbc)
+    inverse = np.linalg.inv(basis)
+    # Cutoff in fractional units per direction, padded so rounding never drops a boundary ghost.
+    reach = cutoff * np.linalg.norm(inverse, axis=0) * (1 + 1e-9) + 1e-9
+    image = _image_shifts(tuple(np.where(pbc, np.ceil(reach), 0).astype(int).tolist()))
+    n_shifts = len(image)
+
+    frac = pos @ inverse
+    wrap = np.floor(frac)
+    wrap[:, ~pbc] = 0.0
+    wrapped = bool(wrap.any())  # positions already inside the cell skip the wrapping arithmetic
+    if wrapped:
+        frac = frac - wrap
+        pos = pos - wrap @ basis
+    if n_shifts == 1:  # not periodic: the ghosts are the atoms themselves
+        ghost_atom = self_ghost = np.arange(n_atoms)
+        ghost_shift_id = np.zeros(n_atoms, dtype=np.int64)
+    else:
+        half_width = np.where(pbc, 0.5 + reach, np.inf)
+        inside = np.ones((n_atoms, n_shifts), dtype=bool)  # (n, S); axis by axis: tiny last axes are slow
+        for centred, shift_k, width in zip((frac - 0.5).T, image.T, half_width):
+            inside &= np.abs(centred[:, None] + shift_k) < width
+        ghost_atom, ghost_shift_id = np.nonzero(inside)  # ordered by (j, S)
+        # Rank of (i, S = 0) among the ghosts; that image is always inside the window.
+        self_ghost = np.cumsum(inside.reshape(-1)).reshape(n_atoms, n_shifts)[:, n_shifts // 2] - 1
+    # S @ basis term by term: exactly antisymmetric in S (a matmul need not be).
+    image_cart = image[:, :1] * basis[0] + image[:, 1:2] * basis[1] + image[:, 2:] * basis[2]
+
+    find_pairs = _pairs_all if n_atoms * len(ghost_atom) <= BRUTE_FORCE_PAIRS else _pairs_cell_list
+    centre, ghost, d2 = find_pairs(pos, ghost_atom, image_cart.take(ghost_shift_id, axis=0), self_ghost, cutoff)
+    neighbour, shift_id = ghost_atom[ghost], ghost_shift_id[ghost]
+    # Shift for the unwrapped positions: r_j + S L - r_i with r = r_w + k L.
+    shift = image.take(shift_id, axis=0)  # (row gathers: take is several times faster than [])
+    if wrapped:
+        shift -= wrap.take(neighbour, axis=0)
+        shift += wrap.take(centre, axis=0)
+    # Edges are sorted by key (i n + j) S + s; the reverse of (i, j, s) is (j, i, S - 1 - s).
+    # Keys are distinct, so any sort gives this permutation; the stable one (timsort) is several
+    # times faster here, as the reverse keys come in runs (one per centre).
+    reverse = np.argsort((neighbour * n_atoms + centre) * n_shifts + (n_shifts - 1 - shift_id), kind="stable")
+    return NeighbourList(np.stack([neighbour, centre]), shift, np.sqrt(d2), reverse)
 
 
 def periodic_radius_graph(positions: Tensor, cell: Tensor, pbc: Tensor, cutoff: float) -> NeighbourList:
@@ -136,49 +200,7 @@ def periodic_radius_graph(positions: Tensor, cell: Tensor, pbc: Tensor, cutoff: 
     Returns:
         a :class:`NeighbourList`; shifts and distances in ``positions.dtype``, on its device.
     """
-    device, out_dtype = positions.device, positions.dtype
-    pos = positions.detach().cpu().numpy().astype(np.float64, copy=False)
-    n_atoms = len(pos)
-    pbc_np = pbc.detach().cpu().numpy().reshape(3).astype(bool)
-    basis = completed_basis(cell.detach().cpu().numpy(), pbc_np)
-    inverse = np.linalg.inv(basis)
-    # Cutoff in fractional units per direction, padded so rounding never drops a boundary ghost.
-    reach = cutoff * np.linalg.norm(inverse, axis=0) * (1 + 1e-9) + 1e-9
-    image = _image_shifts(tuple(np.where(pbc_np, np.ceil(reach), 0).astype(int).tolist()))
-    n_shifts = len(image)
-
-    frac = pos @ inverse
-    wrap = np.floor(frac)
-    wrap[:, ~pbc_np] = 0.0
-    wrapped = bool(wrap.any())  # positions already inside the cell skip the wrapping arithmetic
-    if wrapped:
-        frac = frac - wrap
-        pos = pos - wrap @ basis
-    if n_shifts == 1:  # not periodic: the ghosts are the atoms themselves
-        ghost_atom = self_ghost = np.arange(n_atoms)
-        ghost_shift_id = np.zeros(n_atoms, dtype=np.int64)
-    else:
-        half_width = np.where(pbc_np, 0.5 + reach, np.inf)
-        inside = (np.abs((frac - 0.5)[:, None, :] + image) < half_width).all(axis=-1)  # (n, S)
-        ghost_atom, ghost_shift_id = np.nonzero(inside)  # ordered by (j, S)
-        # Rank of (i, S = 0) among the ghosts; that image is always inside the window.
-        self_ghost = np.cumsum(inside.reshape(-1)).reshape(n_atoms, n_shifts)[:, n_shifts // 2] - 1
-    # S @ basis term by term: exactly antisymmetric in S (a matmul need not be).
-    image_cart = image[:, :1] * basis[0] + image[:, 1:2] * basis[1] + image[:, 2:] * basis[2]
-
-    def to_device(array: np.ndarray) -> Tensor:
-        return torch.from_numpy(array).to(device)
-
-    ghost_atom_t = to_device(ghost_atom)
-    find_pairs = _pairs_all if n_atoms * len(ghost_atom) <= BRUTE_FORCE_PAIRS else _pairs_cell_list
-    centre, ghost, d2 = find_pairs(
-        to_device(pos), ghost_atom_t, to_device(image_cart[ghost_shift_id]), to_device(self_ghost), cutoff
-    )
-    neighbour, shift_id = ghost_atom_t[ghost], to_device(ghost_shift_id)[ghost]
-    # Shift for the unwrapped positions: r_j + S L - r_i with r = r_w + k L.
-    shift = to_device(image[ghost_shift_id] - wrap[ghost_atom])[ghost]
-    if wrapped:
-        shift += to_device(wrap)[centre]
-    # Edges are sorted by key (i n + j) S + s; the reverse of (i, j, s) is (j, i, S - 1 - s).
-    reverse = torch.argsort((neighbour * n_atoms + centre) * n_shifts + (n_shifts - 1 - shift_id))
-    return NeighbourList(torch.stack([neighbour, centre]), shift.to(out_dtype), d2.sqrt().to(out_dtype), reverse)
+    host = [t.detach().cpu().numpy() for t in (positions, cell, pbc)]
+    found = neighbour_arrays(host[0].astype(np.float64, copy=False), host[1].astype(np.float64, copy=False), host[2], cutoff)
+    index, shift, distance, reverse = (torch.from_numpy(a).to(positions.device) for a in found)
+    return NeighbourList(index, shift.to(positions.dtype), distance.to(positions.dtype), reverse)
