@@ -218,8 +218,14 @@ def edge_vectors(data: Data) -> Tensor:
 
     Differentiable in ``data.pos`` and ``data.cell`` (so a strained cell gives stress).
     """
-    neighbour, centre = data[K.EDGE_INDEX]
     batch = data.batch if getattr(data, "batch", None) is not None else torch.zeros_like(data[K.ATOMIC_NUMBERS])
-    edge_cell = data[K.CELL][batch[centre]]  # (E, 3, 3)
-    offset = torch.bmm(data[K.EDGE_SHIFT].unsqueeze(1), edge_cell).squeeze(1)
-    return data[K.POSITIONS][neighbour] + offset - data[K.POSITIONS][centre]
+    return edge_vectors_of(data[K.POSITIONS], data[K.CELL], data[K.EDGE_SHIFT], data[K.EDGE_INDEX], batch)
+
+
+def edge_vectors_of(pos: Tensor, cell: Tensor, edge_shift: Tensor, edge_index: Tensor, structure: Tensor) -> Tensor:
+    """:func:`edge_vectors` on plain tensors (traceable by ``torch.compile``): pos (n, 3) Å,
+    cell (B, 3, 3) Å, edge_shift (E, 3), edge_index (2, E), structure (n,) → (E, 3) Å."""
+    neighbour, centre = edge_index
+    edge_cell = cell[structure[centre]]  # (E, 3, 3)
+    offset = torch.bmm(edge_shift.unsqueeze(1), edge_cell).squeeze(1)
+    return pos[neighbour] + offset - pos[centre]
