@@ -10,18 +10,24 @@ and splits each call in two:
   tensors. The per-batch counts (atoms n, edges E, bonds U, short bonds S, angles A, structures
   B) are marked dynamic and traced "size-oblivious" (``backed_size_oblivious``, scoped to our
   calls), so structures of other sizes, and a single structure as well as a batch, reuse the
-  compiled code instead of recompiling.
+  compiled code instead of recompiling. One exception seen with inductor (torch 2.13): its
+  identity-op removal pass (``remove_no_ops``, comparing shapes) adds the guard B ≠ 3, so a batch
+  of exactly 3 structures compiles once more (which shape comparison it is was not tracked down).
 
 Two compiled entry points:
 
 ``forward(batch)``  the backbone contract ({"energy", "magmoms"}); differentiable in positions and
-    cell through AOTAutograd's compiled backward, which is single-use: forces for inference work
-    with ``torch.autograd.grad``, but ``create_graph=True`` (force training) does not.
+    cell through AOTAutograd's compiled backward, which is not differentiable: forces for
+    inference work with ``torch.autograd.grad``, but ``create_graph=True`` (force training) raises
+    "torch.compile with aot_autograd does not currently support double backward"
+    (pytorch/pytorch#91469, #92348; still open for inductor: #183603).
 ``energy_and_gradients(batch)``  energy, magmoms, ∂E/∂r and ∂E/∂ε in one graph: the derivatives
     are taken *inside* the traced function with ``torch.func.grad`` (strain ε as in
     :mod:`mfwrap.physics`), so the graph is a plain function of the parameters and force/stress
     training needs only the graph's first backward. :func:`mfwrap.physics.energy_and_derivatives`
-    (hence ``mfwrap.predict`` and the trainer's loss) uses it when present.
+    (hence ``mfwrap.predict`` and the trainer's loss) uses it when present. (``torch.autograd.grad``
+    inside the traced function also works, but only with ``torch._dynamo.config.trace_autograd_ops
+    = True``, a process-wide switch; ``torch.func.grad`` needs none.)
 
 Usage::
 
