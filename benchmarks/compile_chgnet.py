@@ -90,7 +90,8 @@ def main() -> None:
     results: dict = {"device": "CPU, shared 2-core x86-64 machine", "threads": args.threads, "torch": torch.__version__,
                      "backend": "inductor", "fullgraph": True, "model": "CHGNet 0.3.0 float32",
                      "structure": "LiFePO4 1x1x2 (56 atoms), perturbed 0.05 A", "reps": args.reps,
-                     "load_average_start": os.getloadavg(), "workloads": {}}
+                     "load_average_start": os.getloadavg(), "workloads": {},
+                     "note": "shared machine under load: compare the ratios, not the absolute times"}
     for name, (kind, batch) in workloads.items():
         first, got = timed(kind(compiled, batch))
         want = kind(model, batch)()
