@@ -14,6 +14,8 @@ alternating which goes first, and reports medians of ``--repeats`` ≥ 10 runs a
 * graph: structure → graph (``mfwrap.data.to_graph`` vs chgnet's ``CrystalGraphConverter``).
 * scaling: E+F+S+M on LiFePO4 supercells up to 5,040 atoms, each size and implementation in a
   fresh process, 1 thread: median time and peak resident memory above the pre-call baseline.
+* compiled: E+F+S+M of ``mfwrap.compile_model(model)`` (inductor, 1 thread) against official, with
+  the first (compiling) call's time and the largest differences of both native paths from official.
 * FLOPs: matrix-multiply FLOPs of one E+F+S+M evaluation (``torch.utils.flop_counter``, forward
   and backward), per implementation, and the rate reached against the machine's measured sgemm
   rate (``torch.mm`` of 2048² float32, same thread count).
@@ -53,6 +55,7 @@ from torch_geometric.data import Batch  # noqa: E402
 
 import mfwrap  # noqa: E402
 from backbones.chgnet import CHGNet  # noqa: E402
+from mfwrap.data import keys as K  # noqa: E402
 from mfwrap.data.graph import to_graph  # noqa: E402
 from mfwrap.datasets.structures import lifepo4  # noqa: E402
 from mfwrap.physics import energy_and_derivatives  # noqa: E402
@@ -146,6 +149,40 @@ def measure_speed(model, official, repeats: int, threads: list[int], results: di
             )
             save(results)
             print(f"end-to-end/graph {group} {count}t done", flush=True)
+
+
+def max_differences(native_out: dict, official_out: list[dict], atoms_per_structure: int) -> dict:
+    """Largest |native − official| per output over a batch of equal-sized structures (eV/atom, eV/Å, GPa, μB)."""
+    official_cat = {key: np.concatenate([np.ravel(o[key]) for o in official_out]) for key in ("e", "f", "s", "m")}
+    native_cat = {"e": native_out[K.ENERGY].ravel() / atoms_per_structure, "f": native_out[K.FORCES].ravel(),
+                  "s": native_out[K.STRESS].ravel(), "m": native_out[K.MAGMOMS].ravel()}
+    names = {"e": "energy_eV_per_atom", "f": "forces_eV_per_A", "s": "stress_GPa", "m": "magmoms_muB"}
+    return {names[k]: float(np.abs(native_cat[k] - official_cat[k]).max()) for k in names}
+
+
+def measure_compiled(model, official, repeats: int, results: dict) -> None:
+    """E+F+S+M of ``mfwrap.compile_model(model)`` (inductor) against official, 1 thread, with the
+    compile time and the largest output differences from official (the foundation tolerances)."""
+    torch.set_num_threads(1)
+    compiled = mfwrap.compile_model(model)
+    single = lifepo4((1, 1, 2))
+    results["compiled"] = {}
+    for group, structures in {"single": [single], "batch16": rattled_copies(single, 16)}.items():
+        batch = Batch.from_data_list([to_graph(s, model.graph_spec) for s in structures])
+        crystal_graphs = [official.graph_converter(s) for s in structures]
+        start = time.perf_counter()
+        native_out = native_model_call(compiled, batch, "efsm")()
+        first_call_s = time.perf_counter() - start
+        official_out = official.predict_graph(crystal_graphs, task="efsm", batch_size=OFFICIAL_BATCH)
+        official_out = official_out if isinstance(official_out, list) else [official_out]
+        cell = interleaved(native_model_call(compiled, batch, "efsm"),
+                           lambda: official.predict_graph(crystal_graphs, task="efsm", batch_size=OFFICIAL_BATCH),
+                           repeats)
+        cell.update(first_call_s=first_call_s, max_difference_from_official=max_differences(native_out, official_out, len(single)),
+                    eager_max_difference_from_official=max_differences(native_model_call(model, batch, "efsm")(), official_out, len(single)))
+        results["compiled"][f"{group}/efsm/1t"] = cell
+        save(results)
+        print(f"compiled {group}/efsm/1t: {cell['speedup']:.2f}x (first call {first_call_s:.0f} s)", flush=True)
 
 
 def sgemm_gflops(repeats: int = 5) -> float:
@@ -267,6 +304,7 @@ def print_tables(report: dict) -> None:
     print("\n| workload | threads | native ms | official ms | speedup (wall) | speedup (CPU time) |\n|---|---|---|---|---|---|")
     rows = [(f"{k.split('/')[0]} {k.split('/')[1].upper()}", k.split("/")[2], c) for k, c in report["model"].items()]
     rows += [(f"{k.split('/')[0]} EFSM end to end", k.split("/")[2], c) for k, c in report["end_to_end"].items()]
+    rows += [(f"{k.split('/')[0]} EFSM compiled", k.split("/")[2], c) for k, c in report.get("compiled", {}).items()]
     rows += [(f"{k.split('/')[0]} graph construction", k.split("/")[1], c) for k, c in report["graph"].items()]
     for label, threads, cell in rows:
         print(f"| {label} | {threads[:-1]} | {cell['native_ms']:.1f} | {cell['official_ms']:.1f} | "
@@ -288,6 +326,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 thread only and cells up to 1,008 atoms")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-compiled", action="store_true", help="skip the torch.compile rows (compiling takes minutes)")
     parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned", help="glibc allocator settings")
     parser.add_argument("--scaling-worker", nargs=3, metavar=("IMPL", "CELL", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -315,6 +354,8 @@ def main() -> None:
     single_ms = report["model"]["single/efsm/1t"]["native_ms"]
     report["flops"]["native_gflops_1t"] = report["flops"]["efsm_matmul_flops"]["native"] / single_ms / 1e6
     save(report)
+    if not args.no_compiled:
+        measure_compiled(model, official, args.repeats, report)
     measure_scaling(SCALING_CELLS[:3] if args.quick else SCALING_CELLS, args.repeats, report)
     print_tables(report)
     print(f"\nwrote {RESULTS.relative_to(ROOT)}")
