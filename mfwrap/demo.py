@@ -1,7 +1,7 @@
 """``make demo``: multi-fidelity vs single-fidelity CHGNet on the small LMFP set, on a CPU.
 
 The point of the project in a few minutes. The small two-fidelity LMFP dataset
-(:mod:`mfwrap.datasets.lmfp`; built on first use and cached) has 100 high-fidelity training
+(:mod:`mfwrap.datasets.lmfp`; ships prebuilt with the package) has 100 high-fidelity training
 frames (CHGNet r2SCAN labels: energy, forces, stress, magmoms), 300 low-fidelity frames (CHGNet
 0.3.0 labels: energy, forces, stress, no magmoms) on other structures, and 50 high-fidelity test
 frames. Two CHGNet models with the seed paper's architecture, trained from scratch with the same
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    print(f"loading the {args.size} LMFP dataset (built and cached on first use; minutes the first time) ...", flush=True)
+    origin = "ships prebuilt" if args.size == "small" else "labelled by the teachers on first use, then cached"
+    print(f"loading the {args.size} LMFP dataset ({origin}) ...", flush=True)
     spec = ModelConfig().build_backbone().graph_spec
     _, _, test = lmfp_graphs(spec, size=args.size, seed=args.seed, n_high=args.n_high)
     print(f"  ready after {time.perf_counter() - start:.0f} s; training both models for {args.epochs} epoch(s) "
