@@ -15,7 +15,7 @@ Part 2, CUDA only: ``CHGNet.from_pretrained("0.3.0")`` (backbones.chgnet) throug
 ``mfwrap.physics.energy_and_derivatives`` against chgnet 0.4.2 with the same weights, on batches
 of 4 and 32 LiMn0.5Fe0.5PO4-like 56-atom cells and one 5,040-atom cell: E+F+S+M inference and a
 training step (loss on energy/atom, forces, stress, magmoms; backward through the forces; Adam
-step), per scatter backend; medians of CUDA-event timings, peak memory, and the outputs' max
+step), per scatter backend and for ``mfwrap.compile_model`` (inductor); medians of CUDA-event timings, peak memory, and the outputs' max
 abs differences against official. Graph construction is excluded from both (built beforehand).
 
 Writes benchmarks/results/speed_gpu.json and prints tables. Without CUDA the JSON and the
@@ -282,6 +282,23 @@ def bench_end_to_end(device: torch.device, quick: bool) -> dict:
             timing["inference_speedup_vs_official"] = entry["official"]["inference_ms"] / timing["inference_ms"]
             timing["train_speedup_vs_official"] = entry["official"]["train_step_ms"] / timing["train_step_ms"]
             entry["native"][backend] = timing
+        try:  # torch.compile (inductor) of the native model, automatic scatter backend; first calls compile
+            import mfwrap  # noqa: PLC0415
+
+            compiled = mfwrap.compile_model(native)
+            errors = _max_abs_errors(native_infer(compiled), theirs, atoms)
+            model = copy.deepcopy(native).train()
+            compiled_train = mfwrap.compile_model(model)
+            adam = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-7)
+            native_step(compiled_train, adam)
+            timing = {"inference_ms": median_ms(lambda: native_infer(compiled), device, repeats),
+                      "train_step_ms": median_ms(lambda: native_step(compiled_train, adam), device, repeats),
+                      "max_abs_error": errors, "within_tolerance": all(errors[k] <= TOLERANCES[k] for k in TOLERANCES)}
+            timing["inference_speedup_vs_official"] = entry["official"]["inference_ms"] / timing["inference_ms"]
+            timing["train_speedup_vs_official"] = entry["official"]["train_step_ms"] / timing["train_step_ms"]
+            entry["native"]["compiled"] = timing
+        except Exception as error:  # noqa: BLE001 - record and go on: the eager rows stand on their own
+            entry["native"]["compiled"] = {"error": repr(error)}
         results[case] = entry
     return {"measured": True, "device": device_name(device), "weights": "0.3.0", "dtype": "float32",
             "tolerances": TOLERANCES, "cases": results}
