@@ -39,6 +39,7 @@ from mfwrap.train.data import lmfp_graphs
 from mfwrap.train.metrics import format_table
 from mfwrap.train.models import load_trained
 
+FIDELITIES = ["low", "high"]  # graph fidelity index = position here
 RUNS = {"multi-fidelity": "multi_fidelity", "single-fidelity": "single_fidelity"}
 
 
@@ -90,10 +91,12 @@ def _train(method: str, args: argparse.Namespace, threads: int) -> tuple[dict, f
     start = time.perf_counter()
     model = ModelConfig(backbone="backbones.chgnet:CHGNet", mechanisms="ECMR")
     train, _, test = lmfp_graphs(model.build_backbone().graph_spec, size=args.size, seed=args.seed, n_high=args.n_high)
+    if method == "multi_fidelity" and args.high_repeat > 1:  # each high-fidelity frame k times per epoch
+        train = train + [g for g in train if int(g[K.FIDELITY]) == FIDELITIES.index("high")] * (args.high_repeat - 1)
     epochs = args.single_epochs if method == "single_fidelity" and args.single_epochs else args.epochs
     config = TrainConfig(epochs=epochs, seed=args.seed, val_fraction=0.0, output_dir=str(args.out),
                          progress=args.jobs == 1)
-    summary = run_experiment(Experiment(method=method, model=model, train=config), ["low", "high"], train, None, test)
+    summary = run_experiment(Experiment(method=method, model=model, train=config), FIDELITIES, train, None, test)
     return summary["test"], time.perf_counter() - start
 
 
@@ -103,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--single-epochs", type=int, default=None,
                         help="epochs of the single-fidelity model (default: --epochs); e.g. to give both models "
                              "the same number of optimiser steps when multi-fidelity trains on many more frames")
+    parser.add_argument("--high-repeat", type=int, default=1,
+                        help="multi-fidelity only: each high-fidelity training frame appears this many times per "
+                             "epoch (default 1), so that a budget of few epochs still sees the scarce frames often")
     parser.add_argument("--n-high", type=int, default=100, help="high-fidelity training frames (default 100)")
     parser.add_argument("--size", default="small", help="LMFP variant: small (default) or full")
     parser.add_argument("--seed", type=int, default=0, help="seed of the dataset and of training (default 0)")
@@ -136,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     predictions = {name: _predictions(args.out / method / "best.pt", test) for name, method in RUNS.items()}
     plot = args.out / "parity.png"
     parity_plot(predictions, plot)
-    summary = {"epochs": args.epochs, "single_fidelity_epochs": args.single_epochs or args.epochs, "seed": args.seed,
+    summary = {"epochs": args.epochs, "single_fidelity_epochs": args.single_epochs or args.epochs,
+               "multi_fidelity_high_repeat": args.high_repeat, "seed": args.seed,
                "size": args.size, "n_high": args.n_high,
                "n_test": len(test), "test": results, "train_seconds": timings,
                "total_seconds": time.perf_counter() - start, "jobs": args.jobs}
