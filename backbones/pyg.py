@@ -31,17 +31,12 @@ from torch_geometric.nn import models as pyg_models
 
 from backbones.ops import scatter_sum
 from mfwrap.data import keys as K
-from mfwrap.data.graph import GraphSpec, edge_vectors
-
-
-def _structure_index(batch) -> Tensor:
-    index = getattr(batch, "batch", None)
-    return index if index is not None else torch.zeros_like(batch[K.ATOMIC_NUMBERS])
+from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
 
 
 def _total(per_atom: Tensor, batch) -> Tensor:
     """(n,) per-atom energies → (B,) totals."""
-    return scatter_sum(per_atom, _structure_index(batch), batch[K.CELL].shape[0])
+    return scatter_sum(per_atom, structure_index(batch), batch[K.CELL].shape[0])
 
 
 class SchNet(nn.Module):

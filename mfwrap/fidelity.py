@@ -25,6 +25,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
+from mfwrap.data.graph import structure_index
 
 ATOM, EDGE, UNDIRECTED, ANGLE, STRUCTURE = "atom", "edge", "undirected", "angle", "structure"
 ROW_KINDS = (ATOM, EDGE, UNDIRECTED, ANGLE, STRUCTURE)
@@ -44,12 +45,6 @@ def validate_fidelity_names(names: Sequence[str]) -> tuple[str, ...]:
     if duplicates:
         raise ValueError(f"duplicate fidelity names {duplicates}")
     return names
-
-
-def structure_index(batch: Data) -> Tensor:
-    """(n,) structure of each atom; all zeros for a single un-batched graph."""
-    index = getattr(batch, "batch", None)
-    return index if index is not None else torch.zeros_like(batch[K.ATOMIC_NUMBERS])
 
 
 def fidelity_rows(batch: Data, kinds: Sequence[str]) -> dict[str, Tensor]:

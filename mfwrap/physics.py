@@ -21,11 +21,7 @@ from torch import Tensor
 from torch_geometric.data import Batch
 
 from mfwrap.data import keys as K
-from mfwrap.data.graph import EV_PER_A3_TO_GPA
-
-
-def _structure_index(batch: Batch) -> Tensor:
-    return batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(batch[K.ATOMIC_NUMBERS])
+from mfwrap.data.graph import EV_PER_A3_TO_GPA, structure_index
 
 
 def deform(pos: Tensor, cell: Tensor, strain: Tensor, structure: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,7 +51,6 @@ def energy_and_derivatives(
         when requested. Stress of a structure that is not periodic in all three directions is NaN.
     """
     num_structures = batch[K.CELL].shape[0]
-    pos = batch[K.POSITIONS]
     cell = batch[K.CELL]
     if (forces or stress) and hasattr(model, "energy_and_gradients"):
         with torch.set_grad_enabled(create_graph):
@@ -89,7 +84,7 @@ def _autograd_derivatives(
         if stress:
             strain = torch.zeros(batch[K.CELL].shape[0], 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
             inputs.append(strain)
-            strained[K.POSITIONS], strained[K.CELL] = deform(pos, batch[K.CELL], strain, _structure_index(batch))
+            strained[K.POSITIONS], strained[K.CELL] = deform(pos, batch[K.CELL], strain, structure_index(batch))
         else:
             strained[K.POSITIONS] = pos
         out = dict(model(strained))

@@ -32,7 +32,7 @@ Two compiled entry points:
 Usage::
 
     model = CHGNet.from_pretrained("0.3.0")
-    fast = compile_chgnet(model)                 # or mfwrap.compile_model(model)
+    fast = mfwrap.compile_model(model)           # = model.compiled() = CompiledCHGNet(model)
     preds = mfwrap.predict(fast, structures)     # first call of each kind compiles (slow)
 """
 
@@ -128,8 +128,3 @@ class CompiledCHGNet(nn.Module):
         out = dict(out)
         out[K.ENERGY] = out[K.ENERGY] + self.model.composition(batch)
         return out, grad_pos, grad_strain
-
-
-def compile_chgnet(model: CHGNet, **options: Any) -> CompiledCHGNet:
-    """``CompiledCHGNet(model, **options)``; see :mod:`backbones.chgnet.compiled`."""
-    return CompiledCHGNet(model, **options)

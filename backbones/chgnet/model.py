@@ -12,16 +12,10 @@ from backbones.chgnet.layers import AngleUpdate, AtomConv, BondConv, Topology
 from backbones.chgnet.mlp import Readout, hidden_dims
 from backbones.ops import scatter_sum
 from mfwrap.data import keys as K
-from mfwrap.data.graph import GraphSpec, edge_vectors_of
+from mfwrap.data.graph import GraphSpec, edge_vectors_of, structure_index
 
 # 1 − 1e-6 keeps acos away from ±1, where its derivative diverges (as in CHGNet).
 _COSINE_SHRINK = 1.0 - 1e-6
-
-
-def structure_index(batch) -> Tensor:
-    """(n,) index of the structure each atom belongs to (zeros for a single un-batched graph)."""
-    index = getattr(batch, "batch", None)
-    return index if index is not None else torch.zeros_like(batch[K.ATOMIC_NUMBERS])
 
 
 class Geometry(NamedTuple):

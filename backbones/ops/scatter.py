@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 from torch.autograd import Function
 

@@ -213,13 +213,18 @@ def structures_to_graphs(structures: Any | Sequence[Any], spec: GraphSpec, **kwa
     return [to_graph(s, spec, name=f"structure {i}", **kwargs) for i, s in enumerate(structures)]
 
 
+def structure_index(data: Data) -> Tensor:
+    """(n,) index of the structure each atom belongs to (zeros for a single un-batched graph)."""
+    index = getattr(data, "batch", None)
+    return index if index is not None else torch.zeros_like(data[K.ATOMIC_NUMBERS])
+
+
 def edge_vectors(data: Data) -> Tensor:
     """(E, 3) vectors from centre to neighbour image, ``r_j + S @ cell_b - r_i``, Å.
 
     Differentiable in ``data.pos`` and ``data.cell`` (so a strained cell gives stress).
     """
-    batch = data.batch if getattr(data, "batch", None) is not None else torch.zeros_like(data[K.ATOMIC_NUMBERS])
-    return edge_vectors_of(data[K.POSITIONS], data[K.CELL], data[K.EDGE_SHIFT], data[K.EDGE_INDEX], batch)
+    return edge_vectors_of(data[K.POSITIONS], data[K.CELL], data[K.EDGE_SHIFT], data[K.EDGE_INDEX], structure_index(data))
 
 
 def edge_vectors_of(pos: Tensor, cell: Tensor, edge_shift: Tensor, edge_index: Tensor, structure: Tensor) -> Tensor:

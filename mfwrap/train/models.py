@@ -21,7 +21,6 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
-from mfwrap.composition import fit_linear_composition
 from mfwrap.data import keys as K
 from mfwrap.multifidelity import MultiFidelity
 

@@ -10,7 +10,6 @@ import torch
 
 import pytest
 
-from mfwrap import MultiFidelity
 from mfwrap.train import TrainConfig, Trainer
 from tiny_backbone import TinyBackbone, labelled_graphs
 
