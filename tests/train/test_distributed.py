@@ -10,6 +10,7 @@ import torch
 
 import pytest
 
+from mfwrap import MultiFidelity  # noqa: F401 - the eval()ed model expressions use it
 from mfwrap.train import TrainConfig, Trainer
 from tiny_backbone import TinyBackbone, labelled_graphs
 
@@ -18,6 +19,7 @@ import json, sys, torch
 sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 from tiny_backbone import TinyBackbone, labelled_graphs
+from mfwrap import MultiFidelity  # noqa: F401 - the eval()ed model expressions use it
 from mfwrap.train import TrainConfig, Trainer
 from mfwrap.train.distributed import DistributedContext
 from mfwrap import MultiFidelity
