@@ -4,11 +4,10 @@
     python benchmarks/speed_gpu.py --quick    # smaller sizes, fewer repeats
 
 Part 1, scatter alone (any device): E rows of F = 64 float32 features summed into K segments
-(degree 32), for every backend that runs on the device: ``scatter_sum`` on a shuffled index,
-``segment_sum`` through a CSR (rows in any order, and pre-sorted), the fused
-``gather_mul_segment_sum`` and, as the baseline, torch's in-place ``index_add_``. Effective
-bandwidth counts the bytes each op must move at least (rows read once, indices, output written)
-and is compared with the device's measured copy bandwidth (``dst.copy_(src)``, read + write).
+(degree 32), for every backend that runs on the device: ``scatter_sum`` on a shuffled index and,
+as the baseline, torch's in-place ``index_add_``. Effective bandwidth counts the bytes each op must
+move at least (rows read once, indices, output written) and is compared with the device's
+measured copy bandwidth (``dst.copy_(src)``, read + write).
 On CPU, Triton runs only under ``TRITON_INTERPRET=1``, at a tiny size: correctness, not speed.
 
 Part 2, CUDA only: ``CHGNet.from_pretrained("0.3.0")`` (backbones.chgnet) through
@@ -76,24 +75,11 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int, repeats: int) -> float
 
 
 def scatter_workload(device: torch.device, num_segments: int, degree: int, features: int, seed: int = 0) -> dict:
-    """A message-passing-like problem: E = K·degree rows, destinations shuffled, sources random."""
+    """A message-passing-like problem: E = K·degree rows (F features), destinations shuffled."""
     gen = torch.Generator().manual_seed(seed)
     num_rows = num_segments * degree
     index = torch.arange(num_segments).repeat_interleave(degree)[torch.randperm(num_rows, generator=gen)]
-    source = torch.randint(0, num_segments, (num_rows,), generator=gen)
-    data = {
-        "index": index, "source": source,
-        "src": torch.randn(num_rows, features, generator=gen),
-        "x": torch.randn(num_segments, features, generator=gen),
-        "weight": torch.randn(num_rows, features, generator=gen),
-    }
-    data = {k: v.to(device) for k, v in data.items()}
-    data["csr"] = ops.CSR.from_index(data["index"], num_segments)
-    data["gather_csr"] = ops.CSR.from_index(data["source"], num_segments)
-    order = data["csr"].perm
-    data["sorted_src"] = data["src"][order]
-    data["sorted_csr"] = ops.CSR.from_index(data["index"][order], num_segments, is_sorted=True)
-    return data
+    return {"index": index.to(device), "src": torch.randn(num_rows, features, generator=gen).to(device)}
 
 
 def bench_scatter(device: torch.device, quick: bool) -> dict:
@@ -109,27 +95,18 @@ def bench_scatter(device: torch.device, quick: bool) -> dict:
     minimal_bytes = {  # bytes each op must move at least
         "index_add_": rows + idx + 2 * out,  # zero-fill + read-modify-write counted once
         "scatter_sum": rows + idx + out,
-        "segment_sum": rows + 2 * idx + out,  # + the CSR permutation
-        "segment_sum_presorted": rows + out + 8 * (num_segments + 1),
-        "gather_mul_segment_sum": 2 * rows + 3 * idx + out,  # weight + gathered x rows
     }
     target = torch.zeros(num_segments, features, device=device)
-    build_ms = median_ms(lambda: ops.CSR.from_index(w["index"], num_segments), device, repeats)
     table: dict[str, dict] = {
         "torch.index_add_": {"index_add_": median_ms(
             lambda: target.zero_().index_add_(0, w["index"], w["src"]), device, repeats)},
-    }
-    calls = {
-        "scatter_sum": lambda: ops.scatter_sum(w["src"], w["index"], num_segments),
-        "segment_sum": lambda: ops.segment_sum(w["src"], w["csr"]),
-        "segment_sum_presorted": lambda: ops.segment_sum(w["sorted_src"], w["sorted_csr"]),
-        "gather_mul_segment_sum": lambda: ops.gather_mul_segment_sum(w["x"], w["weight"], w["csr"], w["gather_csr"]),
     }
     for backend in available_backends():
         if backend == "triton" and device.type == "cpu":
             continue  # interpreted: see bench_triton_interpreted
         with ops.use_backend(backend):
-            table[backend] = {name: median_ms(fn, device, repeats) for name, fn in calls.items()}
+            table[backend] = {"scatter_sum": median_ms(
+                lambda: ops.scatter_sum(w["src"], w["index"], num_segments), device, repeats)}
     baseline = table["torch.index_add_"]["index_add_"]
     for backend, times in table.items():
         table[backend] = {
@@ -142,25 +119,21 @@ def bench_scatter(device: torch.device, quick: bool) -> dict:
         "device": device_name(device), "copy_bandwidth_GBs": bandwidth,
         "problem": {"segments": num_segments, "rows": num_rows, "features": features, "dtype": "float32",
                     "index": "shuffled destinations, degree 32"},
-        "csr_build_ms": build_ms, "backends": table,
+        "backends": table,
     }
 
 
 def bench_triton_interpreted() -> dict:
     """Triton kernels on CPU under the interpreter: a tiny problem, to show they run (not speed)."""
     w = scatter_workload(torch.device("cpu"), num_segments=64, degree=8, features=16)
+    scatter = lambda: ops.scatter_sum(w["src"], w["index"], 64)  # noqa: E731
     with ops.use_backend("torch"):
-        reference = ops.gather_mul_segment_sum(w["x"], w["weight"], w["csr"], w["gather_csr"])
+        reference = scatter()
     with ops.use_backend("triton"):
-        fused = lambda: ops.gather_mul_segment_sum(w["x"], w["weight"], w["csr"], w["gather_csr"])  # noqa: E731
-        error = (fused() - reference).abs().max().item()
-        times = {
-            "scatter_sum": median_ms(lambda: ops.scatter_sum(w["src"], w["index"], 64), torch.device("cpu"), 3, 1),
-            "segment_sum": median_ms(lambda: ops.segment_sum(w["src"], w["csr"]), torch.device("cpu"), 3, 1),
-            "gather_mul_segment_sum": median_ms(fused, torch.device("cpu"), 3, 1),
-        }
+        error = (scatter() - reference).abs().max().item()
+        times = {"scatter_sum": median_ms(scatter, torch.device("cpu"), 3, 1)}
     return {"problem": {"segments": 64, "rows": 512, "features": 16}, "ms": times,
-            "fused_max_abs_error_vs_torch": error, "note": "TRITON_INTERPRET=1 on CPU: correctness only"}
+            "max_abs_error_vs_torch": error, "note": "TRITON_INTERPRET=1 on CPU: correctness only"}
 
 
 def lmfp_cells(count: int, supercell: tuple[int, int, int], seed: int) -> list:
@@ -327,7 +300,7 @@ def device_name(device: torch.device) -> str:
 
 def print_scatter(result: dict) -> None:
     print(f"\nscatter alone on {result['device']}: copy bandwidth {result['copy_bandwidth_GBs']:.1f} GB/s, "
-          f"{result['problem']}; CSR build {result['csr_build_ms']:.3f} ms")
+          f"{result['problem']}")
     print(f"{'backend':18s} {'op':24s} {'ms':>9s} {'GB/s':>8s} {'of copy':>8s} {'vs index_add_':>13s}")
     for backend, ops_ in result["backends"].items():
         for name, r in ops_.items():

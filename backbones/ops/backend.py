@@ -1,8 +1,8 @@
-"""Which implementation runs the scatter / segment sums: selection, override and reporting.
+"""Which implementation runs the scatter sum: selection, override and reporting.
 
 Backends:
     "torch"          native ``index_add`` (always available; the automatic choice on CPU).
-    "torch_scatter"  the ``torch_scatter`` extension (``segment_csr`` for sorted sums).
+    "torch_scatter"  the ``torch_scatter`` extension (``torch_scatter.scatter``).
     "triton"         our Triton kernels (``backbones.ops.triton_kernels``): the automatic
                      choice for CUDA tensors when ``triton`` imports. On CPU tensors they run
                      only under the Triton interpreter (``TRITON_INTERPRET=1`` set before

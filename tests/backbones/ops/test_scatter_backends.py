@@ -1,4 +1,4 @@
-"""Every scatter backend against a dense one-hot oracle and against each other, to second order.
+"""Every scatter backend against a dense one-hot oracle and against native torch, to second order.
 
 Cases are (backend, device) pairs runnable in this process. Triton on CPU needs the interpreter
 (TRITON_INTERPRET=1 before triton's import), so in a normal run test_triton_interpreted.py runs
@@ -44,27 +44,18 @@ def _oracle(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tens
     return (one_hot.T @ rows).reshape(dim_size, *src.shape[1:])
 
 
-def _graph(device, num_rows=7, dim_size=4, num_nodes=3, features=(2,), dtype=torch.float64, seed=0):
+def _rows(device, num_rows=7, dim_size=4, features=(2,), dtype=torch.float64, seed=0):
+    """index (E,) into [0, dim_size), and two (E, *features) tensors: src and a weight."""
     gen = torch.Generator().manual_seed(seed)
     index = torch.randint(0, dim_size, (num_rows,), generator=gen)
-    source = torch.randint(0, num_nodes, (num_rows,), generator=gen)
     src = torch.randn(num_rows, *features, generator=gen, dtype=dtype)
-    x = torch.randn(num_nodes, *features, generator=gen, dtype=dtype)
     weight = torch.randn(num_rows, *features, generator=gen, dtype=dtype)
-    return [t.to(device) for t in (index, source, src, x, weight)]
+    return [t.to(device) for t in (index, src, weight)]
 
 
-def _ops(index, source, dim_size, num_nodes):
-    """op name -> function of (src, x, weight) giving a tensor whose derivatives are non-trivial."""
-    csr = ops.CSR.from_index(index, dim_size)
-    gather_csr = ops.CSR.from_index(source, num_nodes)
-    return {
-        "scatter_sum": lambda src, x, w: ops.scatter_sum(src * w, index, dim_size) ** 2,
-        "gather": lambda src, x, w: ops.gather(x, source) ** 2 * w,
-        "segment_sum": lambda src, x, w: ops.segment_sum(src * w, csr) ** 2,
-        "segment_gather": lambda src, x, w: ops.segment_gather(x, gather_csr) ** 2 * w,
-        "gather_mul_segment_sum": lambda src, x, w: ops.gather_mul_segment_sum(x, w, csr, gather_csr) ** 2,
-    }
+def _squared_sum(index, dim_size):
+    """(src, weight) -> scatter_sum(src ⊙ weight)²: its derivatives to any order are non-trivial."""
+    return lambda src, weight: ops.scatter_sum(src * weight, index, dim_size) ** 2
 
 
 def _derivatives(fn, inputs):
@@ -72,48 +63,38 @@ def _derivatives(fn, inputs):
     gen = torch.Generator().manual_seed(1)
     out = fn(*inputs)
     cotangent = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
-    first = torch.autograd.grad(out, inputs, cotangent, create_graph=True, allow_unused=True, materialize_grads=True)
+    first = torch.autograd.grad(out, inputs, cotangent, create_graph=True)
     directional = sum((g * torch.randn(g.shape, generator=gen, dtype=g.dtype).to(g.device)).sum() for g in first)
-    second = torch.autograd.grad(directional, inputs, allow_unused=True, materialize_grads=True)
+    second = torch.autograd.grad(directional, inputs)
     return [out, *first, *second]
 
 
 @pytest.mark.parametrize("features", [(), (3,), (2, 3)], ids=["1d", "2d", "3d"])
 def test_values_equal_dense_oracle(case, features):
     backend, device = case
-    index, source, src, x, weight = _graph(device, num_rows=9, dim_size=5, features=features)
-    csr, gather_csr = ops.CSR.from_index(index, 5), ops.CSR.from_index(source, 3)
-    expected = _oracle(src, index, 5)
-    torch.testing.assert_close(ops.scatter_sum(src, index, 5).cpu(), expected)
-    torch.testing.assert_close(ops.segment_sum(src, csr).cpu(), expected)
-    messages = weight * x[source]
-    torch.testing.assert_close(ops.gather_mul_segment_sum(x, weight, csr, gather_csr).cpu(), _oracle(messages, index, 5))
-    row_weight = weight.reshape(9, -1)[:, 0].contiguous()
-    messages = row_weight.reshape(9, *[1] * len(features)) * x[source]
-    torch.testing.assert_close(ops.gather_mul_segment_sum(x, row_weight, csr, gather_csr).cpu(), _oracle(messages, index, 5))
+    index, src, _ = _rows(device, num_rows=9, dim_size=5, features=features)
+    torch.testing.assert_close(ops.scatter_sum(src, index, 5).cpu(), _oracle(src, index, 5))
 
 
 def test_first_and_second_derivatives_equal_native_torch(case):
     backend, device = case
-    index, source, src, x, weight = _graph(device)
-    for name, fn in _ops(index, source, 4, 3).items():
-        inputs = [t.clone().requires_grad_(True) for t in (src, x, weight)]
-        got = _derivatives(fn, inputs)
-        with ops.use_backend("torch"):
-            reference = _derivatives(fn, [t.detach().cpu().requires_grad_(True) for t in inputs])
-        for g, r in zip(got, reference):
-            torch.testing.assert_close(g.detach().cpu(), r.detach(), msg=f"{backend} {name}")
+    index, src, weight = _rows(device)
+    inputs = [t.clone().requires_grad_(True) for t in (src, weight)]
+    got = _derivatives(_squared_sum(index, 4), inputs)
+    with ops.use_backend("torch"):
+        reference = _derivatives(_squared_sum(index.cpu(), 4), [t.detach().cpu().requires_grad_(True) for t in inputs])
+    for g, r in zip(got, reference):
+        torch.testing.assert_close(g.detach().cpu(), r.detach(), msg=backend)
 
 
 def test_gradcheck_and_gradgradcheck(case):
     backend, device = case
     # interpreted kernels: fast mode (random projections); the test above compares in full
     fast = backend == "triton" and device.type == "cpu"
-    index, source, src, x, weight = _graph(device, num_rows=5, dim_size=3, num_nodes=2)
-    for name, fn in _ops(index, source, 3, 2).items():
-        inputs = [t.clone().requires_grad_(True) for t in (src, x, weight)]
-        assert torch.autograd.gradcheck(fn, inputs, fast_mode=fast), name
-        assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=fast), name
+    index, src, weight = _rows(device, num_rows=5, dim_size=3)
+    inputs = [t.clone().requires_grad_(True) for t in (src, weight)]
+    assert torch.autograd.gradcheck(_squared_sum(index, 3), inputs, fast_mode=fast)
+    assert torch.autograd.gradgradcheck(_squared_sum(index, 3), inputs, fast_mode=fast)
 
 
 def test_empty_and_oversized_outputs(case):
@@ -121,83 +102,64 @@ def test_empty_and_oversized_outputs(case):
     empty_index = torch.zeros(0, dtype=torch.long, device=device)
     for dim_size in (0, 3):
         empty = torch.zeros(0, 4, device=device, requires_grad=True)
-        csr = ops.CSR.from_index(empty_index, dim_size)
-        for out in (ops.scatter_sum(empty, empty_index, dim_size), ops.segment_sum(empty, csr)):
-            assert out.shape == (dim_size, 4) and not out.any()
-            (grad,) = torch.autograd.grad(out.sum(), empty)
-            assert grad.shape == (0, 4)
+        out = ops.scatter_sum(empty, empty_index, dim_size)
+        assert out.shape == (dim_size, 4) and not out.any()
+        (grad,) = torch.autograd.grad(out.sum(), empty)
+        assert grad.shape == (0, 4)
     # dim_size far beyond the largest index: the tail rows are zero
-    index, _, src, _, _ = _graph(device, num_rows=6, dim_size=2)
+    index, src, _ = _rows(device, num_rows=6, dim_size=2)
     expected = _oracle(src, index, 8)
     torch.testing.assert_close(ops.scatter_sum(src, index, 8).cpu(), expected)
-    torch.testing.assert_close(ops.segment_sum(src, ops.CSR.from_index(index, 8)).cpu(), expected)
     assert not expected[2:].any()
     # zero features
-    src = torch.zeros(6, 0, device=device)
-    assert ops.segment_sum(src, ops.CSR.from_index(index, 3)).shape == (3, 0)
+    assert ops.scatter_sum(torch.zeros(6, 0, device=device), index, 3).shape == (3, 0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_low_precision_values(case, dtype):
     backend, device = case
-    index, source, src, x, weight = _graph(device, num_rows=12, dim_size=4, features=(5,), dtype=dtype)
-    csr, gather_csr = ops.CSR.from_index(index, 4), ops.CSR.from_index(source, 3)
+    index, src, _ = _rows(device, num_rows=12, dim_size=4, features=(5,), dtype=dtype)
     tol = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
-    for out in (ops.scatter_sum(src, index, 4), ops.segment_sum(src, csr)):
-        assert out.dtype == dtype
-        torch.testing.assert_close(out.cpu().double(), _oracle(src, index, 4), rtol=tol, atol=tol)
-    fused = ops.gather_mul_segment_sum(x, weight, csr, gather_csr)
-    torch.testing.assert_close(fused.cpu().double(), _oracle(weight.double() * x.double()[source], index, 4),
-                               rtol=tol, atol=tol)
-
-
-def test_presorted_csr_equals_sorted_one(case):
-    backend, device = case
-    index, _, src, _, _ = _graph(device, num_rows=10, dim_size=4)
-    order = torch.argsort(index.cpu(), stable=True).to(device)
-    presorted = ops.CSR.from_index(index[order], 4, is_sorted=True)
-    assert presorted.perm is None
-    torch.testing.assert_close(ops.segment_sum(src[order], presorted), ops.segment_sum(src, ops.CSR.from_index(index, 4)))
+    out = ops.scatter_sum(src, index, 4)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.cpu().double(), _oracle(src, index, 4), rtol=tol, atol=tol)
 
 
 def test_scatter_sum_under_torch_deterministic_mode(case):
-    """Triton then sorts into a CSR instead of using atomics: run-to-run identical bits."""
+    """Triton then sorts the rows by destination instead of using atomics: run-to-run identical bits."""
     backend, device = case
-    index, _, src, _, _ = _graph(device, num_rows=40, dim_size=5, features=(3,), dtype=torch.float32)
+    index, src, _ = _rows(device, num_rows=40, dim_size=5, features=(3,), dtype=torch.float32)
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         first, second = (ops.scatter_sum(src, index, 5) for _ in range(2))
+        empty = ops.scatter_sum(src[:0], index[:0], 5)
     finally:
         torch.use_deterministic_algorithms(previous)
     assert torch.equal(first, second)
     torch.testing.assert_close(first.cpu().double(), _oracle(src, index, 5), rtol=1e-5, atol=1e-5)
+    assert empty.shape == (5, 3) and not empty.any()
 
 
 def test_shape_errors(case):
     backend, device = case
-    index, source, src, x, weight = _graph(device)
+    index, src, _ = _rows(device)
     with pytest.raises(ValueError, match="scatter_sum"):
         ops.scatter_sum(src, index[:-1], 4)
-    csr, gather_csr = ops.CSR.from_index(index, 4), ops.CSR.from_index(source, 3)
-    with pytest.raises(ValueError, match="weight"):
-        ops.gather_mul_segment_sum(x, weight[:, :1], csr, gather_csr)
-    with pytest.raises(ValueError, match="gather_csr"):
-        ops.gather_mul_segment_sum(x, weight, csr, csr)
 
 
 if torch.cuda.is_available():
 
     @pytest.mark.parametrize("backend", available_backends())
     def test_no_host_device_synchronisation_on_cuda(backend):
-        """Backend choice, CSR building, kernels and backward never wait for the GPU."""
-        index, source, src, x, weight = _graph("cuda", num_rows=50, dim_size=8, num_nodes=6)
-        inputs = [t.requires_grad_(True) for t in (src, x, weight)]
+        """Backend choice, kernels and backward (to second order) never wait for the GPU."""
+        index, src, weight = _rows("cuda", num_rows=50, dim_size=8)
+        inputs = [t.requires_grad_(True) for t in (src, weight)]
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
             with ops.use_backend(backend):
-                for fn in _ops(index, source, 8, 6).values():
-                    torch.autograd.grad(fn(*inputs).sum(), inputs, allow_unused=True)
+                (grad, _) = torch.autograd.grad(_squared_sum(index, 8)(*inputs).sum(), inputs, create_graph=True)
+                torch.autograd.grad(grad.sum(), inputs)
         finally:
             torch.cuda.set_sync_debug_mode("default")

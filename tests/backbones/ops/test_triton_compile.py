@@ -19,12 +19,6 @@ if is_available("triton") and not triton_interpreted():
 
     from backbones.ops import triton_kernels
 
-    SEGMENT_VARIANTS = {  # (HAS_PERM, HAS_GATHER, HAS_WEIGHT): segment_sum, presorted, fused
-        "segment_sum": (True, False, False),
-        "segment_sum_presorted": (False, False, False),
-        "gather_mul_segment_sum": (True, True, True),
-    }
-
     def _compile(kernel, types: dict, constexprs: dict, capability: int):
         signature = {name: types.get(name, "constexpr") for name in kernel.arg_names}
         source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
@@ -36,18 +30,12 @@ if is_available("triton") and not triton_interpreted():
     def fresh_cache(tmp_path, monkeypatch):
         monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
 
-    CASES = [(v, d, 90) for v in SEGMENT_VARIANTS for d in ("fp32", "fp64", "bf16")]
-    CASES += [(v, "fp32", 80) for v in SEGMENT_VARIANTS]
-
-    @pytest.mark.parametrize(("variant", "dtype", "capability"), CASES)
-    def test_segment_kernel_compiles(variant, dtype, capability):
+    @pytest.mark.parametrize(("dtype", "capability"), [("fp32", 90), ("fp64", 90), ("bf16", 90), ("fp32", 80)])
+    def test_sorted_segment_kernel_compiles(dtype, capability):
         pointer = f"*{dtype}"
-        types = {"x_ptr": pointer, "w_ptr": pointer, "out_ptr": pointer, "seg_ptr": "*i64", "perm_ptr": "*i64",
-                 "gather_ptr": "*i64", "num_features": "i32", "w_row_stride": "i32", "w_col_stride": "i32"}
-        has_perm, has_gather, has_weight = SEGMENT_VARIANTS[variant]
-        constexprs = {"HAS_PERM": has_perm, "HAS_GATHER": has_gather, "HAS_WEIGHT": has_weight,
-                      "ACC_DTYPE": tl.float64 if dtype == "fp64" else tl.float32, "BLOCK_E": 32, "BLOCK_F": 64}
-        _compile(triton_kernels._segment_kernel, types, constexprs, capability)
+        types = {"src_ptr": pointer, "out_ptr": pointer, "seg_ptr": "*i64", "perm_ptr": "*i64", "num_features": "i32"}
+        constexprs = {"ACC_DTYPE": tl.float64 if dtype == "fp64" else tl.float32, "BLOCK_E": 32, "BLOCK_F": 64}
+        _compile(triton_kernels._sorted_segment_kernel, types, constexprs, capability)
 
     @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
     def test_atomic_scatter_kernel_compiles(dtype):
