@@ -13,6 +13,17 @@ then the results of an attached (SinglePoint) calculator — where ``ase.io`` pu
 absent label (a False mask, never zeros that count); a name that *no* frame has is an error, as
 it is almost surely a typo.
 
+Bad files. A frame that cannot be parsed (an atom-count line that does not match its atom
+lines, a non-numeric value, a column or label of the wrong width, a NaN or inf label) is a
+:class:`~mfwrap.data.graph.StructureError` that names the file and the frame, e.g.
+``train.xyz: frame 3 (line 25): ...``. An extxyz file is split into frames by its atom-count
+lines in one pass and each frame is parsed once, so the failing frame is known.
+
+Partial labels. A target present in some frames of a file and absent in others is masked per
+frame; how many frames lack it is logged (logger ``mfwrap.data.readers``, level WARNING, so a
+``mfwrap train`` run shows it), e.g. ``train.xyz (fidelity 'high'): forces absent in 12 of 100
+frames (masked)``.
+
 Units. Files hold energy in eV (total), forces in eV/Å, magmoms in μB and stress in ASE's
 convention, eV/Å^3 as Voigt (xx, yy, zz, yz, xz, xy) or 3×3, ``σ = (1/V) ∂E/∂ε``; stress is
 converted to GPa (× :data:`~mfwrap.data.graph.EV_PER_A3_TO_GPA`, same sign).
@@ -28,19 +39,27 @@ Several fidelities in one file (the same frames, e.g. PBEsol and r2SCAN energies
 
 from __future__ import annotations
 
+import io
+import itertools
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import ase.db
 import ase.io
 import numpy as np
 import torch
 from ase import Atoms
+from ase.io.extxyz import read_xyz
+from ase.io.formats import filetype, open_with_compression
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from mfwrap.data import keys as K
 from mfwrap.data.graph import EV_PER_A3_TO_GPA, AtomicGraph, GraphSpec, StructureError, to_graph
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_KEYS: Mapping[str, str] = {K.ENERGY: "energy", K.FORCES: "forces", K.STRESS: "stress", K.MAGMOMS: "magmoms"}
 """The standard ASE names of the four targets."""
@@ -57,7 +76,7 @@ class LabelledStructure:
         fidelity: the fidelity's name.
         labels: the labels present, by target: "energy" float eV (total), "forces" (n, 3) eV/Å,
             "stress" (3, 3) GPa, "magmoms" (n,) μB. A missing target is an absent label.
-        name: how error messages name the frame, e.g. ``"train.xyz:12"``.
+        name: how error messages name the frame, e.g. ``"train.xyz: frame 12"``.
     """
 
     atoms: Atoms
@@ -83,21 +102,95 @@ def to_graphs(
     return [record.to_graph(spec, index, **kwargs) for record in records]
 
 
+T = TypeVar("T")
+
+
+def _select(items: Iterable[T], index: str | int | slice) -> list[T]:
+    """``items[index]`` in ase's index syntax (":", an int or a slice) as a list; a selection
+    with non-negative bounds stops consuming ``items`` at its end (``limit`` reads only that much)."""
+    if index == ":":
+        index = slice(None)
+    elif isinstance(index, int):
+        index = slice(index, index + 1 or None)
+    if (index.start or 0) >= 0 and (index.stop is None or index.stop >= 0) and (index.step or 1) > 0:
+        return list(itertools.islice(items, index.start, index.stop, index.step))
+    return list(items)[index]
+
+
+def _extxyz_texts(path: Path) -> Iterator[tuple[int, str]]:
+    """(first line number, text) of each frame of an extxyz file, split by the atom-count lines
+    (and any ``VECn`` cell lines after the atoms), as ``ase.io.extxyz`` does; a blank line ends it.
+
+    Raises StructureError naming the frame whose count line is not a number, or which the file
+    ends inside.
+    """
+    with open_with_compression(str(path)) as handle:
+        line, line_number = handle.readline(), 1
+        for frame in itertools.count():
+            if not line.strip():
+                return
+            try:
+                n_atoms = int(line)
+            except ValueError:
+                hint = f" (does frame {frame - 1} have more atom lines than its count?)" if frame else ""
+                raise StructureError(
+                    f"{path.name}: frame {frame} (line {line_number}): expected the atom count, got {line.strip()[:60]!r}{hint}"
+                ) from None
+            chunk = [line, *(handle.readline() for _ in range(n_atoms + 1))]
+            if not chunk[-1]:
+                raise StructureError(
+                    f"{path.name}: frame {frame} (line {line_number}): the file ends after "
+                    f"{max(sum(map(bool, chunk)) - 2, 0)} of its {n_atoms} atom lines"
+                )
+            line = handle.readline()
+            while line.lstrip().startswith("VEC"):
+                chunk.append(line)
+                line = handle.readline()
+            yield line_number, "".join(chunk)
+            line_number += len(chunk)
+
+
+def _parse_extxyz(path: Path, frame: int, line_number: int, text: str) -> Atoms:
+    """One frame's text as Atoms; any parse error becomes a StructureError naming the frame."""
+    try:
+        return next(read_xyz(io.StringIO(text), index=0))
+    except Exception as error:  # ase raises XYZError, ValueError, TypeError, IndexError, ...
+        lines = text.splitlines()
+        counts = [line_number + i for i, line in enumerate(lines[2:], 2) if line.strip().isdigit()]
+        hint = f" (line {counts[0]} looks like the next frame's count: fewer atom lines than {lines[0].strip()}?)" if counts else ""
+        raise StructureError(f"{path.name}: frame {frame} (line {line_number}): {error}{hint}") from error
+
+
+def _ase_frames(path: Path) -> Iterator[tuple[int, Atoms]]:
+    """(index, atoms) of each frame of a file in another ``ase.io`` format, read one by one."""
+    frames = ase.io.iread(str(path), index=":")
+    for frame in itertools.count():
+        try:
+            atoms = next(frames)
+        except StopIteration:
+            return
+        except Exception as error:
+            raise StructureError(f"{path.name}: frame {frame}: {error}") from error
+        yield frame, atoms
+
+
 def _frames(path: Path, index: str | int | slice) -> list[tuple[str, Atoms]]:
     """(name, atoms) of the selected frames; an ASE db row's key-value pairs and data go to ``info``."""
     if path.suffix in _DB_SUFFIXES:
         with ase.db.connect(str(path)) as db:
-            rows = list(db.select())
+            rows = _select(db.select(), index)
         frames = []
         for row in rows:
             atoms = row.toatoms()
             atoms.info.update(row.key_value_pairs)
             atoms.info.update(row.data)
-            frames.append((f"{path.name}:id={row.id}", atoms))
-    else:
-        frames = [(f"{path.name}:{i}", atoms) for i, atoms in enumerate(ase.io.read(str(path), index=":"))]
-    chosen = frames[slice(None) if index == ":" else index]
-    return chosen if isinstance(chosen, list) else [chosen]
+            frames.append((f"{path.name}: row id={row.id}", atoms))
+        return frames
+    if filetype(str(path)) == "extxyz":
+        # Parsed as split, so a frame's error comes before the next frame's count line is read.
+        parsed = ((i, _parse_extxyz(path, i, line, text)) for i, (line, text) in enumerate(_extxyz_texts(path)))
+        return [(f"{path.name}: frame {i}", atoms) for i, atoms in _select(parsed, index)]
+    return [(f"{path.name}: frame {i}", atoms) for i, atoms in _select(_ase_frames(path), index)]
 
 
 _MISSING = object()
@@ -113,23 +206,33 @@ def _lookup(atoms: Atoms, key: str) -> Any:
     return results.get(key, _MISSING)
 
 
-def _convert(target: str, value: Any, name: str) -> Any:
-    """File units and layout → mfwrap's (stress: Voigt or 3×3 eV/Å^3 → 3×3 GPa)."""
-    if target == K.ENERGY:
+def _convert(target: str, value: Any, n_atoms: int, name: str) -> Any:
+    """File units and layout → mfwrap's (stress: Voigt or 3×3 eV/Å^3 → 3×3 GPa), checked: a
+    non-numeric, wrongly shaped or non-finite (NaN, inf) label is a StructureError naming ``name``."""
+    try:
         array = np.asarray(value, dtype=np.float64)
-        if array.size != 1:
-            raise StructureError(f"{name}: energy has shape {array.shape}, expected a scalar (total eV)")
+    except (TypeError, ValueError):
+        raise StructureError(f"{name}: {target} is not numeric: {str(value)[:60]!r}") from None
+    expected = {K.ENERGY: "a scalar (total eV)", K.FORCES: f"({n_atoms}, 3)", K.MAGMOMS: f"({n_atoms},)",
+                K.STRESS: "Voigt (6,) or (3, 3)"}[target]
+    if target == K.ENERGY:
+        ok = array.size == 1
+    elif target == K.STRESS:
+        ok = array.shape == (6,) or array.size == 9
+    else:
+        ok = array.ndim >= 1 and array.shape[0] == n_atoms and array.size == n_atoms * (3 if target == K.FORCES else 1)
+    if not ok:
+        raise StructureError(f"{name}: {target} has shape {array.shape}, expected {expected}")
+    finite = np.isfinite(array)
+    if not finite.all():
+        per_atom = target in (K.FORCES, K.MAGMOMS)
+        where = f" at atom {int(np.argmin(finite.reshape(n_atoms, -1).all(axis=1)))}" if per_atom else ""
+        raise StructureError(f"{name}: {target} has non-finite values (NaN or inf){where}")
+    if target == K.ENERGY:
         return float(array.reshape(()))
     if target == K.STRESS:
-        stress = np.asarray(value, dtype=np.float64)
-        if stress.shape == (6,):
-            stress = voigt_6_to_full_3x3_stress(stress)
-        elif stress.size == 9:
-            stress = stress.reshape(3, 3)
-        else:
-            raise StructureError(f"{name}: stress has shape {stress.shape}, expected Voigt (6,) or (3, 3)")
-        return stress * EV_PER_A3_TO_GPA
-    return np.asarray(value, dtype=np.float64)
+        return (voigt_6_to_full_3x3_stress(array) if array.shape == (6,) else array.reshape(3, 3)) * EV_PER_A3_TO_GPA
+    return array.reshape(n_atoms, 3) if target == K.FORCES else array.reshape(n_atoms)
 
 
 def labels_of(atoms: Atoms, key_map: Mapping[str, str | None], name: str = "structure") -> dict[str, Any]:
@@ -139,7 +242,7 @@ def labels_of(atoms: Atoms, key_map: Mapping[str, str | None], name: str = "stru
     for target, key in key_map.items():
         value = _MISSING if key is None else _lookup(atoms, key)
         if value is not _MISSING and value is not None:
-            labels[target] = _convert(target, value, name)
+            labels[target] = _convert(target, value, len(atoms), name)
     return labels
 
 
@@ -157,33 +260,48 @@ def read_fidelities(
         path: extxyz (or any format ``ase.io.read`` knows) or an ASE db (.db, .json, .aselmdb).
         key_maps: fidelity name → {target: key in the file}; a target left out (or None) is not
             read, so its label is absent at that fidelity.
-        index: frames to read (ase's index syntax: ":", an int or a slice).
+        index: frames to read (ase's index syntax: ":", an int or a slice); reading stops at
+            the end of a slice with non-negative bounds.
         drop_unlabelled: skip a (frame, fidelity) that has no label at all.
         strict: a key that no frame has is an error (else its label is absent everywhere).
 
     Returns:
-        records ordered by frame, then by fidelity in ``key_maps`` order.
+        records ordered by frame, then by fidelity in ``key_maps`` order. A target present in
+        some of a fidelity's records but not all is logged with its count (see the module
+        docstring), as are dropped unlabelled frames.
 
     Raises:
         ValueError for an unknown target or (``strict``) a key found in no frame; StructureError
-        (naming the frame) for a label of the wrong shape.
+        naming the file and frame for a frame that cannot be parsed or a label that is not
+        numeric, of the wrong shape or not finite.
     """
     path = Path(path)
     for fidelity, key_map in key_maps.items():
         unknown = set(key_map) - set(K.TARGETS)
         if unknown:
             raise ValueError(f"key map of fidelity {fidelity!r}: unknown target(s) {sorted(unknown)}; known are {list(K.TARGETS)}")
-    found = {(f, t): False for f, key_map in key_maps.items() for t, key in key_map.items() if key is not None}
+    requested = [(f, t) for f, key_map in key_maps.items() for t, key in key_map.items() if key is not None]
+    frames = _frames(path, index)
     records = []
-    for name, atoms in _frames(path, index):
+    labelled, kept = Counter(), Counter()  # records with a label, by (fidelity, target); records, by fidelity
+    for name, atoms in frames:
         for fidelity, key_map in key_maps.items():
             labels = labels_of(atoms, key_map, name)
-            found.update({(fidelity, target): True for target in labels})
             if labels or not drop_unlabelled:
                 records.append(LabelledStructure(atoms, fidelity, labels, name))
-    missing = [f"{target} of {f!r} under {key_maps[f][target]!r}" for (f, target), seen in found.items() if not seen]
+                labelled.update((fidelity, target) for target in labels)
+                kept[fidelity] += 1
+    missing = [f"{t} of {f!r} under {key_maps[f][t]!r}" for f, t in requested if not labelled[f, t]]
     if missing and strict:
         raise ValueError(f"{path}: no frame has {', '.join(missing)}; check the key names")
+    for fidelity in key_maps:
+        if kept[fidelity] < len(frames):
+            LOG.warning("%s (fidelity %r): no label in %d of %d frames (skipped)", path.name, fidelity,
+                        len(frames) - kept[fidelity], len(frames))
+    for fidelity, target in requested:
+        if 0 < labelled[fidelity, target] < kept[fidelity]:
+            LOG.warning("%s (fidelity %r): %s absent in %d of %d frames (masked)", path.name, fidelity, target,
+                        kept[fidelity] - labelled[fidelity, target], kept[fidelity])
     return records
 
 
