@@ -51,12 +51,9 @@ FORCES = "forces"
 STRESS = "stress"
 MAGMOMS = "magmoms"
 TARGETS = (ENERGY, FORCES, STRESS, MAGMOMS)
+PER_ATOM_TARGETS = (FORCES, MAGMOMS)
 
 
 def mask_key(target: str) -> str:
     """Name of the label mask that belongs to ``target`` (e.g. ``forces_mask``)."""
     return f"{target}_mask"
-
-
-PER_ATOM_TARGETS = (FORCES, MAGMOMS)
-PER_STRUCTURE_TARGETS = (ENERGY, STRESS)

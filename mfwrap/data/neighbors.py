@@ -16,7 +16,6 @@ Algorithm (periodic "ghost" images, then all pairs or a cell list):
 All of it runs on the host in numpy (:func:`neighbour_arrays`), whose per-operation overhead is
 several times below torch's and dominates for the small structures graphs are usually built
 from; only the O(pairs) distance kernel calls torch on zero-copy views (faster broadcasting).
-:func:`periodic_radius_graph` wraps it for tensors.
 Both paths of step 4 return bitwise the same edges in the same order, sorted by (i, j, S).
 Work is in float64 whatever the input dtype.
 """
@@ -29,7 +28,6 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 
 BRUTE_FORCE_PAIRS = 1 << 20
 """Largest ``n_atoms * n_ghosts`` handled by the all-pairs path (8 MB per float64 array); about
@@ -39,12 +37,12 @@ _NEIGHBOUR_BIN_OFFSETS = np.array(list(itertools.product((-1, 0, 1), repeat=3)))
 
 
 class NeighbourList(NamedTuple):
-    """Directed edges (i, j, S), sorted by (i, j, S); tensors or numpy arrays."""
+    """Directed edges (i, j, S), sorted by (i, j, S)."""
 
-    edge_index: Tensor | np.ndarray  # (2, E) long, row 0 = neighbour j, row 1 = centre i
-    shift: Tensor | np.ndarray  # (E, 3) integer-valued cell offsets S of the neighbour's image
-    distance: Tensor | np.ndarray  # (E,) |r_j + S @ cell - r_i|, Å
-    reverse: Tensor | np.ndarray  # (E,) long, index of the edge (j, i, -S)
+    edge_index: np.ndarray  # (2, E) int64, row 0 = neighbour j, row 1 = centre i
+    shift: np.ndarray  # (E, 3) float64 integer-valued cell offsets S of the neighbour's image
+    distance: np.ndarray  # (E,) float64 |r_j + S @ cell - r_i|, Å
+    reverse: np.ndarray  # (E,) int64, index of the edge (j, i, -S)
 
 
 def completed_basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -140,8 +138,17 @@ def _pairs_cell_list(pos: np.ndarray, ghost_atom: np.ndarray, ghost_offset: np.n
 
 
 def neighbour_arrays(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> NeighbourList:
-    """:func:`periodic_radius_graph` on numpy arrays: float64 (n, 3), (3, 3) and bool (3,) in,
-    a :class:`NeighbourList` of numpy arrays out (int64 indices, float64 shifts and distances)."""
+    """All directed pairs (i, j, S) with ``|r_j + S @ cell - r_i| < cutoff``, excluding i == j at S = 0.
+
+    Args:
+        positions: (n, 3) Cartesian positions, Å (computed in float64).
+        cell: (3, 3) lattice vectors as rows, Å (rows of non-periodic directions may be zero).
+        pbc: (3,) bool periodicity.
+        cutoff: radius, Å.
+
+    Returns:
+        a :class:`NeighbourList` of numpy arrays.
+    """
     pos = np.asarray(positions, dtype=np.float64)
     n_atoms = len(pos)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
@@ -187,20 +194,3 @@ def neighbour_arrays(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, c
     reverse = np.argsort((neighbour * n_atoms + centre) * n_shifts + (n_shifts - 1 - shift_id), kind="stable")
     return NeighbourList(np.stack([neighbour, centre]), shift, np.sqrt(d2), reverse)
 
-
-def periodic_radius_graph(positions: Tensor, cell: Tensor, pbc: Tensor, cutoff: float) -> NeighbourList:
-    """All directed pairs (i, j, S) with ``|r_j + S @ cell - r_i| < cutoff``, excluding i == j at S = 0.
-
-    Args:
-        positions: (n, 3) Cartesian positions, Å.
-        cell: (3, 3) lattice vectors as rows, Å (rows of non-periodic directions may be zero).
-        pbc: (3,) bool periodicity.
-        cutoff: radius, Å.
-
-    Returns:
-        a :class:`NeighbourList`; shifts and distances in ``positions.dtype``, on its device.
-    """
-    host = [t.detach().cpu().numpy() for t in (positions, cell, pbc)]
-    found = neighbour_arrays(host[0].astype(np.float64, copy=False), host[1].astype(np.float64, copy=False), host[2], cutoff)
-    index, shift, distance, reverse = (torch.from_numpy(a).to(positions.device) for a in found)
-    return NeighbourList(index, shift.to(positions.dtype), distance.to(positions.dtype), reverse)

@@ -1,10 +1,9 @@
-"""periodic_radius_graph equals ase's neighbour list as a set of (i, j, S) with distances."""
+"""neighbour_arrays equals ase's neighbour list as a set of (i, j, S) with distances."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 from ase.neighborlist import neighbor_list
@@ -12,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mfwrap.data import neighbors
-from mfwrap.data.neighbors import periodic_radius_graph
+from mfwrap.data.neighbors import neighbour_arrays
 
 from .strategies import random_atoms
 
@@ -20,10 +19,7 @@ BOUNDARY = 1e-8  # pairs this close to the cutoff may fall on either side from r
 
 
 def _ours(atoms: Atoms, cutoff: float):
-    edge_index, shift, dist, reverse = periodic_radius_graph(
-        torch.tensor(atoms.positions), torch.tensor(atoms.cell.array), torch.tensor(atoms.pbc), cutoff
-    )
-    return edge_index.numpy(), shift.numpy(), dist.numpy(), reverse.numpy()
+    return neighbour_arrays(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
 
 
 def _as_dict(centre, neighbour, shift, dist, cutoff):
@@ -98,14 +94,3 @@ def test_large_system_uses_cell_list_and_equals_ase():
     assert 2000 * 2000 > neighbors.BRUTE_FORCE_PAIRS
     assert_same_as_ase(atoms, 5.0)
 
-
-def test_float32_input_keeps_dtype_and_edges():
-    atoms = bulk("NaCl", "rocksalt", a=5.64)
-    edge_index, shift, dist, _ = periodic_radius_graph(
-        torch.tensor(atoms.positions, dtype=torch.float32),
-        torch.tensor(atoms.cell.array, dtype=torch.float32),
-        torch.tensor(atoms.pbc),
-        5.0,
-    )
-    assert shift.dtype == dist.dtype == torch.float32
-    assert edge_index.shape[1] == len(neighbor_list("i", atoms, 5.0))
