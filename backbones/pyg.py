@@ -49,8 +49,9 @@ class SchNet(nn.Module):
     Modules: ``embedding`` (nn.Embedding(100, hidden)), ``distance_expansion`` (Gaussian
     smearing), ``interactions`` (PyG ``InteractionBlock``s with their CFConv), ``readout``
     (Sequential(lin1, shifted softplus, lin2), per-atom (n, hidden) → (n, 1)), ``atomref``
-    (nn.Embedding(100, 1) per-element energy, eV, only if given). Arguments are PyG's (minus the
-    graph-building ones; readout is always a sum, as energy is extensive).
+    (nn.Embedding(100, 1) per-element energy μ_Z, eV: the composition model, zeros unless
+    ``atomref`` is given, so that every training method can fit it). Arguments are PyG's (minus
+    the graph-building ones; readout is always a sum, as energy is extensive).
     """
 
     def __init__(self, hidden_channels: int = 128, num_filters: int = 128, num_interactions: int = 6,
@@ -60,7 +61,7 @@ class SchNet(nn.Module):
         self.config = {"hidden_channels": hidden_channels, "num_filters": num_filters, "num_interactions": num_interactions,
                        "num_gaussians": num_gaussians, "cutoff": cutoff, "mean": mean, "std": std,
                        "atomref": None if atomref is None else [float(a) for a in torch.as_tensor(atomref).reshape(-1)]}
-        reference = None if atomref is None else torch.as_tensor(atomref, dtype=torch.float32).reshape(-1, 1)
+        reference = torch.zeros(100, 1) if atomref is None else torch.as_tensor(atomref, dtype=torch.float32).reshape(-1, 1)
         net = pyg_models.SchNet(hidden_channels, num_filters, num_interactions, num_gaussians, cutoff,
                                 mean=mean, std=std, atomref=reference)
         self.graph_spec = GraphSpec(cutoff=float(cutoff))
@@ -70,11 +71,9 @@ class SchNet(nn.Module):
         self.readout = nn.Sequential(net.lin1, net.act, net.lin2)
         self.atomref = net.atomref
         self.mean, self.std = mean, std
+        self.register_load_state_dict_pre_hook(_zero_atomref_if_missing)
 
-    @property
-    def fidelity_spec(self) -> dict:
-        return {"embedding": "embedding", "message": ["interactions.*"], "readout": ["readout"],
-                "composition": "atomref" if self.atomref is not None else None}
+    fidelity_spec = {"embedding": "embedding", "message": ["interactions.*"], "readout": ["readout"], "composition": "atomref"}
 
     def forward(self, batch) -> dict[str, Tensor]:
         """batch → {"energy": (B,)}."""
@@ -87,9 +86,14 @@ class SchNet(nn.Module):
         energy = self.readout(h)
         if self.mean is not None and self.std is not None:
             energy = energy * self.std + self.mean
-        if self.atomref is not None:
-            energy = energy + self.atomref(numbers)
+        energy = energy + self.atomref(numbers)
         return {K.ENERGY: _total(energy.squeeze(-1), batch)}
+
+
+def _zero_atomref_if_missing(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Weights saved before the adapter always had ``atomref`` (atomref=None) load with zeros there."""
+    if isinstance(module.atomref, nn.Embedding):  # not replaced by mechanism C
+        state_dict.setdefault(f"{prefix}atomref.weight", torch.zeros_like(module.atomref.weight))
 
 
 class OutputHead(nn.Module):
@@ -127,8 +131,10 @@ class DimeNetPlusPlus(nn.Module):
     ``emb.emb`` is the atomic-number embedding), ``interaction_blocks`` (PyG
     ``InteractionPPBlock``s), ``output_rbf`` (the ``lin_rbf`` of each PyG ``OutputPPBlock``:
     edge filter before the sum onto atoms) and ``output_heads`` (the rest of each
-    ``OutputPPBlock`` as :class:`OutputHead`, per atom). Arguments are PyG's (minus graph
-    building; one output channel, the energy).
+    ``OutputPPBlock`` as :class:`OutputHead`, per atom), ``atomref`` (nn.Embedding(100, 1),
+    per-element energy μ_Z in eV added per atom, zeros at initialisation: the composition model,
+    which PyG's DimeNet++ lacks). Arguments are PyG's (minus graph building; one output channel,
+    the energy).
     """
 
     def __init__(self, hidden_channels: int = 128, num_blocks: int = 4, int_emb_size: int = 64, basis_emb_size: int = 8,
@@ -148,8 +154,12 @@ class DimeNetPlusPlus(nn.Module):
         self.interaction_blocks = net.interaction_blocks
         self.output_rbf = nn.ModuleList(block.lin_rbf for block in net.output_blocks)
         self.output_heads = nn.ModuleList(OutputHead(block, block.act) for block in net.output_blocks)
+        self.atomref = nn.Embedding(100, 1)
+        nn.init.zeros_(self.atomref.weight)
+        self.register_load_state_dict_pre_hook(_zero_atomref_if_missing)
 
-    fidelity_spec = {"embedding": "emb.emb", "message": ["interaction_blocks.*"], "readout": ["output_heads.*"]}
+    fidelity_spec = {"embedding": "emb.emb", "message": ["interaction_blocks.*"], "readout": ["output_heads.*"],
+                     "composition": "atomref"}
 
     def forward(self, batch) -> dict[str, Tensor]:
         """batch → {"energy": (B,)}."""
@@ -170,4 +180,5 @@ class DimeNetPlusPlus(nn.Module):
             if t:
                 m = self.interaction_blocks[t - 1](m, rbf, sbf, idx_kj, idx_ji)
             energy = energy + head(scatter_sum(self.output_rbf[t](rbf) * m, centre, num_atoms))
+        energy = energy + self.atomref(batch[K.ATOMIC_NUMBERS])
         return {K.ENERGY: _total(energy.squeeze(-1), batch)}

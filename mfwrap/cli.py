@@ -108,10 +108,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mfwrap.data.readers import DEFAULT_KEYS, read_dataset, to_graphs
     from mfwrap.train.config import TrainConfig
     from mfwrap.train.metrics import format_table
-    from mfwrap.train.models import load_trained
+    from mfwrap.model_file import read_model_file
     from mfwrap.train.trainer import Trainer
 
-    model, checkpoint = load_trained(args.checkpoint)
+    model, checkpoint = read_model_file(args.checkpoint)
     _, name, index = _fidelity(model, checkpoint, args.fidelity)
     names = list(checkpoint.get("fidelity_names") or ["default"])
     keys = {target: getattr(args, f"{target}_key") for target in DEFAULT_KEYS}
@@ -137,10 +137,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from mfwrap.data.graph import EV_PER_A3_TO_GPA
     from mfwrap.predict import predict
-    from mfwrap.train.models import load_trained
+    from mfwrap.model_file import read_model_file
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, checkpoint = load_trained(args.checkpoint, map_location=device)
+    model, checkpoint = read_model_file(args.checkpoint, map_location=device)
     frames = _read_frames(args.structures)
     results = predict(model, frames, fidelity=_fidelity(model, checkpoint, args.fidelity)[0], batch_size=args.batch_size)
     for atoms, result in zip(frames, results):
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("checkpoint", help="a checkpoint written by mfwrap train (best.pt or last.pt)")
+        sub.add_argument("checkpoint", help="an mfwrap model file: a checkpoint of mfwrap train (best.pt, last.pt) or MultiFidelity.save")
         sub.add_argument("--fidelity", default=None, help="fidelity name; required for models with several fidelities")
         sub.add_argument("--batch-size", type=int, default=16, help="structures per forward pass (default 16)")
         sub.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ... (default auto)")

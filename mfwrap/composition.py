@@ -1,4 +1,4 @@
-"""Least-squares fit of a linear composition model (per-element reference energies).
+"""Composition models fitted by least squares: the one fit that every training method uses.
 
 The composition model of CHGNet (and of the seed paper, eq. 10) is
 
@@ -14,13 +14,13 @@ given). Collinear compositions (e.g. P and O always 1 : 4 in phosphates) make th
 rank-deficient; the ridge term (and numpy's minimum-norm lstsq) gives a unique answer that
 predicts the fitted energies equally well.
 
-Used by the trainer for a plain backbone, and by ``MultiFidelity.fit_composition`` once per
-fidelity (pass that fidelity's graphs, and e.g. the all-fidelity fit as ``prior`` so that an
-element missing at one fidelity falls back to the shared value).
-
-Also here: mechanism C, :class:`FidelityComposition` (one weight vector per fidelity), and
-:func:`read_element_energies` / :func:`write_element_energies` for a backbone's own composition
-module (an ``nn.Embedding(num, 1)`` indexed by Z, or a module with ``element_energies`` from Z = 1).
+:func:`fit_composition` fits the composition model of any model the same way, so that
+single-fidelity, transfer, Δ-learning and multi-fidelity runs are comparable: a model that owns
+several parts (``MultiFidelity``, ``DeltaModel``) says how through its own ``fit_composition``;
+for a plain backbone the module is the one its fidelity spec names (``composition``, e.g.
+CHGNet's ``AtomRef`` or SchNet's ``atomref``). A model without one is an error, never a silent
+skip. The composition modules themselves (and mechanism C) are in
+:mod:`mfwrap.mechanisms.composition`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
 from mfwrap.data.graph import MAX_ATOMIC_NUMBER
-from mfwrap.fidelity import ATOM, STRUCTURE, FidelityContext, structure_index
+from mfwrap.mechanisms.composition import FidelityComposition, read_element_energies, write_element_energies
+from mfwrap.surgery import resolve_spec
 
 
 def element_counts(graphs: Sequence[Data], num_elements: int = MAX_ATOMIC_NUMBER + 1) -> np.ndarray:
@@ -86,82 +87,54 @@ def fit_linear_composition(
     return torch.from_numpy(weights)
 
 
-def read_element_energies(module: nn.Module, num_elements: int = MAX_ATOMIC_NUMBER + 1) -> torch.Tensor:
-    """Per-element energies (num_elements,) float64, eV/atom, index = Z, of a backbone's composition module.
-
-    Two layouts are understood: an ``nn.Embedding(num, 1)`` looked up with Z (PyG's ``atomref``),
-    and a module with a 1-D tensor ``element_energies`` whose entry k belongs to Z = k + 1
-    (native CHGNet's ``AtomRef``). Elements beyond the table get 0.
-    """
-    table, offset = _energy_table(module)
-    weights = torch.zeros(num_elements, dtype=torch.float64)
-    count = min(num_elements - offset, table.shape[0])
-    weights[offset : offset + count] = table[:count].detach().double().cpu()
-    return weights
+def composition_path(model: nn.Module) -> str:
+    """Module path of a plain backbone's composition model, from its fidelity spec; ValueError if none."""
+    path = resolve_spec(model, None)[0].composition
+    if path is None:
+        raise ValueError(
+            f"{type(model).__name__} has no composition model (per-element energies) named in its fidelity spec, so "
+            "its energies cannot be referenced per element: add one (e.g. an nn.Embedding(100, 1) named by "
+            "fidelity_spec['composition']), wrap it with mechanism C, or train with fit_composition: false"
+        )
+    return path
 
 
-def write_element_energies(module: nn.Module, weights: torch.Tensor) -> None:
-    """Store per-element energies (index = Z, eV/atom) into a composition module, in place."""
-    table, offset = _energy_table(module)
-    count = min(weights.shape[0] - offset, table.shape[0])
+def fit_shared_composition(model: nn.Module, path: str, graphs: Sequence[Data], *, ridge: float = 1e-6) -> None:
+    """Least-squares fit of the composition module at ``path`` of ``model`` on all ``graphs``, in place;
+    elements absent from ``graphs`` keep their current values."""
+    module = model.get_submodule(path)
+    write_element_energies(module, fit_linear_composition(graphs, ridge=ridge, prior=read_element_energies(module)))
+
+
+def fit_per_fidelity(table: FidelityComposition, graphs: Sequence[Data], *, ridge: float = 1e-6) -> None:
+    """Mechanism C: one weight vector per fidelity from that fidelity's labelled graphs, pulled
+    (``ridge``) towards the fit over all fidelities; an element absent from a fidelity's data takes
+    the all-fidelity value, and one absent from all data keeps ``table.initial``."""
+    count = table.element_energies.shape[0]
+    fidelities = torch.cat([g[K.FIDELITY].reshape(-1) for g in graphs]).tolist()
+    if any(f < 0 or f >= count for f in fidelities):
+        raise ValueError(f"graph fidelity indices {sorted(set(fidelities))} out of range for {count} fidelities")
+    pooled = fit_linear_composition(graphs, ridge=ridge, prior=table.initial)
+    weights = []
+    for f in range(count):
+        own = [g for g, gf in zip(graphs, fidelities) if gf == f and bool(g[K.mask_key(K.ENERGY)].all())]
+        weights.append(fit_linear_composition(own, ridge=ridge, prior=pooled) if own else pooled)
     with torch.no_grad():
-        table[:count] = weights[offset : offset + count].to(table)
+        table.element_energies.copy_(torch.stack(weights))
 
 
-def _energy_table(module: nn.Module) -> tuple[torch.Tensor, int]:
-    """(1-D view of the module's energy table, Z of its first entry)."""
-    if isinstance(module, nn.Embedding) and module.embedding_dim == 1:
-        return module.weight[:, 0], 0
-    table = getattr(module, "element_energies", None)
-    if isinstance(table, torch.Tensor) and table.dim() == 1:
-        return table, 1
-    raise TypeError(
-        f"cannot read per-element energies from a {type(module).__name__}: a composition module must be "
-        "an nn.Embedding(num, 1) indexed by Z or have a 1-D tensor 'element_energies' starting at Z = 1"
-    )
+def fit_composition(model: nn.Module, graphs: Sequence[Data], *, ridge: float = 1e-6) -> None:
+    """Fit the composition model(s) of ``model`` to the energy labels of ``graphs``, in place.
 
+    Models made of parts (``MultiFidelity``, ``DeltaModel``) fit through their own
+    ``fit_composition(graphs, ridge=)``, which comes back here for each part; a plain backbone
+    gets :func:`fit_shared_composition` on the module named by its fidelity spec.
 
-class FidelityComposition(nn.Module):
-    r"""C: a composition energy per fidelity (paper Eq. 10, with element counts and total energy):
-
-    .. math::  E_c^f(b) = \sum_{i \in b} w_{f_b, Z_i}   \quad (eV)
-
-    ``element_energies`` (n_F, num_elements) eV/atom, index [f, Z], starts as ``initial`` (kept
-    as a buffer) for every fidelity: the backbone's own composition weights, or zeros, so the wrapped model is
-    unchanged at initialisation; :meth:`mfwrap.MultiFidelity.fit_composition` fits it by least
-    squares, frozen like CHGNet's (requires_grad False; set it True to train it).
-
-    It either replaces the backbone's composition module (then it is called in its place, its
-    arguments are ignored, and it returns the same layout: per structure (B, ...) or per atom
-    (n, ...) with ``shape`` as the trailing dimensions) or is added to the total energy.
+    Raises:
+        ValueError: no graph has an energy label, or the model has no composition model.
     """
-
-    def __init__(self, context: FidelityContext, initial: torch.Tensor, rows: str = STRUCTURE, shape: tuple[int, ...] = (),
-                 dtype: torch.dtype | None = None, name: str = "") -> None:
-        super().__init__()
-        table = initial.to(dtype or torch.get_default_dtype()).unsqueeze(0).repeat(context.num_fidelities, 1)
-        self.element_energies = nn.Parameter(table, requires_grad=False)
-        self.register_buffer("initial", initial.double().clone())
-        self.context = context
-        self.rows = rows
-        self.shape = tuple(shape)
-        self.name = name
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        batch = self.context.batch
-        numbers = batch[K.ATOMIC_NUMBERS]
-        fidelity = self.context.rows(ATOM, numbers.shape[0], self.name)
-        per_atom = self.element_energies[fidelity, numbers]
-        if self.rows == ATOM:
-            return per_atom.view(-1, *self.shape)
-        total = per_atom.new_zeros(batch[K.CELL].shape[0]).index_add(0, structure_index(batch), per_atom)
-        return total.view(-1, *self.shape)
-
-    def add_fidelity(self, like: int) -> None:
-        """Append weights for a new fidelity, equal to those of fidelity ``like``."""
-        table = self.element_energies.detach()
-        grad = self.element_energies.requires_grad
-        self.element_energies = nn.Parameter(torch.cat([table, table[like : like + 1]]), requires_grad=grad)
-
-    def extra_repr(self) -> str:
-        return f"fidelities={self.element_energies.shape[0]}, rows={self.rows}"
+    own = getattr(model, "fit_composition", None)
+    if callable(own):
+        own(graphs, ridge=ridge)
+    else:
+        fit_shared_composition(model, composition_path(model), graphs, ridge=ridge)

@@ -37,7 +37,7 @@ from mfwrap.train.baselines import Experiment, ModelConfig, run_experiment
 from mfwrap.train.config import TrainConfig
 from mfwrap.train.data import lmfp_graphs
 from mfwrap.train.metrics import format_table
-from mfwrap.train.models import load_trained
+from mfwrap.model_file import read_model_file
 
 FIDELITIES = ["low", "high"]  # graph fidelity index = position here
 RUNS = {"multi-fidelity": "multi_fidelity", "single-fidelity": "single_fidelity"}
@@ -45,7 +45,7 @@ RUNS = {"multi-fidelity": "multi_fidelity", "single-fidelity": "single_fidelity"
 
 def _predictions(checkpoint: Path, graphs: list) -> dict[str, np.ndarray]:
     """Energy per atom (eV/atom) and force components (eV/Å), predicted and labelled, on ``graphs``."""
-    model, _ = load_trained(str(checkpoint))
+    model, _ = read_model_file(checkpoint)
     model.eval()
     pred_e, true_e, pred_f, true_f = [], [], [], []
     for start in range(0, len(graphs), 16):

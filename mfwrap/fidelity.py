@@ -98,9 +98,9 @@ class FidelityContext:
         ``uniform``: the fidelity of every structure when the batch has only one (lets modules
         take shortcuts), else None.
         """
-        self._batch, self.uniform = batch, uniform
-        self._rows = fidelity_rows(batch, tuple(self.kinds))
         try:
+            self._rows = fidelity_rows(batch, tuple(self.kinds))
+            self._batch, self.uniform = batch, uniform
             yield
         finally:
             self._batch, self._rows, self._groups, self._majority, self.uniform = None, {}, {}, {}, None

@@ -12,24 +12,20 @@ eV, "magmoms" if the backbone has them) with each structure at the fidelity ``ba
 from __future__ import annotations
 
 import copy
-import importlib
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from mfwrap.composition import FidelityComposition, fit_linear_composition, read_element_energies, write_element_energies
+from mfwrap.composition import fit_per_fidelity, fit_shared_composition
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec
 from mfwrap.fidelity import FidelityContext, validate_fidelity_names
-from mfwrap.surgery import BackboneSpec, SurgeryReport, operate, parse_mechanisms, resolve_spec
-
-FORMAT = "mfwrap.MultiFidelity"
-FORMAT_VERSION = 1
+from mfwrap.mechanisms import FidelityComposition
+from mfwrap.model_file import describe_model, read_model_file, save_model
+from mfwrap.surgery import FidelitySpec, SurgeryReport, operate, parse_mechanisms, resolve_spec
 
 
 class MultiFidelity(nn.Module):
@@ -40,7 +36,7 @@ class MultiFidelity(nn.Module):
             copied, the original stays as it was.
         fidelities: names of the fidelities (≥ 1), e.g. ``["pbe", "r2scan"]``; index f = position.
         mechanisms: any subset of "ECMR" ("" = the plain backbone with shared heads).
-        spec: where the mechanisms go (:class:`~mfwrap.surgery.BackboneSpec` or dict); default:
+        spec: where the mechanisms go (:class:`~mfwrap.surgery.FidelitySpec` or dict); default:
             the backbone's ``fidelity_spec``, else heuristics (with a warning saying what they chose).
         row_kinds: {module-path pattern: "atom" | "edge" | "undirected" | "angle" | "structure"}
             overriding the probe's detection of what the rows of a place are.
@@ -56,7 +52,7 @@ class MultiFidelity(nn.Module):
         fidelities: Sequence[str],
         mechanisms: str = "ECMR",
         *,
-        spec: BackboneSpec | Mapping[str, Any] | None = None,
+        spec: FidelitySpec | Mapping[str, Any] | None = None,
         row_kinds: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
@@ -75,8 +71,14 @@ class MultiFidelity(nn.Module):
         return self.backbone.graph_spec
 
     @property
-    def spec(self) -> BackboneSpec:
+    def spec(self) -> FidelitySpec:
         return self.surgery.spec
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this architecture (:mod:`mfwrap.model_file`)."""
+        return {"backbone": self.backbone, "fidelities": list(self.fidelity_names), "mechanisms": self.mechanisms,
+                "spec": self.spec.as_dict(), "row_kinds": {path: kind for _, path, _, kind in self.surgery.places}}
 
     def fidelity_index(self, name: str | None) -> int:
         """Index of fidelity ``name``; None is allowed only for a model with one fidelity."""
@@ -123,90 +125,31 @@ class MultiFidelity(nn.Module):
     def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6) -> None:
         """Fit composition weights by regularised least squares on the energy labels of ``graphs``.
 
-        With C: one weight vector per fidelity from that fidelity's labelled graphs, pulled
-        (``ridge``) towards the fit over all fidelities; an element absent from a fidelity's data
-        takes the all-fidelity value, and one absent from all data keeps the backbone's own
-        composition weight (0 if it has none). Without C: the backbone's shared composition module
-        is fitted on all graphs (an error if the spec names none).
+        With C: one weight vector per fidelity (:func:`mfwrap.composition.fit_per_fidelity`).
+        Without C: the backbone's own composition module, shared by all fidelities, on all graphs
+        (an error if the spec names none, as for the plain backbone).
         """
         table = self._composition_table()
-        if table is None:
-            path = self.spec.composition
-            if path is None:
-                raise ValueError("nothing to fit: mechanism C is off and the backbone's spec names no composition module")
-            module = self.backbone.get_submodule(path)
-            write_element_energies(module, fit_linear_composition(graphs, ridge=ridge, prior=read_element_energies(module)))
+        if table is not None:
+            fit_per_fidelity(table, graphs, ridge=ridge)
             return
-        fidelities = torch.cat([g[K.FIDELITY].reshape(-1) for g in graphs]).tolist()
-        if any(f < 0 or f >= len(self.fidelity_names) for f in fidelities):
-            raise ValueError(f"graph fidelity indices {sorted(set(fidelities))} out of range for {list(self.fidelity_names)}")
-        pooled = fit_linear_composition(graphs, ridge=ridge, prior=table.initial)
-        weights = []
-        for f in range(len(self.fidelity_names)):
-            own = [g for g, gf in zip(graphs, fidelities) if gf == f and bool(g[K.mask_key(K.ENERGY)].all())]
-            weights.append(fit_linear_composition(own, ridge=ridge, prior=pooled) if own else pooled)
-        with torch.no_grad():
-            table.element_energies.copy_(torch.stack(weights))
+        if self.spec.composition is None:
+            raise ValueError(
+                f"{type(self.backbone).__name__} has no composition model named in its fidelity spec and mechanism C is "
+                "off: add C, give the backbone a composition module, or train with fit_composition: false"
+            )
+        fit_shared_composition(self.backbone, self.spec.composition, graphs, ridge=ridge)
 
     def _composition_table(self) -> FidelityComposition | None:
         return next((m for m in self.fidelity_modules() if isinstance(m, FidelityComposition)), None)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the model to ``path`` atomically (a temporary file, then a rename)."""
-        config = getattr(self.backbone, "config", None)
-        if not isinstance(config, Mapping):
-            raise TypeError(f"{type(self.backbone).__name__} has no `config` dict of constructor arguments; cannot save it")
-        cls = type(self.backbone)
-        payload = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "backbone_class": f"{cls.__module__}:{cls.__qualname__}",
-            "backbone_config": dict(config),
-            "spec": self.spec.as_dict(),
-            "fidelities": list(self.fidelity_names),
-            "mechanisms": self.mechanisms,
-            "row_kinds": {path: kind for _, path, _, kind in self.surgery.places},
-            "state_dict": self.state_dict(),
-        }
-        target = Path(path)
-        handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                torch.save(payload, stream)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the model (architecture and weights) to ``path`` atomically (:mod:`mfwrap.model_file`)."""
+        save_model(self, path, architecture=describe_model(self))
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> MultiFidelity:
-    """Read a model written by :meth:`MultiFidelity.save`; corrupt or mismatched files raise ValueError."""
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # torch raises many types for damaged files
-        raise ValueError(f"{path}: not a readable mfwrap model file (corrupt or truncated?): {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an mfwrap MultiFidelity file")
-    if payload.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: file format version {payload.get('version')}, this mfwrap reads {FORMAT_VERSION}")
-    missing = {"backbone_class", "backbone_config", "spec", "fidelities", "mechanisms", "row_kinds", "state_dict"} - set(payload)
-    if missing:
-        raise ValueError(f"{path}: incomplete mfwrap file, missing {sorted(missing)}")
-    module_name, _, qualname = payload["backbone_class"].partition(":")
-    try:
-        cls: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            cls = getattr(cls, part)
-        backbone = cls(**payload["backbone_config"])
-    except Exception as error:
-        raise ValueError(f"{path}: cannot rebuild backbone {payload['backbone_class']}: {error}") from error
-    model = MultiFidelity(backbone, payload["fidelities"], payload["mechanisms"], spec=payload["spec"], row_kinds=payload["row_kinds"])
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
-        raise ValueError(f"{path}: weights do not match the rebuilt model: {error}") from error
-    return model.to(map_location) if map_location is not None else model
+def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> nn.Module:
+    """Read a model from an mfwrap file: :meth:`MultiFidelity.save`'s or a trainer checkpoint
+    (``best.pt``, ``last.pt``), of any backbone or method. Reading runs no code from the file;
+    corrupt, foreign or mismatched files raise ValueError."""
+    return read_model_file(path, map_location)[0]

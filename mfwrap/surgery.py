@@ -1,6 +1,6 @@
 """Module surgery: find where the four fidelity mechanisms go in a backbone, and put them there.
 
-A :class:`BackboneSpec` names the places by module path (the names of ``named_modules()``).
+A :class:`FidelitySpec` names the places by module path (the names of ``named_modules()``).
 It comes from the caller, from the backbone's own ``fidelity_spec`` attribute, or from
 :func:`propose_spec`'s heuristics (which warn, saying what they chose). Which kind of rows
 (atoms, edges, undirected bonds, angles, structures) each place produces is found by one probe
@@ -27,12 +27,10 @@ from ase import Atoms
 from torch import nn
 from torch_geometric.data import Batch
 
-from mfwrap.composition import FidelityComposition, read_element_energies
 from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec, to_graph
-from mfwrap.embedding import FidelityEmbedding
 from mfwrap.fidelity import ATOM, ROW_KINDS, STRUCTURE, FidelityContext, row_counts
-from mfwrap.linear import FidelityLinear
-from mfwrap.readout import FidelityReadout
+from mfwrap.mechanisms import FidelityComposition, FidelityEmbedding, FidelityLinear, FidelityReadout
+from mfwrap.mechanisms.composition import read_element_energies
 
 MECHANISMS = "ECMR"
 
@@ -52,8 +50,8 @@ def parse_mechanisms(mechanisms: str) -> str:
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
-    """Where the mechanisms go in a backbone, by module path.
+class FidelitySpec:
+    """Where the mechanisms go in a backbone, and what its parts are, by module path.
 
     Attributes:
         embedding: the atomic-number embedding; E adds X_f to its output.
@@ -63,8 +61,11 @@ class BackboneSpec:
             (the outermost).
         readout: patterns of the readout networks (row-wise, e.g. per-atom energy MLPs); R
             copies each per fidelity. Nested matches count once (the outermost).
-        composition: the composition-energy module, which C replaces; None: C adds its energy
-            to the backbone's total.
+        composition: the composition-energy module, which C replaces and which the composition
+            fit of every training method fills; None: C adds its energy to the backbone's total.
+        heads: patterns of other output heads (e.g. CHGNet's magmom head) shared by all
+            fidelities. With ``readout`` and ``composition`` they are what transfer learning
+            fine-tunes; everything else (embeddings, message passing) is the pre-trained body.
         linear_types: {class name: path of its bias parameter or None}: modules that
             ``message`` treats as linear layers (affine modules such as CHGNet's factorised first
             layer of a gated MLP). With a bias path (``nn.Linear``: "bias"), a batch of one
@@ -75,19 +76,20 @@ class BackboneSpec:
     message: tuple[str, ...] = ()
     readout: tuple[str, ...] = ()
     composition: str | None = None
+    heads: tuple[str, ...] = ()
     linear_types: Mapping[str, str | None] = field(default_factory=dict)
 
     @classmethod
-    def from_value(cls, value: "BackboneSpec | Mapping[str, Any]") -> "BackboneSpec":
+    def from_value(cls, value: "FidelitySpec | Mapping[str, Any]") -> "FidelitySpec":
         """A spec from a spec or a dict with (a subset of) its fields."""
-        if isinstance(value, BackboneSpec):
+        if isinstance(value, FidelitySpec):
             return value
         if not isinstance(value, Mapping):
-            raise TypeError(f"a backbone spec must be a BackboneSpec or a dict, got {type(value).__name__}")
+            raise TypeError(f"a backbone spec must be a FidelitySpec or a dict, got {type(value).__name__}")
         unknown = sorted(set(value) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown backbone spec field(s) {unknown}; known are {sorted(cls.__dataclass_fields__)}")
-        fields = {key: tuple(value[key]) for key in ("message", "readout") if key in value}
+        fields = {key: tuple(value[key]) for key in ("message", "readout", "heads") if key in value}
         types = value.get("linear_types", {})
         fields["linear_types"] = dict(types) if isinstance(types, Mapping) else dict.fromkeys(types)
         return cls(**{**dict(value), **fields})
@@ -101,7 +103,7 @@ _MESSAGE_NAME = re.compile(r"interaction|conv|message|layers|blocks", re.IGNOREC
 _READOUT_NAME = re.compile(r"readout|output|head|energy", re.IGNORECASE)
 
 
-def propose_spec(backbone: nn.Module) -> BackboneSpec:
+def propose_spec(backbone: nn.Module) -> FidelitySpec:
     """Heuristic spec for a backbone that declares none.
 
     embedding: the one ``nn.Embedding`` with ≥ 84 entries and width > 1; composition: the one
@@ -120,7 +122,7 @@ def propose_spec(backbone: nn.Module) -> BackboneSpec:
         if isinstance(m, nn.ModuleList) and _MESSAGE_NAME.search(p.rsplit(".", 1)[-1]) and not _READOUT_NAME.search(p)
     ]
     heads = [name for name, m in backbone.named_children() if _READOUT_NAME.search(name) and name not in stacks]
-    return BackboneSpec(
+    return FidelitySpec(
         embedding=embeddings[0] if len(embeddings) == 1 else None,
         message=tuple(f"{p}.*" for p in stacks),
         readout=tuple(f"{h}.*" if isinstance(modules[h], nn.ModuleList) else h for h in heads),
@@ -128,13 +130,13 @@ def propose_spec(backbone: nn.Module) -> BackboneSpec:
     )
 
 
-def resolve_spec(backbone: nn.Module, spec: "BackboneSpec | Mapping[str, Any] | None") -> tuple[BackboneSpec, str]:
+def resolve_spec(backbone: nn.Module, spec: "FidelitySpec | Mapping[str, Any] | None") -> tuple[FidelitySpec, str]:
     """(spec, where it came from: "given", "backbone" or "heuristic")."""
     if spec is not None:
-        return BackboneSpec.from_value(spec), "given"
+        return FidelitySpec.from_value(spec), "given"
     declared = getattr(backbone, "fidelity_spec", None)
     if declared is not None:
-        return BackboneSpec.from_value(declared), "backbone"
+        return FidelitySpec.from_value(declared), "backbone"
     proposal = propose_spec(backbone)
     warnings.warn(
         f"{type(backbone).__name__} declares no fidelity_spec; heuristics chose {proposal.as_dict()} "
@@ -148,7 +150,7 @@ def _outermost(paths: list[str]) -> list[str]:
     return [p for p in paths if not any(p.startswith(q + ".") for q in paths)]
 
 
-def find_places(backbone: nn.Module, spec: BackboneSpec, mechanisms: str) -> dict[str, list[str]]:
+def find_places(backbone: nn.Module, spec: FidelitySpec, mechanisms: str) -> dict[str, list[str]]:
     """Module paths per mechanism letter; a requested mechanism without a place is an error."""
     modules = dict(backbone.named_modules())
     name = type(backbone).__name__
@@ -252,7 +254,7 @@ class SurgeryReport:
     """What the surgery did: one (mechanism, module path, module type, row kind) per place, and
     the places the spec matched that the backbone's forward never calls (left unchanged)."""
 
-    spec: BackboneSpec
+    spec: FidelitySpec
     spec_source: str
     places: list[tuple[str, str, str, str]]
     skipped: list[str] = field(default_factory=list)
@@ -277,7 +279,7 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
-def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec: BackboneSpec, spec_source: str,
+def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec: FidelitySpec, spec_source: str,
             row_kinds: Mapping[str, str] | None = None) -> tuple[SurgeryReport, FidelityComposition | None]:
     """Insert the mechanisms into ``backbone`` in place.
 
@@ -319,7 +321,7 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
     for path in places.get("M", []):
         module = modules[path]
         bias = "bias" if isinstance(module, nn.Linear) and module.bias is not None else spec.linear_types.get(type(module).__name__)
-        _replace(backbone, path, FidelityLinear(module, context, kinds[path], width(path), name=path, bias=bias))
+        _replace(backbone, path, FidelityLinear(module, context, kinds[path], width(path), name=path, bias_path=bias))
     for path in places.get("E", []):
         _replace(backbone, path, FidelityEmbedding(modules[path], context, kinds[path], width(path), name=path))
     for path in places.get("R", []):

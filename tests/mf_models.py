@@ -12,12 +12,12 @@ from torch_geometric.data import Batch
 
 from backbones.chgnet import CHGNet
 from backbones.pyg import DimeNetPlusPlus, SchNet
-from mfwrap.composition import FidelityComposition
+from mfwrap.mechanisms.composition import FidelityComposition
 from mfwrap.data.graph import to_graph
-from mfwrap.embedding import FidelityEmbedding
-from mfwrap.linear import FidelityLinear
+from mfwrap.mechanisms.embedding import FidelityEmbedding
+from mfwrap.mechanisms.linear import FidelityLinear
 from mfwrap.physics import energy_and_derivatives
-from mfwrap.readout import FidelityReadout
+from mfwrap.mechanisms.readout import FidelityReadout
 
 ELEMENTS = (3, 8, 15, 26)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Data
 
-from mfwrap.embedding import FidelityEmbedding
+from mfwrap.mechanisms.embedding import FidelityEmbedding
 from mfwrap.fidelity import FidelityContext
 
 

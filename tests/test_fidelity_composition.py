@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Data
 
-from mfwrap.composition import FidelityComposition, read_element_energies, write_element_energies
+from mfwrap.mechanisms.composition import FidelityComposition, read_element_energies, write_element_energies
 from mfwrap.fidelity import FidelityContext
 
 
@@ -35,7 +35,7 @@ def test_energy_is_the_sum_of_per_fidelity_element_weights(rows, shape):
     context = FidelityContext(2)
     initial = torch.zeros(95, dtype=torch.float64)
     initial[[3, 8]] = torch.tensor([-2.0, -5.0], dtype=torch.float64)
-    composition = FidelityComposition(context, initial, rows, shape)
+    composition = FidelityComposition(context, initial, row_kind=rows, shape=shape)
     with torch.no_grad():
         composition.element_energies[1, 8] = -7.0
     batch = Data(atomic_numbers=torch.tensor([3, 8, 8, 3, 8]), fidelity=torch.tensor([0, 1]),

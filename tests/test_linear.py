@@ -8,7 +8,7 @@ from torch import nn
 from torch_geometric.data import Data
 
 from mfwrap.fidelity import FidelityContext
-from mfwrap.linear import FidelityLinear
+from mfwrap.mechanisms.linear import FidelityLinear
 
 
 def _context(fidelity_of_atoms: list[int], num_fidelities: int = 3):
@@ -25,7 +25,7 @@ def test_equals_linear_on_input_concatenated_with_one_hot(bias):
     torch.manual_seed(0)
     linear = nn.Linear(5, 4, bias=bias)
     context, batch = _context([0, 2, 1, 2])
-    layer = FidelityLinear(linear, context, "atom", 4, bias="bias" if bias else None)
+    layer = FidelityLinear(linear, context, "atom", 4, bias_path="bias" if bias else None)
     a = torch.randn(4, 5)
     with context.bound(batch):
         assert torch.equal(layer(a), linear(a))  # W_F = 0 at initialisation
@@ -53,7 +53,7 @@ def test_one_fidelity_batch_folds_w_f_into_the_bias(bias):
     torch.manual_seed(1)
     linear = nn.Linear(5, 4, bias=bias)
     context, batch = _context([1, 1, 1])
-    layer = FidelityLinear(linear, context, "atom", 4, bias="bias" if bias else None)
+    layer = FidelityLinear(linear, context, "atom", 4, bias_path="bias" if bias else None)
     with torch.no_grad():
         layer.fidelity_weight.normal_()
     a = torch.randn(3, 5)
@@ -72,7 +72,7 @@ def test_gradients_of_the_mixed_fidelity_path(bias):
     torch.manual_seed(2)
     linear = nn.Linear(3, 2).double()
     context, batch = _context([1, 0, 1, 1, 2])
-    layer = FidelityLinear(linear, context, "atom", 2, bias=bias).double()
+    layer = FidelityLinear(linear, context, "atom", 2, bias_path=bias).double()
     a = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
 
     def f(a, w_f, b):

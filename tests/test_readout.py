@@ -7,7 +7,7 @@ from torch import nn
 from torch_geometric.data import Data
 
 from mfwrap.fidelity import FidelityContext
-from mfwrap.readout import FidelityReadout
+from mfwrap.mechanisms.readout import FidelityReadout
 
 
 class CountingMLP(nn.Sequential):

@@ -13,7 +13,7 @@ from mfwrap import MultiFidelity
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors
 from mfwrap.fidelity import row_counts
-from mfwrap.surgery import BackboneSpec, parse_mechanisms, probe_batch
+from mfwrap.surgery import FidelitySpec, parse_mechanisms, probe_batch
 
 
 class ToyBlock(nn.Module):
@@ -64,7 +64,7 @@ def test_heuristics_report_their_choice_and_keep_identity():
     with pytest.warns(UserWarning, match="heuristics chose"):
         mf = MultiFidelity(toy, ["a", "b"], "ECMR")
     report = mf.surgery
-    assert report.spec == BackboneSpec(embedding="species", message=("layers.*",), readout=("energy_head",))
+    assert report.spec == FidelitySpec(embedding="species", message=("layers.*",), readout=("energy_head",))
     assert [report.count(m) for m in "ECMR"] == [1, 0, 4, 1]
     kinds = {path: kind for _, path, _, kind in report.places}
     assert kinds["layers.0.edge_filter"] == "edge" and kinds["layers.1.update"] == "atom"

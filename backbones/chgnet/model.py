@@ -115,12 +115,14 @@ class CHGNet(nn.Module):
 
     # Where mfwrap.MultiFidelity inserts its mechanisms (seed paper Sec. 2): E on the atom embedding,
     # M on the first linear layer (on the concatenated input, Eq. 7-8) of every gated MLP of AtomConv,
-    # BondConv and AngleUpdate, R on the readout; C replaces the composition model.
+    # BondConv and AngleUpdate, R on the readout; C replaces the composition model. The magmom head
+    # is shared by all fidelities (high-fidelity data alone carry magmoms).
     fidelity_spec = {
         "embedding": "atom_embedding",
         "message": ["atom_convs.*.message.first", "bond_convs.*.message.first", "angle_updates.*.message.first"],
         "readout": ["readout"],
         "composition": "composition",
+        "heads": ["magmom_head"],
         "linear_types": {"FactorisedLinear": "blocks.0.bias"},
     }
 

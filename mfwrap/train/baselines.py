@@ -6,18 +6,23 @@ Methods (``Experiment.method``), all evaluated on the target fidelity (default: 
   "ECMR": the ablations of the seed paper) trained on all fidelities at once.
 * ``single_fidelity`` — the plain backbone on the target-fidelity data only (the paper's N).
 * ``transfer`` — pre-train the plain backbone on all other fidelities, then fine-tune it on the
-  target fidelity with every parameter frozen except the readout heads (the backbone spec's
-  ``readout`` modules: for CHGNet the energy readout and the magmom head), i.e. the embeddings and
-  the atom / bond / angle convolutions stay as pre-trained, as in the seed paper. The composition
-  model is refitted to the target fidelity's energies.
+  target fidelity with the embeddings and the atom / bond / angle convolutions frozen, as in the
+  seed paper (Sec. 3.3): what stays trainable are the output heads that the backbone's fidelity
+  spec names as ``readout`` and ``heads`` (for CHGNet the energy readout and the magmom head;
+  :func:`transfer_freeze`). The composition model is refitted to the target fidelity's energies.
 * ``delta`` — Δ-learning: pre-train a base model on the other fidelities (frozen afterwards), then
-  learn a correction so that E_high = E_base + E_Δ (see :class:`~mfwrap.train.models.DeltaModel`).
+  learn a correction so that E_high = E_base + E_Δ (see :class:`~mfwrap.delta.DeltaModel`).
   ``delta_reference="labels"`` (classical Δ-learning) fits E_Δ to E_high − E_low on structures that
   carry *both* labels, which needs paired data: every target-fidelity training structure must
   also appear (same species, positions and cell within 1e-6 Å) at a lower fidelity, else it is an
   error. ``delta_reference="model"`` needs no pairs: it fits E_high − E_base(x), the base model's
   prediction standing in for the missing low-fidelity label. Magmoms are learnt by the correction
   directly (low fidelity has none). Predictions: base + correction, one forward each.
+
+Every method fits its composition model the same way before training
+(:func:`mfwrap.composition.fit_composition`, ``train.fit_composition``): single-fidelity and
+transfer on the target fidelity's energies, Δ on the residual E − E_base, multi-fidelity per
+fidelity (C) or pooled (without C).
 
 Stage one of ``transfer`` and ``delta`` uses ``TrainConfig`` with the ``pretrain`` overrides applied
 and writes to ``output_dir/pretrain``; the final model goes to ``output_dir/<method>``.
@@ -36,10 +41,11 @@ from torch import nn
 from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
+from mfwrap.delta import DeltaModel
+from mfwrap.model_file import import_class
 from mfwrap.multifidelity import MultiFidelity
 from mfwrap.surgery import resolve_spec
 from mfwrap.train.config import TrainConfig
-from mfwrap.train.models import DeltaModel, import_object
 from mfwrap.train.trainer import Trainer
 
 METHODS = ("multi_fidelity", "single_fidelity", "transfer", "delta")
@@ -62,7 +68,7 @@ class ModelConfig:
     mechanisms: str = "ECMR"
 
     def build_backbone(self) -> nn.Module:
-        cls = import_object(self.backbone)
+        cls = import_class(self.backbone)
         return cls.from_pretrained(self.pretrained) if self.pretrained else cls(**self.kwargs)
 
 
@@ -75,8 +81,8 @@ class Experiment:
         model: the backbone and mechanisms.
         train: hyperparameters (of the final stage); ``train.output_dir`` is the run directory.
         pretrain: overrides of ``train`` for the pre-training stage of transfer / delta.
-        transfer_freeze: parameter-name prefixes frozen when fine-tuning; None = all but the
-            backbone spec's readout modules.
+        transfer_freeze: parameter-name prefixes frozen when fine-tuning; None =
+            :func:`transfer_freeze` (embeddings and message passing).
         delta_reference: "labels" (paired data) or "model" (base-model predictions).
     """
 
@@ -107,10 +113,11 @@ def _of_fidelity(graphs: Sequence[Data] | None, keep: set[int]) -> list[Data] | 
     return [g for g in graphs or () if int(g[K.FIDELITY]) in keep] or None
 
 
-def readout_only_freeze(backbone: nn.Module) -> list[str]:
-    """Names of all parameters outside the backbone spec's readout modules (and its composition)."""
+def transfer_freeze(backbone: nn.Module) -> list[str]:
+    """Names of the parameters transfer learning freezes: all but those of the fidelity spec's
+    ``readout``, ``heads`` and ``composition`` modules, i.e. the embeddings and message passing."""
     spec, _ = resolve_spec(backbone, None)
-    keep = [*spec.readout, *([spec.composition] if spec.composition else [])]
+    keep = [*spec.readout, *spec.heads, *([spec.composition] if spec.composition else [])]
     frozen = []
     for name, _ in backbone.named_parameters():
         module_paths = [name.rsplit(".", depth)[0] for depth in range(1, name.count(".") + 1)]
@@ -191,7 +198,7 @@ def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Seq
 
     base, _ = _pretrain(experiment, fidelities, target, train, val, resume)
     if experiment.method == "transfer":
-        freeze = experiment.transfer_freeze if experiment.transfer_freeze is not None else readout_only_freeze(base)
+        freeze = experiment.transfer_freeze if experiment.transfer_freeze is not None else transfer_freeze(base)
         final = dataclasses.replace(final, freeze=list(freeze))
         return Trainer(base, final, fidelity_names=fidelities).fit(high_train, high_val, high_test, resume=resume)
 

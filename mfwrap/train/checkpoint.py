@@ -1,54 +1,30 @@
-"""Checkpoint files: atomic writes, random-number-generator state, clear errors on bad files.
+"""What a trainer checkpoint holds besides the model: generator states, and guards on what is saved.
 
-A checkpoint is a ``torch.save``d dict with ``"format": "mfwrap-checkpoint"``. ``best.pt`` holds the
-model (``model_state``, plus ``model_spec`` saying how to rebuild it, see mfwrap.train.baselines);
-``last.pt`` additionally holds everything needed to resume exactly: optimiser, scheduler, RNG
-states, position in the data order, history.
+Checkpoints are :mod:`mfwrap.model_file` files (``best.pt``: the model; ``last.pt``: plus the
+optimiser, scheduler, generator states, position in the data order and history), read without
+running code. So every value here is a tensor, number, string, list, tuple, dict or None.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+from ase.symbols import Symbols
+from torch import nn
+from torch_geometric.data import Data
 
-FORMAT = "mfwrap-checkpoint"
-
-
-def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
-    """Write ``payload`` to ``path`` via a temporary file and ``os.replace``.
-
-    A reader (or a resumed run after a kill) sees either the old file or the new one, never a
-    half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": FORMAT, **payload}, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_atomic`; a missing, corrupt or foreign file raises ValueError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # torch raises several types for truncated / non-torch files
-        raise ValueError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error})") from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an mfwrap checkpoint")
-    return payload
+from mfwrap.data import keys as K
 
 
 def rng_state() -> dict[str, Any]:
-    """States of Python's, numpy's and torch's (CPU and CUDA) global generators."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """States of Python's, numpy's and torch's (CPU and CUDA) global generators, as plain values and tensors."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -57,7 +33,25 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` returned."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def require_finite(model: nn.Module, path: str | Path) -> None:
+    """RuntimeError naming the first parameters or buffers with NaN or inf: such weights are never written."""
+    bad = [name for name, value in model.state_dict().items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise RuntimeError(f"refusing to write {path}: non-finite values in {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+
+
+def describe_structures(graphs: Sequence[Data], indices: Sequence[int], fidelity_names: Sequence[str]) -> str:
+    """"#index formula (fidelity name)" of each graph, for error messages."""
+    return ", ".join(
+        f"#{i} {Symbols(g[K.ATOMIC_NUMBERS].cpu().numpy()).get_chemical_formula()} "
+        f"(fidelity {fidelity_names[int(g[K.FIDELITY])] if int(g[K.FIDELITY]) < len(fidelity_names) else int(g[K.FIDELITY])!r})"
+        for i, g in zip(indices, graphs)
+    )

@@ -32,6 +32,9 @@ class TrainConfig:
         loss_weights: weights of the energy-per-atom, forces, stress and magmom Huber terms.
         huber_delta: δ of the Huber loss, in each target's units (eV/atom, eV/Å, GPa, μB).
         grad_clip: clip the global gradient norm to this value; 0 = no clipping.
+        nonfinite: what a step with a NaN or inf loss or gradient does: "error" (stop, naming the
+            batch's structures and the term) or "skip" (no update; counted as ``skipped_batches``
+            in the log). Weights are never updated with, nor saved with, non-finite values.
         seed: seeds parameters' initial values, data order and validation split.
         val_fraction: share of each fidelity's training structures held out for validation when
             no validation set is given.
@@ -60,6 +63,7 @@ class TrainConfig:
     loss_weights: LossWeights = field(default_factory=LossWeights)
     huber_delta: float = 0.1
     grad_clip: float = 0.0
+    nonfinite: str = "error"
     seed: int = 0
     val_fraction: float = 0.1
     eval_batch_size: int = 16
@@ -76,6 +80,8 @@ class TrainConfig:
         if isinstance(self.loss_weights, Mapping):
             self.loss_weights = LossWeights(**self.loss_weights)
         parse_targets(self.targets)
+        if self.nonfinite not in ("error", "skip"):
+            raise ValueError(f"nonfinite must be 'error' or 'skip', got {self.nonfinite!r}")
         if self.scheduler not in ("cos", "constant"):
             raise ValueError(f"scheduler must be 'cos' or 'constant', got {self.scheduler!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):

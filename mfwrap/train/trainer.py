@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,15 +25,16 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
-from mfwrap.composition import fit_linear_composition, read_element_energies, write_element_energies
+from mfwrap.composition import fit_composition
 from mfwrap.data import keys as K
+from mfwrap.files import write_text
+from mfwrap.model_file import describe_model, read_payload, save_model
 from mfwrap.physics import energy_and_derivatives
-from mfwrap.train.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from mfwrap.train.checkpoint import describe_structures, require_finite, rng_state, set_rng_state
 from mfwrap.train.config import TrainConfig
 from mfwrap.train.distributed import DistributedContext
 from mfwrap.train.loss import MultiTargetLoss, label_counts, targets_to_compute
 from mfwrap.train.metrics import REPORT_UNITS, ErrorAccumulator
-from mfwrap.train.models import describe_model
 
 # Options that may differ between a run and its resumption.
 _RESUME_FREE = {"progress", "device", "output_dir", "eval_batch_size"}
@@ -44,25 +44,6 @@ def fidelity_names_of(model: nn.Module) -> list[str]:
     """Fidelity names of a multi-fidelity model (``model.fidelity_names``), else ["default"]."""
     names = getattr(model, "fidelity_names", None)
     return [str(n) for n in names] if names else ["default"]
-
-
-def fit_composition(model: nn.Module, graphs: Sequence[Data]) -> None:
-    """Fit the composition model(s) of ``model`` to the energies in ``graphs``, in place.
-
-    A model with ``fit_composition(graphs)`` (the multi-fidelity wrapper: one fit per fidelity)
-    does it itself. For a backbone, its ``composition`` submodule (a per-element energy table,
-    see :func:`mfwrap.composition.read_element_energies`) gets the least-squares fit of
-    :func:`mfwrap.composition.fit_linear_composition`; elements absent from ``graphs`` keep
-    their current values.
-    """
-    if hasattr(model, "fit_composition"):
-        model.fit_composition(graphs)
-        return
-    module = getattr(model, "composition", None)
-    if module is None:
-        warnings.warn(f"{type(model).__name__} has no `composition` module; no composition model fitted", stacklevel=2)
-        return
-    write_element_energies(module, fit_linear_composition(graphs, prior=read_element_energies(module)))
 
 
 class _SelectOutputs(nn.Module):
@@ -86,19 +67,19 @@ class Trainer:
         config: hyperparameters.
         fidelity_names: names of the fidelity indices in the graphs (default: the model's, or
             ["default"] for a plain backbone).
-        model_spec: how to rebuild the model (stored in checkpoints so that ``mfwrap evaluate`` /
-            ``predict`` can load them); default :func:`mfwrap.train.models.describe_model`, or
-            None when the model cannot be described.
+        architecture: how to rebuild the model (stored in checkpoints so that ``mfwrap.load``,
+            ``mfwrap evaluate`` and ``predict`` can load them); default
+            :func:`mfwrap.model_file.describe_model`, or None when the model cannot be described.
     """
 
     def __init__(self, model: nn.Module, config: TrainConfig, *, fidelity_names: Sequence[str] | None = None,
-                 model_spec: dict[str, Any] | None = None) -> None:
+                 architecture: dict[str, Any] | None = None) -> None:
         self.config = config
         self.ctx = DistributedContext.from_env()
         self.device = self.ctx.device(config.device)
         self.model = model.to(self.device)
         self.fidelity_names = list(fidelity_names or fidelity_names_of(model))
-        self.model_spec = model_spec if model_spec is not None else _describe_or_none(model)
+        self.architecture = architecture if architecture is not None else _describe_or_none(model)
         self.criterion = MultiTargetLoss(config.targets, config.loss_weights, config.huber_delta)
         self.targets = self.criterion.targets
         self.target_fidelity = config.target_fidelity or self.fidelity_names[-1]
@@ -107,6 +88,7 @@ class Trainer:
         self.out_dir = Path(config.output_dir)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"value": math.inf, "epoch": -1}
+        self.skipped_batches = 0
         self.show_progress = config.progress and self.ctx.is_main and sys.stderr.isatty() and not os.environ.get("CI")
 
     # ----------------------------------------------------------------- set-up
@@ -170,14 +152,37 @@ class Trainer:
         need = targets_to_compute(batch, self.targets)
         self.selected.keys = (K.ENERGY,) + ((K.MAGMOMS,) if K.MAGMOMS in counts and float(counts[K.MAGMOMS]) > 0 else ())
         pred = energy_and_derivatives(self.train_model, batch, forces=need[K.FORCES], stress=need[K.STRESS], create_graph=True)
-        loss, _ = self.criterion(pred, batch, counts, scale=float(self.ctx.world_size))
+        loss, terms = self.criterion(pred, batch, counts, scale=float(self.ctx.world_size))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        trained = [p for p in self.model.parameters() if p.grad is not None]
+        norm = nn.utils.clip_grad_norm_(trained, self.config.grad_clip if self.config.grad_clip > 0 else math.inf)
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(norm)
+        if float(self.ctx.sum_((~finite).to(torch.float64))) > 0:  # one host sync per step
+            self._non_finite(graphs, local, terms, loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            return loss.new_zeros(())
         self.optimizer.step()
         self.scheduler.step()
         return loss.detach()
+
+    def _non_finite(self, graphs: Sequence[Data], local: Tensor, terms: dict[str, Tensor], loss: Tensor) -> None:
+        """A non-finite loss or gradient in this step (of any process): an error naming the batch's
+        structures and the term, or with ``nonfinite: skip`` a skipped step, counted."""
+        if self.config.nonfinite == "skip":
+            self.skipped_batches += 1
+            return
+        bad_terms = [t for t, value in terms.items() if not bool(torch.isfinite(value.detach()))]
+        bad_grads = [n for n, p in self.model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        where = (f"loss term(s) {bad_terms}" if bad_terms else f"gradient of {bad_grads[:5]}" if bad_grads
+                 else "another process's batch" if bool(torch.isfinite(loss.detach())) else "the loss")
+        structures = describe_structures([graphs[i] for i in local.tolist()], local.tolist(), self.fidelity_names)
+        raise FloatingPointError(
+            f"non-finite value in {where} at optimiser step {self.scheduler.last_epoch + 1}; this process's training "
+            f"structures: {structures}. Check their labels, lower the learning rate or set grad_clip; "
+            "train.nonfinite: skip skips such batches instead (counted in the log)"
+        )
 
     def evaluate(self, graphs: Sequence[Data]) -> dict[str, dict[str, dict[str, float]]]:
         """MAE / RMSE per fidelity and target on ``graphs`` (see :class:`ErrorAccumulator`)."""
@@ -208,35 +213,34 @@ class Trainer:
         return at_target[target][kind]
 
     # ----------------------------------------------------------------- checkpoints and logs
-    def _model_payload(self) -> dict[str, Any]:
-        return {"model_state": self.model.state_dict(), "model_spec": self.model_spec, "fidelity_names": self.fidelity_names,
-                "targets": self.config.targets, "target_fidelity": self.target_fidelity}
-
     def save_model(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """Write the model (weights, spec, fidelity names) and ``extra`` to a checkpoint file."""
+        """Write the model (an :mod:`mfwrap.model_file` file: architecture, weights, fidelity names,
+        targets) and ``extra`` to ``path``; refuses non-finite weights."""
         if self.ctx.is_main:
-            save_atomic({**self._model_payload(), **(extra or {})}, path)
+            require_finite(self.model, path)
+            save_model(self.model, path, architecture=self.architecture, fidelity_names=self.fidelity_names,
+                       targets=self.config.targets, target_fidelity=self.target_fidelity, **(extra or {}))
 
     def _save_last(self, epoch: int, step_in_epoch: int, global_step: int, num_train: int) -> None:
-        if self.ctx.is_main:
-            save_atomic({**self._model_payload(), "config": self.config.to_dict(), "optimizer": self.optimizer.state_dict(),
-                         "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "epoch": epoch,
-                         "step_in_epoch": step_in_epoch, "global_step": global_step, "num_train": num_train,
-                         "epoch_loss_sum": self.epoch_loss_sum, "history": self.history, "best": self.best},
-                        self.out_dir / "last.pt")
+        self.save_model(self.out_dir / "last.pt", {
+            "config": self.config.to_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+            "num_train": num_train, "epoch_loss_sum": self.epoch_loss_sum, "skipped_batches": self.skipped_batches,
+            "history": self.history, "best": self.best})
         self.ctx.barrier()
 
     def _resume(self, num_train: int) -> tuple[int, int, int]:
-        state = load_checkpoint(self.out_dir / "last.pt", map_location=self.device)
+        state = read_payload(self.out_dir / "last.pt", map_location=self.device)
         changed = sorted(k for k, v in self.config.to_dict().items() if k not in _RESUME_FREE and state["config"].get(k) != v)
         if changed or state["num_train"] != num_train:
             raise ValueError(f"cannot resume {self.out_dir / 'last.pt'}: options {changed} or the training set size differ")
-        self.model.load_state_dict(state["model_state"])
+        self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.history, self.best = state["history"], state["best"]
         self.epoch_loss_sum = state["epoch_loss_sum"]
+        self.skipped_batches = state.get("skipped_batches", 0)
         return state["epoch"], state["step_in_epoch"], state["global_step"]
 
     def _log(self, epoch: int, split: str, metrics: dict[str, dict[str, dict[str, float]]], **extra: float) -> None:
@@ -254,10 +258,10 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         columns = ["epoch", "split", "fidelity", "target", "unit", "mae", "rmse", "count"]
         lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in self.history]
-        _write_text(self.out_dir / "metrics.csv", "\n".join(lines) + "\n")
+        write_text(self.out_dir / "metrics.csv", "\n".join(lines) + "\n")
         record = {"config": self.config.to_dict(), "fidelity_names": self.fidelity_names, "best": self.best,
                   "history": self.history, **(summary or {})}
-        _write_text(self.out_dir / "metrics.json", json.dumps(record, indent=1, default=float))
+        write_text(self.out_dir / "metrics.json", json.dumps(record, indent=1, default=float))
 
     # ----------------------------------------------------------------- main loop
     def fit(self, train: Sequence[Data], val: Sequence[Data] | None = None, test: Sequence[Data] | None = None, *,
@@ -314,7 +318,7 @@ class Trainer:
         return self._finish(val, test)
 
     def _end_of_epoch(self, epoch: int, val: Sequence[Data] | None, mean_loss: float) -> None:
-        self._log(epoch, "train", {}, loss=mean_loss, lr=self.scheduler.get_last_lr()[0])
+        self._log(epoch, "train", {}, loss=mean_loss, lr=self.scheduler.get_last_lr()[0], skipped_batches=self.skipped_batches)
         metrics = self.evaluate(val) if val else {}
         self._log(epoch, "val", metrics)
         value = self.score(metrics) if val else -epoch  # without validation the last epoch is "best"
@@ -325,12 +329,13 @@ class Trainer:
 
     def _finish(self, val: Sequence[Data] | None, test: Sequence[Data] | None) -> dict[str, Any]:
         self.ctx.barrier()
-        best = load_checkpoint(self.out_dir / "best.pt", map_location=self.device)
-        self.model.load_state_dict(best["model_state"])
+        best = read_payload(self.out_dir / "best.pt", map_location=self.device)
+        self.model.load_state_dict(best["state_dict"])
         test_metrics = self.evaluate(test) if test else None
         if test_metrics is not None:
             self._log(best["epoch"], "test", test_metrics)
-        summary = {"best": self.best, "val": best["val"], "test": test_metrics, "stopped": False}
+        summary = {"best": self.best, "val": best["val"], "test": test_metrics, "stopped": False,
+                   "skipped_batches": self.skipped_batches}
         self._write_logs(summary)
         return summary
 
@@ -340,9 +345,3 @@ def _describe_or_none(model: nn.Module) -> dict[str, Any] | None:
         return describe_model(model)
     except TypeError:
         return None
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

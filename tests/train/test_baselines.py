@@ -7,9 +7,9 @@ from torch_geometric.data import Batch
 from mfwrap.data import keys as K
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train import TrainConfig
-from mfwrap.train.baselines import Experiment, paired_differences, readout_only_freeze, run_experiment
-from mfwrap.train.checkpoint import load_checkpoint
-from mfwrap.train.models import DeltaModel, load_trained
+from mfwrap.delta import DeltaModel
+from mfwrap.model_file import read_model_file, read_payload
+from mfwrap.train.baselines import Experiment, paired_differences, run_experiment, transfer_freeze
 from tiny_backbone import TinyBackbone, labelled_graphs
 
 SPEC = TinyBackbone().graph_spec
@@ -34,8 +34,8 @@ def test_multi_fidelity_run_and_reload(tmp_path, mechanisms):
     summary = run_experiment(_experiment(tmp_path, "multi_fidelity", model={"mechanisms": mechanisms}),
                              FIDELITIES, LOW + HIGH, test=HIGH_TEST)
     assert set(summary["test"]) == {"high"} and summary["test"]["high"]["forces"]["count"] == 4 * 4 * 3
-    model, checkpoint = load_trained(str(tmp_path / "multi_fidelity" / "best.pt"))
-    assert checkpoint["model_spec"]["mechanisms"] == mechanisms and list(model.fidelity_names) == FIDELITIES
+    model, checkpoint = read_model_file(tmp_path / "multi_fidelity" / "best.pt")
+    assert checkpoint["architecture"]["config"]["mechanisms"] == mechanisms and list(model.fidelity_names) == FIDELITIES
     # the reloaded model reproduces the reported test error
     out = _outputs(model, HIGH_TEST)
     n = torch.tensor([4.0] * 4)
@@ -45,32 +45,32 @@ def test_multi_fidelity_run_and_reload(tmp_path, mechanisms):
 
 def test_single_fidelity_sees_only_target_data(tmp_path):
     run_experiment(_experiment(tmp_path, "single_fidelity"), FIDELITIES, LOW + HIGH, test=HIGH_TEST)
-    last = load_checkpoint(tmp_path / "single_fidelity" / "last.pt")
+    last = read_payload(tmp_path / "single_fidelity" / "last.pt")
     assert last["num_train"] == 9  # 10 high-fidelity structures minus 1 held out for validation
-    assert last["model_spec"]["kind"] == "backbone"
+    assert last["architecture"]["class"] == "tiny_backbone:TinyBackbone"
 
 
-def test_readout_only_freeze_keeps_heads_trainable():
-    frozen = readout_only_freeze(TinyBackbone())
+def test_transfer_freeze_keeps_heads_trainable():
+    frozen = transfer_freeze(TinyBackbone())
     assert "atom_embedding.weight" in frozen and "filters.0.weight" in frozen and "updates.1.bias" in frozen
     assert not any(name.startswith(("readout.", "magmom_head.", "composition.")) for name in frozen)
 
 
 def test_transfer_fine_tunes_only_the_readout(tmp_path):
     run_experiment(_experiment(tmp_path, "transfer", pretrain={"epochs": 1}), FIDELITIES, LOW + HIGH, test=HIGH_TEST)
-    pretrained = load_checkpoint(tmp_path / "pretrain" / "best.pt")["model_state"]
-    tuned = load_checkpoint(tmp_path / "transfer" / "best.pt")["model_state"]
+    pretrained = read_payload(tmp_path / "pretrain" / "best.pt")["state_dict"]
+    tuned = read_payload(tmp_path / "transfer" / "best.pt")["state_dict"]
     assert torch.equal(pretrained["atom_embedding.weight"], tuned["atom_embedding.weight"])
     assert torch.equal(pretrained["filters.1.weight"], tuned["filters.1.weight"])
     assert not torch.equal(pretrained["readout.0.weight"], tuned["readout.0.weight"])
-    assert load_checkpoint(tmp_path / "pretrain" / "last.pt")["config"]["epochs"] == 1
+    assert read_payload(tmp_path / "pretrain" / "last.pt")["config"]["epochs"] == 1
 
 
 def test_delta_with_paired_labels(tmp_path):
     low_twins = labelled_graphs(10, 1, 0, SPEC, magmoms=False)  # the same structures as HIGH
     summary = run_experiment(_experiment(tmp_path, "delta"), FIDELITIES, LOW + low_twins + HIGH, test=HIGH_TEST)
     assert summary["test"]["high"]["magmoms"]["count"] == 16
-    model, _ = load_trained(str(tmp_path / "delta" / "best.pt"))
+    model, _ = read_model_file(tmp_path / "delta" / "best.pt")
     assert isinstance(model, DeltaModel)
     combined = _outputs(model, HIGH_TEST)[K.ENERGY]
     parts = _outputs(model.base, HIGH_TEST)[K.ENERGY] + _outputs(model.delta, HIGH_TEST)[K.ENERGY]

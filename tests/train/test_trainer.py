@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mfwrap.train import TrainConfig, Trainer
-from mfwrap.train.checkpoint import load_checkpoint
+from mfwrap.model_file import read_payload
 from tiny_backbone import TinyBackbone, labelled_graphs
 
 SPEC = TinyBackbone().graph_spec
@@ -40,8 +40,8 @@ def test_training_reduces_error_and_writes_logs(tmp_path):
     assert logged["test"]["default"]["energy"]["mae"] == pytest.approx(after["energy"]["mae"])
     csv = (tmp_path / "metrics.csv").read_text().splitlines()
     assert csv[0].startswith("epoch,split,fidelity,target") and any(",test,default,forces," in line for line in csv)
-    best = load_checkpoint(tmp_path / "best.pt")
-    assert best["epoch"] == result["best"]["epoch"] and "model_state" in best
+    best = read_payload(tmp_path / "best.pt")
+    assert best["epoch"] == result["best"]["epoch"] and "state_dict" in best
 
 
 def test_freeze_keeps_named_parameters_fixed(tmp_path):
@@ -81,8 +81,8 @@ def test_resume_refuses_changed_options(tmp_path):
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot be read"):
-        load_checkpoint(tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="not a readable torch file"):
+        read_payload(tmp_path / "last.pt")
 
 
 _KILLED_RUN = """
@@ -107,14 +107,14 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     while time.time() < deadline and process.poll() is None:
         if (out / "last.pt").exists():
             try:
-                if load_checkpoint(out / "last.pt")["global_step"] >= 4:
+                if read_payload(out / "last.pt")["global_step"] >= 4:
                     break
             except ValueError:
                 pass
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = load_checkpoint(out / "last.pt")["global_step"]
+    killed_at = read_payload(out / "last.pt")["global_step"]
     assert 4 <= killed_at < 30, killed_at  # really interrupted mid-run (30 steps in all)
 
     resumed_model = TinyBackbone(seed=5)

@@ -34,15 +34,15 @@ class FidelityLinear(nn.Module):
 
     ``row_kind`` names what the rows of the layer's *output* are (atoms, edges, undirected
     bonds, angles, structures); the shared :class:`FidelityContext` supplies their fidelities.
-    Cost: with ``bias`` naming the bias parameter of ``linear`` (whose output is ``... + b``), the
+    Cost: with ``bias_path`` naming the bias parameter of ``linear`` (whose output is ``... + b``), the
     layer runs as ``linear`` with b + W_F[:, f0] in place of b (``torch.func.functional_call``),
     f0 the batch's most common fidelity, so a batch of one fidelity costs no extra pass over the
     output rows; rows of other fidelities then get W_F[:, f] − W_F[:, f0] added (``index_add``,
-    in place when autograd allows it). Without ``bias``, W_F[:, f0] is added to all rows first.
+    in place when autograd allows it). Without ``bias_path``, W_F[:, f0] is added to all rows first.
     """
 
     def __init__(self, linear: nn.Module, context: FidelityContext, row_kind: str, out_features: int, name: str = "",
-                 bias: str | None = None) -> None:
+                 bias_path: str | None = None) -> None:
         super().__init__()
         reference = next(linear.parameters())
         self.linear = linear
@@ -52,14 +52,14 @@ class FidelityLinear(nn.Module):
         self.context = context
         self.row_kind = row_kind
         self.name = name
-        self.bias = bias
+        self.bias_path = bias_path
 
     def forward(self, *args, **kwargs) -> Tensor:
         uniform = self.context.uniform
         base, other, other_fidelity = (uniform, None, None) if uniform is not None else self.context.majority(self.row_kind)
-        if self.bias is not None:
-            bias = reduce(getattr, self.bias.split("."), self.linear) + self.fidelity_weight[:, base]
-            out = functional_call(self.linear, {self.bias: bias}, args, kwargs)
+        if self.bias_path is not None:
+            bias = reduce(getattr, self.bias_path.split("."), self.linear) + self.fidelity_weight[:, base]
+            out = functional_call(self.linear, {self.bias_path: bias}, args, kwargs)
             owned = _may_modify_in_place(out)
         else:
             out = self.linear(*args, **kwargs)

@@ -1,0 +1,63 @@
+"""Δ-learning: a frozen low-fidelity base model plus a learned correction."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Batch, Data
+
+from mfwrap.composition import fit_composition
+from mfwrap.data import keys as K
+
+
+class DeltaModel(nn.Module):
+    """Δ-learning: a frozen low-fidelity ``base`` plus a learned correction ``delta``.
+
+        E_high(x) = E_base(x) + E_Δ(x)          (eV; forces and stress follow by autograd)
+        m_high(x) = m_Δ(x)                      (μB; the low fidelity has no magmom labels)
+
+    Both networks read the same graph (their ``graph_spec`` must be equal). Training fits only
+    ``delta``; the base's parameters are frozen when the model is built.
+    """
+
+    def __init__(self, base: nn.Module, delta: nn.Module) -> None:
+        super().__init__()
+        if base.graph_spec != delta.graph_spec:
+            raise ValueError(f"base and delta read different graphs: {base.graph_spec} vs {delta.graph_spec}")
+        self.base, self.delta = base, delta
+        self.base.requires_grad_(False)
+        self.graph_spec = delta.graph_spec
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this architecture (:mod:`mfwrap.model_file`)."""
+        return {"base": self.base, "delta": self.delta}
+
+    def forward(self, batch: Data) -> dict[str, Tensor]:
+        out = dict(self.delta(batch))
+        out[K.ENERGY] = out[K.ENERGY] + self.base(batch)[K.ENERGY]
+        return out
+
+    def base_energies(self, graphs: Sequence[Data], batch_size: int = 16) -> Tensor:
+        """(S,) float64 energies E_base (eV) of ``graphs``, without gradients."""
+        was_training = self.base.training
+        self.base.eval()
+        device = next(self.base.parameters()).device
+        energies = []
+        with torch.no_grad():
+            for start in range(0, len(graphs), batch_size):
+                batch = Batch.from_data_list(list(graphs[start : start + batch_size])).to(device)
+                energies.append(self.base(batch)[K.ENERGY].double().cpu())
+        self.base.train(was_training)
+        return torch.cat(energies) if energies else torch.zeros(0, dtype=torch.float64)
+
+    def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6) -> None:
+        """Fit the correction's composition model to E_label − E_base (least squares)."""
+        residual = []
+        for graph, energy in zip(graphs, self.base_energies(graphs)):
+            shifted = graph.clone()
+            shifted[K.ENERGY] = graph[K.ENERGY] - energy.to(graph[K.ENERGY].dtype)
+            residual.append(shifted)
+        fit_composition(self.delta, residual, ridge=ridge)

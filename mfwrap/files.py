@@ -1,0 +1,100 @@
+"""Writing files atomically and reading torch files without running code.
+
+Every file mfwrap writes (model files, trainer checkpoints, metric logs) goes through
+:func:`write_atomic`: the bytes go to a temporary file beside the target, are flushed and
+``fsync``\\ ed, then renamed over the target (and the directory entry synced). A reader, or a run
+resumed after a kill or power loss, sees the old file or the new one, never a mixture; a write
+that fails leaves the old file as it was and no temporary file behind.
+
+:func:`read_torch` reads with ``torch.load(weights_only=True)``: tensors, numbers, strings,
+lists, tuples and dicts only. A pickle that would import or call anything else (how a crafted
+file runs code) is refused with :class:`UnsafeFileError` before any of it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import torch
+
+
+class UnsafeFileError(ValueError):
+    """A file asks to import or call objects that a weights-only read does not allow."""
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Create or replace ``path`` with what ``write(stream)`` writes, atomically (see module docstring)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _sync_directory(target.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def save_torch(payload: Any, path: str | os.PathLike) -> None:
+    """``torch.save(payload)`` to ``path`` atomically."""
+    write_atomic(path, lambda stream: torch.save(payload, stream))
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_atomic(path, lambda stream: stream.write(text.encode("utf-8")))
+
+
+def read_torch(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Any:
+    """Load a torch file without executing code from it.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        UnsafeFileError: the file references code (classes or functions to call); nothing ran.
+        ValueError: the file is not a readable torch file (corrupt, truncated, foreign).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        wanted = re.search(r"GLOBAL (\S+)", str(error))
+        if wanted:
+            raise UnsafeFileError(
+                f"{path}: refused: the file asks to import and call {wanted.group(1)}, which an mfwrap file never "
+                "does (weights-only read; nothing from it was executed)"
+            ) from error
+        raise ValueError(f"{path}: not a readable torch file (corrupt or truncated?): {_first_line(error)}") from error
+    except Exception as error:  # torch raises many types for damaged files
+        raise ValueError(f"{path}: not a readable torch file (corrupt or truncated?): {_first_line(error)}") from error
+
+
+def _first_line(error: Exception) -> str:
+    """The informative line of torch's message (its weights-only messages start with general advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = [line for line in lines if not line.startswith(("Weights only load failed", "(1)", "(2)", "Check the", "Please"))]
+    return (detail or lines or [type(error).__name__])[0]
