@@ -19,6 +19,10 @@ Files are read by :mod:`mfwrap.data.readers` (extxyz, ASE db, anything ``ase.io`
 ASE units, looked up under the source's ``keys``), e.g. energies stored under another name::
 
         - {path: train.xyz, fidelity: r2scan, keys: {energy: "mtt::r2scan_energy"}}
+
+A malformed frame or a NaN label is an error naming the file and frame; a label that only some
+frames of a source have is masked where absent, and the log says in how many frames; a source
+that yields no labelled frame is an error.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class Source:
         fidelity: name of the fidelity of every structure in it.
         keys: {target: name in the file} (see :mod:`mfwrap.data.readers`); a target left out
             (or null) is unlabelled. None: the standard ASE names, each used where present.
-        limit: keep only the first ``limit`` structures.
+        limit: read only the first ``limit`` (≥ 1) structures.
     """
 
     path: str
@@ -49,8 +53,14 @@ class Source:
     keys: dict[str, str | None] | None = None
     limit: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"data source {self.path}: limit must be a positive integer, got {self.limit!r}")
+
     def read(self, fidelities: Sequence[str], spec: GraphSpec) -> list[Data]:
         records = read_dataset(self.path, self.fidelity, self.keys, index=slice(None, self.limit))
+        if not records:
+            raise ValueError(f"data source {self.path}: no frame with a label at fidelity {self.fidelity!r}")
         return to_graphs(records, spec, list(fidelities))
 
 
