@@ -12,7 +12,8 @@ from pymatgen.core import Lattice, Structure
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec
 from mfwrap.data.readers import to_graphs
-from mfwrap.datasets import lmfp
+from mfwrap.datasets import lmfp, teachers
+from mfwrap.datasets.lmfp_frames import random_configuration
 from mfwrap.datasets.structures import lifepo4
 
 RECIPE = lmfp.SIZES["tiny"]
@@ -88,14 +89,14 @@ def test_interrupted_build_resumes_and_is_deterministic(splits, cache, tmp_path,
 
 
 def test_seed_changes_the_structures():
-    first = lmfp.random_configuration(np.random.default_rng([1, 1]), RECIPE, 0.05)
-    second = lmfp.random_configuration(np.random.default_rng([2, 1]), RECIPE, 0.05)
+    first = random_configuration(np.random.default_rng([1, 1]), RECIPE, 0.05)
+    second = random_configuration(np.random.default_rng([2, 1]), RECIPE, 0.05)
     assert len(first) != len(second) or not np.allclose(first.positions, second.positions)
 
 
 def test_composition_ranges_cover_x_and_y_from_0_to_1():
     rng = np.random.default_rng(0)
-    configurations = [lmfp.random_configuration(rng, RECIPE, 0.0) for _ in range(300)]
+    configurations = [random_configuration(rng, RECIPE, 0.0) for _ in range(300)]
     x = np.array([a.info["li_fraction"] for a in configurations])
     y = np.array([a.info["mn_fraction"] for a in configurations])
     assert x.min() == 0.0 and x.max() == 1.0 and y.min() == 0.0 and y.max() == 1.0
@@ -168,7 +169,7 @@ def test_cache_is_reused_without_relabelling(splits, cache, monkeypatch):
     def no_teacher(*args, **kwargs):
         raise AssertionError("the cached dataset was relabelled")
 
-    monkeypatch.setattr(lmfp.teachers, "load_teacher", no_teacher)
+    monkeypatch.setattr(teachers, "load_teacher", no_teacher)
     cached = lmfp.load_lmfp("tiny", seed=7, cache_dir=cache)
     assert [len(cached[name]) for name in lmfp.SPLITS] == [len(splits[name]) for name in lmfp.SPLITS]
     assert (lmfp.dataset_dir("tiny", 7, cache) / "manifest.json").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mfwrap.data import keys as K
-from mfwrap.datasets import lmfp
+from mfwrap.datasets import lmfp, teachers
 
 PACKAGED = lmfp.prebuilt_dir("small", 0)
 
@@ -27,7 +27,7 @@ def _no_build(*args, **kwargs):
 @pytest.fixture
 def no_build(monkeypatch):
     monkeypatch.setattr(lmfp, "build_lmfp", _no_build)
-    monkeypatch.setattr(lmfp.teachers, "load_teacher", _no_build)
+    monkeypatch.setattr(teachers, "load_teacher", _no_build)
 
 
 def test_packaged_copy_is_the_current_small_recipe():
