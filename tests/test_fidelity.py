@@ -42,6 +42,18 @@ def test_context_is_empty_outside_a_forward_and_checks_row_counts():
         context.rows("edge", 1, "layer")
 
 
+def test_a_failed_bind_leaves_no_stale_batch():
+    batch = batch_of([random_crystal(np.random.default_rng(1))], GraphSpec(4.0), [1])
+    context = FidelityContext(2)
+    context.kinds = {"angle"}  # the batch has no bond graph: computing angle rows fails
+    with pytest.raises(KeyError):
+        with context.bound(batch, uniform=1):
+            pass
+    assert context.uniform is None
+    with pytest.raises(RuntimeError, match="outside MultiFidelity.forward"):
+        context.rows("atom", batch.num_nodes, "layer")
+
+
 @pytest.mark.parametrize("names", [[], ["a", "a"], ["a", ""], "ab", [1]])
 def test_bad_fidelity_names(names):
     with pytest.raises((TypeError, ValueError)):

@@ -123,3 +123,46 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     Trainer(reference, _config(tmp_path / "ref", epochs=5, checkpoint_every=1)).fit(TRAIN)
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed_model.state_dict()[key]), key
+
+
+def _with_nan_force(graphs, index):
+    poisoned = [g.clone() for g in graphs]
+    poisoned[index]["forces"] = poisoned[index]["forces"].clone()
+    poisoned[index]["forces"][1, 2] = float("nan")
+    return poisoned
+
+
+def test_a_non_finite_loss_stops_training_naming_structure_and_term(tmp_path):
+    train = _with_nan_force(TRAIN, 5)
+    with pytest.raises(FloatingPointError, match=r"loss term\(s\) \['forces'\].*#5 "):
+        Trainer(TinyBackbone(seed=0), _config(tmp_path, epochs=1, val_fraction=0.0)).fit(train)
+    assert not (tmp_path / "last.pt").exists()  # nothing written from the poisoned step
+
+
+def test_skip_mode_skips_and_counts_and_never_saves_nan(tmp_path):
+    train = _with_nan_force(TRAIN, 5)
+    trainer = Trainer(TinyBackbone(seed=0), _config(tmp_path, epochs=2, val_fraction=0.0, nonfinite="skip"))
+    summary = trainer.fit(train)
+    assert summary["skipped_batches"] == 2  # structure 5 lies in one batch per epoch
+    for name in ("best.pt", "last.pt"):
+        weights = read_payload(tmp_path / name)["state_dict"]
+        assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
+    logged = json.loads((tmp_path / "metrics.json").read_text())
+    assert [row["mae"] for row in logged["history"] if row["target"] == "skipped_batches"] == [1, 2]
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    model = TinyBackbone(seed=0)
+    with torch.no_grad():
+        model.readout[0].weight[0, 0] = float("nan")
+    trainer = Trainer(model, _config(tmp_path))
+    with pytest.raises(RuntimeError, match="refusing to write .*readout.0.weight"):
+        trainer.save_model(tmp_path / "best.pt")
+    assert not (tmp_path / "best.pt").exists()
+
+
+def test_the_composition_fit_refuses_a_non_finite_energy(tmp_path):
+    train = [g.clone() for g in TRAIN]
+    train[7]["energy"] = torch.tensor([float("inf")])
+    with pytest.raises(ValueError, match=r"non-finite energy label.*\[7\]"):
+        Trainer(TinyBackbone(seed=0), _config(tmp_path, val_fraction=0.0)).fit(train)
