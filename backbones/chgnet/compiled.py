@@ -44,8 +44,7 @@ import torch
 import torch.fx.experimental._config as shape_config
 from torch import Tensor, nn
 
-from backbones.chgnet.layers import Topology
-from backbones.chgnet.model import CHGNet, Geometry
+from backbones.chgnet.layers import Geometry, Topology
 from backbones.ops import get_backend
 from mfwrap.data import keys as K
 from mfwrap.physics import deform
@@ -78,10 +77,10 @@ class CompiledCHGNet(nn.Module):
             ``fullgraph`` defaults to True.
     """
 
-    def __init__(self, model: CHGNet, **options: Any) -> None:
+    def __init__(self, model: nn.Module, **options: Any) -> None:
         super().__init__()
-        if not isinstance(model, CHGNet):
-            raise TypeError(f"CompiledCHGNet wraps a CHGNet, got {type(model).__name__}")
+        if not (callable(getattr(model, "topology", None)) and callable(getattr(model, "network", None))):
+            raise TypeError(f"CompiledCHGNet wraps a CHGNet (topology + network), got {type(model).__name__}")
         self.model = model
         self.graph_spec = model.graph_spec
         options = {"fullgraph": True, **options}

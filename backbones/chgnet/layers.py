@@ -23,6 +23,32 @@ from torch import Tensor, nn
 
 from backbones.chgnet.mlp import GatedMLP, normalization
 from backbones.ops import scatter_sum
+from mfwrap.data import keys as K
+from mfwrap.data.graph import structure_index
+
+
+class Geometry(NamedTuple):
+    """The tensors of a batch the network reads besides its :class:`Topology` (plain tensors, so
+    that :meth:`CHGNet.network` can be traced by ``torch.compile``).
+
+    positions (n, 3) Å and cell (B, 3, 3) Å (differentiable: physics' strain acts on them),
+    edge_shift (E, 3), edge_index (2, E), structure (n,) atom → structure, atomic_numbers (n,),
+    undirected_to_edge (U,), angle_edges (2, A).
+    """
+
+    positions: Tensor
+    cell: Tensor
+    edge_shift: Tensor
+    edge_index: Tensor
+    structure: Tensor
+    atomic_numbers: Tensor
+    undirected_to_edge: Tensor
+    angle_edges: Tensor
+
+    @classmethod
+    def of(cls, batch) -> "Geometry":
+        return cls(batch[K.POSITIONS], batch[K.CELL], batch[K.EDGE_SHIFT], batch[K.EDGE_INDEX], structure_index(batch),
+                   batch[K.ATOMIC_NUMBERS], batch[K.UNDIRECTED_TO_EDGE], batch[K.ANGLE_EDGES])
 
 
 class Topology(NamedTuple):
