@@ -32,6 +32,7 @@ import torch
 from torch_geometric.data import Batch
 
 from mfwrap.data import keys as K
+from mfwrap.files import write_text
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train.baselines import Experiment, ModelConfig, run_experiment
 from mfwrap.train.config import TrainConfig
@@ -90,7 +91,9 @@ def _train(method: str, args: argparse.Namespace, threads: int) -> tuple[dict, f
     torch.set_num_threads(threads)
     start = time.perf_counter()
     model = ModelConfig(backbone="backbones.chgnet:CHGNet", mechanisms="ECMR")
-    train, _, test = lmfp_graphs(model.build_backbone().graph_spec, size=args.size, seed=args.seed, n_high=args.n_high)
+    train, _, test = lmfp_graphs(model.build_backbone().graph_spec, size=args.size, seed=args.seed, n_high=args.n_high,
+                                 n_low=args.n_low)
+    test = test[: args.n_test]
     if method == "multi_fidelity" and args.high_repeat > 1:  # each high-fidelity frame k times per epoch
         train = train + [g for g in train if int(g[K.FIDELITY]) == FIDELITIES.index("high")] * (args.high_repeat - 1)
     epochs = args.single_epochs if method == "single_fidelity" and args.single_epochs else args.epochs
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="multi-fidelity only: each high-fidelity training frame appears this many times per "
                              "epoch (default 1), so that a budget of few epochs still sees the scarce frames often")
     parser.add_argument("--n-high", type=int, default=100, help="high-fidelity training frames (default 100)")
+    parser.add_argument("--n-low", type=int, default=None, help="low-fidelity training frames (default: all)")
+    parser.add_argument("--n-test", type=int, default=None, help="high-fidelity test frames (default: all)")
     parser.add_argument("--size", default="small", help="LMFP variant: small (default) or full")
     parser.add_argument("--seed", type=int, default=0, help="seed of the dataset and of training (default 0)")
     parser.add_argument("--jobs", type=int, default=2, choices=(1, 2),
@@ -122,9 +127,10 @@ def main(argv: list[str] | None = None) -> dict:
     origin = "ships prebuilt" if args.size == "small" else "labelled by the teachers on first use, then cached"
     print(f"loading the {args.size} LMFP dataset ({origin}) ...", flush=True)
     spec = ModelConfig().build_backbone().graph_spec
-    _, _, test = lmfp_graphs(spec, size=args.size, seed=args.seed, n_high=args.n_high)
+    _, _, test = lmfp_graphs(spec, size=args.size, seed=args.seed, n_high=args.n_high, n_low=args.n_low)
+    test = test[: args.n_test]
     print(f"  ready after {time.perf_counter() - start:.0f} s; training both models for {args.epochs} epoch(s) "
-          f"on {args.n_high} high (+ all low for multi-fidelity) frames ...", flush=True)
+          f"on {args.n_high} high (+ {'all' if args.n_low is None else args.n_low} low for multi-fidelity) frames ...", flush=True)
 
     if args.jobs == 2:
         context = multiprocessing.get_context("spawn")
@@ -144,10 +150,10 @@ def main(argv: list[str] | None = None) -> dict:
     parity_plot(predictions, plot)
     summary = {"epochs": args.epochs, "single_fidelity_epochs": args.single_epochs or args.epochs,
                "multi_fidelity_high_repeat": args.high_repeat, "seed": args.seed,
-               "size": args.size, "n_high": args.n_high,
+               "size": args.size, "n_high": args.n_high, "n_low": args.n_low,
                "n_test": len(test), "test": results, "train_seconds": timings,
                "total_seconds": time.perf_counter() - start, "jobs": args.jobs}
-    (args.out / "demo.json").write_text(json.dumps(summary, indent=1))
+    write_text(args.out / "demo.json", json.dumps(summary, indent=1))
     print(f"\nparity plot: {plot}\nsummary: {args.out / 'demo.json'}  (total {summary['total_seconds']:.0f} s)")
     return summary
 

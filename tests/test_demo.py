@@ -1,0 +1,29 @@
+"""``python -m mfwrap.demo`` end to end at a tiny size: the command README's `make demo` runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    env = {**os.environ, "MFWRAP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "CI": "1"}
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "mfwrap.demo", "--epochs", "1", "--n-high", "8", "--n-low", "16", "--n-test", "6",
+               "--jobs", "1", "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "high-fidelity test errors (6 frames" in done.stdout and "multi-fidelity" in done.stdout
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["n_test"] == 6 and set(summary["test"]) == {"multi-fidelity", "single-fidelity"}
+    for metrics in summary["test"].values():
+        assert set(metrics["high"]) == {"energy", "forces", "stress", "magmoms"}
+        assert all(0 < metrics["high"][t]["mae"] < 1e4 for t in metrics["high"])
+    assert (out / "parity.png").stat().st_size > 10_000
+    for run in ("multi_fidelity", "single_fidelity"):
+        assert (out / run / "best.pt").is_file() and (out / run / "metrics.csv").is_file()
