@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
+from mfwrap.backbone import check_backbone
 from mfwrap.composition import fit_per_fidelity, fit_shared_composition
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec
@@ -32,8 +33,8 @@ class MultiFidelity(nn.Module):
     """A backbone with fidelity-dependent embedding, composition, message layers and readout.
 
     Args:
-        backbone: an mfwrap backbone (``graph_spec`` and ``forward(batch) -> dict``); it is deep
-            copied, the original stays as it was.
+        backbone: an mfwrap backbone (:mod:`mfwrap.backbone`: ``graph_spec``, ``forward(batch) ->
+            dict``, ``config``); it is deep copied, the original stays as it was.
         fidelities: names of the fidelities (≥ 1), e.g. ``["pbe", "r2scan"]``; index f = position.
         mechanisms: any subset of "ECMR" ("" = the plain backbone with shared heads).
         spec: where the mechanisms go (:class:`~mfwrap.surgery.FidelitySpec` or dict); default:
@@ -58,8 +59,7 @@ class MultiFidelity(nn.Module):
         super().__init__()
         self.fidelity_names = validate_fidelity_names(fidelities)
         self.mechanisms = parse_mechanisms(mechanisms)
-        if not isinstance(getattr(backbone, "graph_spec", None), GraphSpec):
-            raise TypeError(f"{type(backbone).__name__} is not an mfwrap backbone: it has no graph_spec")
+        check_backbone(backbone)
         self.backbone = copy.deepcopy(backbone)
         self.context = FidelityContext(len(self.fidelity_names))
         resolved, source = resolve_spec(self.backbone, spec)

@@ -27,6 +27,8 @@ from ase import Atoms
 from torch import nn
 from torch_geometric.data import Batch
 
+from mfwrap.backbone import check_outputs
+from mfwrap.data import keys as K
 from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec, to_graph
 from mfwrap.fidelity import ATOM, ROW_KINDS, STRUCTURE, FidelityContext, row_counts
 from mfwrap.mechanisms import FidelityComposition, FidelityEmbedding, FidelityLinear, FidelityReadout
@@ -211,7 +213,7 @@ def probe_rows(backbone: nn.Module, paths: list[str], batch: Batch) -> dict[str,
     try:
         backbone.eval()
         with torch.no_grad():
-            backbone(batch)
+            check_outputs(backbone, backbone(batch), int(batch[K.CELL].shape[0]))
     finally:
         backbone.train(was_training)
         for handle in handles:
