@@ -158,8 +158,16 @@ class DimeNetPlusPlus(nn.Module):
         nn.init.zeros_(self.atomref.weight)
         self.register_load_state_dict_pre_hook(_zero_atomref_if_missing)
 
-    fidelity_spec = {"embedding": "emb.emb", "message": ["interaction_blocks.*"], "readout": ["output_heads.*"],
-                     "composition": "atomref"}
+    # M goes on the feature linears of the interaction blocks, not on the radial / spherical basis
+    # filters (lin_rbf*, lin_sbf*): those have no bias and vanish with the envelope at the cutoff,
+    # and a fidelity bias there would make the energy jump when a neighbour crosses the cutoff.
+    fidelity_spec = {
+        "embedding": "emb.emb",
+        "message": [f"interaction_blocks.*.{name}" for name in
+                    ("lin_kj", "lin_ji", "lin_down", "lin_up", "layers_before_skip.*", "lin", "layers_after_skip.*")],
+        "readout": ["output_heads.*"],
+        "composition": "atomref",
+    }
 
     def forward(self, batch) -> dict[str, Tensor]:
         """batch → {"energy": (B,)}."""

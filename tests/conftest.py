@@ -1,0 +1,11 @@
+"""Hypothesis profiles: "ci" (derandomized, so a failure in CI reproduces on every machine) when the
+CI variable is set, else "dev" (random examples, more coverage over many runs). Choose one with
+HYPOTHESIS_PROFILE=ci|dev."""
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
