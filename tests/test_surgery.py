@@ -124,7 +124,7 @@ def test_probe_batch_row_counts_all_differ(spec):
 
 def test_surgery_places_of_the_shipped_backbones():
     """Which layers each shipped spec touches (the numbers quoted in the closing note)."""
-    expected = {"schnet": (1, 10, 1, "edge", "atom"), "dimenet": (1, 30, 3, "edge", "angle"),
+    expected = {"schnet": (1, 10, 1, "edge", "atom"), "dimenet": (1, 22, 3, "edge"),  # not the basis filters lin_rbf*, lin_sbf*
                 "chgnet": (1, 6, 1, "edge", "angle")}  # n_conv = 3: 3 atom, 2 bond, 1 angle
     for name, (e, m, r, *row_kinds) in expected.items():
         report = MultiFidelity(small_backbone(name), ["a", "b"], "ECMR").surgery
