@@ -54,19 +54,33 @@ def test_batched_prediction_equals_one_by_one(test_structures):
             torch.testing.assert_close(torch.tensor(a[key]), torch.tensor(b[key]), rtol=0, atol=1e-10)
 
 
-def test_double_backward_gives_finite_nonzero_parameter_gradients(test_structures):
+def test_force_and_stress_loss_gradient_in_the_parameters_is_exact(test_structures):
+    """gradcheck of the force + stress loss (a double backward) against finite differences in
+    parameters of the embedding, a convolution's neighbour block, the angle basis and the readout."""
     torch.manual_seed(0)
-    model = CHGNet(n_conv=3)
-    batch = _batch(model, [test_structures["Si_primitive"], test_structures["NaCl_triclinic"]])
-    out = energy_and_derivatives(model, batch, create_graph=True)
-    loss = out["forces"].square().sum() + out["stress"].square().sum()
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    flat = torch.cat([g.flatten() for g in grads if g is not None])
-    assert torch.isfinite(flat).all() and flat.abs().max() > 0
-    first_block = dict(zip([n for n, p in model.named_parameters() if p.requires_grad], grads))
-    assert first_block["atom_convs.0.message.first.blocks.2.weight"].abs().max() > 0  # neighbour block
-    assert first_block["angle_basis.frequencies"].abs().max() > 0  # through the angles
+    model = CHGNet(atom_fea_dim=4, bond_fea_dim=4, angle_fea_dim=4, num_radial=5, num_angular=5, n_conv=2,
+                   atom_conv_hidden_dim=4, bond_conv_hidden_dim=4, angle_layer_hidden_dim=4, mlp_hidden_dims=(4,),
+                   learnable_rbf=True).double()
+    batch = Batch.from_data_list([to_graph(s, model.graph_spec, dtype=torch.float64)
+                                  for s in (test_structures["Si_primitive"], test_structures["NaCl_triclinic"])])
+    names = ["atom_embedding.embedding.weight", "atom_convs.0.message.first.blocks.2.weight", "angle_basis.frequencies",
+             "readout.mlp.0.weight"]
+    params = dict(model.named_parameters())
+    chosen = {name: params[name] for name in names if name in params}
+    assert len(chosen) == len(names), sorted(set(names) - set(params))
+    # only the rows of the two elements present, so the finite differences stay cheap
+    rows = torch.tensor(sorted({int(z) - 1 for z in batch["atomic_numbers"]}))
+    embedding = chosen.pop("atom_embedding.embedding.weight")
+
+    def loss(embedding_rows, *values):
+        table = embedding.index_put((rows,), embedding_rows)
+        weights = {**dict(zip(chosen, values)), "atom_embedding.embedding.weight": table}
+        out = energy_and_derivatives(lambda b: torch.func.functional_call(model, weights, (b,)), batch, create_graph=True)
+        return out["forces"].square().sum() + 1e-3 * out["stress"].square().sum()
+
+    inputs = (embedding[rows].detach().clone().requires_grad_(True),
+              *(v.detach().clone().requires_grad_(True) for v in chosen.values()))
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
 def test_factorised_linear_equals_linear_on_concatenation():
