@@ -6,7 +6,8 @@ from torch_geometric.data import Batch
 
 from mfwrap.data import keys as K
 from mfwrap.physics import energy_and_derivatives
-from mfwrap.train import TrainConfig
+from mfwrap.train import TrainConfig, Trainer
+from mfwrap.composition import fit_linear_composition
 from mfwrap.delta import DeltaModel
 from mfwrap.model_file import read_model_file, read_payload
 from mfwrap.train.baselines import Experiment, paired_differences, run_experiment, transfer_freeze
@@ -68,13 +69,37 @@ def test_transfer_fine_tunes_only_the_readout(tmp_path):
 
 def test_delta_with_paired_labels(tmp_path):
     low_twins = labelled_graphs(10, 1, 0, SPEC, magmoms=False)  # the same structures as HIGH
-    summary = run_experiment(_experiment(tmp_path, "delta"), FIDELITIES, LOW + low_twins + HIGH, test=HIGH_TEST)
+    experiment = _experiment(tmp_path, "delta")
+    summary = run_experiment(experiment, FIDELITIES, LOW + low_twins + HIGH, test=HIGH_TEST)
     assert summary["test"]["high"]["magmoms"]["count"] == 16
     model, _ = read_model_file(tmp_path / "delta" / "best.pt")
     assert isinstance(model, DeltaModel)
     combined = _outputs(model, HIGH_TEST)[K.ENERGY]
     parts = _outputs(model.base, HIGH_TEST)[K.ENERGY] + _outputs(model.delta, HIGH_TEST)[K.ENERGY]
     assert torch.allclose(combined, parts, atol=1e-5)
+    # the base is the pre-trained low-fidelity model, frozen and unchanged
+    pretrained = read_payload(tmp_path / "pretrain" / "best.pt")["state_dict"]
+    assert all(torch.equal(value, pretrained[name]) for name, value in model.base.state_dict().items())
+    assert not any(p.requires_grad for p in model.base.parameters())
+    # the correction's composition is the least-squares fit of E_high - E_low on its training split
+    pairs = paired_differences(HIGH, low_twins)
+    split, _ = Trainer(TinyBackbone(), experiment.train).split_validation(pairs)
+    expected = fit_linear_composition(split, prior=torch.zeros(95, dtype=torch.float64))
+    fitted = model.delta.composition.element_energies.double()  # index Z - 1
+    torch.testing.assert_close(fitted[[2, 7, 25]], expected[[3, 8, 26]], atol=1e-5, rtol=0)
+
+
+def test_delta_with_the_model_as_reference_fits_the_residual_to_the_base(tmp_path):
+    experiment = _experiment(tmp_path, "delta", delta_reference="model")
+    run_experiment(experiment, FIDELITIES, LOW + HIGH, HIGH[:2], HIGH_TEST)
+    model, _ = read_model_file(tmp_path / "delta" / "best.pt")
+    base_energy = model.base_energies(HIGH)
+    residual = [g.clone() for g in HIGH]
+    for graph, energy in zip(residual, base_energy):
+        graph[K.ENERGY] = graph[K.ENERGY] - energy.float()
+    expected = fit_linear_composition(residual, prior=torch.zeros(95, dtype=torch.float64))
+    fitted = model.delta.composition.element_energies.double()
+    torch.testing.assert_close(fitted[[2, 7, 25]], expected[[3, 8, 26]], atol=1e-4, rtol=0)
 
 
 def test_delta_labels_without_pairs_is_a_clear_error_and_model_reference_works(tmp_path):
