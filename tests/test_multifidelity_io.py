@@ -10,6 +10,7 @@ import torch
 from torch_geometric.data import Data
 
 import mfwrap
+from backbones.pyg import SchNet
 from mf_models import batch_of, evaluate, perturb, random_crystal, small_backbone
 from mfwrap import MultiFidelity
 from mfwrap.composition import fit_linear_composition
@@ -31,6 +32,28 @@ def test_save_load_round_trip(tmp_path, name):
     for key, value in evaluate(mf, batch).items():
         np.testing.assert_allclose(evaluate(loaded, batch)[key], value, rtol=1e-6, atol=1e-6)
     assert sorted(os.listdir(tmp_path)) == ["model.pt"]  # no temporary file left behind
+
+
+def test_schnet_with_mean_std_and_atomref_under_c_round_trips(tmp_path):
+    atomref = torch.linspace(-3.0, -1.0, 100).tolist()
+    torch.manual_seed(0)
+    backbone = SchNet(hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=12, cutoff=4.0,
+                      mean=-0.7, std=2.5, atomref=atomref)
+    mf = MultiFidelity(backbone, ["low", "high"], "ECMR")
+    table = next(m for m in mf.fidelity_modules() if isinstance(m, FidelityComposition))
+    np.testing.assert_allclose(table.element_energies[1, [3, 8]].numpy(), [atomref[3], atomref[8]], rtol=1e-6)  # C starts at atomref
+    perturb(mf, "ECMR")
+    mf.save(tmp_path / "schnet.pt")
+    loaded = mfwrap.load(tmp_path / "schnet.pt")
+    assert loaded.backbone.mean == -0.7 and loaded.backbone.std == 2.5
+    batch = batch_of([random_crystal(np.random.default_rng(6)) for _ in range(3)], backbone.graph_spec, [1, 0, 1])
+    for key, value in evaluate(mf, batch).items():
+        np.testing.assert_array_equal(evaluate(loaded, batch)[key], value)
+    # mean and std act: the same weights with other values predict other energies
+    other = MultiFidelity(SchNet(hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=12, cutoff=4.0,
+                                 mean=0.0, std=1.0, atomref=atomref), ["low", "high"], "ECMR")
+    other.load_state_dict(mf.state_dict())
+    assert not np.allclose(evaluate(other, batch)[K.ENERGY], evaluate(mf, batch)[K.ENERGY])
 
 
 def test_save_never_half_overwrites(tmp_path, monkeypatch):
