@@ -86,24 +86,28 @@ class FidelityContext:
         self.num_fidelities = num_fidelities
         self.kinds: set[str] = set()
         self.uniform: int | None = None
+        self.dense = False
         self._batch: Data | None = None
         self._rows: dict[str, Tensor] = {}
         self._groups: dict[str, tuple[Tensor, list[int]]] = {}
         self._majority: dict[str, tuple[int, Tensor, Tensor]] = {}
 
     @contextmanager
-    def bound(self, batch: Data, uniform: int | None = None) -> Iterator[None]:
+    def bound(self, batch: Data, uniform: int | None = None, *, dense: bool = False) -> Iterator[None]:
         """Make ``batch``'s per-row fidelities available for the duration of one forward.
 
         ``uniform``: the fidelity of every structure when the batch has only one (lets modules
-        take shortcuts), else None.
+        take shortcuts), else None. ``dense``: modules compute every row the same way, with
+        gathers and no data-dependent sizes (no host synchronisation; what ``torch.compile``
+        needs), instead of grouping rows by fidelity.
         """
         try:
             self._rows = fidelity_rows(batch, tuple(self.kinds))
-            self._batch, self.uniform = batch, uniform
+            self._batch, self.uniform, self.dense = batch, uniform, dense
             yield
         finally:
             self._batch, self._rows, self._groups, self._majority, self.uniform = None, {}, {}, {}, None
+            self.dense = False
 
     @property
     def batch(self) -> Data:
@@ -113,6 +117,11 @@ class FidelityContext:
                 "call the wrapper, not its backbone"
             )
         return self._batch
+
+    @property
+    def bound_rows(self) -> dict[str, Tensor]:
+        """{kind: (rows,) fidelity index} of the bound batch (empty outside :meth:`bound`)."""
+        return dict(self._rows)
 
     def rows(self, kind: str, count: int, owner: str) -> Tensor:
         """(count,) long fidelity index of each row of ``kind``.

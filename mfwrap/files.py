@@ -23,6 +23,11 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 
+def default_cache_dir() -> Path:
+    """mfwrap's cache (datasets, compiled kernels): ``$MFWRAP_CACHE`` if set, else ``~/.cache/mfwrap``."""
+    return Path(os.environ.get("MFWRAP_CACHE") or Path.home() / ".cache" / "mfwrap")
+
+
 class UnsafeFileError(ValueError):
     """A file asks to import or call objects that a weights-only read does not allow."""
 

@@ -143,6 +143,12 @@ class MultiFidelity(nn.Module):
     def _composition_table(self) -> FidelityComposition | None:
         return next((m for m in self.fidelity_modules() if isinstance(m, FidelityComposition)), None)
 
+    def compiled(self, **options: Any) -> nn.Module:
+        """This model with its backbone's network under ``torch.compile`` (:class:`mfwrap.compile.CompiledMultiFidelity`)."""
+        from mfwrap.compile import CompiledMultiFidelity  # compile.py does not import this module
+
+        return CompiledMultiFidelity(self, **options)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the model (architecture and weights) to ``path`` atomically (:mod:`mfwrap.model_file`)."""
         save_model(self, path, architecture=describe_model(self))

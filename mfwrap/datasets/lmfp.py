@@ -42,6 +42,7 @@ from pathlib import Path
 
 import ase.io
 
+from mfwrap.files import default_cache_dir
 from mfwrap.data.readers import LabelledStructure, read_dataset
 from mfwrap.datasets.lmfp_frames import SIZES, SPLITS, TEACHERS, LMFPRecipe, build_shard, shard_sizes, split_frames
 
@@ -172,11 +173,6 @@ def read_lmfp(directory: str | os.PathLike) -> dict[str, list[LabelledStructure]
             raise ValueError(f"{path} does not match its manifest (corrupt cache?); delete {directory} to rebuild")
         splits[split] = read_dataset(path, fidelity=split.split("_")[0])
     return splits
-
-
-def default_cache_dir() -> Path:
-    """``$MFWRAP_CACHE`` if set, else ``~/.cache/mfwrap``."""
-    return Path(os.environ.get("MFWRAP_CACHE") or Path.home() / ".cache" / "mfwrap")
 
 
 def dataset_dir(size: str | LMFPRecipe = "small", seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -39,6 +39,8 @@ class FidelityLinear(nn.Module):
     f0 the batch's most common fidelity, so a batch of one fidelity costs no extra pass over the
     output rows; rows of other fidelities then get W_F[:, f] − W_F[:, f0] added (``index_add``,
     in place when autograd allows it). Without ``bias_path``, W_F[:, f0] is added to all rows first.
+    In the context's dense mode (compiled models) every row gets W_F[:, f] by one gather instead,
+    which needs no host synchronisation (inductor fuses the add into the layer).
     """
 
     def __init__(self, linear: nn.Module, context: FidelityContext, row_kind: str, out_features: int, name: str = "",
@@ -55,6 +57,10 @@ class FidelityLinear(nn.Module):
         self.bias_path = bias_path
 
     def forward(self, *args, **kwargs) -> Tensor:
+        if self.context.dense:
+            out = self.linear(*args, **kwargs)
+            rows = self.context.rows(self.row_kind, out.shape[0], self.name)
+            return out + self.fidelity_weight.t().index_select(0, rows).view(-1, *([1] * (out.dim() - 2)), out.shape[-1])
         uniform = self.context.uniform
         base, other, other_fidelity = (uniform, None, None) if uniform is not None else self.context.majority(self.row_kind)
         if self.bias_path is not None:

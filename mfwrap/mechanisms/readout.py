@@ -17,7 +17,9 @@ class FidelityReadout(nn.Module):
     per-atom energy MLPs of every supported backbone do. All copies equal ``readout`` at
     initialisation. The rows are sorted by fidelity once per forward, each copy sees only its
     own rows (no wasted compute), and the outputs are put back in the original order; a batch
-    of one fidelity goes straight through its copy.
+    of one fidelity goes straight through its copy. In the context's dense mode (compiled
+    models: no data-dependent sizes) every copy sees every row and each row keeps its own copy's
+    output, n_F times the readout's cost with no host synchronisation.
     """
 
     def __init__(self, readout: nn.Module, context: FidelityContext, row_kind: str, name: str = "") -> None:
@@ -28,6 +30,11 @@ class FidelityReadout(nn.Module):
         self.name = name
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.context.dense:
+            rows = self.context.rows(self.row_kind, x.shape[0], self.name)
+            outs = torch.stack([copy(x) for copy in self.copies])
+            index = rows.view(1, -1, *([1] * (outs.dim() - 2))).expand(1, *outs.shape[1:])
+            return outs.gather(0, index).squeeze(0)
         if self.context.uniform is not None:
             self.context.rows(self.row_kind, x.shape[0], self.name)
             return self.copies[self.context.uniform](x)

@@ -45,6 +45,11 @@ class TrainConfig:
         target_fidelity: fidelity name the best checkpoint is chosen on; None = the last one.
         fit_composition: fit the composition model(s) by least squares before training.
         freeze: parameter-name prefixes to freeze (requires_grad = False), e.g. "atom_embedding".
+        compile: take training steps with ``mfwrap.compile_model(model)`` (torch.compile; forces and
+            stress inside the graph, one backward): True (inductor) or the name of a
+            ``torch.compile`` backend. The first step compiles (minutes on a CPU, then cached on
+            disk, see :func:`mfwrap.compile_model`); one process only; validation and test run
+            eagerly.
         checkpoint_every: also write ``last.pt`` every this many optimiser steps (0 = only at the
             end of each epoch).
         output_dir: where checkpoints and metric logs go.
@@ -71,6 +76,7 @@ class TrainConfig:
     target_fidelity: str | None = None
     fit_composition: bool = True
     freeze: list[str] = field(default_factory=list)
+    compile: bool | str = False
     checkpoint_every: int = 0
     output_dir: str = "runs/mfwrap"
     device: str = "auto"

@@ -14,9 +14,11 @@ so N processes follow the one-process trajectory up to floating-point summation 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
+from mfwrap.compile import compile_model, inductor_cache_dir
 from mfwrap.composition import fit_composition
 from mfwrap.data import keys as K
 from mfwrap.files import write_text
@@ -36,8 +39,10 @@ from mfwrap.train.distributed import DistributedContext
 from mfwrap.train.loss import MultiTargetLoss, label_counts, targets_to_compute
 from mfwrap.train.metrics import REPORT_UNITS, ErrorAccumulator
 
+log = logging.getLogger(__name__)
+
 # Options that may differ between a run and its resumption.
-_RESUME_FREE = {"progress", "device", "output_dir", "eval_batch_size"}
+_RESUME_FREE = {"progress", "device", "output_dir", "eval_batch_size", "compile"}
 
 
 def fidelity_names_of(model: nn.Module) -> list[str]:
@@ -89,6 +94,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"value": math.inf, "epoch": -1}
         self.skipped_batches = 0
+        self.compile_seconds: float | None = None
         self.show_progress = config.progress and self.ctx.is_main and sys.stderr.isatty() and not os.environ.get("CI")
 
     # ----------------------------------------------------------------- set-up
@@ -139,6 +145,13 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             selected = nn.parallel.DistributedDataParallel(selected, device_ids=device_ids, find_unused_parameters=True)
         self.train_model = selected
+        self.step_model: nn.Module = selected
+        if self.config.compile:
+            if self.ctx.enabled:
+                raise ValueError("train.compile takes its derivatives inside the compiled graph, past DistributedDataParallel's "
+                                 "gradient hooks: use it with one process (or compile: false with several)")
+            backend = {} if self.config.compile is True else {"backend": self.config.compile}
+            self.step_model = compile_model(self.model, **backend)
 
     # ----------------------------------------------------------------- steps
     def train_step(self, graphs: Sequence[Data], indices: Tensor) -> Tensor:
@@ -151,7 +164,8 @@ class Trainer:
             counts = dict(zip(counts, stacked))
         need = targets_to_compute(batch, self.targets)
         self.selected.keys = (K.ENERGY,) + ((K.MAGMOMS,) if K.MAGMOMS in counts and float(counts[K.MAGMOMS]) > 0 else ())
-        pred = energy_and_derivatives(self.train_model, batch, forces=need[K.FORCES], stress=need[K.STRESS], create_graph=True)
+        started = time.perf_counter() if self.compile_seconds is None and self.config.compile else None
+        pred = energy_and_derivatives(self.step_model, batch, forces=need[K.FORCES], stress=need[K.STRESS], create_graph=True)
         loss, terms = self.criterion(pred, batch, counts, scale=float(self.ctx.world_size))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -165,6 +179,9 @@ class Trainer:
             return loss.new_zeros(())
         self.optimizer.step()
         self.scheduler.step()
+        if started is not None:  # the first compiled step: compilation + one step
+            self.compile_seconds = time.perf_counter() - started
+            log.info("compiled the training step in %.1f s (inductor's cache: %s)", self.compile_seconds, inductor_cache_dir())
         return loss.detach()
 
     def _non_finite(self, graphs: Sequence[Data], local: Tensor, terms: dict[str, Tensor], loss: Tensor) -> None:
@@ -222,10 +239,12 @@ class Trainer:
                        targets=self.config.targets, target_fidelity=self.target_fidelity, **(extra or {}))
 
     def _save_last(self, epoch: int, step_in_epoch: int, global_step: int, num_train: int) -> None:
+        loss_sums = torch.zeros(self.ctx.world_size, dtype=torch.float64)  # each process's share of the epoch's loss
+        loss_sums[self.ctx.rank] = self.epoch_loss_sum
         self.save_model(self.out_dir / "last.pt", {
             "config": self.config.to_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "num_train": num_train, "epoch_loss_sum": self.epoch_loss_sum, "skipped_batches": self.skipped_batches,
+            "num_train": num_train, "epoch_loss_sum": self.ctx.sum_(loss_sums).tolist(), "skipped_batches": self.skipped_batches,
             "history": self.history, "best": self.best})
         self.ctx.barrier()
 
@@ -239,7 +258,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.history, self.best = state["history"], state["best"]
-        self.epoch_loss_sum = state["epoch_loss_sum"]
+        loss_sums = state["epoch_loss_sum"] if isinstance(state["epoch_loss_sum"], list) else [state["epoch_loss_sum"]]
+        same_world = len(loss_sums) == self.ctx.world_size
+        self.epoch_loss_sum = loss_sums[self.ctx.rank] if same_world else sum(loss_sums) if self.ctx.is_main else 0.0
         self.skipped_batches = state.get("skipped_batches", 0)
         return state["epoch"], state["step_in_epoch"], state["global_step"]
 
@@ -318,7 +339,9 @@ class Trainer:
         return self._finish(val, test)
 
     def _end_of_epoch(self, epoch: int, val: Sequence[Data] | None, mean_loss: float) -> None:
-        self._log(epoch, "train", {}, loss=mean_loss, lr=self.scheduler.get_last_lr()[0], skipped_batches=self.skipped_batches)
+        extra = {"compile_seconds": self.compile_seconds} if self.compile_seconds is not None else {}
+        self._log(epoch, "train", {}, loss=mean_loss, lr=self.scheduler.get_last_lr()[0], skipped_batches=self.skipped_batches,
+                  **extra)
         metrics = self.evaluate(val) if val else {}
         self._log(epoch, "val", metrics)
         value = self.score(metrics) if val else -epoch  # without validation the last epoch is "best"
@@ -335,7 +358,7 @@ class Trainer:
         if test_metrics is not None:
             self._log(best["epoch"], "test", test_metrics)
         summary = {"best": self.best, "val": best["val"], "test": test_metrics, "stopped": False,
-                   "skipped_batches": self.skipped_batches}
+                   "skipped_batches": self.skipped_batches, "compile_seconds": self.compile_seconds}
         self._write_logs(summary)
         return summary
 
