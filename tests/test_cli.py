@@ -1,4 +1,5 @@
-"""The mfwrap command: train from YAML, evaluate and predict with the checkpoint, --help."""
+"""The mfwrap command: train from YAML (files or the LMFP set, --output-dir, --resume), evaluate and
+predict with its checkpoints (what predict writes, default fidelities), refused files, --help."""
 
 import json
 import sys
@@ -7,13 +8,22 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+import torch
+from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
+import mfwrap
+from mfwrap.cli import build_parser, main
+from mfwrap.data.graph import EV_PER_A3_TO_GPA
+from mfwrap.model_file import read_payload, save_model
+from mfwrap.train import trainer as trainer_module
+
 sys.path.insert(0, str(Path(__file__).parent / "train"))
-from mfwrap.cli import build_parser, main  # noqa: E402
-from mfwrap.data.graph import EV_PER_A3_TO_GPA  # noqa: E402
 from tiny_backbone import TinyBackbone, labelled_graphs, random_structures  # noqa: E402
+
+TINY = '{backbone: "tiny_backbone:TinyBackbone", kwargs: {features: 8}, mechanisms: EMR}'
 
 
 def _write(path, count, seed, fidelity, energy_key="energy", magmoms=True):
@@ -33,41 +43,201 @@ def _write(path, count, seed, fidelity, energy_key="energy", magmoms=True):
     ase.io.write(path, frames, format="extxyz")
 
 
-def test_train_evaluate_predict(tmp_path, capsys):
+@pytest.fixture
+def data(tmp_path):
+    """low.xyz (pbe, energy under pbe_energy, no magmoms), high.xyz and test.xyz (r2scan)."""
     _write(tmp_path / "low.xyz", 12, 0, 0, energy_key="pbe_energy", magmoms=False)
     _write(tmp_path / "high.xyz", 8, 1, 1)
     _write(tmp_path / "test.xyz", 4, 2, 1)
-    config = tmp_path / "run.yaml"
+    return tmp_path
+
+
+def _config(directory, method="multi_fidelity", fidelities="[pbe, r2scan]", train="", extra="", name="run.yaml"):
+    config = directory / name
     config.write_text(f"""
-method: multi_fidelity
-model: {{backbone: "tiny_backbone:TinyBackbone", kwargs: {{features: 8}}, mechanisms: EMR}}
+method: {method}
+model: {TINY}
 data:
-  fidelities: [pbe, r2scan]
+  fidelities: {fidelities}
   train:
-    - {{path: {tmp_path / 'low.xyz'}, fidelity: pbe, keys: {{energy: pbe_energy, forces: forces, stress: stress}}}}
-    - {{path: {tmp_path / 'high.xyz'}, fidelity: r2scan, limit: 6}}
-  test: [{{path: {tmp_path / 'test.xyz'}, fidelity: r2scan}}]
-train: {{epochs: 2, output_dir: {tmp_path / 'out'}, progress: false}}
+    - {{path: {directory / 'low.xyz'}, fidelity: pbe, keys: {{energy: pbe_energy, forces: forces, stress: stress}}}}
+    - {{path: {directory / 'high.xyz'}, fidelity: r2scan, limit: 6}}
+  test: [{{path: {directory / 'test.xyz'}, fidelity: r2scan}}]
+train: {{epochs: 2, output_dir: {directory / 'out'}, progress: false{train}}}
+{extra}
 """)
-    assert main(["train", str(config)]) == 0
+    return config
+
+
+def test_train_evaluate_predict(data, capsys):
+    assert main(["train", str(_config(data))]) == 0
     printed = capsys.readouterr().out
     assert "test errors at fidelity 'r2scan'" in printed and "forces" in printed and "magmoms" in printed
-    best = tmp_path / "out" / "multi_fidelity" / "best.pt"
+    best = data / "out" / "multi_fidelity" / "best.pt"
     history = json.loads((best.parent / "metrics.json").read_text())
     assert history["config"]["epochs"] == 2
 
-    assert main(["evaluate", str(best), str(tmp_path / "test.xyz"), "--fidelity", "r2scan",
-                 "--json", str(tmp_path / "m.json")]) == 0
-    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert main(["evaluate", str(best), str(data / "test.xyz"), "--fidelity", "r2scan",
+                 "--json", str(data / "m.json")]) == 0
+    metrics = json.loads((data / "m.json").read_text())
     assert metrics["r2scan"]["forces"]["mae"] == pytest.approx(history["test"]["r2scan"]["forces"]["mae"], rel=1e-5)
+    assert metrics["r2scan"]["energy"]["count"] == 4
     with pytest.raises(SystemExit, match="choose one with --fidelity"):
-        main(["evaluate", str(best), str(tmp_path / "test.xyz")])
+        main(["evaluate", str(best), str(data / "test.xyz")])
 
-    assert main(["predict", str(best), str(tmp_path / "test.xyz"), "--fidelity", "r2scan",
-                 "--output", str(tmp_path / "pred.xyz")]) == 0
-    predicted = ase.io.read(tmp_path / "pred.xyz", index=":")
-    assert len(predicted) == 4 and np.isfinite(predicted[0].get_forces()).all()
-    assert predicted[0].get_magnetic_moments().shape == (4,)
+
+def test_predict_writes_what_mfwrap_predict_returns_in_ase_units(data, capsys):
+    """Energies, forces, stress (ASE eV/Å^3 Voigt, the sign of mfwrap.Calculator) and magmoms read
+    back from the written file equal mfwrap.predict's on the same checkpoint; a molecule gets no stress."""
+    assert main(["train", str(_config(data))]) == 0
+    best = data / "out" / "multi_fidelity" / "best.pt"
+    molecule = Atoms([26, 8, 3], positions=[[0, 0, 0], [1.8, 0, 0], [0, 1.9, 0.3]])
+    structures = [*random_structures(3, 7), molecule]
+    ase.io.write(data / "in.xyz", structures, format="extxyz")
+    capsys.readouterr()
+    assert main(["predict", str(best), str(data / "in.xyz"), "--fidelity", "r2scan",
+                 "--output", str(data / "pred.xyz")]) == 0
+    printed = capsys.readouterr().out
+    written = ase.io.read(data / "pred.xyz", index=":")
+
+    model = mfwrap.load(best)
+    structures = ase.io.read(data / "in.xyz", index=":")  # the positions predict read (8 decimals)
+    expected = mfwrap.predict(model, structures, fidelity="r2scan")
+    other = mfwrap.predict(model, structures, fidelity="pbe")
+    assert abs(expected[0]["energy"] - other[0]["energy"]) > 1e-4  # so the fidelity asked for matters
+    assert len(written) == len(structures)
+    for atoms, source, reference in zip(written, structures, expected):
+        np.testing.assert_allclose(atoms.positions, source.positions, atol=0)
+        assert atoms.get_potential_energy() == pytest.approx(reference["energy"], rel=1e-12, abs=1e-12)
+        assert f"E = {reference['energy']:.6f} eV" in printed
+        np.testing.assert_allclose(atoms.get_forces(), reference["forces"], atol=1e-7)
+        np.testing.assert_allclose(atoms.get_magnetic_moments(), reference["magmoms"], atol=1e-7)
+    for atoms, reference in zip(written[:3], expected[:3]):
+        assert np.abs(reference["stress"]).max() > 1e-2
+        symmetric = (reference["stress"] + reference["stress"].T) / 2  # float32: asymmetric by ~1e-8 GPa
+        np.testing.assert_allclose(atoms.get_stress(voigt=False) * EV_PER_A3_TO_GPA, symmetric, rtol=1e-6, atol=1e-8)
+        live = atoms.copy()  # ASE's sign and units, checked against the strain derivative in test_calculator
+        live.calc = mfwrap.Calculator(model, fidelity="r2scan")
+        np.testing.assert_allclose(atoms.get_stress(), live.get_stress(), rtol=1e-5, atol=1e-7)
+    assert not written[3].pbc.any() and "stress" not in written[3].calc.results
+    with pytest.raises(PropertyNotImplementedError):
+        written[3].get_stress()
+
+
+def _state(path):
+    return read_payload(path)["state_dict"]
+
+
+def test_output_dir_overrides_the_config_and_resume_continues_an_interrupted_run(data, monkeypatch, capsys):
+    """--output-dir wins over train.output_dir; --resume after an interruption takes only the missing
+    optimiser steps and ends with the weights of an uninterrupted run; a finished run is not retrained."""
+    config = _config(data)
+    steps = []
+    real_step, real_fit = trainer_module.Trainer.train_step, trainer_module.Trainer.fit
+    monkeypatch.setattr(trainer_module.Trainer, "train_step",
+                        lambda self, *args, **kwargs: steps.append(1) or real_step(self, *args, **kwargs))
+
+    whole, parts = data / "whole", data / "parts"
+    assert main(["train", str(config), "--output-dir", str(whole), "--resume"]) == 0  # nothing to resume: a fresh run
+    assert f"outputs in {whole / 'multi_fidelity'}" in capsys.readouterr().out
+    total, steps[:] = len(steps), []
+    assert total > 3 and (whole / "multi_fidelity" / "best.pt").is_file()
+
+    with monkeypatch.context() as patch:  # interrupted after 3 optimiser steps (in epoch 0)
+        patch.setattr(trainer_module.Trainer, "fit",
+                      lambda self, *args, **kwargs: real_fit(self, *args, stop_after_steps=3, **kwargs))
+        assert main(["train", str(config), "--output-dir", str(parts)]) == 0
+    assert len(steps) == 3 and read_payload(parts / "multi_fidelity" / "last.pt")["global_step"] == 3
+    assert not (parts / "multi_fidelity" / "best.pt").exists()
+    interrupted = _state(parts / "multi_fidelity" / "last.pt")
+
+    steps[:] = []
+    assert main(["train", str(config), "--output-dir", str(parts), "--resume"]) == 0
+    assert len(steps) == total - 3
+    for name in ("last.pt", "best.pt"):
+        resumed, reference = _state(parts / "multi_fidelity" / name), _state(whole / "multi_fidelity" / name)
+        for key in reference:
+            torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=1e-7)
+    finished = _state(whole / "multi_fidelity" / "last.pt")
+    assert any(not torch.equal(interrupted[k], finished[k]) for k in finished)  # the resumption did the rest
+    assert not (data / "out").exists()  # the config's output_dir was never used
+
+    steps[:] = []
+    assert main(["train", str(config), "--output-dir", str(whole), "--resume"]) == 0
+    assert steps == []  # finished: only re-evaluated
+    changed = _config(data, train=", lr: 0.001", name="changed.yaml")
+    with pytest.raises(ValueError, match=r"cannot resume .*\['lr'\]"):
+        main(["train", str(changed), "--output-dir", str(parts), "--resume"])
+
+
+def test_lmfp_data_section(tmp_path, monkeypatch, capsys):
+    """data: {lmfp: ...} trains on the packaged LMFP set, installed into $MFWRAP_CACHE, with the
+    requested numbers of low / high / validation frames; tested on the 50 held-out high frames."""
+    monkeypatch.setenv("MFWRAP_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "lmfp.yaml"
+    config.write_text(f"""
+model: {TINY}
+data: {{lmfp: {{size: small, n_low: 6, n_high: 4, n_val: 2}}}}
+train: {{epochs: 1, output_dir: {tmp_path / 'out'}, progress: false}}
+""")
+    assert main(["train", str(config)]) == 0
+    assert "test errors at fidelity 'high'" in capsys.readouterr().out
+    assert (tmp_path / "cache" / "lmfp" / "v1-small-seed0" / "manifest.json").is_file()
+    run = tmp_path / "out" / "multi_fidelity"
+    last = read_payload(run / "last.pt")
+    assert last["num_train"] == 6 + 4 and last["fidelity_names"] == ["low", "high"] and last["target_fidelity"] == "high"
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["val"]["high"]["energy"]["count"] == 2 and set(summary["val"]) == {"high"}
+    assert summary["test"]["high"]["energy"]["count"] == 50 and "magmoms" in summary["test"]["high"]
+
+
+@pytest.mark.parametrize("method, fidelities, train, extra", [
+    # the target (r2scan, set in train) is not the last name, so the default must come from the checkpoint
+    ("single_fidelity", "[r2scan, pbe]", ", target_fidelity: r2scan", ""),
+    ("delta", "[pbe, r2scan]", "", "delta_reference: model\npretrain: {epochs: 1}"),
+])
+def test_single_fidelity_and_delta_checkpoints_default_to_their_target_fidelity(data, capsys, method, fidelities, train,
+                                                                                 extra):
+    config = _config(data, method=method, fidelities=fidelities, train=train, extra=extra)
+    assert main(["train", str(config)]) == 0
+    best = data / "out" / method / "best.pt"
+    history = json.loads((best.parent / "metrics.json").read_text())
+    assert set(history["test"]) == {"r2scan"}
+    capsys.readouterr()
+
+    assert main(["evaluate", str(best), str(data / "test.xyz"), "--json", str(data / "m.json")]) == 0
+    assert "4 structures from" in capsys.readouterr().out
+    metrics = json.loads((data / "m.json").read_text())
+    assert set(metrics) == {"r2scan"}
+    for target in ("energy", "forces", "stress", "magmoms"):
+        assert metrics["r2scan"][target]["mae"] == pytest.approx(history["test"]["r2scan"][target]["mae"], rel=1e-5)
+    with pytest.raises(SystemExit, match="'hse' unknown to this checkpoint"):
+        main(["evaluate", str(best), str(data / "test.xyz"), "--fidelity", "hse"])
+
+    assert main(["predict", str(best), str(data / "test.xyz"), "--output", str(data / "pred.xyz")]) == 0
+    written = ase.io.read(data / "pred.xyz", index=":")
+    expected = mfwrap.predict(mfwrap.load(best), random_structures(4, 2))
+    for atoms, reference in zip(written, expected, strict=True):
+        assert atoms.get_potential_energy() == pytest.approx(reference["energy"], rel=1e-12, abs=1e-12)
+        np.testing.assert_allclose(atoms.get_forces(), reference["forces"], atol=1e-7)
+
+
+def test_missing_and_foreign_checkpoints_are_refused_with_a_clear_message(data):
+    structures = str(data / "test.xyz")
+    for command in ("evaluate", "predict"):
+        with pytest.raises(FileNotFoundError, match=r"nothing\.pt: no such file"):
+            main([command, str(data / "nothing.pt"), structures])
+    torch.save(TinyBackbone().state_dict(), data / "weights.pt")  # a torch file, but only a state dict
+    torch.save(torch.zeros(3), data / "tensor.pt")
+    for name in ("weights.pt", "tensor.pt"):
+        for command in ("evaluate", "predict"):
+            with pytest.raises(ValueError, match=rf"{name}: not an mfwrap model file or checkpoint"):
+                main([command, str(data / name), structures])
+    with pytest.raises(ValueError, match=r"test\.xyz: not a readable torch file"):  # arguments swapped
+        main(["predict", structures, str(data / "test.xyz")])
+    save_model(torch.nn.Linear(2, 2), data / "bare.pt")  # weights without an architecture
+    with pytest.raises(ValueError, match=r"bare\.pt: the file has weights but no architecture"):
+        main(["predict", str(data / "bare.pt"), structures])
 
 
 def test_help_explains_every_option():
