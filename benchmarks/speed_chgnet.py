@@ -16,6 +16,8 @@ alternating which goes first, and reports medians of ``--repeats`` ≥ 10 runs a
   fresh process, 1 thread: median time and peak resident memory above the pre-call baseline.
 * compiled: E+F+S+M of ``mfwrap.compile_model(model)`` (inductor, 1 thread) against official, with
   the first (compiling) call's time and the largest differences of both native paths from official.
+* where the time goes: self CPU time of the native model by operator kind (matmul, gather,
+  scatter, LayerNorm, activations, other elementwise), per task, 1 thread (``torch.profiler``).
 * FLOPs: matrix-multiply FLOPs of one E+F+S+M evaluation (``torch.utils.flop_counter``, forward
   and backward), per implementation, and the rate reached against the machine's measured sgemm
   rate (``torch.mm`` of 2048² float32, same thread count).
@@ -212,6 +214,41 @@ def flop_counts(model, official) -> dict:
     return {"efsm_matmul_flops": counts, "graph_sizes": sizes}
 
 
+# aten operators by kind, for the time breakdown (anything else is "other")
+OP_KINDS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"),
+    "gather": ("aten::index_select", "aten::index", "aten::gather", "aten::embedding"),
+    "scatter": ("aten::index_add", "aten::index_add_", "aten::scatter_add_", "aten::scatter_add",
+                "aten::index_put_", "aten::_index_put_impl_", "aten::embedding_dense_backward"),
+    "layernorm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
+    "activations": ("aten::silu", "aten::silu_backward", "aten::sigmoid", "aten::sigmoid_backward", "aten::abs",
+                    "aten::sgn", "aten::sin", "aten::cos"),
+    "elementwise": ("aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::div", "aten::sub", "aten::neg",
+                    "aten::pow", "aten::sum", "aten::where", "aten::copy_", "aten::fill_", "aten::zero_"),
+}
+
+
+def time_breakdown(model, task: str, repeats: int = 5) -> dict:
+    """Share of the native model's self CPU time by operator kind (:data:`OP_KINDS`), one thread,
+    LiFePO4 1×1×2, from ``torch.profiler``; the largest shares are where speed-ups must come from."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = Batch.from_data_list([to_graph(lifepo4((1, 1, 2)), model.graph_spec)])
+    run = native_model_call(model, batch, task)
+    for _ in range(2):
+        run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            run()
+    kind_of = {op: kind for kind, ops in OP_KINDS.items() for op in ops}
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = kind_of.get(event.key, "other")
+        totals[kind] = totals.get(kind, 0.0) + event.self_cpu_time_total
+    whole = sum(totals.values())
+    return {kind: totals[kind] / whole for kind in sorted(totals, key=totals.get, reverse=True)}
+
+
 def scaling_worker(implementation: str, cell: tuple[int, int, int], repeats: int) -> dict:
     """One size, one implementation, in this (fresh) process: E+F+S+M time and peak memory."""
     torch.set_num_threads(1)
@@ -320,6 +357,9 @@ def print_tables(report: dict) -> None:
     print(f"\nE+F+S+M matmul FLOPs (56 atoms): native {flops['efsm_matmul_flops']['native'] / 1e9:.2f} G, "
           f"official {flops['efsm_matmul_flops']['official'] / 1e9:.2f} G; sgemm peak {flops['sgemm_gflops_1t']:.0f} GFLOP/s "
           f"(1 thread); native reaches {flops['native_gflops_1t']:.1f} GFLOP/s on single E+F+S+M")
+    print("\nwhere the native model's time goes (self CPU time, 1 thread, 56 atoms):")
+    for task, shares in report.get("time_breakdown_1t", {}).items():
+        print(f"  {task.upper():<5}" + ", ".join(f"{kind} {share:.0%}" for kind, share in shares.items()))
 
 
 def main() -> None:
@@ -327,6 +367,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 thread only and cells up to 1,008 atoms")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-compiled", action="store_true", help="skip the torch.compile rows (compiling takes minutes)")
+    parser.add_argument("--breakdown", action="store_true", help="only print where the native model's time goes")
     parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned", help="glibc allocator settings")
     parser.add_argument("--scaling-worker", nargs=3, metavar=("IMPL", "CELL", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -339,6 +380,11 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
 
     model = CHGNet.from_pretrained("0.3.0")
+    if args.breakdown:
+        torch.set_num_threads(1)
+        for task in ("e", "ef", "efsm"):
+            print(task.upper(), ", ".join(f"{kind} {share:.0%}" for kind, share in time_breakdown(model, task).items()))
+        return
     official = quiet_official()
     report = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -353,6 +399,7 @@ def main() -> None:
     report["flops"]["sgemm_gflops_1t"] = sgemm_gflops()
     single_ms = report["model"]["single/efsm/1t"]["native_ms"]
     report["flops"]["native_gflops_1t"] = report["flops"]["efsm_matmul_flops"]["native"] / single_ms / 1e6
+    report["time_breakdown_1t"] = {task: time_breakdown(model, task) for task in ("e", "ef", "efsm")}
     save(report)
     if not args.no_compiled:
         measure_compiled(model, official, args.repeats, report)
