@@ -39,14 +39,19 @@ class Calculator(AseCalculator):
         parameter = next(model.parameters())
         self.device = torch.device(device) if device is not None else parameter.device
         self.dtype = parameter.dtype
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device)
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         graph = to_graph(self.atoms, self.model.graph_spec, fidelity=self.fidelity_index, dtype=self.dtype, name="atoms")
         batch = Batch.from_data_list([graph]).to(self.device)
         periodic = bool(self.atoms.pbc.all())
-        out = energy_and_derivatives(self.model, batch, forces=True, stress=periodic)
+        was_training = self.model.training
+        self.model.eval()  # evaluation mode for this call only: the user's model keeps its mode
+        try:
+            out = energy_and_derivatives(self.model, batch, forces=True, stress=periodic)
+        finally:
+            self.model.train(was_training)
         energy = float(out[K.ENERGY].detach()[0])
         self.results = {
             "energy": energy,

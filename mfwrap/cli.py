@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -98,9 +99,12 @@ def _fidelity(model: Any, checkpoint: dict, requested: str | None) -> tuple[str 
             raise SystemExit(f"this model has fidelities {list(model.fidelity_names)}: choose one with --fidelity")
         index = model.fidelity_index(requested)
         return requested, model.fidelity_names[index], index
-    name = requested or checkpoint.get("target_fidelity") or names[-1]
+    target = checkpoint.get("target_fidelity") or names[-1]
+    name = requested or target
     if name not in names:
         raise SystemExit(f"fidelity {name!r} unknown to this checkpoint (it knows {names})")
+    if name != target:
+        raise SystemExit(f"this is a single-fidelity model of fidelity {target!r}; it does not predict {name!r}")
     return None, name, names.index(name)
 
 
@@ -198,8 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run a command. Errors in what the user gave (files, configs, structures) print one line and
+    exit with status 2; set MFWRAP_TRACEBACK=1 to see the traceback instead."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        if os.environ.get("MFWRAP_TRACEBACK"):
+            raise
+        parser.exit(2, f"mfwrap {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

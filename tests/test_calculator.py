@@ -162,3 +162,12 @@ def test_md_conserves_the_total_energy_while_kinetic_and_potential_energy_exchan
     exchanged = kinetic.max()
     assert exchanged > 0.1  # the potential energy really turned into motion
     assert np.abs(total - total[0]).max() < 0.01 * exchanged
+
+
+def test_the_calculator_leaves_the_model_in_its_mode():
+    model = small_backbone("chgnet")
+    model.train()
+    atoms = random_crystal(np.random.default_rng(0), 3)
+    atoms.calc = mfwrap.Calculator(model)
+    atoms.get_potential_energy()
+    assert model.training

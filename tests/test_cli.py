@@ -2,6 +2,7 @@
 predict with its checkpoints (what predict writes, default fidelities), refused files, --help."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -166,8 +167,7 @@ def test_output_dir_overrides_the_config_and_resume_continues_an_interrupted_run
     assert main(["train", str(config), "--output-dir", str(whole), "--resume"]) == 0
     assert steps == []  # finished: only re-evaluated
     changed = _config(data, train=", lr: 0.001", name="changed.yaml")
-    with pytest.raises(ValueError, match=r"cannot resume .*\['lr'\]"):
-        main(["train", str(changed), "--output-dir", str(parts), "--resume"])
+    _refused(["train", str(changed), "--output-dir", str(parts), "--resume"], r"cannot resume .*\['lr'\]")
 
 
 def test_lmfp_data_section(tmp_path, monkeypatch, capsys):
@@ -213,6 +213,9 @@ def test_single_fidelity_and_delta_checkpoints_default_to_their_target_fidelity(
         assert metrics["r2scan"][target]["mae"] == pytest.approx(history["test"]["r2scan"][target]["mae"], rel=1e-5)
     with pytest.raises(SystemExit, match="'hse' unknown to this checkpoint"):
         main(["evaluate", str(best), str(data / "test.xyz"), "--fidelity", "hse"])
+    for command in ("evaluate", "predict"):  # a fidelity of the run that the model was not trained for
+        with pytest.raises(SystemExit, match="single-fidelity model of fidelity 'r2scan'; it does not predict 'pbe'"):
+            main([command, str(best), str(data / "test.xyz"), "--fidelity", "pbe"])
 
     assert main(["predict", str(best), str(data / "test.xyz"), "--output", str(data / "pred.xyz")]) == 0
     written = ase.io.read(data / "pred.xyz", index=":")
@@ -225,19 +228,29 @@ def test_single_fidelity_and_delta_checkpoints_default_to_their_target_fidelity(
 def test_missing_and_foreign_checkpoints_are_refused_with_a_clear_message(data):
     structures = str(data / "test.xyz")
     for command in ("evaluate", "predict"):
-        with pytest.raises(FileNotFoundError, match=r"nothing\.pt: no such file"):
-            main([command, str(data / "nothing.pt"), structures])
+        _refused([command, str(data / "nothing.pt"), structures], r"nothing\.pt: no such file")
     torch.save(TinyBackbone().state_dict(), data / "weights.pt")  # a torch file, but only a state dict
     torch.save(torch.zeros(3), data / "tensor.pt")
     for name in ("weights.pt", "tensor.pt"):
         for command in ("evaluate", "predict"):
-            with pytest.raises(ValueError, match=rf"{name}: not an mfwrap model file or checkpoint"):
-                main([command, str(data / name), structures])
-    with pytest.raises(ValueError, match=r"test\.xyz: not a readable torch file"):  # arguments swapped
-        main(["predict", structures, str(data / "test.xyz")])
+            _refused([command, str(data / name), structures], rf"{name}: not an mfwrap model file or checkpoint")
+    _refused(["predict", structures, str(data / "test.xyz")], r"test\.xyz: not a readable torch file")  # swapped
     save_model(torch.nn.Linear(2, 2), data / "bare.pt")  # weights without an architecture
-    with pytest.raises(ValueError, match=r"bare\.pt: the file has weights but no architecture"):
-        main(["predict", str(data / "bare.pt"), structures])
+    _refused(["predict", str(data / "bare.pt"), structures], r"bare\.pt: the file has weights but no architecture")
+
+
+def _refused(argv, pattern):
+    """A user error: one line on stderr naming the problem, exit status 2, no traceback."""
+    import contextlib
+    import io
+
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as exited, contextlib.redirect_stderr(stderr):
+        main(argv)
+    assert exited.value.code == 2
+    message = stderr.getvalue()
+    assert re.search(rf"^mfwrap {argv[0]}: error: .*{pattern}", message), message
+    assert "Traceback" not in message and message.count("\n") == 1
 
 
 def test_help_explains_every_option():
