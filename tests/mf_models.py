@@ -85,3 +85,47 @@ def perturb(model, mechanisms: str, scale: float = 0.3, seed: int = 1) -> None:
                 params = [next(p for name, p in module.named_parameters(recurse=False))]
             for p in params:
                 p.add_(scale * torch.randn(p.shape, generator=generator).to(p))
+
+
+def deformed(atoms: Atoms, matrix: np.ndarray) -> Atoms:
+    """A copy with positions and lattice vectors (rows) multiplied by ``matrix`` on the right:
+    ``I + ε`` strains, a transposed rotation rotates."""
+    copy = atoms.copy()
+    copy.set_cell(atoms.cell.array @ matrix, scale_atoms=False)
+    copy.positions = atoms.positions @ matrix
+    return copy
+
+
+def strain(a: int, b: int, h: float) -> np.ndarray:
+    """I + h e_a e_b^T: a strain of size h in component (a, b)."""
+    matrix = np.eye(3)
+    matrix[a, b] += h
+    return matrix
+
+
+def rotation(seed: int) -> np.ndarray:
+    """A random proper rotation (det +1)."""
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+def rigidly_moved(atoms: Atoms, seed: int) -> tuple[list[Atoms], np.ndarray, np.ndarray]:
+    """([rotated, translated, permuted] copies of ``atoms``, the rotation, the permutation)."""
+    rng = np.random.default_rng(seed)
+    matrix, order = rotation(seed), rng.permutation(len(atoms))
+    moved = atoms.copy()
+    moved.positions += rng.normal(size=3) * 3
+    return [deformed(atoms, matrix.T), moved, atoms[order]], matrix, order
+
+
+def assert_invariant_energy_covariant_forces(base: dict, moved: list[dict], matrix: np.ndarray, order: np.ndarray) -> None:
+    """Energies equal and forces rotated / unchanged / permuted for :func:`rigidly_moved`'s copies."""
+    rot, trans, perm = moved
+    scale = max(1.0, abs(base["energy"]))
+    for other in moved:
+        assert abs(other["energy"] - base["energy"]) <= 1e-10 * scale
+    np.testing.assert_allclose(rot["forces"], base["forces"] @ matrix.T, atol=1e-9 * scale)
+    np.testing.assert_allclose(trans["forces"], base["forces"], atol=1e-9 * scale)
+    np.testing.assert_allclose(perm["forces"], base["forces"][order], atol=1e-9 * scale)
+

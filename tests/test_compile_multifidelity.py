@@ -23,12 +23,7 @@ from mfwrap.train.loss import MultiTargetLoss
 BATCHES = [((3,), [1]), ((2, 5), [0, 1]), ((4, 2, 3, 5), [1, 1, 1, 1]), ((5,), [0]), ((3, 4, 2, 2), [1, 0, 0, 1])]
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # tests/conftest.py
 
 
 def _wrapped(dtype=torch.float64) -> MultiFidelity:

@@ -22,6 +22,7 @@ from torch import nn
 import mfwrap
 from backbones.chgnet import CHGNet
 from mfwrap.data import GraphSpec, edge_vectors, keys as K
+from mf_models import assert_invariant_energy_covariant_forces, deformed, rigidly_moved, strain
 from mfwrap.data.graph import EV_PER_A3_TO_GPA
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*no neighbour within")
@@ -105,12 +106,6 @@ def _energies(model, structures) -> np.ndarray:
     return np.array([p[K.ENERGY] for p in _predict(model, structures, forces=False, stress=False)])
 
 
-def _rotation(seed: int) -> np.ndarray:
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
-
-
 def test_forces_are_minus_energy_gradient(backbone):
     name, model = backbone
 
@@ -142,13 +137,7 @@ def test_stress_is_strain_derivative(backbone):
         components = [divmod(first, 3), divmod(second, 3)]
         strained = []
         for a, b in components:
-            for sign in (1, -1):
-                deformation = np.eye(3)
-                deformation[a, b] += sign * h
-                copy = atoms.copy()
-                copy.set_cell(atoms.cell.array @ deformation, scale_atoms=False)
-                copy.positions = atoms.positions @ deformation
-                strained.append(copy)
+            strained += [deformed(atoms, strain(a, b, sign * h)) for sign in (1, -1)]
         energies = _energies(model, strained).reshape(-1, 2)
         volume = atoms.get_volume()
         for (a, b), (plus, minus) in zip(components, energies):
@@ -163,21 +152,9 @@ def test_energy_invariant_under_rotation_translation_permutation(backbone):
 
     @for_all(name, crystals(), st.integers(0, 2**32 - 1))
     def check(atoms, seed):
-        rng = np.random.default_rng(seed)
-        rotation, translation, order = _rotation(seed), rng.normal(size=3) * 3, rng.permutation(len(atoms))
-        rotated = atoms.copy()
-        rotated.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
-        rotated.positions = atoms.positions @ rotation.T
-        moved = atoms.copy()
-        moved.positions += translation
-        permuted = atoms[order]
-        base, rot, trans, perm = _predict(model, [atoms, rotated, moved, permuted], stress=False)
-        scale = max(1.0, abs(base[K.ENERGY]))
-        for other in (rot, trans, perm):
-            assert other[K.ENERGY] == pytest.approx(base[K.ENERGY], abs=1e-10 * scale)
-        np.testing.assert_allclose(rot[K.FORCES], base[K.FORCES] @ rotation.T, atol=1e-9 * scale)
-        np.testing.assert_allclose(trans[K.FORCES], base[K.FORCES], atol=1e-9 * scale)
-        np.testing.assert_allclose(perm[K.FORCES], base[K.FORCES][order], atol=1e-9 * scale)
+        moved, matrix, order = rigidly_moved(atoms, seed)
+        base, *others = _predict(model, [atoms, *moved], stress=False)
+        assert_invariant_energy_covariant_forces(base, others, matrix, order)
 
     check()
 

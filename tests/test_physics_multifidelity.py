@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import mfwrap
-from mf_models import batch_of, perturb, random_crystal, small_backbone
+from mf_models import (assert_invariant_energy_covariant_forces, batch_of, deformed, perturb, random_crystal, rigidly_moved,
+                       small_backbone, strain)
 from mfwrap import MultiFidelity
 from mfwrap.data import keys as K
 from mfwrap.data.graph import EV_PER_A3_TO_GPA
@@ -59,12 +60,6 @@ def run(model, structures, fidelities, forces=True, stress=True) -> list[dict[st
     return results
 
 
-def _rotation(seed: int) -> np.ndarray:
-    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    return q if np.linalg.det(q) > 0 else -q
-
-
 def _case(seed: int, fidelity: int, max_atoms: int = 5) -> tuple[Atoms, Atoms, list[int]]:
     """A crystal, a decoy crystal, and fidelities [f, other f] to evaluate them at in one batch."""
     rng = np.random.default_rng(seed)
@@ -95,16 +90,7 @@ def test_stress_is_strain_derivative(name, seed, fidelity):
     model, h = wrapped(name), 1e-5
     atoms, decoy, (f, g) = _case(seed, fidelity)
     stress = run(model, [atoms, decoy], [f, g], forces=False)[0][K.STRESS]
-    strained = []
-    for a in range(3):
-        for b in range(3):
-            for sign in (1, -1):
-                deformation = np.eye(3)
-                deformation[a, b] += sign * h
-                copy = atoms.copy()
-                copy.set_cell(atoms.cell.array @ deformation, scale_atoms=False)
-                copy.positions = atoms.positions @ deformation
-                strained.append(copy)
+    strained = [deformed(atoms, strain(a, b, sign * h)) for a in range(3) for b in range(3) for sign in (1, -1)]
     energies = np.array([r[K.ENERGY] for r in run(model, strained + [decoy], [f] * 18 + [g], forces=False, stress=False)])
     expected = (energies[0:18:2] - energies[1:18:2]).reshape(3, 3) / (2 * h) / atoms.get_volume() * EV_PER_A3_TO_GPA
     np.testing.assert_allclose(stress, expected, rtol=1e-5, atol=1e-5)
@@ -116,22 +102,11 @@ def test_stress_is_strain_derivative(name, seed, fidelity):
 def test_invariance_and_covariance(name, seed, fidelity):
     model = wrapped(name)
     atoms, decoy, (f, g) = _case(seed, fidelity)
-    rng = np.random.default_rng(seed + 2)
-    rotation, order = _rotation(seed), rng.permutation(len(atoms))
-    rotated = atoms.copy()
-    rotated.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
-    rotated.positions = atoms.positions @ rotation.T
-    moved = atoms.copy()
-    moved.positions += rng.normal(size=3) * 3
-    permuted = atoms[order]
-    base, rot, trans, perm, _ = run(model, [atoms, rotated, moved, permuted, decoy], [f, f, f, f, g])
+    moved, matrix, order = rigidly_moved(atoms, seed + 2)
+    base, rot, trans, perm, _ = run(model, [atoms, *moved, decoy], [f, f, f, f, g])
+    assert_invariant_energy_covariant_forces(base, [rot, trans, perm], matrix, order)
     scale = max(1.0, abs(base[K.ENERGY]))
-    for other in (rot, trans, perm):
-        assert other[K.ENERGY] == pytest.approx(base[K.ENERGY], abs=1e-10 * scale)
-    np.testing.assert_allclose(rot[K.FORCES], base[K.FORCES] @ rotation.T, atol=1e-9 * scale)
-    np.testing.assert_allclose(trans[K.FORCES], base[K.FORCES], atol=1e-9 * scale)
-    np.testing.assert_allclose(perm[K.FORCES], base[K.FORCES][order], atol=1e-9 * scale)
-    np.testing.assert_allclose(rot[K.STRESS], rotation @ base[K.STRESS] @ rotation.T, atol=1e-7 * scale)
+    np.testing.assert_allclose(rot[K.STRESS], matrix @ base[K.STRESS] @ matrix.T, atol=1e-7 * scale)
     np.testing.assert_allclose(trans[K.STRESS], base[K.STRESS], atol=1e-7 * scale)
     if K.MAGMOMS in base:
         np.testing.assert_allclose(rot[K.MAGMOMS], base[K.MAGMOMS], atol=1e-10)

@@ -29,12 +29,7 @@ SIZES = ["Si_primitive", "SrTiO3_cubic", "NaCl_triclinic"]
 BATCHES = [["Si_primitive", "Fe_bcc_2x2x2"], ["SrTiO3_cubic", "ZnO_wurtzite_2x2x1", "NaCl_triclinic"]]
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # tests/conftest.py
 
 
 def _tiny(dtype=torch.float32, **changes) -> CHGNet:
