@@ -43,6 +43,8 @@ class TrainConfig:
             "weighted_mae" (Σ_t w_t MAE_t in eV/atom, eV/Å, GPa, μB) or "<target>_<mae|rmse>",
             e.g. "forces_mae".
         target_fidelity: fidelity name the best checkpoint is chosen on; None = the last one.
+        patience: stop early when the validation ``best_metric`` has not improved for this many
+            epochs (0 = train all ``epochs``); the learning-rate schedule still spans ``epochs``.
         fit_composition: fit the composition model(s) by least squares before training.
         freeze: parameter-name prefixes to freeze (requires_grad = False), e.g. "atom_embedding".
         compile: take training steps with ``mfwrap.compile_model(model)`` (torch.compile; forces and
@@ -74,6 +76,7 @@ class TrainConfig:
     eval_batch_size: int = 16
     best_metric: str = "weighted_mae"
     target_fidelity: str | None = None
+    patience: int = 0
     fit_composition: bool = True
     freeze: list[str] = field(default_factory=list)
     compile: bool | str = False

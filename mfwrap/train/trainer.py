@@ -94,6 +94,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"value": math.inf, "epoch": -1}
         self.skipped_batches = 0
+        self.steps_done = 0
         self.compile_seconds: float | None = None
         self.show_progress = config.progress and self.ctx.is_main and sys.stderr.isatty() and not os.environ.get("CI")
 
@@ -320,6 +321,8 @@ class Trainer:
         epochs = tqdm(range(start_epoch, self.config.epochs), desc="epochs", disable=not self.show_progress,
                       initial=start_epoch, total=self.config.epochs)
         for epoch in epochs:
+            if val and self.config.patience and epoch - 1 - self.best["epoch"] >= self.config.patience:
+                break  # no improvement on validation for `patience` epochs
             batches = self._batches_of_epoch(len(train), epoch)
             for step in tqdm(range(start_step, len(batches)), desc=f"epoch {epoch}", leave=False,
                              disable=not self.show_progress, initial=start_step, total=len(batches)):
@@ -336,6 +339,7 @@ class Trainer:
             self._end_of_epoch(epoch, val, mean_loss)
             self._save_last(epoch + 1, 0, global_step, len(train))
             epochs.set_postfix(loss=f"{mean_loss:.4g}", best=f"{self.best['value']:.4g}")
+        self.steps_done = global_step
         return self._finish(val, test)
 
     def _end_of_epoch(self, epoch: int, val: Sequence[Data] | None, mean_loss: float) -> None:
@@ -357,8 +361,10 @@ class Trainer:
         test_metrics = self.evaluate(test) if test else None
         if test_metrics is not None:
             self._log(best["epoch"], "test", test_metrics)
+        epochs_run = 1 + max((row["epoch"] for row in self.history if row["split"] == "train"), default=-1)
         summary = {"best": self.best, "val": best["val"], "test": test_metrics, "stopped": False,
-                   "skipped_batches": self.skipped_batches, "compile_seconds": self.compile_seconds}
+                   "skipped_batches": self.skipped_batches, "compile_seconds": self.compile_seconds,
+                   "epochs_run": epochs_run, "steps": self.steps_done}
         self._write_logs(summary)
         return summary
 

@@ -132,3 +132,25 @@ def test_learning_rate_of_every_step(tmp_path, scheduler):
     assert logged == pytest.approx([expected((e + 1) * steps_per_epoch) for e in range(epochs)], rel=1e-12, abs=0)
     if scheduler == "cos":
         assert logged[-1] == pytest.approx(lr * floor, rel=1e-12)
+
+
+@pytest.mark.parametrize("patience", [1, 2])
+def test_patience_stops_when_validation_stops_improving(tmp_path, patience):
+    trainer, result = _fit(tmp_path / "run", epochs=12, patience=patience, best_metric="forces_mae")
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    errors = [row["mae"] for row in sorted(history, key=lambda r: r["epoch"])
+              if row["split"] == "val" and row["fidelity"] == "high" and row["target"] == "forces"]
+    # stopped after the first run of `patience` epochs without a new minimum (or at the end)
+    best_so_far, stop = math.inf, len(errors)
+    for epoch, error in enumerate(errors):
+        if error < best_so_far:
+            best_so_far, best_epoch = error, epoch
+        elif epoch - best_epoch >= patience:
+            stop = epoch + 1
+            break
+    assert len(errors) == stop == result["epochs_run"] < 12
+    assert result["steps"] == stop * 5 and result["best"]["epoch"] == _argmin(errors)
+    again = Trainer(TinyBackbone(seed=0), TrainConfig(**{**BUMPY, "output_dir": str(tmp_path / "run"), "epochs": 12,
+                                                        "patience": patience, "best_metric": "forces_mae"}),
+                    fidelity_names=NAMES).fit(TRAIN, VAL, resume=True)
+    assert again["epochs_run"] == stop  # resuming a stopped run trains no further
