@@ -3,6 +3,8 @@
     mfwrap train CONFIG.yaml [--resume] [--output-dir DIR]
     mfwrap evaluate CHECKPOINT DATA --fidelity NAME [--json OUT]
     mfwrap predict CHECKPOINT STRUCTURES [--fidelity NAME] [--output OUT.extxyz]
+    mfwrap bench EXPERIMENT|all --level quick|medium|full [--seeds 0 1 2] [--jobs 2]
+    mfwrap bench report [--root runs/suite] [--out benchmarks/results/suite]
 
 Multi-process / multi-GPU training: ``torchrun --nproc-per-node=N -m mfwrap.cli train CONFIG.yaml``.
 """
@@ -163,6 +165,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mfwrap.bench.grid import EXPERIMENTS
+    from mfwrap.bench.report import write_report
+    from mfwrap.bench.runner import run_suite
+
+    if args.experiment == "report":
+        for path in write_report(args.root, args.out):
+            print(path)
+        return 0
+    experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    outcome = run_suite(experiments, args.level, args.seeds, args.root, jobs=args.jobs, backbone=args.backbone)
+    write_report(args.root, args.out)
+    return 1 if outcome["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfwrap", description="Multi-fidelity interatomic potentials: train, evaluate, predict.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,6 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("structures", help="structures, any file ase.io.read reads")
     predict.add_argument("--output", default=None, help="write the structures with predictions to this extxyz file")
     predict.set_defaults(func=cmd_predict)
+
+    from mfwrap.bench.grid import EXPERIMENTS, LEVELS
+
+    bench = commands.add_parser(
+        "bench", help="the benchmark suite: run an experiment (resumable) or write the report",
+        description="Runs the seed paper's experiments (mfwrap.bench.grid) as one directory per run under --root, "
+                    "skipping finished runs and resuming killed ones, then writes the report (mean ± sd over seeds, "
+                    "tables, plots) to --out.")
+    bench.add_argument("experiment", choices=[*EXPERIMENTS, "all", "report"])
+    bench.add_argument("--level", choices=list(LEVELS), default="quick",
+                       help="quick: pipeline check, minutes; medium: paper CHGNet on the shipped LMFP set, hours on a "
+                            "2-core CPU; full: the paper's settings (a GPU)")
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="data subset and initialisation seeds")
+    bench.add_argument("--backbone", choices=["chgnet", "schnet"], default=None, help="override the experiment's backbone")
+    bench.add_argument("--jobs", type=int, default=1, help="runs at once, one process and one thread each")
+    bench.add_argument("--root", default="runs/suite", help="where the runs go (default runs/suite)")
+    bench.add_argument("--out", default="benchmarks/results/suite", help="where the report goes")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

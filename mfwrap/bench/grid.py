@@ -1,0 +1,165 @@
+"""The benchmark suite's experiments: what each one runs, at each level.
+
+A :class:`RunSpec` is one training run: (experiment, method, mechanisms, N_high, N_low, protocol,
+seed) on one dataset with one backbone. Each experiment is a function ``level -> [RunSpec]``
+(:data:`EXPERIMENTS`); a :class:`Level` holds what a level changes (model size, epochs, grids).
+
+Protocols (every result records its own; tables never mix them silently):
+
+* ``paper``: every model the same epochs (seed paper Table 1: batch 4, lr 0.005 cosine, Huber
+  1 : 1 : 0.1 : 0.1). Multi-fidelity then takes (N_high + N_low) / N_high times the steps.
+* ``equal_compute``: every model the optimiser steps that multi-fidelity takes in ``epochs``
+  epochs over N_high + N_low frames (the final stage of transfer / Δ; their pre-training on the
+  low fidelity is extra and said so).
+* ``converged``: up to ``max_epochs`` with early stopping (``patience`` epochs without a better
+  high-fidelity validation error); the best-on-validation checkpoint is tested.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+METHODS = ("multi_fidelity", "single_fidelity", "transfer", "delta_model", "delta_labels")
+PROTOCOLS = ("paper", "equal_compute", "converged")
+ALL = None  # every frame of a split
+
+# Ablations of seed paper Fig. 4: N none, F all four, one mechanism alone, all but one (the bar).
+ABLATIONS = {"N": "", "F": "ECMR", "C": "C", "E": "E", "M": "M", "R": "R",
+             "C̄": "EMR", "Ē": "CMR", "M̄": "ECR", "R̄": "ECM"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the suite (see the module docstring)."""
+
+    experiment: str
+    method: str
+    n_high: int | None
+    n_low: int | None
+    protocol: str
+    seed: int
+    mechanisms: str = "ECMR"
+    dataset: str = "lmfp"
+    backbone: str = "chgnet"
+    region: str | None = None  # coverage: where the high-fidelity training frames come from
+
+    @property
+    def name(self) -> str:
+        """Directory name, unique within an experiment."""
+        size = lambda n: "all" if n is None else str(n)  # noqa: E731
+        method = self.method + (f"-{self.mechanisms or 'none'}" if self.method == "multi_fidelity" else "")
+        region = f"_{self.region}" if self.region else ""
+        return (f"{self.dataset}_{self.backbone}_{method}_nh{size(self.n_high)}_nl{size(self.n_low)}{region}"
+                f"_{self.protocol}_s{self.seed}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Level:
+    """What a level changes. ``model``: backbone constructor arguments per backbone name."""
+
+    name: str
+    lmfp_size: str
+    n_high: tuple[int | None, ...]
+    n_low: tuple[int | None, ...]
+    low_size_high: tuple[int | None, ...]
+    ablation_high: int | None
+    li3ps4_high: tuple[int | None, ...]
+    epochs: int
+    max_epochs: int
+    patience: int
+    n_val: int
+    protocols: tuple[str, ...]
+    model: dict = field(default_factory=dict)
+    n_low_all: int | None = None  # what "all low-fidelity frames" means at this level (None: every one)
+
+
+TINY_CHGNET = {"atom_fea_dim": 16, "bond_fea_dim": 16, "angle_fea_dim": 16, "num_radial": 9, "num_angular": 9,
+               "n_conv": 2, "atom_conv_hidden_dim": 16, "bond_conv_hidden_dim": 16, "mlp_hidden_dims": [16]}
+TINY_SCHNET = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 16, "cutoff": 5.0}
+PAPER_SCHNET = {"hidden_channels": 64, "num_filters": 64, "num_interactions": 3, "num_gaussians": 50, "cutoff": 5.0}
+
+LEVELS = {
+    # A test of the pipeline (files, shapes, bookkeeping), not of accuracy: minutes on 2 cores.
+    "quick": Level("quick", "small", n_high=(10, 25), n_low=(20, ALL), low_size_high=(10,), ablation_high=10,
+                   li3ps4_high=(10,), epochs=1, max_epochs=2, patience=1, n_val=5, protocols=("paper",),
+                   model={"chgnet": TINY_CHGNET, "schnet": TINY_SCHNET}, n_low_all=40),
+    # The paper's CHGNet on the shipped LMFP set (100 high + 300 low training frames, 50 test) on a
+    # 2-core CPU: N_high <= 90 (10 held out for validation), 20 epochs instead of 60.
+    "medium": Level("medium", "small", n_high=(25, 50, 90), n_low=(0, 100, 200, ALL), low_size_high=(25, 90),
+                    ablation_high=50, li3ps4_high=(5, 10, 20, 40, 80), epochs=20, max_epochs=60, patience=8, n_val=10,
+                    protocols=("paper", "equal_compute"), model={"chgnet": {}, "schnet": PAPER_SCHNET}),
+    # The paper's settings on the full LMFP set (built once, about an hour on 2 cores); for a GPU.
+    "full": Level("full", "full", n_high=(25, 50, 100, 200, 400, 800, ALL), n_low=(0, 200, 500, 1000, ALL),
+                  low_size_high=(50, 400), ablation_high=100, li3ps4_high=(5, 10, 20, 40, 80), epochs=60, max_epochs=200,
+                  patience=15, n_val=100, protocols=PROTOCOLS, model={"chgnet": {}, "schnet": PAPER_SCHNET}),
+}
+
+
+def learning_curve(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
+    """Fig. 2: MF (ECMR) vs single-fidelity over N_high, all low-fidelity frames."""
+    return [RunSpec("learning_curve", method, n, ALL, protocol, seed, backbone=backbone)
+            for protocol in level.protocols for n in level.n_high for seed in seeds
+            for method in ("multi_fidelity", "single_fidelity")]
+
+
+def low_fidelity_size(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
+    """Fig. 3: MF error against the number of low-fidelity frames, at two N_high."""
+    return [RunSpec("low_fidelity_size", "multi_fidelity", n, n_low, "paper", seed, backbone=backbone)
+            for n in level.low_size_high for n_low in level.n_low for seed in seeds]
+
+
+def ablations(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
+    """Fig. 4: each mechanism alone and all but one, at one N_high."""
+    return [RunSpec("ablations", "multi_fidelity", level.ablation_high, ALL, "paper", seed, mechanisms=m, backbone=backbone)
+            for m in ABLATIONS.values() for seed in seeds]
+
+
+def transfer_delta(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
+    """Fig. 5: MF against transfer learning and Δ-learning on a low-fidelity model's predictions."""
+    return [RunSpec("transfer_delta", method, n, ALL, protocol, seed, backbone=backbone)
+            for protocol in level.protocols for n in level.n_high for seed in seeds
+            for method in ("multi_fidelity", "single_fidelity", "transfer", "delta_model")]
+
+
+def coverage(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
+    """High-fidelity frames only with Mn fraction <= 0.5, low-fidelity frames everywhere; tested
+    on the high-fidelity test frames with Mn fraction > 0.5 (SevenNet-MF's argument)."""
+    return [RunSpec("coverage", method, level.n_high[-1], ALL, "paper", seed, region="mn_le_half", backbone=backbone)
+            for seed in seeds for method in ("multi_fidelity", "single_fidelity", "transfer")]
+
+
+def li3ps4(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
+    """Real DFT: PBEsol (energy, forces) low, r2SCAN (energy only) high; paired structures."""
+    return [RunSpec("li3ps4", method, n, ALL, protocol, seed, dataset="li3ps4", backbone=backbone)
+            for protocol in level.protocols for n in level.li3ps4_high for seed in seeds
+            for method in ("multi_fidelity", "single_fidelity", "transfer", "delta_model", "delta_labels")]
+
+
+def second_backbone(level: Level, seeds, backbone="schnet") -> list[RunSpec]:
+    """Experiments 1 (three N_high) and 3 with PyG SchNet through the wrapper."""
+    curve = [RunSpec("second_backbone", method, n, ALL, "paper", seed, backbone=backbone)
+             for n in level.n_high[-3:] for seed in seeds for method in ("multi_fidelity", "single_fidelity")]
+    bars = [RunSpec("second_backbone", "multi_fidelity", level.ablation_high, ALL, "paper", seed, mechanisms=m,
+                    backbone=backbone) for m in ABLATIONS.values() for seed in seeds]
+    return list(dict.fromkeys(curve + bars))
+
+
+EXPERIMENTS: dict[str, Callable[..., list[RunSpec]]] = {
+    "learning_curve": learning_curve, "low_fidelity_size": low_fidelity_size, "ablations": ablations,
+    "transfer_delta": transfer_delta, "coverage": coverage, "li3ps4": li3ps4, "second_backbone": second_backbone,
+}
+
+
+def epochs_for(spec: RunSpec, level: Level, n_mf_train: int, n_own_train: int, batch_size: int) -> int:
+    """Epochs of the run's final training stage under its protocol (module docstring)."""
+    if spec.protocol == "paper":
+        return level.epochs
+    if spec.protocol == "converged":
+        return level.max_epochs
+    steps = level.epochs * math.ceil(n_mf_train / batch_size)
+    return max(1, round(steps / math.ceil(n_own_train / batch_size)))

@@ -1,0 +1,132 @@
+"""``mfwrap bench report``: the suite's results, averaged over seeds, as JSON, markdown and plots.
+
+For every experiment with finished runs under ``root``, writes to ``out``:
+``<experiment>.json`` (each group's mean and sample standard deviation over seeds of the
+high-fidelity test MAE and RMSE per target, its steps and wall time, and every run's own result),
+``<experiment>.md`` (a table; protocol and steps in every row) and ``<experiment>.png``
+(learning curves on a log N_high axis with ±1 sd error bars, or bars for ablations and coverage).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from mfwrap.bench.grid import ABLATIONS
+from mfwrap.files import write_text
+
+UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "GPa", "magmoms": "μB"}
+METHOD_LABELS = {"multi_fidelity": "MF", "single_fidelity": "single-fidelity", "transfer": "transfer",
+                 "delta_model": "Δ (model)", "delta_labels": "Δ (labels)"}
+_ABLATION_NAMES = {mechanisms: name for name, mechanisms in ABLATIONS.items()}
+_GROUP_KEYS = ("dataset", "backbone", "method", "mechanisms", "protocol", "region")
+
+
+def label(spec: dict, ablation: bool = False) -> str:
+    """How a run's method reads in tables and legends."""
+    if spec["method"] != "multi_fidelity":
+        return METHOD_LABELS[spec["method"]]
+    if ablation:
+        return _ABLATION_NAMES.get(spec["mechanisms"], spec["mechanisms"] or "none")
+    return f"MF ({spec['mechanisms'] or 'no mechanism'})"
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    """One group per (dataset, backbone, method, mechanisms, protocol, region, N_high, N_low): mean ± sd over seeds."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for result in results:
+        spec = result["spec"]
+        key = tuple(spec[k] for k in _GROUP_KEYS) + (result["n_train"]["high"], result["n_train"]["low"])
+        groups[key].append(result)
+    rows = []
+    for key, members in sorted(groups.items(), key=lambda item: tuple(str(k) for k in item[0])):
+        target_fidelity = members[0]["target_fidelity"]
+        tests = [m["test"][target_fidelity] for m in members]
+        row = dict(zip(_GROUP_KEYS, key[:-2]), n_high=key[-2], n_low=key[-1], seeds=[m["spec"]["seed"] for m in members])
+        row["test"] = {}
+        for target in tests[0]:
+            mae, mae_sd = _mean_sd([t[target]["mae"] for t in tests])
+            rmse, rmse_sd = _mean_sd([t[target]["rmse"] for t in tests])
+            row["test"][target] = {"mae": mae, "mae_sd": mae_sd, "rmse": rmse, "rmse_sd": rmse_sd}
+        steps = [m["steps"] for m in members if m.get("steps") is not None]
+        row["steps"] = statistics.fmean(steps) if steps else None
+        row["wall_s"] = statistics.fmean(m["wall_s"] for m in members)
+        rows.append(row)
+    return rows
+
+
+def markdown(experiment: str, rows: list[dict]) -> str:
+    targets = [t for t in UNITS if any(t in row["test"] for row in rows)]
+    ablation = experiment in ("ablations", "second_backbone")
+    header = ["method", "N_high", "N_low", "protocol", "steps", "seeds"] + [f"{t} MAE ({UNITS[t]})" for t in targets]
+    lines = [f"### {experiment}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [label(row, ablation), str(row["n_high"]), str(row["n_low"]), row["protocol"],
+                 f"{row['steps']:.0f}" if row["steps"] is not None else "–", str(len(row["seeds"]))]
+        for target in targets:
+            stats = row["test"].get(target)
+            cells.append(f"{stats['mae']:.3g} ± {stats['mae_sd']:.2g}" if stats else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(experiment: str, rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [t for t in UNITS if any(t in row["test"] for row in rows)]
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
+    bars = experiment in ("ablations", "coverage")
+    ablation = experiment in ("ablations", "second_backbone")
+    for ax, target in zip(axes[0], targets):
+        if bars:
+            names = [label(r, ablation) + ("" if r["protocol"] == "paper" else f" [{r['protocol']}]") for r in rows]
+            values = [r["test"][target]["mae"] for r in rows]
+            errors = [r["test"][target]["mae_sd"] for r in rows]
+            ax.bar(range(len(rows)), values, yerr=errors, capsize=3, color="tab:blue")
+            ax.set_xticks(range(len(rows)), names, rotation=45, ha="right")
+        else:
+            x_key = "n_low" if experiment == "low_fidelity_size" else "n_high"
+            series: dict[str, list[dict]] = defaultdict(list)
+            for r in rows:
+                name = f"N_high = {r['n_high']}" if x_key == "n_low" else label(r, ablation)
+                series[f"{name}, {r['protocol']}, {r['backbone']}"].append(r)
+            for name, members in series.items():
+                members.sort(key=lambda r: r[x_key])
+                ax.errorbar([r[x_key] for r in members], [r["test"][target]["mae"] for r in members],
+                            yerr=[r["test"][target]["mae_sd"] for r in members], marker="o", capsize=3, label=name)
+            ax.set_xscale("symlog" if x_key == "n_low" else "log")
+            ax.set_xlabel("low-fidelity training frames" if x_key == "n_low" else "high-fidelity training frames")
+            ax.legend(fontsize=6)
+        ax.set_ylabel(f"{target} test MAE ({UNITS[target]})")
+    fig.suptitle(f"{experiment}: high-fidelity test error (mean ± sd over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(root: str | Path, out: str | Path) -> list[Path]:
+    """Aggregate every experiment under ``root`` into ``out``; returns the files written."""
+    root, out = Path(root), Path(out)
+    written = []
+    for experiment_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        results = [json.loads(p.read_text()) for p in sorted(experiment_dir.glob("*/result.json"))]
+        if not results:
+            continue
+        experiment = experiment_dir.name
+        rows = aggregate(results)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / f"{experiment}.json", json.dumps({"experiment": experiment, "groups": rows, "runs": results},
+                                                         indent=1, default=float))
+        write_text(out / f"{experiment}.md", markdown(experiment, rows))
+        plot(experiment, rows, out / f"{experiment}.png")
+        written += [out / f"{experiment}.{suffix}" for suffix in ("json", "md", "png")]
+    return written

@@ -1,0 +1,178 @@
+"""Running the suite: one directory per run, skipped when its result exists, resumed when killed.
+
+``root/<experiment>/<run name>/`` holds the run's trainer output (checkpoints, metric logs) and,
+when it has finished, ``result.json`` (spec, level, protocol, epochs, steps, wall time, machine,
+training-set sizes, validation and test metrics). A run that fails writes ``error.json`` (its
+traceback) and the others go on; the next invocation retries it. Everything is seeded: the run's
+seed picks the validation and training subsets and initialises the model.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import platform
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mfwrap.bench.grid import EXPERIMENTS, LEVELS, Level, RunSpec, epochs_for
+from mfwrap.data.readers import LabelledStructure, read_fidelities, to_graphs
+from mfwrap.files import write_text
+
+BACKBONES = {"chgnet": "backbones.chgnet:CHGNet", "schnet": "backbones.pyg:SchNet"}
+LI3PS4 = Path(__file__).resolve().parents[1] / "datasets" / "li3ps4"
+FIDELITIES = {"lmfp": ["low", "high"], "li3ps4": ["pbesol", "r2scan"]}
+TARGETS = {"lmfp": "efsm", "li3ps4": "ef"}
+BATCH_SIZE = 4
+PREDICTS_MAGMOMS = {"chgnet"}
+
+
+@dataclass
+class Splits:
+    """Labelled records of one run: training (both fidelities), validation and test (high)."""
+
+    train_high: list[LabelledStructure]
+    train_low: list[LabelledStructure]
+    val: list[LabelledStructure]
+    test: list[LabelledStructure]
+
+
+def _mn_fraction(record: LabelledStructure) -> float:
+    numbers = record.atoms.numbers
+    mn, fe = int((numbers == 25).sum()), int((numbers == 26).sum())
+    return mn / max(mn + fe, 1)
+
+
+def _take(records: list, count: int | None) -> list:
+    if count is not None and count > len(records):
+        raise ValueError(f"{count} frames requested, {len(records)} exist")
+    return records if count is None else records[:count]
+
+
+def make_splits(spec: RunSpec, level: Level) -> Splits:
+    """The run's frames: its seed shuffles each split; validation = the first ``level.n_val``
+    high-fidelity training frames, training = the next N_high, and the first N_low low ones."""
+    rng = np.random.default_rng(spec.seed)
+    shuffled = lambda records: [records[i] for i in rng.permutation(len(records))]  # noqa: E731
+    n_low = level.n_low_all if spec.n_low is None else spec.n_low
+    if spec.dataset == "li3ps4":
+        keys = {"pbesol": {"energy": "energy", "forces": "forces"}, "r2scan": {"energy": "mtt::r2scan_energy"}}
+        read = lambda name, wanted: [r for r in read_fidelities(LI3PS4 / name, keys) if r.fidelity in wanted]  # noqa: E731
+        order = rng.permutation(len(read("train.xyz", {"r2scan"})))
+        high, low = read("train.xyz", {"r2scan"}), read("train.xyz", {"pbesol"})
+        return Splits(_take([high[i] for i in order], spec.n_high), _take([low[i] for i in order], n_low),
+                      read("val.xyz", {"r2scan"}), read("test.xyz", {"r2scan"}))
+    from mfwrap.datasets.lmfp import load_lmfp
+
+    data = load_lmfp(level.lmfp_size, 0)
+    high, test = shuffled(data["high_train"]), data["high_test"]
+    if spec.region == "mn_le_half":
+        high, test = [r for r in high if _mn_fraction(r) <= 0.5], [r for r in test if _mn_fraction(r) > 0.5]
+    elif spec.region is not None:
+        raise ValueError(f"unknown region {spec.region!r}")
+    val, pool = high[: level.n_val], high[level.n_val :]
+    return Splits(_take(pool, spec.n_high), _take(shuffled(data["low_train"]), n_low), val, test)
+
+
+def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path):
+    from mfwrap.train.baselines import Experiment
+    from mfwrap.train.config import TrainConfig
+
+    n_mf = len(splits.train_high) + len(splits.train_low)
+    own = n_mf if spec.method == "multi_fidelity" else len(splits.train_high)
+    epochs = epochs_for(spec, level, n_mf, own, BATCH_SIZE)
+    targets = TARGETS[spec.dataset] if spec.backbone in PREDICTS_MAGMOMS else TARGETS[spec.dataset].replace("m", "")
+    config = TrainConfig(targets=targets, epochs=epochs, batch_size=BATCH_SIZE, lr=0.005, seed=spec.seed,
+                         output_dir=str(out), progress=False, checkpoint_every=50,
+                         patience=level.patience if spec.protocol == "converged" else 0)
+    method = "delta" if spec.method.startswith("delta") else spec.method
+    model = {"backbone": BACKBONES[spec.backbone], "kwargs": level.model.get(spec.backbone, {}), "mechanisms": spec.mechanisms}
+    return Experiment(method=method, model=model, train=config, pretrain={"epochs": level.epochs},
+                      delta_reference="labels" if spec.method == "delta_labels" else "model"), epochs
+
+
+def run_one(spec: RunSpec, level_name: str, root: str) -> dict:
+    """Train and test one run (resuming its checkpoints); writes and returns its result."""
+    from mfwrap.model_file import import_class
+    from mfwrap.train.baselines import run_experiment
+
+    level = LEVELS[level_name]
+    out = Path(root) / spec.experiment / spec.name
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    splits = make_splits(spec, level)
+    experiment, epochs = _experiment(spec, level, splits, out)
+    graph_spec = import_class(BACKBONES[spec.backbone])(**level.model.get(spec.backbone, {})).graph_spec
+    names = FIDELITIES[spec.dataset]
+    graphs = lambda records: to_graphs(records, graph_spec, names)  # noqa: E731
+    train = graphs(splits.train_low + splits.train_high) if spec.method != "single_fidelity" else graphs(splits.train_high)
+    summary = run_experiment(experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True)
+    result = {"spec": spec.as_dict(), "name": spec.name, "level": level.name, "protocol": spec.protocol, "epochs": epochs,
+              "epochs_run": summary.get("epochs_run"), "steps": summary.get("steps"), "wall_s": time.perf_counter() - start,
+              "n_train": {"high": len(splits.train_high), "low": len(splits.train_low) if spec.method != "single_fidelity" else 0},
+              "n_val": len(splits.val), "n_test": len(splits.test), "target_fidelity": names[-1],
+              "best": summary["best"], "val": summary["val"], "test": summary["test"], "machine": machine()}
+    write_text(out / "result.json", json.dumps(result, indent=1, default=float))
+    (out / "error.json").unlink(missing_ok=True)
+    return result
+
+
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def _run_in_worker(spec: RunSpec, level: str, root: str) -> tuple[RunSpec, str | None]:
+    torch.set_num_threads(1)
+    try:
+        run_one(spec, level, root)
+        return spec, None
+    except Exception:  # recorded, reported, not fatal to the other runs
+        text = traceback.format_exc()
+        out = Path(root) / spec.experiment / spec.name
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "error.json", json.dumps({"spec": spec.as_dict(), "traceback": text}, indent=1))
+        return spec, text
+
+
+def run_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], root: str | Path, *, jobs: int = 1,
+              backbone: str | None = None) -> dict:
+    """Run every missing run of ``experiments`` at ``level``; returns {"done", "ran", "failed"} counts and names."""
+    specs = []
+    for name in experiments:
+        if name not in EXPERIMENTS:
+            raise ValueError(f"unknown experiment {name!r}; known are {sorted(EXPERIMENTS)}")
+        extra = {"backbone": backbone} if backbone else {}
+        specs += EXPERIMENTS[name](LEVELS[level], list(seeds), **extra)
+    todo = [s for s in specs if not (Path(root) / s.experiment / s.name / "result.json").exists()]
+    print(f"{len(specs)} runs at level {level}: {len(specs) - len(todo)} done, {len(todo)} to run", flush=True)
+    failed = []
+    with tqdm(total=len(todo), desc="runs", disable=not todo) as bar:
+        if jobs > 1:
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+                futures = [pool.submit(_run_in_worker, s, level, str(root)) for s in todo]
+                for future in concurrent.futures.as_completed(futures):
+                    spec, error = future.result()
+                    failed += [spec.name] if error else []
+                    bar.set_postfix_str(spec.name[-40:])
+                    bar.update()
+        else:
+            for spec in todo:
+                bar.set_postfix_str(spec.name[-40:])
+                _, error = _run_in_worker(spec, level, str(root))
+                failed += [spec.name] if error else []
+                bar.update()
+    for name in failed:
+        print(f"FAILED {name} (traceback in its error.json)")
+    print(f"{len(todo) - len(failed)} ran, {len(failed)} failed, {len(specs) - len(todo)} were done", flush=True)
+    return {"total": len(specs), "ran": len(todo) - len(failed), "failed": failed}
