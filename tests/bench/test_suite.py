@@ -1,0 +1,92 @@
+"""The benchmark suite's pipeline at the quick level: files, shapes and bookkeeping (not accuracy)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mfwrap.bench import runner
+from mfwrap.bench.grid import EXPERIMENTS, LEVELS, RunSpec, epochs_for
+from mfwrap.bench.report import aggregate, markdown, write_report
+
+
+@pytest.fixture
+def lmfp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MFWRAP_CACHE", str(tmp_path / "cache"))
+
+
+def test_learning_curve_runs_skips_what_is_done_and_reports(tmp_path, lmfp_cache):
+    root, out = tmp_path / "runs", tmp_path / "report"
+    outcome = runner.run_suite(["learning_curve"], "quick", [0], root)
+    assert outcome == {"total": 4, "ran": 4, "failed": []}
+    results = [json.loads(p.read_text()) for p in sorted((root / "learning_curve").glob("*/result.json"))]
+    assert len(results) == 4
+    for result in results:
+        single = result["spec"]["method"] == "single_fidelity"
+        assert result["n_train"] == {"high": result["spec"]["n_high"], "low": 0 if single else 40}
+        assert result["n_val"] == 5 and result["n_test"] == 50 and result["protocol"] == "paper"
+        assert result["steps"] == math.ceil(sum(result["n_train"].values()) / 4) * result["epochs"]
+        assert set(result["test"]["high"]) == {"energy", "forces", "stress", "magmoms"}
+    assert runner.run_suite(["learning_curve"], "quick", [0], root)["ran"] == 0  # all done: nothing reruns
+    written = write_report(root, out)
+    assert sorted(p.name for p in written) == ["learning_curve.json", "learning_curve.md", "learning_curve.png"]
+    table = (out / "learning_curve.md").read_text()
+    assert table.count("| paper |") == 4 and "MF (ECMR)" in table and "single-fidelity" in table
+
+
+def test_li3ps4_runs_every_method_on_real_dft(tmp_path):
+    outcome = runner.run_suite(["li3ps4"], "quick", [0], tmp_path)
+    assert outcome["failed"] == [] and outcome["ran"] == 5
+    for path in (tmp_path / "li3ps4").glob("*/result.json"):
+        result = json.loads(path.read_text())
+        assert result["target_fidelity"] == "r2scan" and set(result["test"]["r2scan"]) == {"energy"}  # energies only
+        assert result["n_train"]["high"] == 10 and result["n_test"] == 10
+
+
+def test_a_failing_run_is_recorded_and_the_others_go_on(tmp_path, lmfp_cache, monkeypatch):
+    real = runner.make_splits
+
+    def broken(spec, level):
+        if spec.method == "single_fidelity" and spec.n_high == 10:
+            raise RuntimeError("broken on purpose")
+        return real(spec, level)
+
+    monkeypatch.setattr(runner, "make_splits", broken)
+    outcome = runner.run_suite(["learning_curve"], "quick", [0], tmp_path)
+    assert outcome["ran"] == 3 and outcome["failed"] == ["lmfp_chgnet_single_fidelity_nh10_nlall_paper_s0"]
+    error = json.loads((tmp_path / "learning_curve" / outcome["failed"][0] / "error.json").read_text())
+    assert "broken on purpose" in error["traceback"]
+
+
+def _result(method, seed, mae, steps):
+    spec = RunSpec("learning_curve", method, 10, None, "paper", seed)
+    return {"spec": spec.as_dict(), "n_train": {"high": 10, "low": 40 if method == "multi_fidelity" else 0},
+            "target_fidelity": "high", "steps": steps, "wall_s": 1.0,
+            "test": {"high": {"energy": {"mae": mae, "rmse": 2 * mae}}}}
+
+
+def test_aggregate_is_mean_and_sample_sd_over_seeds():
+    rows = aggregate([_result("multi_fidelity", 0, 1.0, 13), _result("multi_fidelity", 1, 3.0, 13),
+                      _result("single_fidelity", 0, 5.0, 3)])
+    mf = next(r for r in rows if r["method"] == "multi_fidelity")
+    assert mf["seeds"] == [0, 1] and mf["test"]["energy"]["mae"] == 2.0
+    assert mf["test"]["energy"]["mae_sd"] == pytest.approx(math.sqrt(2.0)) and mf["test"]["energy"]["rmse"] == 4.0
+    assert "| MF (ECMR) | 10 | 40 | paper | 13 | 2 | 2 ± 1.4 |" in markdown("learning_curve", rows)
+
+
+def test_protocols_set_the_epochs():
+    level = LEVELS["medium"]
+    mf, sf = (RunSpec("x", m, 50, None, "equal_compute", 0) for m in ("multi_fidelity", "single_fidelity"))
+    assert epochs_for(mf, level, 350, 350, 4) == level.epochs
+    assert epochs_for(sf, level, 350, 50, 4) == round(level.epochs * 88 / 13)  # the same optimiser steps
+    assert epochs_for(RunSpec("x", "single_fidelity", 50, None, "paper", 0), level, 350, 50, 4) == level.epochs
+
+
+@pytest.mark.parametrize("level", list(LEVELS))
+def test_every_grid_has_unique_runs(level):
+    for name, experiment in EXPERIMENTS.items():
+        specs = experiment(LEVELS[level], [0, 1, 2])
+        assert specs and len({s.name for s in specs}) == len(specs), name
+        assert all(s.protocol in ("paper", "equal_compute", "converged") for s in specs)
