@@ -10,12 +10,16 @@ hyperparameters and seed:
 * multi-fidelity: ``MultiFidelity(CHGNet(), ["low", "high"], "ECMR")`` on all 400 frames;
 * single-fidelity: ``CHGNet()`` on the 100 high-fidelity frames only.
 
-The two trainings run at once, one process and one thread each (one thread per process is
-faster than two for this model on a CPU). Prints their high-fidelity test errors side by side and saves a parity plot (PNG). The epochs are
-few (CPU budget), so absolute errors are far from converged; the full-size comparison is
-``mfwrap train`` with ``data: {lmfp: {size: full, n_high: 100}}`` and ``train: {epochs: 60}``.
+The comparison is at equal compute by default: single-fidelity trains for as many optimiser
+steps as multi-fidelity takes in ``--epochs`` epochs over its four times larger training set
+(``--protocol paper``: the same epochs instead, which gives multi-fidelity four times the steps;
+the printed table names the protocol and both step counts). The two trainings run at once, one
+process and one thread each (one thread per process is faster than two for this model on a
+CPU). Prints their high-fidelity test errors side by side and saves a parity plot (PNG). The
+budget is a few minutes, so absolute errors are far from converged; ``mfwrap bench`` runs the
+seed paper's experiments.
 
-    python -m mfwrap.demo [--epochs 2] [--out runs/demo] [--jobs 2]
+    python -m mfwrap.demo [--epochs 2] [--protocol equal-compute|paper] [--out runs/demo] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import math
 import multiprocessing
 import time
 from pathlib import Path
@@ -42,6 +47,7 @@ from mfwrap.model_file import read_model_file
 
 FIDELITIES = ["low", "high"]  # graph fidelity index = position here
 RUNS = {"multi-fidelity": "multi_fidelity", "single-fidelity": "single_fidelity"}
+BATCH = TrainConfig().batch_size
 
 
 def _predictions(checkpoint: Path, graphs: list) -> dict[str, np.ndarray]:
@@ -96,7 +102,7 @@ def _train(method: str, args: argparse.Namespace, threads: int) -> tuple[dict, f
     test = test[: args.n_test]
     if method == "multi_fidelity" and args.high_repeat > 1:  # each high-fidelity frame k times per epoch
         train = train + [g for g in train if int(g[K.FIDELITY]) == FIDELITIES.index("high")] * (args.high_repeat - 1)
-    epochs = args.single_epochs if method == "single_fidelity" and args.single_epochs else args.epochs
+    epochs = args.single_epochs if method == "single_fidelity" else args.epochs
     config = TrainConfig(epochs=epochs, seed=args.seed, val_fraction=0.0, output_dir=str(args.out),
                          progress=args.jobs == 1)
     summary = run_experiment(Experiment(method=method, model=model, train=config), FIDELITIES, train, None, test)
@@ -106,9 +112,12 @@ def _train(method: str, args: argparse.Namespace, threads: int) -> tuple[dict, f
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2, help="training epochs of each model (default 2)")
+    parser.add_argument("--protocol", choices=("equal-compute", "paper"), default="equal-compute",
+                        help="equal-compute (default): single-fidelity trains for as many optimiser steps as "
+                             "multi-fidelity takes in --epochs; paper: both train --epochs epochs (multi-fidelity then "
+                             "takes (N_high + N_low) / N_high times the steps)")
     parser.add_argument("--single-epochs", type=int, default=None,
-                        help="epochs of the single-fidelity model (default: --epochs); e.g. to give both models "
-                             "the same number of optimiser steps when multi-fidelity trains on many more frames")
+                        help="epochs of the single-fidelity model, overriding --protocol")
     parser.add_argument("--high-repeat", type=int, default=1,
                         help="multi-fidelity only: each high-fidelity training frame appears this many times per "
                              "epoch (default 1), so that a budget of few epochs still sees the scarce frames often")
@@ -127,10 +136,18 @@ def main(argv: list[str] | None = None) -> dict:
     origin = "ships prebuilt" if args.size == "small" else "labelled by the teachers on first use, then cached"
     print(f"loading the {args.size} LMFP dataset ({origin}) ...", flush=True)
     spec = ModelConfig().build_backbone().graph_spec
-    _, _, test = lmfp_graphs(spec, size=args.size, seed=args.seed, n_high=args.n_high, n_low=args.n_low)
+    train, _, test = lmfp_graphs(spec, size=args.size, seed=args.seed, n_high=args.n_high, n_low=args.n_low)
     test = test[: args.n_test]
-    print(f"  ready after {time.perf_counter() - start:.0f} s; training both models for {args.epochs} epoch(s) "
-          f"on {args.n_high} high (+ {'all' if args.n_low is None else args.n_low} low for multi-fidelity) frames ...", flush=True)
+    n_mf = len(train) + args.n_high * (args.high_repeat - 1)
+    steps_mf = args.epochs * math.ceil(n_mf / BATCH)
+    if args.single_epochs is None:
+        args.single_epochs = args.epochs if args.protocol == "paper" else max(1, round(steps_mf / math.ceil(args.n_high / BATCH)))
+    else:
+        args.protocol = "custom"
+    steps_sf = args.single_epochs * math.ceil(args.n_high / BATCH)
+    protocol = (f"protocol {args.protocol}: multi-fidelity {args.epochs} epoch(s) over {n_mf} frames = {steps_mf} "
+                f"optimiser steps; single-fidelity {args.single_epochs} epoch(s) over {args.n_high} frames = {steps_sf} steps")
+    print(f"  ready after {time.perf_counter() - start:.0f} s; training both models ({protocol}) ...", flush=True)
 
     if args.jobs == 2:
         context = multiprocessing.get_context("spawn")
@@ -142,13 +159,13 @@ def main(argv: list[str] | None = None) -> dict:
     results = {name: metrics for name, (metrics, _) in outcomes.items()}
     timings = {name: seconds for name, (_, seconds) in outcomes.items()}
 
-    epochs = f"{args.epochs} epochs" + (f" (single-fidelity {args.single_epochs})" if args.single_epochs else "")
-    print(f"\nhigh-fidelity test errors ({len(test)} frames; {epochs}, seed {args.seed}, CPU):")
+    print(f"\nhigh-fidelity test errors ({len(test)} frames, seed {args.seed}, CPU; {protocol}):")
     print(format_table(results, "high"))
     predictions = {name: _predictions(args.out / method / "best.pt", test) for name, method in RUNS.items()}
     plot = args.out / "parity.png"
     parity_plot(predictions, plot)
-    summary = {"epochs": args.epochs, "single_fidelity_epochs": args.single_epochs or args.epochs,
+    summary = {"protocol": args.protocol, "steps": {"multi-fidelity": steps_mf, "single-fidelity": steps_sf},
+               "epochs": args.epochs, "single_fidelity_epochs": args.single_epochs,
                "multi_fidelity_high_repeat": args.high_repeat, "seed": args.seed,
                "size": args.size, "n_high": args.n_high, "n_low": args.n_low,
                "n_test": len(test), "test": results, "train_seconds": timings,

@@ -19,8 +19,10 @@ def test_demo_runs_end_to_end(tmp_path):
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "high-fidelity test errors (6 frames" in done.stdout and "multi-fidelity" in done.stdout
+    assert "protocol equal-compute: multi-fidelity 1 epoch(s) over 24 frames = 6 optimiser steps; single-fidelity 3 epoch(s) over 8 frames = 6 steps" in done.stdout
     summary = json.loads((out / "demo.json").read_text())
     assert summary["n_test"] == 6 and set(summary["test"]) == {"multi-fidelity", "single-fidelity"}
+    assert summary["protocol"] == "equal-compute" and summary["steps"] == {"multi-fidelity": 6, "single-fidelity": 6}
     for metrics in summary["test"].values():
         assert set(metrics["high"]) == {"energy", "forces", "stress", "magmoms"}
         assert all(0 < metrics["high"][t]["mae"] < 1e4 for t in metrics["high"])
