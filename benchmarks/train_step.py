@@ -16,6 +16,7 @@ ratio to the official Trainer, peak resident memory of one step per atom (VmHWM 
 /proc/self/clear_refs after glibc's malloc_trim), and each compiled model's first-step (compile) time.
 
     python benchmarks/train_step.py [--steps 8] [--threads 1 2] [--batch-sizes 4 16] [--no-ddp]
+    python benchmarks/train_step.py --scale 20     # one step on supercells up to 20 GiB (results/train_step_scaling.json)
 """
 
 from __future__ import annotations
@@ -205,6 +206,52 @@ def measure_ddp(data, labels, batch_size: int, steps: int, tmp: Path) -> dict:
             "times": times}
 
 
+SCALE_CELLS = [(1, 1, 2), (2, 1, 2), (2, 2, 2), (2, 2, 4), (3, 3, 3), (3, 3, 4), (4, 4, 4), (4, 4, 5)]  # 56 … 2,240 atoms
+
+
+def scale_worker(cell: tuple[int, int, int]) -> dict:
+    """One MultiFidelity(ECMR) eager training step (E+F+S+M loss, double backward) on one LMFP
+    supercell, 1 thread: seconds and peak resident memory above the pre-step baseline."""
+    torch.set_num_threads(1)
+    structure = lifepo4(cell)
+    structure.perturb(0.05)
+    n = len(structure)
+    rng = np.random.default_rng(0)
+    label = {"e": -6.0, "f": rng.normal(0, 0.1, (n, 3)), "s": np.zeros((3, 3)), "m": rng.uniform(0, 4, n)}
+    model = MultiFidelity(CHGNet(), FIDELITIES, "ECMR")
+    graphs = labelled_graphs([structure], [label], model.graph_spec, [1])
+    with tempfile.TemporaryDirectory() as tmp:
+        step, _ = mfwrap_setup(model, graphs, 1, False, Path(tmp))
+        step(0)
+        release_freed_memory()
+        start = time.perf_counter()
+        memory, method = peak_rss_above_baseline(lambda: step(1))
+        seconds = time.perf_counter() - start
+    return {"atoms": n, "seconds": seconds, "peak_mib": memory, "ms_per_atom": 1000 * seconds / n,
+            "mib_per_atom": memory / n, "memory_method": method}
+
+
+def measure_scale(limit_gib: float) -> list[dict]:
+    """:func:`scale_worker` per cell in a fresh process, while the memory predicted linearly from the
+    previous cell stays under ``limit_gib``."""
+    import subprocess
+
+    rows = []
+    for cell in SCALE_CELLS:
+        atoms = 28 * int(np.prod(cell))
+        if rows and rows[-1]["mib_per_atom"] * atoms / 1024 > limit_gib:
+            rows.append({"atoms": atoms, "skipped": f"predicted {rows[-1]['mib_per_atom'] * atoms / 1024:.1f} GiB > {limit_gib}"})
+            break
+        done = subprocess.run([sys.executable, __file__, "--scale-worker", ",".join(map(str, cell))], capture_output=True,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if done.returncode != 0:
+            rows.append({"atoms": atoms, "failed": done.stderr[-500:]})
+            break
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"  {atoms:>5} atoms: {rows[-1]['seconds']:.2f} s/step, {rows[-1]['peak_mib']:.0f} MiB", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per implementation and block")
@@ -214,7 +261,18 @@ def main() -> None:
     parser.add_argument("--no-official", action="store_true")
     parser.add_argument("--no-ddp", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "train_step.json")
+    parser.add_argument("--scale", type=float, default=None, metavar="GIB",
+                        help="only the scaling of one training step with supercell size, up to this much memory")
+    parser.add_argument("--scale-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.scale_worker:
+        print(json.dumps(scale_worker(tuple(int(c) for c in args.scale_worker.split(",")))))
+        return
+    if args.scale is not None:
+        rows = measure_scale(args.scale)
+        save({"what": "one MultiFidelity(ECMR) eager training step on one LMFP supercell, 1 thread", "rows": rows,
+              "torch": torch.__version__}, args.out.with_name("train_step_scaling.json"))
+        return
     warnings.filterwarnings("ignore")
     from chgnet.model import CHGNet as OfficialCHGNet
 
