@@ -77,6 +77,7 @@ class Level:
     protocols: tuple[str, ...]
     model: dict = field(default_factory=dict)
     n_low_all: int | None = None  # what "all low-fidelity frames" means at this level (None: every one)
+    compile: bool = False  # compiled training steps where the backbone has a compiled path
 
 
 TINY_CHGNET = {"atom_fea_dim": 16, "bond_fea_dim": 16, "angle_fea_dim": 16, "num_radial": 9, "num_angular": 9,
@@ -93,11 +94,11 @@ LEVELS = {
     # 2-core CPU: N_high <= 90 (10 held out for validation), 10 epochs instead of 60.
     "medium": Level("medium", "small", n_high=(25, 50, 90), n_low=(0, 100, 200, ALL), low_size_high=(25, 90),
                     ablation_high=50, li3ps4_high=(5, 10, 20, 40, 80), epochs=10, max_epochs=40, patience=5, n_val=10,
-                    protocols=("paper", "equal_compute"), model={"chgnet": {}, "schnet": PAPER_SCHNET}),
+                    protocols=("paper", "equal_compute"), model={"chgnet": {}, "schnet": PAPER_SCHNET}, compile=True),
     # The paper's settings on the full LMFP set (built once, about an hour on 2 cores); for a GPU.
     "full": Level("full", "full", n_high=(25, 50, 100, 200, 400, 800, ALL), n_low=(0, 200, 500, 1000, ALL),
                   low_size_high=(50, 400), ablation_high=100, li3ps4_high=(5, 10, 20, 40, 80), epochs=60, max_epochs=200,
-                  patience=15, n_val=100, protocols=PROTOCOLS, model={"chgnet": {}, "schnet": PAPER_SCHNET}),
+                  patience=15, n_val=100, protocols=PROTOCOLS, model={"chgnet": {}, "schnet": PAPER_SCHNET}, compile=True),
 }
 
 

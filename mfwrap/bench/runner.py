@@ -34,6 +34,7 @@ FIDELITIES = {"lmfp": ["low", "high"], "li3ps4": ["pbesol", "r2scan"]}
 TARGETS = {"lmfp": "efsm", "li3ps4": "ef"}
 BATCH_SIZE = 4
 PREDICTS_MAGMOMS = {"chgnet"}
+COMPILABLE = {"chgnet"}  # backbones with a compiled path (benchmarks/train_step.py: 1.9x faster steps on a CPU)
 
 
 @dataclass
@@ -93,6 +94,7 @@ def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path):
     targets = TARGETS[spec.dataset] if spec.backbone in PREDICTS_MAGMOMS else TARGETS[spec.dataset].replace("m", "")
     config = TrainConfig(targets=targets, epochs=epochs, batch_size=BATCH_SIZE, lr=0.005, seed=spec.seed,
                          output_dir=str(out), progress=False, checkpoint_every=50,
+                         compile=level.compile and spec.backbone in COMPILABLE,
                          patience=level.patience if spec.protocol == "converged" else 0)
     method = "delta" if spec.method.startswith("delta") else spec.method
     model = {"backbone": BACKBONES[spec.backbone], "kwargs": level.model.get(spec.backbone, {}), "mechanisms": spec.mechanisms}
