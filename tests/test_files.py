@@ -76,3 +76,6 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     assert path.read_text() == "previous" and os.listdir(tmp_path) == ["metrics.json"]
     write_text(path, "new")
     assert path.read_text() == "new" and os.listdir(tmp_path) == ["metrics.json"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # like open(), not mkstemp's 0600
