@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import io
 import json
 import os
@@ -292,6 +293,9 @@ def main() -> None:
                 report["blocks"].append({"threads": threads, "batch_size": batch_size, "rows": rows})
                 print_block(threads, batch_size, rows)
                 save(report, args.out)
+            del found  # the block's models and optimisers (GBs at batch 16) before DDP starts two more processes
+            gc.collect()
+            release_freed_memory()
             if not args.no_ddp and 2 in args.threads:
                 ddp = measure_ddp(data, labels, batch_size, args.steps, Path(tmp))
                 single = next(b for b in report["blocks"] if b["threads"] == 2 and b["batch_size"] == batch_size)
