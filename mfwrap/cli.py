@@ -175,7 +175,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(path)
         return 0
     experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
-    outcome = run_suite(experiments, args.level, args.seeds, args.root, jobs=args.jobs, backbone=args.backbone)
+    outcome = run_suite(experiments, args.level, args.seeds, args.root, jobs=args.jobs, backbone=args.backbone,
+                        report=args.out)
     write_report(args.root, args.out)
     return 1 if outcome["failed"] else 0
 

@@ -146,15 +146,38 @@ def _run_in_worker(spec: RunSpec, level: str, root: str) -> tuple[RunSpec, str |
         return spec, text
 
 
+def restore_reported(specs: Sequence[RunSpec], level: str, root: Path, report: Path) -> int:
+    """Write ``result.json`` of runs that a committed report (``report/<experiment>.json``) already
+    holds at this level, so that a fresh checkout does not train them again; returns how many."""
+    restored = 0
+    for experiment in {s.experiment for s in specs}:
+        path = report / f"{experiment}.json"
+        if not path.is_file():
+            continue
+        known = {r["name"]: r for r in json.loads(path.read_text())["runs"] if r.get("level") == level}
+        for spec in specs:
+            target = root / spec.experiment / spec.name / "result.json"
+            if spec.experiment == experiment and spec.name in known and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_text(target, json.dumps(known[spec.name], indent=1))
+                restored += 1
+    return restored
+
+
 def run_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], root: str | Path, *, jobs: int = 1,
-              backbone: str | None = None) -> dict:
-    """Run every missing run of ``experiments`` at ``level``; returns {"done", "ran", "failed"} counts and names."""
+              backbone: str | None = None, report: str | Path | None = None) -> dict:
+    """Run every missing run of ``experiments`` at ``level`` (runs in ``report``'s committed results
+    count as done); returns {"total", "ran", "failed"}."""
     specs = []
     for name in experiments:
         if name not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {name!r}; known are {sorted(EXPERIMENTS)}")
         extra = {"backbone": backbone} if backbone else {}
         specs += EXPERIMENTS[name](LEVELS[level], list(seeds), **extra)
+    if report is not None:
+        restored = restore_reported(specs, level, Path(root), Path(report))
+        if restored:
+            print(f"{restored} runs restored from the committed results in {report}")
     todo = [s for s in specs if not (Path(root) / s.experiment / s.name / "result.json").exists()]
     print(f"{len(specs)} runs at level {level}: {len(specs) - len(todo)} done, {len(todo)} to run", flush=True)
     failed = []

@@ -90,3 +90,14 @@ def test_every_grid_has_unique_runs(level):
         specs = experiment(LEVELS[level], [0, 1, 2])
         assert specs and len({s.name for s in specs}) == len(specs), name
         assert all(s.protocol in ("paper", "equal_compute", "converged") for s in specs)
+
+
+def test_committed_results_count_as_done_on_a_fresh_checkout(tmp_path, lmfp_cache):
+    first, report = tmp_path / "first", tmp_path / "report"
+    runner.run_suite(["learning_curve"], "quick", [0], first)
+    write_report(first, report)
+    fresh = tmp_path / "fresh"  # a new machine: no run directories, only the committed report
+    outcome = runner.run_suite(["learning_curve"], "quick", [0], fresh, report=report)
+    assert outcome["ran"] == 0 and outcome["failed"] == []
+    assert len(list((fresh / "learning_curve").glob("*/result.json"))) == 4
+    assert runner.restore_reported(EXPERIMENTS["learning_curve"](LEVELS["medium"], [0]), "medium", fresh, report) == 0
