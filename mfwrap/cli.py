@@ -44,7 +44,8 @@ CONFIG.yaml sections (all optional except data):
     val_fraction: 0.1  eval_batch_size: 16  best_metric: weighted_mae  target_fidelity: null
     fit_composition: true  freeze: []  checkpoint_every: 0  output_dir: runs/mfwrap
     device: auto  progress: true
-  pretrain: {epochs: 30}                 transfer / delta: overrides of train for stage one
+  pretrain: {epochs: 30}                 transfer / delta / warm_start: overrides of train for stage one
+  warm_start: false                      multi_fidelity: pre-train the backbone on the other fidelities first
   transfer_freeze: null                  prefixes frozen in fine-tuning; null = all but readouts
   delta_reference: labels                labels (needs paired data) | model
 """

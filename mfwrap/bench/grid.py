@@ -22,7 +22,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-METHODS = ("multi_fidelity", "single_fidelity", "transfer", "delta_model", "delta_labels")
+METHODS = ("multi_fidelity", "mf_warm_start", "single_fidelity", "transfer", "delta_model", "delta_labels")
 PROTOCOLS = ("paper", "equal_compute", "converged")
 ALL = None  # every frame of a split
 
@@ -104,7 +104,7 @@ LEVELS = {
 
 def _unique(specs: list[RunSpec]) -> list[RunSpec]:
     """Drop multi-fidelity under equal_compute: it is the paper run (the steps the others get)."""
-    return [s for s in specs if not (s.method == "multi_fidelity" and s.protocol == "equal_compute")]
+    return [s for s in specs if not (s.method in ("multi_fidelity", "mf_warm_start") and s.protocol == "equal_compute")]
 
 
 def learning_curve(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
@@ -127,10 +127,11 @@ def ablations(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
 
 
 def transfer_delta(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
-    """Fig. 5: MF against transfer learning and Δ-learning on a low-fidelity model's predictions."""
+    """Fig. 5: MF against transfer learning and Δ-learning on a low-fidelity model's predictions, and
+    MF warm-started from the low-fidelity model (``mf_warm_start``)."""
     return _unique([RunSpec("transfer_delta", method, n, ALL, protocol, seed, backbone=backbone)
                     for protocol in level.protocols for n in level.n_high for seed in seeds
-                    for method in ("multi_fidelity", "single_fidelity", "transfer", "delta_model")])
+                    for method in ("multi_fidelity", "mf_warm_start", "single_fidelity", "transfer", "delta_model")])
 
 
 def coverage(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:

@@ -89,17 +89,18 @@ def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path):
     from mfwrap.train.config import TrainConfig
 
     n_mf = len(splits.train_high) + len(splits.train_low)
-    own = n_mf if spec.method == "multi_fidelity" else len(splits.train_high)
+    own = n_mf if spec.method in ("multi_fidelity", "mf_warm_start") else len(splits.train_high)
     epochs = epochs_for(spec, level, n_mf, own, BATCH_SIZE)
     targets = TARGETS[spec.dataset] if spec.backbone in PREDICTS_MAGMOMS else TARGETS[spec.dataset].replace("m", "")
     config = TrainConfig(targets=targets, epochs=epochs, batch_size=BATCH_SIZE, lr=0.005, seed=spec.seed,
                          output_dir=str(out), progress=False, checkpoint_every=50,
                          compile=level.compile and spec.backbone in COMPILABLE,
                          patience=level.patience if spec.protocol == "converged" else 0)
-    method = "delta" if spec.method.startswith("delta") else spec.method
+    method = {"delta_model": "delta", "delta_labels": "delta", "mf_warm_start": "multi_fidelity"}.get(spec.method, spec.method)
     model = {"backbone": BACKBONES[spec.backbone], "kwargs": level.model.get(spec.backbone, {}), "mechanisms": spec.mechanisms}
     return Experiment(method=method, model=model, train=config, pretrain={"epochs": level.epochs},
-                      delta_reference="labels" if spec.method == "delta_labels" else "model"), epochs
+                      delta_reference="labels" if spec.method == "delta_labels" else "model",
+                      warm_start=spec.method == "mf_warm_start"), epochs
 
 
 def run_one(spec: RunSpec, level_name: str, root: str) -> dict:

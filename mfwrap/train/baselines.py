@@ -84,6 +84,9 @@ class Experiment:
         transfer_freeze: parameter-name prefixes frozen when fine-tuning; None =
             :func:`transfer_freeze` (embeddings and message passing).
         delta_reference: "labels" (paired data) or "model" (base-model predictions).
+        warm_start: multi_fidelity only: pre-train the plain backbone on the other fidelities first
+            (stage one as for transfer), then wrap it and train on all fidelities; every
+            fidelity starts from the pre-trained network (the mechanisms start as the identity).
     """
 
     method: str = "multi_fidelity"
@@ -92,6 +95,7 @@ class Experiment:
     pretrain: dict[str, Any] = field(default_factory=dict)
     transfer_freeze: list[str] | None = None
     delta_reference: str = "labels"
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -100,6 +104,8 @@ class Experiment:
             self.train = TrainConfig.from_dict(self.train)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.warm_start and self.method != "multi_fidelity":
+            raise ValueError(f"warm_start is an option of multi_fidelity, not of {self.method}")
         if self.delta_reference not in ("labels", "model"):
             raise ValueError(f"delta_reference must be 'labels' or 'model', got {self.delta_reference!r}")
 
@@ -187,8 +193,12 @@ def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Seq
         raise ValueError(f"no training structure at the target fidelity {target_name!r}")
 
     if experiment.method == "multi_fidelity":
-        torch.manual_seed(config.seed)
-        model = MultiFidelity(experiment.model.build_backbone(), fidelities, experiment.model.mechanisms)
+        if experiment.warm_start:
+            backbone, _ = _pretrain(experiment, fidelities, target, train, val, resume)
+        else:
+            torch.manual_seed(config.seed)
+            backbone = experiment.model.build_backbone()
+        model = MultiFidelity(backbone, fidelities, experiment.model.mechanisms)
         return Trainer(model, final).fit(train, val, test, resume=resume)
 
     if experiment.method == "single_fidelity":

@@ -111,3 +111,16 @@ def test_delta_labels_without_pairs_is_a_clear_error_and_model_reference_works(t
     assert torch.equal(diff[0][K.MAGMOMS], HIGH[0][K.MAGMOMS])
     summary = run_experiment(_experiment(tmp_path, "delta", delta_reference="model"), FIDELITIES, LOW + HIGH, HIGH[:2], HIGH_TEST)
     assert summary["best"]["epoch"] >= 0 and "forces" in summary["test"]["high"]
+
+
+def test_multi_fidelity_warm_start_begins_from_the_low_fidelity_model(tmp_path):
+    experiment = _experiment(tmp_path, "multi_fidelity", warm_start=True, pretrain={"epochs": 1})
+    experiment.train.lr = 1e-12  # the final stage barely moves: its weights are where it started
+    run_experiment(experiment, FIDELITIES, LOW + HIGH, test=HIGH_TEST)
+    pretrained = read_payload(tmp_path / "pretrain" / "best.pt")["state_dict"]
+    wrapped = read_payload(tmp_path / "multi_fidelity" / "best.pt")["state_dict"]
+    for name in ("atom_embedding", "filters.0", "updates.1"):  # under E / M the backbone's layer sits one level down
+        inner = "embedding" if name == "atom_embedding" else "linear"
+        torch.testing.assert_close(wrapped[f"backbone.{name}.{inner}.weight"], pretrained[f"{name}.weight"], rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="warm_start is an option of multi_fidelity"):
+        Experiment(method="transfer", warm_start=True)
