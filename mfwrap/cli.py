@@ -43,7 +43,8 @@ CONFIG.yaml sections (all optional except data):
     loss_weights: {energy: 1, forces: 1, stress: 0.1, magmoms: 0.1}
     val_fraction: 0.1  eval_batch_size: 16  best_metric: weighted_mae  target_fidelity: null
     fit_composition: true  freeze: []  checkpoint_every: 0  output_dir: runs/mfwrap
-    device: auto  progress: true
+    device: auto  progress: true  patience: 0  nonfinite: error (or skip)  compile: false (or true)
+    fidelity_loss_weights: {}            e.g. {high: 4}: weight of each fidelity's entries in the loss
   pretrain: {epochs: 30}                 transfer / delta / warm_start: overrides of train for stage one
   warm_start: false                      multi_fidelity: pre-train the backbone on the other fidelities first
   transfer_freeze: null                  prefixes frozen in fine-tuning; null = all but readouts

@@ -30,6 +30,8 @@ class TrainConfig:
         scheduler: "cos" (cosine, stepped once per optimiser step) or "constant".
         weight_decay: Adam's L2 weight decay.
         loss_weights: weights of the energy-per-atom, forces, stress and magmom Huber terms.
+        fidelity_loss_weights: {fidelity name: weight} of each fidelity's entries in every loss term
+            (default 1 each), e.g. ``{high: 4}`` to weigh the scarce target fidelity more.
         huber_delta: δ of the Huber loss, in each target's units (eV/atom, eV/Å, GPa, μB).
         grad_clip: clip the global gradient norm to this value; 0 = no clipping.
         nonfinite: what a step with a NaN or inf loss or gradient does: "error" (stop, naming the
@@ -68,6 +70,7 @@ class TrainConfig:
     scheduler: str = "cos"
     weight_decay: float = 0.0
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    fidelity_loss_weights: dict[str, float] = field(default_factory=dict)
     huber_delta: float = 0.1
     grad_clip: float = 0.0
     nonfinite: str = "error"

@@ -2,11 +2,12 @@
 
 For target t with label mask m_t and Huber function h_δ (δ = ``delta``, in the target's units),
 
-    L_t = Σ_k m_k h_δ(p_k - y_k) / max(1, Σ_k m_k · c_t)        L = Σ_t w_t L_t
+    L_t = Σ_k m_k a_k h_δ(p_k - y_k) / max(1, Σ_k m_k · c_t)        L = Σ_t w_t L_t
 
 where k runs over structures (energy per atom in eV/atom, stress in GPa) or atoms (forces in eV/Å,
 magmoms in μB) and c_t is the number of components per entry (1, 3, 9, 1), so L_t is the mean
-over present labels only. A target with no label in the batch contributes exactly 0. Masked
+over present labels only. a_k is the weight of the fidelity of entry k's structure
+(``fidelity_weights``; 1 for every fidelity by default). A target with no label in the batch contributes exactly 0. Masked
 entries are replaced by their label *before* the Huber function (``torch.where``), so a NaN or
 inf prediction where no label exists (e.g. stress of a molecule) reaches neither the loss nor
 its gradient. A target with labels somewhere in the (global) batch but none in this process's
@@ -22,6 +23,7 @@ one-process gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -68,11 +70,12 @@ def label_counts(batch: Batch, targets: tuple[str, ...]) -> dict[str, Tensor]:
     return {t: batch[K.mask_key(t)].sum().to(batch[K.POSITIONS].dtype) for t in targets}
 
 
-def _masked_huber(pred: Tensor, label: Tensor, mask: Tensor, delta: float) -> Tensor:
-    """Σ over present entries of the elementwise Huber loss (sum, not mean)."""
-    mask = mask.view(mask.shape[0], *([1] * (label.dim() - 1))).expand_as(label)
-    safe = torch.where(mask, pred, label)
-    return F.huber_loss(safe, label, reduction="none", delta=delta).sum()
+def _masked_huber(pred: Tensor, label: Tensor, mask: Tensor, delta: float, weight: Tensor | None = None) -> Tensor:
+    """Σ over present entries of the elementwise Huber loss (sum, not mean), each entry times ``weight``."""
+    shape = (mask.shape[0], *([1] * (label.dim() - 1)))
+    safe = torch.where(mask.view(shape).expand_as(label), pred, label)
+    loss = F.huber_loss(safe, label, reduction="none", delta=delta)
+    return (loss if weight is None else loss * weight.view(shape)).sum()
 
 
 def targets_to_compute(batch: Batch, targets: tuple[str, ...]) -> dict[str, bool]:
@@ -83,11 +86,13 @@ def targets_to_compute(batch: Batch, targets: tuple[str, ...]) -> dict[str, bool
 class MultiTargetLoss(torch.nn.Module):
     """Weighted sum of masked Huber losses; see the module docstring for the formula."""
 
-    def __init__(self, targets: str = "efsm", weights: LossWeights | None = None, delta: float = 0.1) -> None:
+    def __init__(self, targets: str = "efsm", weights: LossWeights | None = None, delta: float = 0.1,
+                 fidelity_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.targets = parse_targets(targets)
         self.weights = weights or LossWeights()
         self.delta = delta
+        self.fidelity_weights = None if fidelity_weights is None else torch.tensor([float(w) for w in fidelity_weights])
 
     def forward(
         self,
@@ -107,6 +112,9 @@ class MultiTargetLoss(torch.nn.Module):
         """
         counts = label_counts(batch, self.targets) if counts is None else counts
         total = batch[K.POSITIONS].new_zeros(())
+        per_structure = None
+        if self.fidelity_weights is not None:
+            per_structure = self.fidelity_weights.to(total).index_select(0, batch[K.FIDELITY].reshape(-1))
         terms: dict[str, Tensor] = {}
         for target in self.targets:
             if float(counts[target]) == 0:
@@ -121,7 +129,9 @@ class MultiTargetLoss(torch.nn.Module):
             prediction, label = pred[target], batch[target]
             if target == K.ENERGY:
                 prediction, label = per_atom_energy(prediction, batch), per_atom_energy(label, batch)
-            summed = _masked_huber(prediction, label, mask, self.delta)
+            weight = None if per_structure is None else (
+                per_structure.index_select(0, batch.batch) if target in K.PER_ATOM_TARGETS else per_structure)
+            summed = _masked_huber(prediction, label, mask, self.delta, weight)
             terms[target] = scale * summed / (counts[target] * _COMPONENTS[target])
             total = total + getattr(self.weights, target) * terms[target]
         return total, terms

@@ -85,7 +85,12 @@ class Trainer:
         self.model = model.to(self.device)
         self.fidelity_names = list(fidelity_names or fidelity_names_of(model))
         self.architecture = architecture if architecture is not None else _describe_or_none(model)
-        self.criterion = MultiTargetLoss(config.targets, config.loss_weights, config.huber_delta)
+        unknown = sorted(set(config.fidelity_loss_weights) - set(self.fidelity_names))
+        if unknown:
+            raise ValueError(f"fidelity_loss_weights name {unknown}, not among the fidelities {self.fidelity_names}")
+        weights = [float(config.fidelity_loss_weights.get(name, 1.0)) for name in self.fidelity_names]
+        self.criterion = MultiTargetLoss(config.targets, config.loss_weights, config.huber_delta,
+                                         fidelity_weights=weights if config.fidelity_loss_weights else None)
         self.targets = self.criterion.targets
         self.target_fidelity = config.target_fidelity or self.fidelity_names[-1]
         if self.target_fidelity not in self.fidelity_names:

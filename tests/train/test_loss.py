@@ -79,3 +79,34 @@ def test_model_without_magmoms_is_an_error_only_when_labels_exist():
     batch[K.mask_key(K.MAGMOMS)][:] = False
     total, terms = MultiTargetLoss("efsm")(pred, batch)
     assert terms[K.MAGMOMS].item() == 0.0 and torch.isfinite(total)
+
+
+def test_fidelity_weights_scale_each_structures_entries():
+    """3 structures at fidelity 0 (weight 1), 2 at fidelity 1 (weight 3); normalised by label counts as before."""
+    model = TinyBackbone(seed=0)
+    batch = _batch(model)
+    pred = energy_and_derivatives(model, batch)
+    _, plain = MultiTargetLoss("efs", delta=0.1)(pred, batch)
+    _, weighted = MultiTargetLoss("efs", delta=0.1, fidelity_weights=[1.0, 3.0])(pred, batch)
+    n = torch.bincount(batch.batch).float()
+    structure_weight = torch.tensor([1.0, 1.0, 1.0, 3.0, 3.0])
+    energy = F.huber_loss(pred[K.ENERGY] / n, batch[K.ENERGY] / n, delta=0.1, reduction="none")
+    forces = F.huber_loss(pred[K.FORCES], batch[K.FORCES], delta=0.1, reduction="none")
+    assert torch.allclose(weighted[K.ENERGY], (energy * structure_weight).sum() / 5, rtol=1e-5)
+    assert torch.allclose(weighted[K.FORCES], (forces * structure_weight[batch.batch].view(-1, 1)).sum() / forces.numel(),
+                          rtol=1e-5)
+    assert not torch.allclose(weighted[K.STRESS], plain[K.STRESS])
+    assert torch.allclose(MultiTargetLoss("efs", delta=0.1, fidelity_weights=[1.0, 1.0])(pred, batch)[0],
+                          MultiTargetLoss("efs", delta=0.1)(pred, batch)[0])
+
+
+def test_trainer_takes_fidelity_loss_weights_by_name(tmp_path):
+    import pytest
+
+    from mfwrap.train import TrainConfig, Trainer
+
+    config = TrainConfig(fidelity_loss_weights={"high": 4.0}, output_dir=str(tmp_path))
+    trainer = Trainer(TinyBackbone(seed=0), config, fidelity_names=["low", "high"])
+    assert trainer.criterion.fidelity_weights.tolist() == [1.0, 4.0]
+    with pytest.raises(ValueError, match=r"fidelity_loss_weights name \['hgh'\]"):
+        Trainer(TinyBackbone(seed=0), TrainConfig(fidelity_loss_weights={"hgh": 4.0}), fidelity_names=["low", "high"])
