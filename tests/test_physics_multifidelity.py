@@ -33,8 +33,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*no neighbour within")
 
 MODELS = ("chgnet", "schnet", "dimenet")
 FIDELITIES = ("low", "high")
-examples = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-seeds = st.integers(0, 2**32 - 1)
+
+
+def for_every_model(**strategies):
+    """A hypothesis test (25 examples) per wrapped model, drawing a seed, a fidelity and ``strategies``."""
+    def decorate(test):
+        examples = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        drawn = given(seed=st.integers(0, 2**32 - 1), fidelity=st.integers(0, 1), **strategies)
+        return pytest.mark.parametrize("name", MODELS)(examples(drawn(test)))
+
+    return decorate
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,9 +74,7 @@ def _case(seed: int, fidelity: int, max_atoms: int = 5) -> tuple[Atoms, Atoms, l
     return random_crystal(rng, max_atoms), random_crystal(rng, 4), [fidelity, 1 - fidelity]
 
 
-@pytest.mark.parametrize("name", MODELS)
-@examples
-@given(seed=seeds, fidelity=st.integers(0, 1))
+@for_every_model()
 def test_forces_are_minus_energy_gradient(name, seed, fidelity):
     model, h = wrapped(name), 1e-4
     atoms, decoy, (f, g) = _case(seed, fidelity)
@@ -83,9 +89,7 @@ def test_forces_are_minus_energy_gradient(name, seed, fidelity):
     assert slope == pytest.approx(-(reference[K.FORCES] * direction).sum(), rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", MODELS)
-@examples
-@given(seed=seeds, fidelity=st.integers(0, 1))
+@for_every_model()
 def test_stress_is_strain_derivative(name, seed, fidelity):
     model, h = wrapped(name), 1e-5
     atoms, decoy, (f, g) = _case(seed, fidelity)
@@ -96,9 +100,7 @@ def test_stress_is_strain_derivative(name, seed, fidelity):
     np.testing.assert_allclose(stress, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", MODELS)
-@examples
-@given(seed=seeds, fidelity=st.integers(0, 1))
+@for_every_model()
 def test_invariance_and_covariance(name, seed, fidelity):
     model = wrapped(name)
     atoms, decoy, (f, g) = _case(seed, fidelity)
@@ -113,9 +115,7 @@ def test_invariance_and_covariance(name, seed, fidelity):
         np.testing.assert_allclose(perm[K.MAGMOMS], base[K.MAGMOMS][order], atol=1e-10)
 
 
-@pytest.mark.parametrize("name", MODELS)
-@examples
-@given(seed=seeds, fidelity=st.integers(0, 1), repeats=st.tuples(*[st.integers(1, 2)] * 3).filter(lambda r: r != (1, 1, 1)))
+@for_every_model(repeats=st.tuples(*[st.integers(1, 2)] * 3).filter(lambda r: r != (1, 1, 1)))
 def test_supercell_is_extensive(name, seed, fidelity, repeats):
     model = wrapped(name)
     atoms, decoy, (f, g) = _case(seed, fidelity, max_atoms=3)
@@ -133,9 +133,7 @@ def _unit(rng: np.random.Generator) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-@pytest.mark.parametrize("name", MODELS)
-@examples
-@given(seed=seeds, fidelity=st.integers(0, 1), which=st.integers(0, 1), bond=st.floats(1.3, 2.4))
+@for_every_model(which=st.integers(0, 1), bond=st.floats(1.3, 2.4))
 def test_continuous_as_a_periodic_image_crosses_each_cutoff(name, seed, fidelity, which, bond):
     """In a periodic cube, the image of atom C crosses a cutoff of atom A (B bonded to A)."""
     model = wrapped(name)
