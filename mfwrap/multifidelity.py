@@ -27,6 +27,7 @@ from mfwrap.fidelity import FidelityContext, validate_fidelity_names
 from mfwrap.mechanisms import FidelityComposition
 from mfwrap.model_file import describe_model, read_model_file, save_model
 from mfwrap.surgery import FidelitySpec, SurgeryReport, operate, parse_mechanisms, resolve_spec
+from mfwrap.symmetry import check_wrapped_model
 
 
 class MultiFidelity(nn.Module):
@@ -41,6 +42,10 @@ class MultiFidelity(nn.Module):
             the backbone's ``fidelity_spec``, else heuristics (with a warning saying what they chose).
         row_kinds: {module-path pattern: "atom" | "edge" | "undirected" | "angle" | "structure"}
             overriding the probe's detection of what the rows of a place are.
+        check_symmetry: after the surgery, check on a float64 copy with randomised fidelity
+            parameters that energies stay invariant and forces equivariant under rotation,
+            translation and permutation at every fidelity (:mod:`mfwrap.symmetry`); a ValueError
+            names the places that break it. The result is in ``surgery.symmetry``.
 
     Attributes:
         fidelity_names: tuple of names. ``surgery``: a :class:`~mfwrap.surgery.SurgeryReport`
@@ -55,6 +60,7 @@ class MultiFidelity(nn.Module):
         *,
         spec: FidelitySpec | Mapping[str, Any] | None = None,
         row_kinds: Mapping[str, str] | None = None,
+        check_symmetry: bool = True,
     ) -> None:
         super().__init__()
         self.fidelity_names = validate_fidelity_names(fidelities)
@@ -65,6 +71,7 @@ class MultiFidelity(nn.Module):
         resolved, source = resolve_spec(self.backbone, spec)
         self.surgery: SurgeryReport
         self.surgery, self.composition = operate(self.backbone, self.mechanisms, self.context, resolved, source, row_kinds)
+        self.surgery.symmetry = check_wrapped_model(self) if check_symmetry else "symmetry not checked (check_symmetry=False)"
 
     @property
     def graph_spec(self) -> GraphSpec:

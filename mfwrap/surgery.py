@@ -260,6 +260,7 @@ class SurgeryReport:
     spec_source: str
     places: list[tuple[str, str, str, str]]
     skipped: list[str] = field(default_factory=list)
+    symmetry: str = ""
 
     def count(self, mechanism: str) -> int:
         return sum(1 for m, *_ in self.places if m == mechanism)
@@ -273,6 +274,8 @@ class SurgeryReport:
                 lines += [f"    {path} ({kind} rows, {type_name})" for _, path, type_name, kind in entries]
         if self.skipped:
             lines.append(f"not called by the forward, left unchanged: {self.skipped}")
+        if self.symmetry:
+            lines.append(self.symmetry)
         return "\n".join(lines)
 
 

@@ -1,0 +1,61 @@
+"""The symmetry check after surgery: a fidelity term on vector features is refused, naming the place."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from backbones.ops import scatter_sum
+from mf_models import small_backbone
+from mfwrap import MultiFidelity
+from mfwrap.data import keys as K
+from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
+
+
+class VectorPotential(nn.Module):
+    """An equivariant toy: per-atom vector features v_i = Σ_j r̂_ij ⊗ (W φ(r_ij) ⊙ x_j), (n, 3, F);
+    ``mix`` is a linear layer over their channels (equivariant without a bias), ``scalar`` acts on
+    the invariants |v_i|²; E = Σ_i readout(x_i + scalar(|v_i|²)) + μ_Zi."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = {}
+        self.graph_spec = GraphSpec(cutoff=4.0)
+        self.embedding = nn.Embedding(95, 8)
+        self.radial = nn.Linear(4, 8)
+        self.mix = nn.Linear(8, 8, bias=False)
+        self.scalar = nn.Linear(8, 8)
+        self.readout = nn.Sequential(nn.Linear(8, 8), nn.SiLU(), nn.Linear(8, 1))
+        self.reference = nn.Embedding(95, 1)
+
+    def forward(self, batch):
+        neighbour, centre = batch[K.EDGE_INDEX]
+        vectors = edge_vectors(batch)
+        r = vectors.norm(dim=-1, keepdim=True)
+        basis = torch.exp(-((r - torch.linspace(1.0, 4.0, 4)) ** 2)) * 0.5 * (torch.cos(math.pi * r / 4.0) + 1)
+        x = self.embedding(batch[K.ATOMIC_NUMBERS])
+        messages = (vectors / r).unsqueeze(-1) * (self.radial(basis) * x[neighbour]).unsqueeze(1)
+        v = self.mix(scatter_sum(messages, centre, x.shape[0]))
+        per_atom = self.readout(x + self.scalar((v * v).sum(1))).squeeze(-1) + self.reference(batch[K.ATOMIC_NUMBERS]).squeeze(-1)
+        return {K.ENERGY: scatter_sum(per_atom, structure_index(batch), batch[K.CELL].shape[0])}
+
+
+def test_a_fidelity_term_on_vector_features_is_refused_naming_the_place():
+    with pytest.raises(ValueError, match=r"break the symmetry of VectorPotential: rotation .*places responsible: \['mix'\]"):
+        MultiFidelity(VectorPotential(), ["a", "b"], "M", spec={"message": ["mix", "scalar"]})
+
+
+def test_fidelity_terms_on_invariant_features_pass_and_are_reported():
+    mf = MultiFidelity(VectorPotential(), ["a", "b"], "EMR",
+                       spec={"embedding": "embedding", "message": ["scalar"], "readout": ["readout"]})
+    assert mf.surgery.symmetry.startswith("symmetry checked") and "symmetry checked" in str(mf.surgery)
+    skipped = MultiFidelity(VectorPotential(), ["a", "b"], "M", spec={"message": ["mix"]}, check_symmetry=False)
+    assert "not checked" in skipped.surgery.symmetry
+
+
+@pytest.mark.parametrize("name", ["chgnet", "schnet", "dimenet"])
+def test_shipped_backbones_pass_with_all_four_mechanisms(name):
+    assert MultiFidelity(small_backbone(name), ["a", "b", "c"], "ECMR").surgery.symmetry.startswith("symmetry checked")
