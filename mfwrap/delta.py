@@ -35,6 +35,10 @@ class DeltaModel(nn.Module):
         """Constructor arguments that rebuild this architecture (:mod:`mfwrap.model_file`)."""
         return {"base": self.base, "delta": self.delta}
 
+    def compiled(self, **options: Any) -> nn.Module:
+        """Base and correction each under their backbone's ``compiled()`` (:class:`CompiledDeltaModel`)."""
+        return CompiledDeltaModel(self, **options)
+
     def forward(self, batch: Data) -> dict[str, Tensor]:
         out = dict(self.delta(batch))
         out[K.ENERGY] = out[K.ENERGY] + self.base(batch)[K.ENERGY]
@@ -61,3 +65,29 @@ class DeltaModel(nn.Module):
             shifted[K.ENERGY] = graph[K.ENERGY] - energy.to(graph[K.ENERGY].dtype)
             residual.append(shifted)
         fit_composition(self.delta, residual, ridge=ridge)
+
+
+class CompiledDeltaModel(nn.Module):
+    """A :class:`DeltaModel` whose two networks run compiled; energies and their derivatives add:
+    E = E_base + E_Δ, ∂E/∂r and ∂E/∂ε likewise; magmoms are the correction's."""
+
+    def __init__(self, model: DeltaModel, **options: Any) -> None:
+        super().__init__()
+        missing = [part for part in (model.base, model.delta) if getattr(part, "compiled", None) is None]
+        if missing:
+            raise TypeError(f"{type(missing[0]).__name__} has no compiled path, so this DeltaModel cannot be compiled")
+        self.model = model
+        self.base, self.delta = model.base.compiled(**options), model.delta.compiled(**options)
+        self.graph_spec = model.graph_spec
+
+    def forward(self, batch: Data) -> dict[str, Tensor]:
+        out = dict(self.delta(batch))
+        out[K.ENERGY] = out[K.ENERGY] + self.base(batch)[K.ENERGY]
+        return out
+
+    def energy_and_gradients(self, batch: Data) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        out, grad_pos, grad_strain = self.delta.energy_and_gradients(batch)
+        base, base_pos, base_strain = self.base.energy_and_gradients(batch)
+        out = dict(out)
+        out[K.ENERGY] = out[K.ENERGY] + base[K.ENERGY]
+        return out, grad_pos + base_pos, grad_strain + base_strain

@@ -136,3 +136,13 @@ def test_the_trainer_takes_compiled_steps(tmp_path):
     for name, value in steps[False].items():
         torch.testing.assert_close(steps["aot_eager"][name], value, rtol=1e-9, atol=1e-12, msg=name)
     assert trainer.compile_seconds > 0 and trainer.step_model is not trainer.train_model
+
+
+def test_a_delta_model_compiles_as_the_sum_of_its_parts():
+    from mfwrap.delta import DeltaModel
+
+    model = DeltaModel(small_backbone("chgnet", seed=1).double(), small_backbone("chgnet", seed=2).double())
+    compiled = mfwrap.compile_model(model, backend="eager")
+    for sizes in [(3,), (2, 4)]:
+        batch = _batch(model, sizes, [0] * len(sizes))
+        _assert_close(energy_and_derivatives(compiled, batch), energy_and_derivatives(model, batch), 1e-10)
