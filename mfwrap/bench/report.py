@@ -124,8 +124,9 @@ def write_report(root: str | Path, out: str | Path) -> list[Path]:
             continue
         experiment = experiment_dir.name
         rows = aggregate(results)
-        order = list(ABLATIONS.values())  # bars in the paper's order: N, F, C, E, M, R, C̄, Ē, M̄, R̄
-        rows.sort(key=lambda r: (r["method"] != "multi_fidelity", r["protocol"], r["n_high"],
+        order = list(ABLATIONS.values())  # the paper's order: N, F, C, E, M, R, C̄, Ē, M̄, R̄
+        methods = list(METHOD_LABELS)
+        rows.sort(key=lambda r: (r["protocol"], r["n_high"], r["n_low"], methods.index(r["method"]),
                                  order.index(r["mechanisms"]) if r["mechanisms"] in order else len(order)))
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / f"{experiment}.json", json.dumps({"experiment": experiment, "groups": rows, "runs": results},
