@@ -219,10 +219,11 @@ def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Seq
     if experiment.delta_reference == "model":
         return Trainer(model, final, fidelity_names=fidelities).fit(high_train, high_val, high_test, resume=resume)
     others = _of_fidelity(train, set(range(len(fidelities))) - {target})
-    Trainer(correction, _stage(final, "correction"), fidelity_names=fidelities).fit(paired_differences(high_train, others),
-                                                                                   resume=resume)
+    fitted = Trainer(correction, _stage(final, "correction"), fidelity_names=fidelities).fit(
+        paired_differences(high_train, others), resume=resume)
     evaluator = Trainer(model, final, fidelity_names=fidelities)
     summary = {"best": None, "val": evaluator.evaluate(high_val) if high_val else None,
-               "test": evaluator.evaluate(high_test) if high_test else None, "stopped": False}
+               "test": evaluator.evaluate(high_test) if high_test else None, "stopped": False,
+               "steps": fitted.get("steps"), "epochs_run": fitted.get("epochs_run")}
     evaluator.save_model(Path(final.output_dir) / "best.pt", {"epoch": None, **summary})
     return summary
