@@ -75,6 +75,22 @@ class SchNet(nn.Module):
 
     fidelity_spec = {"embedding": "embedding", "message": ["interactions.*"], "readout": ["readout"], "composition": "atomref"}
 
+    @classmethod
+    def from_pyg(cls, net: pyg_models.SchNet) -> "SchNet":
+        """This adapter around an existing (possibly trained) PyG ``SchNet``, sharing its modules and
+        weights; its own radius graph is replaced by mfwrap's periodic graph. Sum readout of an
+        energy only (no dipole)."""
+        if net.dipole or type(net.readout).__name__ != "SumAggregation" or net.scale is not None:
+            raise ValueError("only an energy SchNet with a sum readout (no dipole, no scale) can be adapted")
+        atomref = None if net.atomref is None else net.atomref.weight.detach().reshape(-1).tolist()
+        model = cls(net.hidden_channels, net.num_filters, net.num_interactions, net.num_gaussians, net.cutoff,
+                    mean=net.mean, std=net.std, atomref=atomref)
+        model.embedding, model.distance_expansion, model.interactions = net.embedding, net.distance_expansion, net.interactions
+        model.readout = nn.Sequential(net.lin1, net.act, net.lin2)
+        if net.atomref is not None:
+            model.atomref = net.atomref
+        return model
+
     def forward(self, batch) -> dict[str, Tensor]:
         """batch → {"energy": (B,)}."""
         numbers = batch[K.ATOMIC_NUMBERS]
@@ -190,3 +206,18 @@ class DimeNetPlusPlus(nn.Module):
             energy = energy + head(scatter_sum(self.output_rbf[t](rbf) * m, centre, num_atoms))
         energy = energy + self.atomref(batch[K.ATOMIC_NUMBERS])
         return {K.ENERGY: _total(energy.squeeze(-1), batch)}
+
+
+def adapt(model: nn.Module) -> nn.Module:
+    """An mfwrap backbone for ``model``: a PyG ``SchNet`` instance is adapted (weights kept, see
+    :meth:`SchNet.from_pyg`); an mfwrap backbone is returned as it is; anything else is an error
+    saying what a backbone needs (:mod:`mfwrap.backbone`)."""
+    if isinstance(model, pyg_models.SchNet):
+        return SchNet.from_pyg(model)
+    if isinstance(getattr(model, "graph_spec", None), GraphSpec):
+        return model
+    raise TypeError(
+        f"cannot adapt a {type(model).__name__}: backbones.pyg adapts torch_geometric SchNet instances; other "
+        "networks become mfwrap backbones by having graph_spec, forward(batch) -> {'energy'} and config (mfwrap.backbone)"
+    )
+

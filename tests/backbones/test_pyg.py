@@ -94,3 +94,27 @@ def test_reverse_edges_pairs_each_edge_with_its_opposite():
     edge_index, shift = graph[K.EDGE_INDEX], graph[K.EDGE_SHIFT]
     assert torch.equal(reverse[reverse], torch.arange(len(reverse)))
     assert torch.equal(edge_index[:, reverse], edge_index.flip(0)) and torch.equal(shift[reverse], -shift)
+
+
+def test_an_existing_pyg_schnet_is_adapted_with_its_weights(pyg_without_extensions, tmp_path):
+    import mfwrap
+    from ase import Atoms
+    from torch_geometric.nn import models as pyg_models
+
+    from backbones.pyg import adapt
+    from mfwrap import MultiFidelity
+
+    torch.manual_seed(3)
+    net = pyg_models.SchNet(hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=10, cutoff=4.0,
+                            mean=-0.5, std=2.0, atomref=torch.linspace(-3, -1, 100).view(-1, 1))
+    molecule = Atoms([8, 1, 1, 6], positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0], [1.2, 1.4, 0.3]])
+    own = float(net(torch.tensor(molecule.numbers), torch.tensor(molecule.positions, dtype=torch.float32)))
+    backbone = adapt(net)
+    assert backbone.embedding is net.embedding  # the same modules, not copies
+    assert mfwrap.predict(backbone, molecule)[0]["energy"] == pytest.approx(own, rel=1e-5)
+    mf = MultiFidelity(backbone, ["pbe", "r2scan"], "ECMR")  # identity at initialisation
+    assert mfwrap.predict(mf, molecule, fidelity="r2scan")[0]["energy"] == pytest.approx(own, rel=1e-5)
+    mf.save(tmp_path / "adapted.pt")  # rebuilt from the adapter's config, weights from the file
+    assert mfwrap.predict(mfwrap.load(tmp_path / "adapted.pt"), molecule, fidelity="r2scan")[0]["energy"] == pytest.approx(own, rel=1e-5)
+    with pytest.raises(TypeError, match="cannot adapt a Linear"):
+        adapt(torch.nn.Linear(2, 2))
