@@ -185,6 +185,25 @@ class DimeNetPlusPlus(nn.Module):
         "composition": "atomref",
     }
 
+    @classmethod
+    def from_pyg(cls, net: pyg_models.DimeNetPlusPlus) -> "DimeNetPlusPlus":
+        """This adapter around an existing (possibly trained) PyG ``DimeNetPlusPlus`` with one output
+        channel, sharing its modules and weights; sizes are read from its layers. The activation
+        must be one PyG names (swish/silu); the adapter's config records "swish"."""
+        block, head = net.interaction_blocks[0], net.output_blocks[0]
+        if head.lin.out_features != 1:
+            raise ValueError(f"only an energy DimeNet++ (1 output channel) can be adapted, this one has {head.lin.out_features}")
+        model = cls(hidden_channels=net.emb.emb.embedding_dim, num_blocks=net.num_blocks,
+                    int_emb_size=block.lin_down.out_features, basis_emb_size=block.lin_rbf1.out_features,
+                    out_emb_channels=head.lin_up.out_features, num_spherical=net.sbf.num_spherical,
+                    num_radial=net.sbf.num_radial, cutoff=net.cutoff, envelope_exponent=net.rbf.envelope.p - 1,
+                    num_before_skip=len(block.layers_before_skip), num_after_skip=len(block.layers_after_skip),
+                    num_output_layers=len(head.lins))
+        model.rbf, model.sbf, model.emb, model.interaction_blocks = net.rbf, net.sbf, net.emb, net.interaction_blocks
+        model.output_rbf = nn.ModuleList(b.lin_rbf for b in net.output_blocks)
+        model.output_heads = nn.ModuleList(OutputHead(b, b.act) for b in net.output_blocks)
+        return model
+
     def forward(self, batch) -> dict[str, Tensor]:
         """batch → {"energy": (B,)}."""
         vectors = edge_vectors(batch)
@@ -209,15 +228,18 @@ class DimeNetPlusPlus(nn.Module):
 
 
 def adapt(model: nn.Module) -> nn.Module:
-    """An mfwrap backbone for ``model``: a PyG ``SchNet`` instance is adapted (weights kept, see
-    :meth:`SchNet.from_pyg`); an mfwrap backbone is returned as it is; anything else is an error
-    saying what a backbone needs (:mod:`mfwrap.backbone`)."""
+    """An mfwrap backbone for ``model``: a PyG ``SchNet`` or ``DimeNetPlusPlus`` instance is adapted
+    (weights kept, see the ``from_pyg`` methods); an mfwrap backbone is returned as it is; anything
+    else is an error saying what a backbone needs (:mod:`mfwrap.backbone`)."""
     if isinstance(model, pyg_models.SchNet):
         return SchNet.from_pyg(model)
+    if isinstance(model, pyg_models.DimeNetPlusPlus):
+        return DimeNetPlusPlus.from_pyg(model)
     if isinstance(getattr(model, "graph_spec", None), GraphSpec):
         return model
     raise TypeError(
-        f"cannot adapt a {type(model).__name__}: backbones.pyg adapts torch_geometric SchNet instances; other "
+        f"cannot adapt a {type(model).__name__}: backbones.pyg adapts torch_geometric SchNet and DimeNetPlusPlus "
+        "instances; other "
         "networks become mfwrap backbones by having graph_spec, forward(batch) -> {'energy'} and config (mfwrap.backbone)"
     )
 

@@ -118,3 +118,19 @@ def test_an_existing_pyg_schnet_is_adapted_with_its_weights(pyg_without_extensio
     assert mfwrap.predict(mfwrap.load(tmp_path / "adapted.pt"), molecule, fidelity="r2scan")[0]["energy"] == pytest.approx(own, rel=1e-5)
     with pytest.raises(TypeError, match="cannot adapt a Linear"):
         adapt(torch.nn.Linear(2, 2))
+
+
+def test_an_existing_pyg_dimenet_is_adapted_with_its_weights(pyg_without_extensions):
+    from backbones.pyg import adapt
+
+    torch.manual_seed(5)
+    net = pyg_dimenet.DimeNetPlusPlus(16, 1, 2, 8, 4, 16, 3, 4, cutoff=4.0, envelope_exponent=6, num_before_skip=2,
+                                      num_after_skip=1, num_output_layers=2, output_initializer="glorot_orthogonal")
+    backbone = adapt(net)
+    assert backbone.config["envelope_exponent"] == 6 and backbone.config["num_before_skip"] == 2
+    assert backbone.config["num_output_layers"] == 2 and backbone.interaction_blocks is net.interaction_blocks
+    graph = _molecule_graph(backbone.graph_spec)
+    expected = net(graph[K.ATOMIC_NUMBERS], graph[K.POSITIONS])
+    torch.testing.assert_close(backbone(Batch.from_data_list([graph]))[K.ENERGY], expected.reshape(1))
+    rebuilt = DimeNetPlusPlus(**backbone.config)
+    rebuilt.load_state_dict(backbone.state_dict())  # the config rebuilds the same architecture
