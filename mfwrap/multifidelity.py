@@ -42,10 +42,12 @@ class MultiFidelity(nn.Module):
             the backbone's ``fidelity_spec``, else heuristics (with a warning saying what they chose).
         row_kinds: {module-path pattern: "atom" | "edge" | "undirected" | "angle" | "structure"}
             overriding the probe's detection of what the rows of a place are.
-        check_symmetry: after the surgery, check on a float64 copy with randomised fidelity
+        check_symmetry: refuse E and M places whose outputs rotate with the structure (vector or
+            tensor features: an error for a given or declared spec, skipped and reported for
+            heuristics), and after the surgery check on a float64 copy with randomised fidelity
             parameters that energies stay invariant and forces equivariant under rotation,
             translation and permutation at every fidelity (:mod:`mfwrap.symmetry`); a ValueError
-            names the places that break it. The result is in ``surgery.symmetry``.
+            names the places that break it. The result is in ``surgery.symmetry``. False skips both.
 
     Attributes:
         fidelity_names: tuple of names. ``surgery``: a :class:`~mfwrap.surgery.SurgeryReport`
@@ -70,7 +72,8 @@ class MultiFidelity(nn.Module):
         self.context = FidelityContext(len(self.fidelity_names))
         resolved, source = resolve_spec(self.backbone, spec)
         self.surgery: SurgeryReport
-        self.surgery, self.composition = operate(self.backbone, self.mechanisms, self.context, resolved, source, row_kinds)
+        self.surgery, self.composition = operate(self.backbone, self.mechanisms, self.context, resolved, source, row_kinds,
+                                                 refuse_rotating=check_symmetry)
         self.surgery.symmetry = check_wrapped_model(self) if check_symmetry else "symmetry not checked (check_symmetry=False)"
 
     @property

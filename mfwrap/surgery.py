@@ -33,6 +33,7 @@ from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec, to_graph
 from mfwrap.fidelity import ATOM, ROW_KINDS, STRUCTURE, FidelityContext, row_counts
 from mfwrap.mechanisms import FidelityComposition, FidelityEmbedding, FidelityLinear, FidelityReadout
 from mfwrap.mechanisms.composition import read_element_energies
+from mfwrap.symmetry import rotating_places
 
 MECHANISMS = "ECMR"
 
@@ -253,13 +254,15 @@ def row_kinds_from_probe(calls: Mapping[str, list[tuple[int, ...]]], counts: Map
 
 @dataclass
 class SurgeryReport:
-    """What the surgery did: one (mechanism, module path, module type, row kind) per place, and
-    the places the spec matched that the backbone's forward never calls (left unchanged)."""
+    """What the surgery did: one (mechanism, module path, module type, row kind) per place, the
+    places the spec matched that the backbone's forward never calls (left unchanged), the places
+    heuristics matched whose outputs rotate with the structure (refused), and the symmetry check."""
 
     spec: FidelitySpec
     spec_source: str
     places: list[tuple[str, str, str, str]]
     skipped: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
     symmetry: str = ""
 
     def count(self, mechanism: str) -> int:
@@ -274,9 +277,31 @@ class SurgeryReport:
                 lines += [f"    {path} ({kind} rows, {type_name})" for _, path, type_name, kind in entries]
         if self.skipped:
             lines.append(f"not called by the forward, left unchanged: {self.skipped}")
+        if self.refused:
+            lines.append(f"outputs rotate with the structure, so no fidelity term was put there: {self.refused}")
         if self.symmetry:
             lines.append(self.symmetry)
         return "\n".join(lines)
+
+
+def _refuse_rotating(backbone: nn.Module, places: dict[str, list[str]], spec_source: str) -> list[str]:
+    """E and M add a vector per row: refuse places whose outputs rotate with the structure. A given or
+    declared spec naming one is an error; heuristic choices are dropped (and reported)."""
+    candidates = [p for letter in "EM" for p in places.get(letter, [])]
+    rotating = rotating_places(backbone, candidates) if candidates else []
+    if rotating and spec_source != "heuristic":
+        raise ValueError(
+            f"{type(backbone).__name__}.{rotating[0]}: its outputs rotate with the structure (vector or tensor "
+            "features); a fidelity term there (mechanism E or M) would break rotational symmetry. Name only layers "
+            f"with invariant (scalar) outputs in the spec's embedding / message (rotating: {rotating})"
+        )
+    for letter in "EM":
+        if letter in places:
+            places[letter] = [p for p in places[letter] if p not in rotating]
+            if not places[letter]:
+                raise ValueError(f"mechanism {letter} has no place with invariant outputs in {type(backbone).__name__}; "
+                                 f"refused as rotating: {rotating}")
+    return rotating
 
 
 def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -285,8 +310,10 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec: FidelitySpec, spec_source: str,
-            row_kinds: Mapping[str, str] | None = None) -> tuple[SurgeryReport, FidelityComposition | None]:
-    """Insert the mechanisms into ``backbone`` in place.
+            row_kinds: Mapping[str, str] | None = None,
+            refuse_rotating: bool = True) -> tuple[SurgeryReport, FidelityComposition | None]:
+    """Insert the mechanisms into ``backbone`` in place (E and M only where outputs are invariant,
+    unless ``refuse_rotating`` is False).
 
     Returns (what was done, a :class:`FidelityComposition` that the wrapper must add to the total
     energy, or None when C is off or replaced the backbone's composition module).
@@ -309,10 +336,11 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
     for letter, found in places.items():
         if letter != "C" and not found:
             raise ValueError(f"mechanism {letter} has no place in {type(backbone).__name__}: none of {skipped} is called by its forward")
+    refused = _refuse_rotating(backbone, places, spec_source) if refuse_rotating else []
     context.kinds = set(kinds.values()) | {ATOM, STRUCTURE}
     modules = dict(backbone.named_modules())
     report = SurgeryReport(spec, spec_source, [(letter, p, type(modules[p]).__name__, kinds[p])
-                                               for letter in places for p in places[letter]], skipped)
+                                               for letter in places for p in places[letter]], skipped, refused=refused)
 
     def width(path: str) -> int:
         module = modules[path]

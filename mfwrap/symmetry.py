@@ -54,6 +54,47 @@ def _moved(atoms: Atoms, rng: np.random.Generator) -> tuple[list[Atoms], np.ndar
     return [rotated, translated, atoms[order]], rotation, order
 
 
+def rotating_places(backbone: nn.Module, paths: Sequence[str], tolerance: float = 1e-3) -> list[str]:
+    """The places among ``paths`` whose outputs change when the probe structures are rotated
+    (vector or tensor features; relative change > ``tolerance``). Invariant (scalar) places do not."""
+    parameter = next(backbone.parameters())
+    structures = probe_structures(backbone.graph_spec, seed=1)
+    rotation = _moved(structures[0], np.random.default_rng(2))[1]
+    turned = []
+    for atoms in structures:
+        copy_ = atoms.copy()
+        copy_.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
+        copy_.positions = atoms.positions @ rotation.T
+        turned.append(copy_)
+    modules = dict(backbone.named_modules())
+    outputs: dict[str, list[list[torch.Tensor]]] = {p: [[], []] for p in paths}
+
+    def recorder(path: str, which: int):
+        return lambda module, args, out: outputs[path][which].append(out.detach().clone()) if torch.is_tensor(out) else None
+
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        for which, group in enumerate((structures, turned)):
+            handles = [modules[p].register_forward_hook(recorder(p, which)) for p in paths]
+            try:
+                graphs = [to_graph(s, backbone.graph_spec, dtype=parameter.dtype, name="probe") for s in group]
+                with torch.no_grad():
+                    backbone(Batch.from_data_list(graphs).to(parameter.device))
+            finally:
+                for handle in handles:
+                    handle.remove()
+    finally:
+        backbone.train(was_training)
+    found = []
+    for path, (before, after) in outputs.items():
+        for a, b in zip(before, after):
+            if a.shape == b.shape and (a - b).abs().max() > tolerance * max(float(a.abs().max()), 1e-12):
+                found.append(path)
+                break
+    return found
+
+
 def randomise_fidelity_parameters(model: nn.Module, scale: float = 0.5, seed: int = 0) -> None:
     """Add noise to every parameter the surgery added (readouts: copies 1.. only), in place."""
     generator = torch.Generator().manual_seed(seed)

@@ -13,6 +13,7 @@ from mf_models import small_backbone
 from mfwrap import MultiFidelity
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
+from mfwrap.symmetry import check_wrapped_model
 
 
 class VectorPotential(nn.Module):
@@ -43,9 +44,39 @@ class VectorPotential(nn.Module):
         return {K.ENERGY: scatter_sum(per_atom, structure_index(batch), batch[K.CELL].shape[0])}
 
 
-def test_a_fidelity_term_on_vector_features_is_refused_naming_the_place():
-    with pytest.raises(ValueError, match=r"break the symmetry of VectorPotential: rotation .*places responsible: \['mix'\]"):
+def test_a_place_whose_outputs_rotate_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"VectorPotential.mix: its outputs rotate with the structure"):
         MultiFidelity(VectorPotential(), ["a", "b"], "M", spec={"message": ["mix", "scalar"]})
+
+
+class LayeredVectorPotential(VectorPotential):
+    """The same network with its two channel-mixing layers in a list, so that the heuristics find both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([self.mix, self.scalar])
+        del self.mix, self.scalar
+
+    @property
+    def mix(self):
+        return self.layers[0]
+
+    @property
+    def scalar(self):
+        return self.layers[1]
+
+
+def test_heuristics_skip_rotating_places_and_say_so():
+    with pytest.warns(UserWarning, match="heuristics chose"):
+        mf = MultiFidelity(LayeredVectorPotential(), ["a", "b"], "EM")
+    assert mf.surgery.refused == ["layers.0"] and [p for m, p, *_ in mf.surgery.places if m == "M"] == ["layers.1"]
+    assert "outputs rotate with the structure" in str(mf.surgery) and mf.surgery.symmetry.startswith("symmetry checked")
+
+
+def test_the_randomised_check_names_the_place_that_breaks_symmetry():
+    mf = MultiFidelity(VectorPotential(), ["a", "b"], "M", spec={"message": ["mix", "scalar"]}, check_symmetry=False)
+    with pytest.raises(ValueError, match=r"break the symmetry of VectorPotential: rotation .*places responsible: \['mix'\]"):
+        check_wrapped_model(mf)
 
 
 def test_fidelity_terms_on_invariant_features_pass_and_are_reported():
