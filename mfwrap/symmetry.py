@@ -9,9 +9,10 @@ of them, and compares
 
     E(R x + t, π) = E(x)            F(R x + t, π) = π(F(x)) Rᵀ
 
-within ``tolerance`` (relative to the energy scale, float64). When the check fails,
+within ``tolerance`` (relative to the energy scale, float64), and that the energy does not jump
+as a neighbour crosses a cutoff (:func:`continuity_violations`). When a check fails,
 :func:`offending_places` switches the fidelity terms off one place at a time and names the places
-whose removal restores the symmetry.
+whose removal restores it.
 """
 
 from __future__ import annotations
@@ -130,6 +131,34 @@ def symmetry_violations(model: nn.Module, structures: Sequence[Atoms], tolerance
     return failures
 
 
+def continuity_violations(model: nn.Module, tolerance: float = 1e-6) -> list[str]:
+    """Energy jumps as a neighbour crosses each cutoff (atom graph, bond graph): a fidelity term on a
+    radial filter that vanishes at the cutoff breaks smoothness as silently as symmetry. Three
+    atoms A, B, C in a large box; C moves radially across the cutoff of A by 2δ (δ = 1e-7 Å); the
+    energy may change only by the work of the force over that step."""
+    spec = model.graph_spec
+    cutoffs = [c for c in (spec.cutoff, spec.line_graph_cutoff) if c is not None]
+    dtype = next(model.parameters()).dtype
+    box = np.eye(3) * (3 * max(cutoffs) + 6.0)
+    a, b = np.array([1.0, 1.0, 1.0]), np.array([2.3, 1.4, 1.2])
+    direction = np.array([0.31, -0.62, 0.72]) / np.linalg.norm([0.31, -0.62, 0.72])
+    failures, delta = [], 1e-7
+    for fidelity in range(len(model.fidelity_names)):
+        for cutoff in cutoffs:
+            cells = [Atoms([26, 8, 3], positions=[a, b, a + direction * (cutoff + sign * delta)], cell=box, pbc=True)
+                     for sign in (-1, 1)]
+            graphs = [to_graph(s, spec, fidelity=fidelity, dtype=dtype, name="probe", on_isolated_atoms="ignore")
+                      for s in cells]
+            out = energy_and_derivatives(model, Batch.from_data_list(graphs), stress=False)
+            energy, forces = out[K.ENERGY].detach().numpy(), out[K.FORCES].detach().numpy()
+            work = -float(forces[2] @ direction) * 2 * delta
+            jump = abs(energy[1] - energy[0] - work)
+            if jump > tolerance * max(1.0, abs(float(energy[0]))):
+                failures.append(f"energy jumps by {jump:.2e} eV as a neighbour crosses the {cutoff} Å cutoff at fidelity "
+                                f"{model.fidelity_names[fidelity]!r}")
+    return failures
+
+
 def _switch_off(module: nn.Module) -> None:
     """Make one inserted module fidelity-independent (its fidelity terms zero, its copies equal)."""
     with torch.no_grad():
@@ -142,16 +171,32 @@ def _switch_off(module: nn.Module) -> None:
                 getattr(module, name).zero_()
 
 
+def _all_violations(model: nn.Module, structures: Sequence[Atoms], tolerance: float) -> list[str]:
+    return symmetry_violations(model, structures, tolerance) + continuity_violations(model, tolerance)
+
+
 def offending_places(model: nn.Module, structures: Sequence[Atoms], tolerance: float = 1e-6) -> list[str]:
-    """Places (module paths) whose fidelity terms alone break the symmetry: with that place
-    switched off, the check passes."""
-    found = []
-    for index, module in enumerate(model.fidelity_modules()):
-        trial = copy.deepcopy(model)
-        _switch_off(trial.fidelity_modules()[index])
-        if not symmetry_violations(trial, structures, tolerance):
-            found.append(module.name)
-    return found
+    """A minimal set of places (module paths) whose fidelity terms together break a symmetry or
+    smoothness: starting from all, each place is switched off for good if the checks still fail
+    without it (one place may suffice; DimeNet++'s radial and spherical filters, say, only in pairs)."""
+    trial = copy.deepcopy(model)
+    inserted = trial.fidelity_modules()
+    kept = []
+    for index, module in enumerate(inserted):
+        attempt = copy.deepcopy(trial)
+        _switch_off(attempt.fidelity_modules()[index])
+        if _all_violations(attempt, structures, tolerance):
+            _switch_off(module)  # not needed for the failure
+        else:
+            kept.append(module.name)
+    return kept
+
+
+def _without_fidelity_terms(model: nn.Module) -> nn.Module:
+    trial = copy.deepcopy(model)
+    for inserted in trial.fidelity_modules():
+        _switch_off(inserted)
+    return trial
 
 
 def check_wrapped_model(model: nn.Module, tolerance: float = 1e-6) -> str:
@@ -163,15 +208,20 @@ def check_wrapped_model(model: nn.Module, tolerance: float = 1e-6) -> str:
     trial = copy.deepcopy(model).double()
     randomise_fidelity_parameters(trial)
     structures = probe_structures(model.graph_spec)
-    failures = symmetry_violations(trial, structures, tolerance)
+    failures = _all_violations(trial, structures, tolerance)
+    if failures and _all_violations(_without_fidelity_terms(trial), structures, tolerance):
+        return (f"symmetry not established: the backbone itself fails the checks without fidelity terms "
+                f"({_all_violations(_without_fidelity_terms(trial), structures, tolerance)[0]}); nothing attributed to the wrapper")
     if failures:
         places = offending_places(trial, structures, tolerance)
         raise ValueError(
-            f"the fidelity terms break the symmetry of {type(model.backbone).__name__}: {failures[0]}"
+            f"the fidelity terms break the symmetry or smoothness of {type(model.backbone).__name__}: {failures[0]}"
             + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else "")
-            + (f"; the places responsible: {places}" if places else "; no single place is responsible")
-            + " — fidelity terms must act on invariant (scalar) features only; choose other places in the spec "
+            + (f"; the places responsible (together): {places}" if places else "")
+            + " — fidelity terms must act on invariant (scalar) features, and not on filters that vanish at the "
+            "cutoff; choose other places in the spec "
             "(or pass check_symmetry=False to MultiFidelity to skip this check)"
         )
-    return (f"symmetry checked: energy invariant and forces equivariant under rotation, translation and permutation "
-            f"at all {len(model.fidelity_names)} fidelities, fidelity parameters randomised (float64, tolerance {tolerance:g})")
+    return (f"symmetry checked: energy invariant and forces equivariant under rotation, translation and permutation, "
+            f"energy continuous at every cutoff, at all {len(model.fidelity_names)} fidelities, fidelity parameters "
+            f"randomised (float64, tolerance {tolerance:g})")

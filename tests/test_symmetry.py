@@ -26,7 +26,7 @@ class VectorPotential(nn.Module):
         self.config = {}
         self.graph_spec = GraphSpec(cutoff=4.0)
         self.embedding = nn.Embedding(95, 8)
-        self.radial = nn.Linear(4, 8)
+        self.radial = nn.Linear(4, 8, bias=False)  # a radial filter that vanishes at the cutoff
         self.mix = nn.Linear(8, 8, bias=False)
         self.scalar = nn.Linear(8, 8)
         self.readout = nn.Sequential(nn.Linear(8, 8), nn.SiLU(), nn.Linear(8, 1))
@@ -75,7 +75,7 @@ def test_heuristics_skip_rotating_places_and_say_so():
 
 def test_the_randomised_check_names_the_place_that_breaks_symmetry():
     mf = MultiFidelity(VectorPotential(), ["a", "b"], "M", spec={"message": ["mix", "scalar"]}, check_symmetry=False)
-    with pytest.raises(ValueError, match=r"break the symmetry of VectorPotential: rotation .*places responsible: \['mix'\]"):
+    with pytest.raises(ValueError, match=r"break the symmetry or smoothness of VectorPotential: rotation .*places responsible \(together\): \['mix'\]"):
         check_wrapped_model(mf)
 
 
@@ -90,3 +90,12 @@ def test_fidelity_terms_on_invariant_features_pass_and_are_reported():
 @pytest.mark.parametrize("name", ["chgnet", "schnet", "dimenet"])
 def test_shipped_backbones_pass_with_all_four_mechanisms(name):
     assert MultiFidelity(small_backbone(name), ["a", "b", "c"], "ECMR").surgery.symmetry.startswith("symmetry checked")
+
+
+def test_a_fidelity_term_on_a_radial_filter_is_found_by_the_continuity_check():
+    """DimeNet++ with M on every interaction linear, the basis filters included (the spec it had
+    before the property tests found the 4.7 meV jump): refused, naming a minimal set of places that
+    includes a basis filter (a bias there survives the envelope; e.g. lin_sbf2 with lin_down)."""
+    spec = {"embedding": "emb.emb", "message": ["interaction_blocks.*"], "readout": ["output_heads.*"]}
+    with pytest.raises(ValueError, match=r"energy jumps .* cutoff.*places responsible \(together\): \[[^]]*lin_(rbf|sbf)"):
+        MultiFidelity(small_backbone("dimenet"), ["a", "b"], "M", spec=spec)
