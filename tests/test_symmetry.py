@@ -99,3 +99,17 @@ def test_a_fidelity_term_on_a_radial_filter_is_found_by_the_continuity_check():
     spec = {"embedding": "emb.emb", "message": ["interaction_blocks.*"], "readout": ["output_heads.*"]}
     with pytest.raises(ValueError, match=r"energy jumps .* cutoff.*places responsible \(together\): \[[^]]*lin_(rbf|sbf)"):
         MultiFidelity(small_backbone("dimenet"), ["a", "b"], "M", spec=spec)
+
+
+class DiscontinuousPotential(VectorPotential):
+    """The toy with a radial filter that does not vanish at the cutoff: the backbone itself jumps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.radial = nn.Linear(4, 8)
+
+
+def test_a_backbone_that_is_itself_discontinuous_is_reported_not_blamed_on_the_wrapper():
+    with pytest.warns(UserWarning, match="DiscontinuousPotential itself fails the checks without fidelity terms"):
+        mf = MultiFidelity(DiscontinuousPotential(), ["a", "b"], "M", spec={"message": ["scalar"]})
+    assert mf.surgery.symmetry.startswith("symmetry not established")
