@@ -38,7 +38,7 @@ Worked example (a small message-passing potential; ``tests/test_backbone.py`` ru
 
 
     class PairNet(nn.Module):
-        '''h_i = x_Zi + Σ_j W φ(r_ij) ⊙ x_Zj;  E_b = Σ_{i ∈ b} [MLP(h_i) + μ_Zi]  (eV).'''
+        '''h_i = x_Zi + Σ_j f_c(r_ij) W φ(r_ij) ⊙ x_Zj;  E_b = Σ_{i ∈ b} [MLP(h_i) + μ_Zi]  (eV).'''
 
         fidelity_spec = {"embedding": "embedding", "message": ["filter"], "readout": ["readout"],
                          "composition": "reference"}
@@ -60,7 +60,7 @@ Worked example (a small message-passing potential; ``tests/test_backbone.py`` ru
             smooth = 0.5 * (torch.cos(torch.pi * r / self.graph_spec.cutoff) + 1.0)
             basis = torch.exp(-((r - self.centres) ** 2)) * smooth
             x = self.embedding(batch[K.ATOMIC_NUMBERS])
-            h = x + scatter_sum(self.filter(basis) * x[neighbour], centre, x.shape[0])
+            h = x + scatter_sum(self.filter(basis) * smooth * x[neighbour], centre, x.shape[0])  # 0 at the cutoff
             per_atom = self.readout(h).squeeze(-1) + self.reference(batch[K.ATOMIC_NUMBERS]).squeeze(-1)
             return {K.ENERGY: scatter_sum(per_atom, structure_index(batch), batch[K.CELL].shape[0])}
 

@@ -60,7 +60,7 @@ class TinyBackbone(nn.Module):
         basis = torch.exp(-2.0 * (r - self.centres) ** 2) * envelope
         h = self.atom_embedding(batch[K.ATOMIC_NUMBERS] - 1)
         for filt, update in zip(self.filters, self.updates):
-            messages = scatter_sum(h[neighbour] * filt(basis), centre, h.shape[0])
+            messages = scatter_sum(h[neighbour] * filt(basis) * envelope, centre, h.shape[0])  # 0 at the cutoff
             h = h + torch.tanh(update(messages))
         structures = batch[K.CELL].shape[0]
         energy = scatter_sum(self.readout(h).squeeze(-1), batch.batch, structures) + self.composition(batch)
