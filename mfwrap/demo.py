@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "1: one after the other with --threads threads")
     parser.add_argument("--threads", type=int, default=1, help="torch threads with --jobs 1 (default 1)")
     parser.add_argument("--compile", action="store_true",
-                        help="compiled training steps (torch.compile): 1.9x the step rate, after a compile of a few "
+                        help="compiled training steps (torch.compile): 1.6-1.7x the step rate on one thread, after a compile of a few "
                              "minutes on a fresh machine (seconds once inductor's cache is warm)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
     args = parser.parse_args(argv)

@@ -34,7 +34,7 @@ FIDELITIES = {"lmfp": ["low", "high"], "li3ps4": ["pbesol", "r2scan"]}
 TARGETS = {"lmfp": "efsm", "li3ps4": "ef"}
 BATCH_SIZE = 4
 PREDICTS_MAGMOMS = {"chgnet"}
-COMPILABLE = {"chgnet"}  # backbones with a compiled path (benchmarks/train_step.py: 1.9x faster steps on a CPU)
+COMPILABLE = {"chgnet"}  # backbones with a compiled path (benchmarks/train_step.py: 1.6-1.7x the step rate on one CPU thread)
 
 
 @dataclass
