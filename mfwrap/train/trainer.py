@@ -256,7 +256,8 @@ class Trainer:
 
     def _resume(self, num_train: int) -> tuple[int, int, int]:
         state = read_payload(self.out_dir / "last.pt", map_location=self.device)
-        changed = sorted(k for k, v in self.config.to_dict().items() if k not in _RESUME_FREE and state["config"].get(k) != v)
+        stored = {**TrainConfig().to_dict(), **state["config"]}  # options added since the file was written: defaults
+        changed = sorted(k for k, v in self.config.to_dict().items() if k not in _RESUME_FREE and stored.get(k) != v)
         if changed or state["num_train"] != num_train:
             raise ValueError(f"cannot resume {self.out_dir / 'last.pt'}: options {changed} or the training set size differ")
         self.model.load_state_dict(state["state_dict"])

@@ -216,3 +216,16 @@ def test_the_composition_fit_refuses_a_non_finite_energy(tmp_path):
     train[7]["energy"] = torch.tensor([float("inf")])
     with pytest.raises(ValueError, match=r"non-finite energy label.*\[7\]"):
         Trainer(TinyBackbone(seed=0), _config(tmp_path, val_fraction=0.0)).fit(train)
+
+
+def test_a_checkpoint_written_before_an_option_existed_resumes(tmp_path):
+    """last.pt of an older mfwrap lacks newer options (here fidelity_loss_weights, patience): they take their defaults."""
+    import torch as torch_
+
+    Trainer(TinyBackbone(seed=0), _config(tmp_path, epochs=2)).fit(TRAIN, stop_after_steps=3)
+    payload = read_payload(tmp_path / "last.pt")
+    for option in ("fidelity_loss_weights", "patience"):
+        del payload["config"][option]
+    torch_.save(payload, tmp_path / "last.pt")
+    result = Trainer(TinyBackbone(seed=0), _config(tmp_path, epochs=2)).fit(TRAIN, resume=True)
+    assert result["steps"] == 2 * 6 and not result["stopped"]
