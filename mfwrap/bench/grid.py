@@ -145,7 +145,8 @@ def li3ps4(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     """Real DFT: PBEsol (energy, forces) low, r2SCAN (energy only) high; paired structures."""
     return _unique([RunSpec("li3ps4", method, n, ALL, protocol, seed, dataset="li3ps4", backbone=backbone)
                     for protocol in level.protocols for n in level.li3ps4_high for seed in seeds
-                    for method in ("multi_fidelity", "single_fidelity", "transfer", "delta_model", "delta_labels")])
+                    for method in ("multi_fidelity", "mf_warm_start", "single_fidelity", "transfer", "delta_model",
+                                   "delta_labels")])
 
 
 def second_backbone(level: Level, seeds, backbone="schnet") -> list[RunSpec]:
