@@ -43,13 +43,22 @@ def probe_structures(spec: GraphSpec, seed: int = 0) -> list[Atoms]:
             for numbers, positions in (([8, 3, 26], triangle), ([15, 8, 8, 3], tetrahedron))]
 
 
-def _moved(atoms: Atoms, rng: np.random.Generator) -> tuple[list[Atoms], np.ndarray, np.ndarray]:
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
     rotation = q * np.sign(np.diag(r))
-    rotation = rotation if np.linalg.det(rotation) > 0 else -rotation
+    return rotation if np.linalg.det(rotation) > 0 else -rotation
+
+
+def _rotated(atoms: Atoms, rotation: np.ndarray) -> Atoms:
     rotated = atoms.copy()
     rotated.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
     rotated.positions = atoms.positions @ rotation.T
+    return rotated
+
+
+def _moved(atoms: Atoms, rng: np.random.Generator) -> tuple[list[Atoms], np.ndarray, np.ndarray]:
+    rotation = _random_rotation(rng)
+    rotated = _rotated(atoms, rotation)
     translated = atoms.copy()
     translated.positions += rng.normal(size=3)
     order = rng.permutation(len(atoms))
@@ -61,13 +70,8 @@ def rotating_places(backbone: nn.Module, paths: Sequence[str], tolerance: float 
     (vector or tensor features; relative change > ``tolerance``). Invariant (scalar) places do not."""
     parameter = next(backbone.parameters())
     structures = probe_structures(backbone.graph_spec, seed=1)
-    rotation = _moved(structures[0], np.random.default_rng(2))[1]
-    turned = []
-    for atoms in structures:
-        copy_ = atoms.copy()
-        copy_.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
-        copy_.positions = atoms.positions @ rotation.T
-        turned.append(copy_)
+    rotation = _random_rotation(np.random.default_rng(2))
+    turned = [_rotated(atoms, rotation) for atoms in structures]
     modules = dict(backbone.named_modules())
     outputs: dict[str, list[list[torch.Tensor]]] = {p: [[], []] for p in paths}
 

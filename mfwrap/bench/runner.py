@@ -68,8 +68,9 @@ def make_splits(spec: RunSpec, level: Level) -> Splits:
     if spec.dataset == "li3ps4":
         keys = {"pbesol": {"energy": "energy", "forces": "forces"}, "r2scan": {"energy": "mtt::r2scan_energy"}}
         read = lambda name, wanted: [r for r in read_fidelities(LI3PS4 / name, keys) if r.fidelity in wanted]  # noqa: E731
-        order = rng.permutation(len(read("train.xyz", {"r2scan"})))
-        high, low = read("train.xyz", {"r2scan"}), read("train.xyz", {"pbesol"})
+        train = read_fidelities(LI3PS4 / "train.xyz", keys)  # each frame at both fidelities, read once
+        high, low = [r for r in train if r.fidelity == "r2scan"], [r for r in train if r.fidelity == "pbesol"]
+        order = rng.permutation(len(high))
         return Splits(_take([high[i] for i in order], spec.n_high), _take([low[i] for i in order], n_low),
                       read("val.xyz", {"r2scan"}), read("test.xyz", {"r2scan"}))
     from mfwrap.datasets.lmfp import load_lmfp
