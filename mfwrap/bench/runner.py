@@ -2,7 +2,10 @@
 
 ``root/<experiment>/<run name>/`` holds the run's trainer output (checkpoints, metric logs) and,
 when it has finished, ``result.json`` (spec, level, protocol, epochs, steps, wall time, machine,
-training-set sizes, validation and test metrics). A run that fails writes ``error.json`` (its
+training-set sizes, validation and test metrics). A run's name says everything that determines it
+(dataset, backbone, method, mechanisms, sizes, region, protocol, seed) but not its experiment, so a
+run that two experiments share (e.g. MF at N_high = 50 in the learning curve and the ablations) is
+trained once and its result copied, marked ``reused_from``. A run that fails writes ``error.json`` (its
 traceback) and the others go on; the next invocation retries it. Everything is seeded: the run's
 seed picks the validation and training subsets and initialises the model.
 """
@@ -166,6 +169,27 @@ def restore_reported(specs: Sequence[RunSpec], level: str, root: Path, report: P
     return restored
 
 
+def reuse_finished(specs: Sequence[RunSpec], level: str, root: Path) -> int:
+    """Copy the result of a finished identical run (same name and level, another experiment) to
+    each run of ``specs`` that has none; returns how many were copied."""
+    copied = 0
+    for spec in specs:
+        target = root / spec.experiment / spec.name / "result.json"
+        if target.exists():
+            continue
+        sources = [p for p in sorted(root.glob(f"*/{spec.name}/result.json")) if p != target]
+        results = [json.loads(p.read_text()) for p in sources]
+        source, result = next(((p, r) for p, r in zip(sources, results) if r.get("level") == level), (None, None))
+        if result is None:
+            continue
+        result["reused_from"] = result.get("reused_from") or f"{source.parent.parent.name}/{spec.name}"
+        result["spec"] = {**result["spec"], "experiment": spec.experiment}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_text(target, json.dumps(result, indent=1))
+        copied += 1
+    return copied
+
+
 def run_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], root: str | Path, *, jobs: int = 1,
               backbone: str | None = None, report: str | Path | None = None) -> dict:
     """Run every missing run of ``experiments`` at ``level`` (runs in ``report``'s committed results
@@ -180,26 +204,35 @@ def run_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], root
         restored = restore_reported(specs, level, Path(root), Path(report))
         if restored:
             print(f"{restored} runs restored from the committed results in {report}")
-    todo = [s for s in specs if not (Path(root) / s.experiment / s.name / "result.json").exists()]
+    root = Path(root)
+    shared = reuse_finished(specs, level, root)
+    if shared:
+        print(f"{shared} runs reused from other experiments' identical runs")
+    todo = [s for s in specs if not (root / s.experiment / s.name / "result.json").exists()]
+    first_by_name: dict[str, RunSpec] = {}
+    for spec in todo:
+        first_by_name.setdefault(spec.name, spec)
+    to_train = list(first_by_name.values())  # a run two experiments share is trained once
     print(f"{len(specs)} runs at level {level}: {len(specs) - len(todo)} done, {len(todo)} to run", flush=True)
     failed = []
-    with tqdm(total=len(todo), desc="runs", disable=not todo) as bar:
+    with tqdm(total=len(to_train), desc="runs", disable=not to_train) as bar:
         if jobs > 1:
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-                futures = [pool.submit(_run_in_worker, s, level, str(root)) for s in todo]
+                futures = [pool.submit(_run_in_worker, s, level, str(root)) for s in to_train]
                 for future in concurrent.futures.as_completed(futures):
                     spec, error = future.result()
                     failed += [spec.name] if error else []
                     bar.set_postfix_str(spec.name[-40:])
                     bar.update()
         else:
-            for spec in todo:
+            for spec in to_train:
                 bar.set_postfix_str(spec.name[-40:])
                 _, error = _run_in_worker(spec, level, str(root))
                 failed += [spec.name] if error else []
                 bar.update()
+    reuse_finished(specs, level, root)
     for name in failed:
         print(f"FAILED {name} (traceback in its error.json)")
-    print(f"{len(todo) - len(failed)} ran, {len(failed)} failed, {len(specs) - len(todo)} were done", flush=True)
-    return {"total": len(specs), "ran": len(todo) - len(failed), "failed": failed}
+    print(f"{len(to_train) - len(failed)} ran, {len(failed)} failed, {len(specs) - len(todo)} were done", flush=True)
+    return {"total": len(specs), "ran": len(to_train) - len(failed), "failed": failed}

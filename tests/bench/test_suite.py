@@ -36,6 +36,20 @@ def test_learning_curve_runs_skips_what_is_done_and_reports(tmp_path, lmfp_cache
     assert table.count("| paper |") == 4 and "MF (ECMR)" in table and "single-fidelity" in table
 
 
+def test_a_run_two_experiments_share_is_trained_once(tmp_path, lmfp_cache):
+    # learning_curve (MF and single-fidelity at N_high 10, 25) and low_fidelity_size (MF at N_high 10 with
+    # 20 and all low-fidelity frames) share MF at N_high = 10 with all low-fidelity frames
+    outcome = runner.run_suite(["learning_curve", "low_fidelity_size"], "quick", [0], tmp_path)
+    assert outcome == {"total": 6, "ran": 5, "failed": []}
+    name = "lmfp_chgnet_multi_fidelity-ECMR_nh10_nlall_paper_s0"
+    trained = json.loads((tmp_path / "learning_curve" / name / "result.json").read_text())
+    reused = json.loads((tmp_path / "low_fidelity_size" / name / "result.json").read_text())
+    assert reused["reused_from"] == f"learning_curve/{name}" and "reused_from" not in trained
+    assert reused["spec"]["experiment"] == "low_fidelity_size" and reused["test"] == trained["test"]
+    assert not (tmp_path / "low_fidelity_size" / name / "multi_fidelity").exists()  # no second training
+    assert runner.reuse_finished(EXPERIMENTS["low_fidelity_size"](LEVELS["medium"], [0]), "medium", tmp_path) == 0
+
+
 def test_li3ps4_runs_every_method_on_real_dft(tmp_path):
     outcome = runner.run_suite(["li3ps4"], "quick", [0], tmp_path)
     assert outcome["failed"] == [] and outcome["ran"] == 6  # MF, MF warm start, single-fidelity, transfer, Δ x 2
