@@ -45,6 +45,7 @@ CONFIG.yaml sections (all optional except data):
     fit_composition: true  freeze: []  checkpoint_every: 0  output_dir: runs/mfwrap
     device: auto  progress: true  patience: 0  nonfinite: error (or skip)  compile: false (or true)
     fidelity_loss_weights: {}            e.g. {high: 4}: weight of each fidelity's entries in the loss
+    fidelity_sampling: {}                e.g. {low: 1, high: 1}: each fidelity's share of an epoch's draws
   pretrain: {epochs: 30}                 transfer / delta / warm_start: overrides of train for stage one
   warm_start: false                      multi_fidelity: pre-train the backbone on the other fidelities first
   transfer_freeze: null                  prefixes frozen in fine-tuning; null = all but readouts

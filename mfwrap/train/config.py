@@ -7,6 +7,7 @@ Defaults are the seed paper's (Dong & Wang 2025, Table 1): Adam, batch 4, 60 epo
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,6 +33,13 @@ class TrainConfig:
         loss_weights: weights of the energy-per-atom, forces, stress and magmom Huber terms.
         fidelity_loss_weights: {fidelity name: weight} of each fidelity's entries in every loss term
             (default 1 each), e.g. ``{high: 4}`` to weigh the scarce target fidelity more.
+        fidelity_sampling: {fidelity name: share} of each fidelity's structures among the ones an
+            epoch draws (default {}: every training structure once per epoch, so each fidelity's
+            share is its share of the data). Shares are normalised to sum to 1 and must name every
+            fidelity in the training set; an epoch keeps its length (the number of training
+            structures), draws ``round(share_f * n)`` structures of fidelity f (cycling through
+            fresh permutations of a scarce fidelity, a prefix of one permutation of an abundant
+            one), and shuffles them. E.g. ``{low: 1, high: 1}``: half of every epoch is high fidelity.
         huber_delta: δ of the Huber loss, in each target's units (eV/atom, eV/Å, GPa, μB).
         grad_clip: clip the global gradient norm to this value; 0 = no clipping.
         nonfinite: what a step with a NaN or inf loss or gradient does: "error" (stop, naming the
@@ -71,6 +79,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     loss_weights: LossWeights = field(default_factory=LossWeights)
     fidelity_loss_weights: dict[str, float] = field(default_factory=dict)
+    fidelity_sampling: dict[str, float] = field(default_factory=dict)
     huber_delta: float = 0.1
     grad_clip: float = 0.0
     nonfinite: str = "error"
@@ -99,6 +108,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for option in ("fidelity_loss_weights", "fidelity_sampling"):
+            bad = {name: value for name, value in getattr(self, option).items()
+                   if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0)}
+            if bad:
+                raise ValueError(f"{option} must be finite and positive, got {bad}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 

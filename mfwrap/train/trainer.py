@@ -85,9 +85,10 @@ class Trainer:
         self.model = model.to(self.device)
         self.fidelity_names = list(fidelity_names or fidelity_names_of(model))
         self.architecture = architecture if architecture is not None else _describe_or_none(model)
-        unknown = sorted(set(config.fidelity_loss_weights) - set(self.fidelity_names))
-        if unknown:
-            raise ValueError(f"fidelity_loss_weights name {unknown}, not among the fidelities {self.fidelity_names}")
+        for option in ("fidelity_loss_weights", "fidelity_sampling"):
+            unknown = sorted(set(getattr(config, option)) - set(self.fidelity_names))
+            if unknown:
+                raise ValueError(f"{option} name {unknown}, not among the fidelities {self.fidelity_names}")
         weights = [float(config.fidelity_loss_weights.get(name, 1.0)) for name in self.fidelity_names]
         self.criterion = MultiTargetLoss(config.targets, config.loss_weights, config.huber_delta,
                                          fidelity_weights=weights if config.fidelity_loss_weights else None)
@@ -121,10 +122,37 @@ class Trainer:
     def _batches_of_epoch(self, n: int, epoch: int) -> list[Tensor]:
         """Global batches (index tensors) of one epoch, in this run's deterministic order."""
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        batches = list(torch.randperm(n, generator=generator).split(self.config.batch_size))
+        if self.config.fidelity_sampling:
+            order = self._fidelity_sampled_order(self._train_fidelity, generator)
+        else:
+            order = torch.randperm(n, generator=generator)
+        batches = list(order.split(self.config.batch_size))
         if self.ctx.enabled and len(batches[-1]) < self.ctx.world_size:
             batches.pop()  # a process would get no structure; this last partial batch is dropped
         return batches
+
+    def _fidelity_sampled_order(self, fidelity: Tensor, generator: torch.Generator) -> Tensor:
+        """One epoch's structure indices under ``config.fidelity_sampling`` (see TrainConfig):
+        ``len(fidelity)`` draws, ``round(share_f * n)`` of fidelity f (largest remainders), shuffled."""
+        n = len(fidelity)
+        present = fidelity.unique().tolist()
+        missing = [self.fidelity_names[f] for f in present if self.fidelity_names[f] not in self.config.fidelity_sampling]
+        if missing:
+            raise ValueError(f"fidelity_sampling names no share for {missing}, which the training set has; "
+                             f"give a share to each of {[self.fidelity_names[f] for f in present]}")
+        shares = torch.tensor([float(self.config.fidelity_sampling[self.fidelity_names[f]]) for f in present],
+                              dtype=torch.float64)
+        exact = shares / shares.sum() * n
+        counts = exact.floor().long()
+        counts[torch.argsort(exact - counts, descending=True)[: n - int(counts.sum())]] += 1
+        drawn = []
+        for f, count in zip(present, counts.tolist()):
+            members = (fidelity == f).nonzero().flatten()
+            cycles = -(-count // len(members))  # fresh permutations until `count` are drawn
+            permutations = [members[torch.randperm(len(members), generator=generator)] for _ in range(cycles)]
+            drawn.append(torch.cat(permutations)[:count] if permutations else members[:0])
+        order = torch.cat(drawn)
+        return order[torch.randperm(n, generator=generator)]
 
     def setup_optimiser(self, steps_total: int) -> None:
         """Freeze ``config.freeze``; create Adam, the cosine schedule over ``steps_total`` steps,
@@ -310,6 +338,7 @@ class Trainer:
         if val is None and self.config.val_fraction > 0:
             train, val = self.split_validation(train)
         train = list(train)
+        self._train_fidelity = torch.tensor([int(g[K.FIDELITY]) for g in train], dtype=torch.long)
         steps_per_epoch = len(self._batches_of_epoch(len(train), 0))
         if steps_per_epoch == 0:
             raise ValueError(f"{len(train)} training structures are too few for {self.ctx.world_size} processes")
