@@ -22,7 +22,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-METHODS = ("multi_fidelity", "mf_warm_start", "single_fidelity", "transfer", "delta_model", "delta_labels")
+METHODS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "single_fidelity", "transfer", "delta_model",
+           "delta_labels")
+# Multi-fidelity with one trainer option (mfwrap.train.TrainConfig) that targets the scarce fidelity:
+# mf_warm_start: backbone pre-trained on the low fidelity first; mf_balanced: fidelity_sampling 1 : 1
+# (half of every epoch's draws high fidelity); mf_reweighted: fidelity_loss_weights with each
+# fidelity's total weight equal (high fidelity weighted N_low / N_high).
+MF_METHODS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted")
 PROTOCOLS = ("paper", "equal_compute", "converged")
 ALL = None  # every frame of a split
 
@@ -104,7 +110,7 @@ LEVELS = {
 
 def _unique(specs: list[RunSpec]) -> list[RunSpec]:
     """Drop multi-fidelity under equal_compute: it is the paper run (the steps the others get)."""
-    return [s for s in specs if not (s.method in ("multi_fidelity", "mf_warm_start") and s.protocol == "equal_compute")]
+    return [s for s in specs if not (s.method in MF_METHODS and s.protocol == "equal_compute")]
 
 
 def learning_curve(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
@@ -134,6 +140,14 @@ def transfer_delta(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
                     for method in ("multi_fidelity", "mf_warm_start", "single_fidelity", "transfer", "delta_model")])
 
 
+def mf_options(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
+    """Where MF loses to single-fidelity, the trainer options aimed at the scarce fidelity (MF_METHODS),
+    each at MF's own compute (paper protocol; warm start's pre-training extra), at the smallest and
+    largest N_high."""
+    return [RunSpec("mf_options", method, n, ALL, "paper", seed, backbone=backbone)
+            for n in dict.fromkeys((level.n_high[0], level.n_high[-1])) for seed in seeds for method in MF_METHODS]
+
+
 def coverage(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     """High-fidelity frames only with Mn fraction <= 0.5, low-fidelity frames everywhere; tested
     on the high-fidelity test frames with Mn fraction > 0.5 (SevenNet-MF's argument)."""
@@ -160,7 +174,7 @@ def second_backbone(level: Level, seeds, backbone="schnet") -> list[RunSpec]:
 
 EXPERIMENTS: dict[str, Callable[..., list[RunSpec]]] = {
     "learning_curve": learning_curve, "low_fidelity_size": low_fidelity_size, "ablations": ablations,
-    "transfer_delta": transfer_delta, "coverage": coverage, "li3ps4": li3ps4, "second_backbone": second_backbone,
+    "transfer_delta": transfer_delta, "mf_options": mf_options, "coverage": coverage, "li3ps4": li3ps4, "second_backbone": second_backbone,
 }
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mfwrap.bench.grid import EXPERIMENTS, LEVELS, Level, RunSpec, epochs_for
+from mfwrap.bench.grid import EXPERIMENTS, LEVELS, MF_METHODS, Level, RunSpec, epochs_for
 from mfwrap.data.readers import LabelledStructure, read_fidelities, to_graphs
 from mfwrap.files import write_text
 
@@ -88,19 +88,30 @@ def make_splits(spec: RunSpec, level: Level) -> Splits:
     return Splits(_take(pool, spec.n_high), _take(shuffled(data["low_train"]), n_low), val, test)
 
 
+def mf_option(spec: RunSpec, splits: Splits) -> dict:
+    """TrainConfig options of the MF variants (grid.MF_METHODS); {} for every other method."""
+    low, high = FIDELITIES[spec.dataset]
+    if spec.method == "mf_balanced":
+        return {"fidelity_sampling": {low: 1.0, high: 1.0}}
+    if spec.method == "mf_reweighted":
+        return {"fidelity_loss_weights": {high: len(splits.train_low) / len(splits.train_high)}}
+    return {}
+
+
 def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path):
     from mfwrap.train.baselines import Experiment
     from mfwrap.train.config import TrainConfig
 
     n_mf = len(splits.train_high) + len(splits.train_low)
-    own = n_mf if spec.method in ("multi_fidelity", "mf_warm_start") else len(splits.train_high)
+    own = n_mf if spec.method in MF_METHODS else len(splits.train_high)
     epochs = epochs_for(spec, level, n_mf, own, BATCH_SIZE)
     targets = TARGETS[spec.dataset] if spec.backbone in PREDICTS_MAGMOMS else TARGETS[spec.dataset].replace("m", "")
     config = TrainConfig(targets=targets, epochs=epochs, batch_size=BATCH_SIZE, lr=0.005, seed=spec.seed,
                          output_dir=str(out), progress=False, checkpoint_every=50,
                          compile=level.compile and spec.backbone in COMPILABLE,
-                         patience=level.patience if spec.protocol == "converged" else 0)
-    method = {"delta_model": "delta", "delta_labels": "delta", "mf_warm_start": "multi_fidelity"}.get(spec.method, spec.method)
+                         patience=level.patience if spec.protocol == "converged" else 0,
+                         **mf_option(spec, splits))
+    method = "multi_fidelity" if spec.method in MF_METHODS else "delta" if spec.method.startswith("delta") else spec.method
     model = {"backbone": BACKBONES[spec.backbone], "kwargs": level.model.get(spec.backbone, {}), "mechanisms": spec.mechanisms}
     return Experiment(method=method, model=model, train=config, pretrain={"epochs": level.epochs},
                       delta_reference="labels" if spec.method == "delta_labels" else "model",
@@ -126,7 +137,7 @@ def run_one(spec: RunSpec, level_name: str, root: str) -> dict:
     result = {"spec": spec.as_dict(), "name": spec.name, "level": level.name, "protocol": spec.protocol, "epochs": epochs,
               "epochs_run": summary.get("epochs_run"), "steps": summary.get("steps"), "wall_s": time.perf_counter() - start,
               "n_train": {"high": len(splits.train_high), "low": len(splits.train_low) if spec.method != "single_fidelity" else 0},
-              "n_val": len(splits.val), "n_test": len(splits.test), "target_fidelity": names[-1],
+              "train_options": mf_option(spec, splits), "n_val": len(splits.val), "n_test": len(splits.test), "target_fidelity": names[-1],
               "best": summary["best"], "val": summary["val"], "test": summary["test"], "machine": machine()}
     write_text(out / "result.json", json.dumps(result, indent=1, default=float))
     (out / "error.json").unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import pytest
 from mfwrap.bench import runner
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS, RunSpec, epochs_for
 from mfwrap.bench.report import aggregate, markdown, write_report
+from mfwrap.model_file import read_payload
 
 
 @pytest.fixture
@@ -48,6 +49,21 @@ def test_a_run_two_experiments_share_is_trained_once(tmp_path, lmfp_cache):
     assert reused["spec"]["experiment"] == "low_fidelity_size" and reused["test"] == trained["test"]
     assert not (tmp_path / "low_fidelity_size" / name / "multi_fidelity").exists()  # no second training
     assert runner.reuse_finished(EXPERIMENTS["low_fidelity_size"](LEVELS["medium"], [0]), "medium", tmp_path) == 0
+
+
+def test_mf_options_set_their_trainer_option(tmp_path, lmfp_cache):
+    level = LEVELS["quick"]
+    specs = {s.method: s for s in EXPERIMENTS["mf_options"](level, [0]) if s.n_high == 10}
+    assert set(specs) == {"multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted"}
+    splits = runner.make_splits(specs["mf_reweighted"], level)
+    assert runner.mf_option(specs["mf_reweighted"], splits) == {"fidelity_loss_weights": {"high": 40 / 10}}
+    assert runner.mf_option(specs["mf_balanced"], splits) == {"fidelity_sampling": {"low": 1.0, "high": 1.0}}
+    assert runner.mf_option(specs["multi_fidelity"], splits) == {}
+    result = runner.run_one(specs["mf_balanced"], "quick", str(tmp_path))
+    assert result["train_options"] == {"fidelity_sampling": {"low": 1.0, "high": 1.0}}
+    assert result["n_train"] == {"high": 10, "low": 40} and result["steps"] == math.ceil(50 / 4) * result["epochs"]
+    (checkpoint,) = tmp_path.glob("mf_options/*/*/last.pt")
+    assert read_payload(checkpoint)["config"]["fidelity_sampling"] == {"low": 1.0, "high": 1.0}  # what training used
 
 
 def test_li3ps4_runs_every_method_on_real_dft(tmp_path):
