@@ -33,7 +33,7 @@ from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec, to_graph
 from mfwrap.fidelity import ATOM, ROW_KINDS, STRUCTURE, FidelityContext, row_counts
 from mfwrap.mechanisms import FidelityComposition, FidelityEmbedding, FidelityLinear, FidelityReadout
 from mfwrap.mechanisms.composition import read_element_energies
-from mfwrap.symmetry import rotating_places
+from mfwrap.symmetry import declares_non_scalars, rotating_places, scalar_columns
 
 MECHANISMS = "ECMR"
 
@@ -256,7 +256,8 @@ def row_kinds_from_probe(calls: Mapping[str, list[tuple[int, ...]]], counts: Map
 class SurgeryReport:
     """What the surgery did: one (mechanism, module path, module type, row kind) per place, the
     places the spec matched that the backbone's forward never calls (left unchanged), the places
-    heuristics matched whose outputs rotate with the structure (refused), and the symmetry check."""
+    heuristics matched whose outputs rotate with the structure (refused), the places whose term
+    was restricted to their scalar (0e) columns, and the symmetry check."""
 
     spec: FidelitySpec
     spec_source: str
@@ -264,6 +265,7 @@ class SurgeryReport:
     skipped: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     symmetry: str = ""
+    restricted: dict[str, tuple[int, int]] = field(default_factory=dict)  # place -> (scalar columns, all columns)
 
     def count(self, mechanism: str) -> int:
         return sum(1 for m, *_ in self.places if m == mechanism)
@@ -277,6 +279,9 @@ class SurgeryReport:
                 lines += [f"    {path} ({kind} rows, {type_name})" for _, path, type_name, kind in entries]
         if self.skipped:
             lines.append(f"not called by the forward, left unchanged: {self.skipped}")
+        if self.restricted:
+            lines.append("outputs mix scalars and rotating components: fidelity term on the 0e columns only: "
+                         + ", ".join(f"{p} ({n} of {total})" for p, (n, total) in self.restricted.items()))
         if self.refused:
             lines.append(f"outputs rotate with the structure, so no fidelity term was put there: {self.refused}")
         if self.symmetry:
@@ -284,24 +289,32 @@ class SurgeryReport:
         return "\n".join(lines)
 
 
-def _refuse_rotating(backbone: nn.Module, places: dict[str, list[str]], spec_source: str) -> list[str]:
-    """E and M add a vector per row: refuse places whose outputs rotate with the structure. A given or
-    declared spec naming one is an error; heuristic choices are dropped (and reported)."""
+def _refuse_rotating(backbone: nn.Module, places: dict[str, list[str]],
+                     spec_source: str) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """E and M add a vector per row: a place whose outputs rotate with the structure (on the probe,
+    or by its declared e3nn ``irreps_out``) takes the term on its declared scalar columns only (e3nn ``0e``, :func:`~mfwrap.symmetry.scalar_columns`), or
+    is refused: an error for a given or declared spec, dropped (and reported) for heuristic choices.
+    Returns (refused places, {restricted place: its scalar columns})."""
     candidates = [p for letter in "EM" for p in places.get(letter, [])]
-    rotating = rotating_places(backbone, candidates) if candidates else []
-    if rotating and spec_source != "heuristic":
+    modules = dict(backbone.named_modules())
+    declared = [p for p in candidates if declares_non_scalars(modules[p])]  # irreps say so: no probe needed
+    rotating = list(dict.fromkeys(declared + (rotating_places(backbone, candidates) if candidates else [])))
+    restricted = {p: c for p in rotating if (c := scalar_columns(modules[p])) is not None and len(c) > 0}
+    refused = [p for p in rotating if p not in restricted]
+    if refused and spec_source != "heuristic":
         raise ValueError(
-            f"{type(backbone).__name__}.{rotating[0]}: its outputs rotate with the structure (vector or tensor "
-            "features); a fidelity term there (mechanism E or M) would break rotational symmetry. Name only layers "
-            f"with invariant (scalar) outputs in the spec's embedding / message (rotating: {rotating})"
+            f"{type(backbone).__name__}.{refused[0]}: its outputs rotate with the structure (vector or tensor "
+            "features) and it declares no scalar (0e) output columns; a fidelity term there (mechanism E or M) would "
+            f"break rotational symmetry. Name only layers with invariant (scalar) outputs in the spec's embedding / "
+            f"message (rotating: {refused})"
         )
     for letter in "EM":
         if letter in places:
-            places[letter] = [p for p in places[letter] if p not in rotating]
+            places[letter] = [p for p in places[letter] if p not in refused]
             if not places[letter]:
                 raise ValueError(f"mechanism {letter} has no place with invariant outputs in {type(backbone).__name__}; "
-                                 f"refused as rotating: {rotating}")
-    return rotating
+                                 f"refused as rotating: {refused}")
+    return refused, restricted
 
 
 def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -336,7 +349,7 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
     for letter, found in places.items():
         if letter != "C" and not found:
             raise ValueError(f"mechanism {letter} has no place in {type(backbone).__name__}: none of {skipped} is called by its forward")
-    refused = _refuse_rotating(backbone, places, spec_source) if refuse_rotating else []
+    refused, restricted = _refuse_rotating(backbone, places, spec_source) if refuse_rotating else ([], {})
     context.kinds = set(kinds.values()) | {ATOM, STRUCTURE}
     modules = dict(backbone.named_modules())
     report = SurgeryReport(spec, spec_source, [(letter, p, type(modules[p]).__name__, kinds[p])
@@ -351,12 +364,15 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
             raise ValueError(f"cannot tell the output width of {path} (output shapes {shapes})")
         return shapes[0][-1]
 
+    report.restricted = {p: (len(columns), width(p)) for p, columns in restricted.items()}
     for path in places.get("M", []):
         module = modules[path]
         bias = "bias" if isinstance(module, nn.Linear) and module.bias is not None else spec.linear_types.get(type(module).__name__)
-        _replace(backbone, path, FidelityLinear(module, context, kinds[path], width(path), name=path, bias_path=bias))
+        _replace(backbone, path, FidelityLinear(module, context, kinds[path], width(path), name=path, bias_path=bias,
+                                                channels=restricted.get(path)))
     for path in places.get("E", []):
-        _replace(backbone, path, FidelityEmbedding(modules[path], context, kinds[path], width(path), name=path))
+        _replace(backbone, path, FidelityEmbedding(modules[path], context, kinds[path], width(path), name=path,
+                                                   channels=restricted.get(path)))
     for path in places.get("R", []):
         _replace(backbone, path, FidelityReadout(modules[path], context, kinds[path], name=path))
     added = None

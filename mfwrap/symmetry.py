@@ -18,6 +18,7 @@ whose removal restores it.
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from typing import Sequence
 
@@ -99,6 +100,49 @@ def rotating_places(backbone: nn.Module, paths: Sequence[str], tolerance: float 
                 found.append(path)
                 break
     return found
+
+
+_IRREP = re.compile(r"^\s*(\d+)\s*x\s*(\d+)([eo])\s*$")
+
+
+def _irreps_out(module: nn.Module) -> list[tuple[int, int, str]] | None:
+    """(multiplicity, l, parity) of each term of ``module.irreps_out``; None if undeclared or unreadable."""
+    irreps = getattr(module, "irreps_out", None)
+    if irreps is None:
+        return None
+    terms = []
+    for term in str(irreps).split("+"):
+        match = _IRREP.match(term) or _IRREP.match(f"1x{term}")
+        if match is None:
+            return None
+        terms.append((int(match[1]), int(match[2]), match[3]))
+    return terms
+
+
+def scalar_columns(module: nn.Module) -> torch.Tensor | None:
+    """Output columns of ``module`` that are true scalars (e3nn ``0e``), from its ``irreps_out``.
+
+    e3nn lays a feature vector out irrep by irrep, ``mul`` copies of ``2l + 1`` components each,
+    in the order of ``irreps_out`` (e.g. ``"32x0e+8x1o"``: columns 0..31 are the 32 scalars,
+    32..55 the 8 vectors). Pseudoscalars (``0o``) change sign under inversion, so they are not
+    scalars here. Returns None when the module declares no irreps (or they cannot be read), and
+    an empty tensor when it declares no ``0e`` part.
+    """
+    terms = _irreps_out(module)
+    if terms is None:
+        return None
+    columns, start = [], 0
+    for mul, l, parity in terms:
+        if l == 0 and parity == "e":
+            columns.append(torch.arange(start, start + mul))
+        start += mul * (2 * l + 1)
+    return torch.cat(columns) if columns else torch.zeros(0, dtype=torch.long)
+
+
+def declares_non_scalars(module: nn.Module) -> bool:
+    """Whether ``module.irreps_out`` has parts other than ``0e`` (whatever a probe shows: a vector
+    part that happens to be zero on the probe still rotates in general)."""
+    return any(not (l == 0 and parity == "e") for _, l, parity in _irreps_out(module) or [])
 
 
 def randomise_fidelity_parameters(model: nn.Module, scale: float = 0.5, seed: int = 0) -> None:

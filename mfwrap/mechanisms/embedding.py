@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mfwrap.fidelity import FidelityContext
+from mfwrap.mechanisms.linear import spread_columns
 
 
 class FidelityEmbedding(nn.Module):
@@ -16,17 +17,23 @@ class FidelityEmbedding(nn.Module):
     ``embedding`` is the backbone's own module, called unchanged with whatever arguments the
     backbone passes; ``fidelity_vectors`` (n_F, features) is zero at initialisation, so the
     output then equals the backbone's. ``row_kind`` names the rows of the embedding's output
-    (atoms for every known backbone).
+    (atoms for every known backbone). ``channels`` (optional) restricts X_f to those output
+    columns (the ``0e`` columns of an e3nn embedding with vector parts); X_f is then
+    (n_F, len(channels)).
     """
 
-    def __init__(self, embedding: nn.Module, context: FidelityContext, row_kind: str, features: int, name: str = "") -> None:
+    def __init__(self, embedding: nn.Module, context: FidelityContext, row_kind: str, features: int, name: str = "",
+                 channels: Tensor | None = None) -> None:
         super().__init__()
         reference = next(embedding.parameters(), None)
         self.embedding = embedding
+        self.features = features
+        device = reference.device if reference is not None else None
+        self.register_buffer("channels", None if channels is None else channels.to(device), persistent=False)
         self.fidelity_vectors = nn.Parameter(
             torch.zeros(
                 context.num_fidelities,
-                features,
+                features if channels is None else len(channels),
                 dtype=reference.dtype if reference is not None and reference.is_floating_point() else None,
                 device=reference.device if reference is not None else None,
             )
@@ -38,7 +45,8 @@ class FidelityEmbedding(nn.Module):
     def forward(self, *args, **kwargs) -> Tensor:
         out = self.embedding(*args, **kwargs)
         f = self.context.rows(self.row_kind, out.shape[0], self.name)
-        return out + self.fidelity_vectors.index_select(0, f).view(f.shape[0], *([1] * (out.dim() - 2)), out.shape[-1])
+        term = spread_columns(self.fidelity_vectors.index_select(0, f), self.channels, self.features)
+        return out + term.view(f.shape[0], *([1] * (out.dim() - 2)), out.shape[-1])
 
     def add_fidelity(self, like: int) -> None:
         """Append a vector for a new fidelity, equal to the vector of fidelity ``like``."""
@@ -46,4 +54,5 @@ class FidelityEmbedding(nn.Module):
         self.fidelity_vectors = nn.Parameter(torch.cat([vectors, vectors[like : like + 1]], dim=0))
 
     def extra_repr(self) -> str:
-        return f"fidelities={self.fidelity_vectors.shape[0]}, rows={self.row_kind}"
+        columns = "" if self.channels is None else f", columns={len(self.channels)} of {self.features}"
+        return f"fidelities={self.fidelity_vectors.shape[0]}, rows={self.row_kind}{columns}"

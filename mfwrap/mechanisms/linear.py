@@ -19,6 +19,14 @@ def _may_modify_in_place(out: Tensor) -> bool:
     return out._base is None and (out.grad_fn is None or type(out.grad_fn).__name__ in _IN_PLACE_SAFE)
 
 
+def spread_columns(term: Tensor, channels: Tensor | None, width: int) -> Tensor:
+    """``term`` (..., len(channels)) placed in ``channels`` of a zero (..., width) tensor; ``term``
+    itself when ``channels`` is None (every column)."""
+    if channels is None:
+        return term
+    return term.new_zeros(*term.shape[:-1], width).index_copy(-1, channels, term)
+
+
 class FidelityLinear(nn.Module):
     r"""A linear layer whose input is extended by the one-hot fidelity of its row (paper Eq. 7):
 
@@ -41,26 +49,34 @@ class FidelityLinear(nn.Module):
     in place when autograd allows it). Without ``bias_path``, W_F[:, f0] is added to all rows first.
     In the context's dense mode (compiled models) every row gets W_F[:, f] by one gather instead,
     which needs no host synchronisation (inductor fuses the add into the layer).
+
+    ``channels`` (optional) restricts the term to those output columns, e.g. the ``0e`` (scalar)
+    columns of an e3nn layer whose other columns are vector or tensor components (a term there
+    would break rotational symmetry); W_F is then (len(channels), n_F).
     """
 
     def __init__(self, linear: nn.Module, context: FidelityContext, row_kind: str, out_features: int, name: str = "",
-                 bias_path: str | None = None) -> None:
+                 bias_path: str | None = None, channels: Tensor | None = None) -> None:
         super().__init__()
         reference = next(linear.parameters())
         self.linear = linear
+        self.out_features = out_features
+        self.register_buffer("channels", None if channels is None else channels.to(reference.device), persistent=False)
+        width = out_features if channels is None else len(channels)
         self.fidelity_weight = nn.Parameter(
-            torch.zeros(out_features, context.num_fidelities, dtype=reference.dtype, device=reference.device)
+            torch.zeros(width, context.num_fidelities, dtype=reference.dtype, device=reference.device)
         )
         self.context = context
         self.row_kind = row_kind
         self.name = name
-        self.bias_path = bias_path
+        self.bias_path = bias_path if channels is None else None  # a bias spans every column
 
     def forward(self, *args, **kwargs) -> Tensor:
         if self.context.dense:
             out = self.linear(*args, **kwargs)
             rows = self.context.rows(self.row_kind, out.shape[0], self.name)
-            return out + self.fidelity_weight.t().index_select(0, rows).view(-1, *([1] * (out.dim() - 2)), out.shape[-1])
+            term = self._spread(self.fidelity_weight.t().index_select(0, rows))
+            return out + term.view(-1, *([1] * (out.dim() - 2)), out.shape[-1])
         uniform = self.context.uniform
         base, other, other_fidelity = (uniform, None, None) if uniform is not None else self.context.majority(self.row_kind)
         if self.bias_path is not None:
@@ -69,13 +85,16 @@ class FidelityLinear(nn.Module):
             owned = _may_modify_in_place(out)
         else:
             out = self.linear(*args, **kwargs)
-            out, owned = out + self.fidelity_weight[:, base], True
+            out, owned = out + self._spread(self.fidelity_weight[:, base]), True
         self.context.rows(self.row_kind, out.shape[0], self.name)
         if other is None:
             return out
-        delta = (self.fidelity_weight - self.fidelity_weight[:, base : base + 1]).t().index_select(0, other_fidelity)
+        delta = self._spread((self.fidelity_weight - self.fidelity_weight[:, base : base + 1]).t().index_select(0, other_fidelity))
         delta = delta.view(-1, *([1] * (out.dim() - 2)), out.shape[-1]).expand(-1, *out.shape[1:])
         return out.index_add_(0, other, delta) if owned else out.index_add(0, other, delta)
+
+    def _spread(self, term: Tensor) -> Tensor:
+        return spread_columns(term, self.channels, self.out_features)
 
     def add_fidelity(self, like: int) -> None:
         """Append a column for a new fidelity, equal to the column of fidelity ``like``."""
@@ -83,4 +102,5 @@ class FidelityLinear(nn.Module):
         self.fidelity_weight = nn.Parameter(torch.cat([weight, weight[:, like : like + 1]], dim=1))
 
     def extra_repr(self) -> str:
-        return f"fidelities={self.fidelity_weight.shape[1]}, rows={self.row_kind}"
+        columns = "" if self.channels is None else f", columns={len(self.channels)} of {self.out_features}"
+        return f"fidelities={self.fidelity_weight.shape[1]}, rows={self.row_kind}{columns}"
