@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from ase.build import bulk
 from e3nn import o3
 from torch import nn
 
 from backbones.ops import scatter_sum
-from ase.build import bulk
-
 from mfwrap import MultiFidelity, predict
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
