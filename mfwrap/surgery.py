@@ -107,30 +107,67 @@ _READOUT_NAME = re.compile(r"readout|output|head|energy", re.IGNORECASE)
 
 
 def propose_spec(backbone: nn.Module) -> FidelitySpec:
-    """Heuristic spec for a backbone that declares none.
+    """Heuristic spec for a backbone that declares none (what it could not decide:
+    :func:`undecided_places`).
 
-    embedding: the one ``nn.Embedding`` with ≥ 84 entries and width > 1; composition: the one
-    ``nn.Embedding(·, 1)`` or module with ``element_energies``; message: every ``nn.Linear`` in
-    ``nn.ModuleList``s whose name says interaction/conv/message/layers/blocks; readout: direct
-    children named readout/output/head/energy (each block of such a list).
+    embedding: the ``nn.Embedding`` with ≥ 84 entries and width > 1 (of several, the one the
+    forward calls on atoms); composition: the one ``nn.Embedding(·, 1)`` or module with
+    ``element_energies``; message: every ``nn.Linear`` in ``nn.ModuleList``s whose name says
+    interaction/conv/message/layers/blocks; readout: direct children named
+    readout/output/head/energy (each block of such a list).
     """
+    return _propose(backbone)[0]
+
+
+def undecided_places(backbone: nn.Module) -> list[str]:
+    """What :func:`propose_spec` could not decide for ``backbone``, one sentence each."""
+    return _propose(backbone)[1]
+
+
+def _atom_embeddings(backbone: nn.Module, paths: list[str]) -> list[str]:
+    """Those of ``paths`` that the forward calls with one row per atom (a probe forward)."""
+    parameter = next(backbone.parameters())
+    batch = probe_batch(backbone.graph_spec, parameter.dtype, parameter.device)
+    atoms = row_counts(batch)[ATOM]
+    calls = probe_rows(backbone, paths, batch)
+    return [p for p in paths if calls[p] and all(shape and shape[0] == atoms for shape in calls[p])]
+
+
+def _propose(backbone: nn.Module) -> tuple[FidelitySpec, list[str]]:
     modules = dict(backbone.named_modules())
+    undecided = []
     embeddings = [p for p, m in modules.items() if isinstance(m, nn.Embedding) and m.num_embeddings >= 84 and m.embedding_dim > 1]
+    if len(embeddings) > 1 and isinstance(getattr(backbone, "graph_spec", None), GraphSpec):
+        called = _atom_embeddings(backbone, embeddings)
+        if len(called) == 1:
+            embeddings = called
+    if len(embeddings) != 1:
+        undecided.append(f"embedding: {len(embeddings)} candidate element embeddings (nn.Embedding with >= 84 entries, "
+                         f"called on atoms){f' {embeddings}' if embeddings else ''}; none chosen")
     compositions = [
         p for p, m in modules.items()
         if (isinstance(m, nn.Embedding) and m.embedding_dim == 1) or isinstance(getattr(m, "element_energies", None), torch.Tensor)
     ]
+    if len(compositions) > 1:
+        undecided.append(f"composition: {len(compositions)} per-element energy tables {compositions}; none chosen "
+                         "(C then adds its own)")
     stacks = [
         p for p, m in modules.items()
         if isinstance(m, nn.ModuleList) and _MESSAGE_NAME.search(p.rsplit(".", 1)[-1]) and not _READOUT_NAME.search(p)
     ]
+    if not stacks:
+        undecided.append("message: no nn.ModuleList named interaction/conv/message/layers/blocks holds the message "
+                         "functions")
     heads = [name for name, m in backbone.named_children() if _READOUT_NAME.search(name) and name not in stacks]
-    return FidelitySpec(
+    if not heads:
+        undecided.append("readout: no direct child named readout/output/head/energy")
+    spec = FidelitySpec(
         embedding=embeddings[0] if len(embeddings) == 1 else None,
         message=tuple(f"{p}.*" for p in stacks),
         readout=tuple(f"{h}.*" if isinstance(modules[h], nn.ModuleList) else h for h in heads),
         composition=compositions[0] if len(compositions) == 1 else None,
     )
+    return spec, undecided
 
 
 def resolve_spec(backbone: nn.Module, spec: "FidelitySpec | Mapping[str, Any] | None") -> tuple[FidelitySpec, str]:
@@ -140,10 +177,11 @@ def resolve_spec(backbone: nn.Module, spec: "FidelitySpec | Mapping[str, Any] | 
     declared = getattr(backbone, "fidelity_spec", None)
     if declared is not None:
         return FidelitySpec.from_value(declared), "backbone"
-    proposal = propose_spec(backbone)
+    proposal, undecided = _propose(backbone)
     warnings.warn(
-        f"{type(backbone).__name__} declares no fidelity_spec; heuristics chose {proposal.as_dict()} "
-        "(pass spec= to MultiFidelity to change or pin it)",
+        f"{type(backbone).__name__} declares no fidelity_spec; heuristics chose {proposal.as_dict()}"
+        + (f"; could not decide: {'; '.join(undecided)}" if undecided else "")
+        + " (pass spec= to MultiFidelity to change or pin it)",
         stacklevel=3,
     )
     return proposal, "heuristic"

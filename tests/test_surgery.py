@@ -133,3 +133,36 @@ def test_surgery_places_of_the_shipped_backbones():
         report = MultiFidelity(small_backbone(name), ["a", "b"], "ECMR").surgery
         assert (report.count("E"), report.count("M"), report.count("R")) == (e, m, r), name
         assert set(row_kinds) <= {kind for letter, _, _, kind in report.places if letter == "M"}
+
+
+class TwoEmbeddingPotential(ToyPotential):
+    """ToyPotential with a second 100-entry embedding, used per structure (a "state" embedding, as
+    in matgl's models) or, with ``pair=True``, on atoms as well (then the heuristics cannot decide)."""
+
+    def __init__(self, pair: bool = False) -> None:
+        super().__init__()
+        self.state = nn.Embedding(100, 8)
+        self.pair = pair
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        index = batch[K.ATOMIC_NUMBERS] if self.pair else torch.zeros(batch[K.CELL].shape[0], dtype=torch.long)
+        extra = self.state(index).sum(-1)
+        extra = scatter_sum(extra, batch.batch, batch[K.CELL].shape[0]) if self.pair else extra
+        return {K.ENERGY: out[K.ENERGY] + 0.01 * extra}
+
+
+def test_heuristics_pick_the_embedding_called_on_atoms_and_say_what_they_could_not_decide():
+    from mfwrap.surgery import propose_spec, undecided_places
+
+    assert propose_spec(TwoEmbeddingPotential()).embedding == "species" and undecided_places(TwoEmbeddingPotential()) == []
+    both = TwoEmbeddingPotential(pair=True)
+    assert propose_spec(both).embedding is None
+    assert undecided_places(both) == ["embedding: 2 candidate element embeddings (nn.Embedding with >= 84 entries, called "
+                                      "on atoms) ['species', 'state']; none chosen"]
+    with pytest.warns(UserWarning, match=r"could not decide: embedding: 2 candidate"), \
+            pytest.raises(ValueError, match="mechanism E has no place"):
+        MultiFidelity(both, ["a", "b"], "ECMR")
+    plain = nn.Module()
+    plain.graph_spec = GraphSpec(cutoff=3.0)
+    assert [note.split(":")[0] for note in undecided_places(plain)] == ["embedding", "message", "readout"]
