@@ -12,8 +12,12 @@ Protocols (every result records its own; tables never mix them silently):
   epochs over N_high + N_low frames (the final stage of transfer / Δ; their pre-training on the
   low fidelity is extra and said so). Multi-fidelity itself is then its ``paper`` run, which is
   not repeated.
-* ``converged``: up to ``max_epochs`` with early stopping (``patience`` epochs without a better
-  high-fidelity validation error); the best-on-validation checkpoint is tested.
+* ``converged``: every model the same *ceiling* of optimiser steps (what multi-fidelity takes in
+  ``max_epochs`` epochs) with early stopping after ``patience`` multi-fidelity epochs' worth of
+  steps without a better high-fidelity validation error (validation after every own epoch); the
+  best-on-validation checkpoint is tested and the steps it needed are reported. Measured in steps,
+  not epochs, so that a model with few training frames (short epochs) is neither cut short nor
+  stopped by noise. At medium level only the N_high in ``Level.converged_high`` run it.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class Level:
     model: dict = field(default_factory=dict)
     n_low_all: int | None = None  # what "all low-fidelity frames" means at this level (None: every one)
     compile: bool = False  # compiled training steps where the backbone has a compiled path
+    converged_high: tuple[int | None, ...] = ()  # learning-curve N_high that also run the converged protocol
 
 
 TINY_CHGNET = {"atom_fea_dim": 16, "bond_fea_dim": 16, "angle_fea_dim": 16, "num_radial": 9, "num_angular": 9,
@@ -100,7 +105,8 @@ LEVELS = {
     # 2-core CPU: N_high <= 90 (10 held out for validation), 10 epochs instead of 60.
     "medium": Level("medium", "small", n_high=(25, 50, 90), n_low=(0, 100, 200, ALL), low_size_high=(25, 90),
                     ablation_high=50, li3ps4_high=(5, 10, 20, 40, 80), epochs=10, max_epochs=40, patience=5, n_val=10,
-                    protocols=("paper", "equal_compute"), model={"chgnet": {}, "schnet": PAPER_SCHNET}, compile=True),
+                    protocols=("paper", "equal_compute"), model={"chgnet": {}, "schnet": PAPER_SCHNET}, compile=True,
+                    converged_high=(25,)),
     # The paper's settings on the full LMFP set (built once, about an hour on 2 cores); for a GPU.
     "full": Level("full", "full", n_high=(25, 50, 100, 200, 400, 800, ALL), n_low=(0, 200, 500, 1000, ALL),
                   low_size_high=(50, 400), ablation_high=100, li3ps4_high=(5, 10, 20, 40, 80), epochs=60, max_epochs=200,
@@ -115,9 +121,13 @@ def _unique(specs: list[RunSpec]) -> list[RunSpec]:
 
 def learning_curve(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     """Fig. 2: MF (ECMR) vs single-fidelity over N_high, all low-fidelity frames."""
-    return _unique([RunSpec("learning_curve", method, n, ALL, protocol, seed, backbone=backbone)
-                    for protocol in level.protocols for n in level.n_high for seed in seeds
-                    for method in ("multi_fidelity", "single_fidelity")])
+    runs = [RunSpec("learning_curve", method, n, ALL, protocol, seed, backbone=backbone)
+            for protocol in level.protocols for n in level.n_high for seed in seeds
+            for method in ("multi_fidelity", "single_fidelity")]
+    if "converged" not in level.protocols:
+        runs += [RunSpec("learning_curve", method, n, ALL, "converged", seed, backbone=backbone)
+                 for n in level.converged_high for seed in seeds for method in ("multi_fidelity", "single_fidelity")]
+    return _unique(runs)
 
 
 def low_fidelity_size(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
@@ -182,7 +192,13 @@ def epochs_for(spec: RunSpec, level: Level, n_mf_train: int, n_own_train: int, b
     """Epochs of the run's final training stage under its protocol (module docstring)."""
     if spec.protocol == "paper":
         return level.epochs
-    if spec.protocol == "converged":
-        return level.max_epochs
-    steps = level.epochs * math.ceil(n_mf_train / batch_size)
-    return max(1, round(steps / math.ceil(n_own_train / batch_size)))
+    mf_epochs = level.max_epochs if spec.protocol == "converged" else level.epochs
+    return max(1, round(mf_epochs * math.ceil(n_mf_train / batch_size) / math.ceil(n_own_train / batch_size)))
+
+
+def patience_for(spec: RunSpec, level: Level, n_mf_train: int, n_own_train: int, batch_size: int) -> int:
+    """Early-stopping patience in the run's own epochs: ``level.patience`` multi-fidelity epochs'
+    worth of steps under ``converged``, none (0) otherwise."""
+    if spec.protocol != "converged":
+        return 0
+    return max(1, round(level.patience * math.ceil(n_mf_train / batch_size) / math.ceil(n_own_train / batch_size)))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mfwrap.bench.grid import EXPERIMENTS, LEVELS, MF_METHODS, Level, RunSpec, epochs_for
+from mfwrap.bench.grid import EXPERIMENTS, LEVELS, MF_METHODS, Level, RunSpec, epochs_for, patience_for
 from mfwrap.data.readers import LabelledStructure, read_fidelities, to_graphs
 from mfwrap.files import write_text
 
@@ -109,7 +109,7 @@ def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path):
     config = TrainConfig(targets=targets, epochs=epochs, batch_size=BATCH_SIZE, lr=0.005, seed=spec.seed,
                          output_dir=str(out), progress=False, checkpoint_every=50,
                          compile=level.compile and spec.backbone in COMPILABLE,
-                         patience=level.patience if spec.protocol == "converged" else 0,
+                         patience=patience_for(spec, level, n_mf, own, BATCH_SIZE),
                          **mf_option(spec, splits))
     method = "multi_fidelity" if spec.method in MF_METHODS else "delta" if spec.method.startswith("delta") else spec.method
     model = {"backbone": BACKBONES[spec.backbone], "kwargs": level.model.get(spec.backbone, {}), "mechanisms": spec.mechanisms}

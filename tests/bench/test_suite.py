@@ -8,7 +8,7 @@ import math
 import pytest
 
 from mfwrap.bench import runner
-from mfwrap.bench.grid import EXPERIMENTS, LEVELS, RunSpec, epochs_for
+from mfwrap.bench.grid import EXPERIMENTS, LEVELS, RunSpec, epochs_for, patience_for
 from mfwrap.bench.report import aggregate, markdown, write_report
 from mfwrap.model_file import read_payload
 
@@ -112,6 +112,13 @@ def test_protocols_set_the_epochs():
     assert epochs_for(mf, level, 350, 350, 4) == level.epochs
     assert epochs_for(sf, level, 350, 50, 4) == round(level.epochs * 88 / 13)  # the same optimiser steps
     assert epochs_for(RunSpec("x", "single_fidelity", 50, None, "paper", 0), level, 350, 50, 4) == level.epochs
+    mf, sf = (RunSpec("x", m, 50, None, "converged", 0) for m in ("multi_fidelity", "single_fidelity"))
+    assert epochs_for(mf, level, 350, 350, 4) == level.max_epochs and patience_for(mf, level, 350, 350, 4) == level.patience
+    assert epochs_for(sf, level, 350, 50, 4) == round(level.max_epochs * 88 / 13)  # the same ceiling of steps
+    assert patience_for(sf, level, 350, 50, 4) == round(level.patience * 88 / 13)  # the same patience in steps
+    assert patience_for(RunSpec("x", "single_fidelity", 50, None, "paper", 0), level, 350, 50, 4) == 0
+    converged = [s for s in EXPERIMENTS["learning_curve"](level, [0]) if s.protocol == "converged"]
+    assert {(s.method, s.n_high) for s in converged} == {("multi_fidelity", 25), ("single_fidelity", 25)}
 
 
 @pytest.mark.parametrize("level", list(LEVELS))
