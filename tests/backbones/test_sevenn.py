@@ -1,0 +1,189 @@
+"""SevenNet adapter: equal to sevenn's own calculator, identity when wrapped, save/load, training.
+
+SevenNet-0 (842k parameters) is loaded once per module and run on small cells only; wrapping
+and training use a fresh model of ~2k parameters.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+from torch_geometric.data import Batch
+
+import mfwrap
+from backbones.sevenn import SevenNet
+from mfwrap.data import keys as K
+from mfwrap.data.graph import EV_PER_A3_TO_GPA, to_graph
+from mfwrap.physics import energy_and_derivatives
+from mfwrap.symmetry import randomise_fidelity_parameters
+
+pytest.importorskip("sevenn")
+pytestmark = pytest.mark.filterwarnings("ignore:No tensor product accelerator")  # sevenn's calculator on CPU
+sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
+from tiny_backbone import labelled_graphs, random_structures  # noqa: E402
+
+SMALL = {"chemical_species": ["Li", "O", "Fe", "P"], "channel": 8, "lmax": 1, "num_convolution_layer": 2,
+         "cutoff": 4.0, "weight_nn_hidden_neurons": [16]}  # Li, O, Fe, P: the elements of mfwrap's probes
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    return SevenNet.from_pretrained("7net-0")
+
+
+@pytest.fixture(scope="module")
+def cells():
+    """Strained, rattled crystals (Si, NaCl) and a molecule in a box: 4, 8 and 9 atoms."""
+    silicon = bulk("Si", "diamond", a=5.43) * (2, 1, 1)
+    salt = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    for atoms, strain, seed in ((silicon, 0.01, 1), (salt, -0.02, 2)):
+        atoms.set_cell(atoms.cell.array @ (np.eye(3) + strain * np.array([[1, 0.3, 0], [0.3, -0.5, 0], [0, 0, 0.2]])),
+                       scale_atoms=True)
+        atoms.rattle(0.05, seed=seed)
+    ethanol = molecule("CH3CH2OH")
+    ethanol.cell, ethanol.pbc = np.eye(3) * 12.0, True
+    ethanol.center()
+    return [silicon, salt, ethanol]
+
+
+def _sevenn_reference(calculator, atoms):
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
+
+
+def _assert_equals_sevenn(model, calculator, structures):
+    """Energy within 1e-5 eV/atom, forces 1e-4 eV/Å, stress 5e-4 GPa (float32). mfwrap's stress is
+    (1/V) ∂E/∂ε in GPa, ASE's the same in eV/Å^3: same sign, factor EV_PER_A3_TO_GPA."""
+    for atoms, ours in zip(structures, mfwrap.predict(model, structures)):
+        energy, forces, stress = _sevenn_reference(calculator, atoms)
+        assert abs(ours["energy"] - energy) / len(atoms) < 1e-5
+        np.testing.assert_allclose(ours["forces"], forces, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(ours["stress"], stress * EV_PER_A3_TO_GPA, rtol=0, atol=5e-4)
+    assert np.abs(stress).max() * EV_PER_A3_TO_GPA > 0.01  # the comparison is not of zeros
+
+
+def test_pretrained_equals_sevenn_calculator(pretrained, cells):
+    from sevenn.calculator import SevenNetCalculator
+
+    assert pretrained.graph_spec.cutoff == 5.0 and pretrained.config == {"pretrained": "7net-0"}
+    _assert_equals_sevenn(pretrained, SevenNetCalculator("7net-0", device="cpu"), cells)
+
+
+def test_an_existing_sevenn_model_is_adapted_with_its_weights():
+    """A fresh sevenn model (parity, polynomial cutoff: other irreps and envelope than SevenNet-0)."""
+    from sevenn.calculator import SevenNetCalculator
+    from sevenn.model_build import build_E3_equivariant_model
+
+    from backbones.sevenn import model_config
+
+    torch.manual_seed(0)
+    config = model_config({**SMALL, "shift": [-1.0, -2.0, -3.0, -4.0], "scale": 1.5})
+    net = build_E3_equivariant_model(dict(config))
+    adapter = SevenNet.from_sevenn(net, config)
+    assert adapter.get_submodule("0_convolution") is net._modules["0_convolution"]  # shared, not copied
+    structures = random_structures(2, seed=5)
+    predicted = mfwrap.predict(adapter, structures)
+    _assert_equals_sevenn(adapter, SevenNetCalculator(net, file_type="model_instance", device="cpu"), structures)
+    rebuilt = type(adapter)(**adapter.config)  # the config rebuilds the architecture
+    rebuilt.load_state_dict(adapter.state_dict())
+    assert mfwrap.predict(rebuilt, structures)[1]["energy"] == pytest.approx(predicted[1]["energy"], abs=1e-6)
+
+
+def test_a_sevenn_checkpoint_is_adapted_and_its_config_rebuilds_it(pretrained, cells):
+    from sevenn.util import load_checkpoint
+
+    adapter = SevenNet.from_sevenn(load_checkpoint("7net-0"))
+    assert "optimizer" not in adapter.config and adapter.config["_type_map"][8] == 51  # model keys only; Z -> index
+    rebuilt = type(adapter)(**adapter.config)
+    rebuilt.load_state_dict(pretrained.state_dict())  # same architecture and state-dict keys as the pretrained one
+    expected = mfwrap.predict(pretrained, cells[0])[0]["energy"]
+    assert mfwrap.predict(rebuilt, cells[0])[0]["energy"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_multifidelity_is_the_bare_model_at_initialisation(pretrained, cells):
+    mf = mfwrap.MultiFidelity(pretrained, fidelities=["low", "high"], mechanisms="ECMR")
+    report = mf.surgery
+    assert [report.count(m) for m in "ECMR"] == [1, 0, 10, 2] and mf.composition is not None  # C brings its own
+    assert report.places[0][1] == "onehot_to_feature_x.linear"
+    # self-interaction linears whose outputs carry 1e/2e parts take the fidelity term on their 0e columns
+    assert report.restricted["0_self_interaction_2.linear"] == (224, 224 + 64 * 3 + 32 * 5)
+    assert report.restricted["4_self_interaction_1.linear"] == (128, 128 + 64 * 3 + 32 * 5)
+    assert "4_self_interaction_2.linear" not in report.restricted  # 224x0e -> 128x0e: all scalar
+    assert len(report.restricted) == 8 and report.symmetry.startswith("symmetry checked")  # randomised, float64
+    bare = mfwrap.predict(pretrained, cells)
+    for fidelity in ("low", "high"):
+        for ours, reference in zip(mfwrap.predict(mf, cells, fidelity=fidelity), bare):
+            assert ours["energy"] == pytest.approx(reference["energy"], abs=1e-5)
+            np.testing.assert_allclose(ours["forces"], reference["forces"], atol=1e-6)
+            np.testing.assert_allclose(ours["stress"], reference["stress"], atol=1e-5)
+
+
+def test_save_and_load_rebuild_the_pretrained_model_offline(pretrained, cells, tmp_path):
+    mf = mfwrap.MultiFidelity(pretrained, fidelities=["low", "high"], mechanisms="ECMR")
+    randomise_fidelity_parameters(mf, scale=0.01)  # fidelities differ, so the file must carry their terms
+    mf.save(tmp_path / "sevennet.pt")
+    loaded = mfwrap.load(tmp_path / "sevennet.pt")
+    assert loaded.backbone.config == {"pretrained": "7net-0"}
+    low, high = (mfwrap.predict(mf, cells[:2], fidelity=f) for f in ("low", "high"))
+    assert abs(low[1]["energy"] - high[1]["energy"]) > 1e-3
+    for fidelity, expected in (("low", low), ("high", high)):
+        for ours, reference in zip(mfwrap.predict(loaded, cells[:2], fidelity=fidelity), expected):
+            assert ours["energy"] == pytest.approx(reference["energy"], abs=1e-6)
+            np.testing.assert_allclose(ours["forces"], reference["forces"], atol=1e-6)
+    # one batch of mixed fidelities: every row gets its own fidelity's terms and readout copy
+    graphs = [to_graph(cells[i], loaded.graph_spec, fidelity=f) for i, f in ((0, 0), (1, 1), (0, 1))]
+    mixed = energy_and_derivatives(loaded, Batch.from_data_list(graphs), stress=False)[K.ENERGY].detach()
+    expected = [low[0]["energy"], high[1]["energy"], high[0]["energy"]]
+    np.testing.assert_allclose(mixed.numpy(), expected, rtol=0, atol=1e-4)
+
+
+def test_an_unknown_element_is_a_clear_error(pretrained):
+    polonium = bulk("Po", "sc", a=3.35)
+    with pytest.raises(ValueError, match=r"Po \(Z=84\)"):
+        mfwrap.predict(pretrained, polonium)
+    with pytest.raises(ValueError, match=r"Na \(Z=11\)"):
+        mfwrap.predict(SevenNet(**SMALL), bulk("Na", "bcc", a=4.2))
+    with pytest.raises(ValueError, match="chemical_species"):
+        SevenNet(channel=8)
+    with pytest.raises(ValueError, match=r"not sevenn model-config keys: \['chanel'\]"):
+        SevenNet(chemical_species=["Li"], chanel=8)
+
+
+def test_a_fidelity_term_on_the_radial_filters_is_rejected():
+    """The radial MLP has no biases and its input vanishes at the cutoff, so its outputs (the
+    tensor-product weights) do too; a fidelity term there makes the energy jump at the cutoff."""
+    spec = {**SevenNet.fidelity_spec, "message": ["*_convolution.weight_nn.*"], "linear_types": {"_Layer": None}}
+    with pytest.raises(ValueError, match="jumps by"):
+        mfwrap.MultiFidelity(SevenNet(**SMALL), ["low", "high"], "M", spec=spec)
+
+
+def test_multifidelity_training_reduces_the_loss(tmp_path):
+    from mfwrap.train import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    mf = mfwrap.MultiFidelity(SevenNet(**SMALL), ["low", "high"], "ECMR")
+    spec = mf.graph_spec
+    train = labelled_graphs(8, 0, 0, spec, magmoms=False) + labelled_graphs(4, 1, 1, spec, magmoms=False)
+    config = TrainConfig(epochs=4, batch_size=4, lr=0.01, targets="ef", val_fraction=0.0, seed=0,
+                         output_dir=str(tmp_path), progress=False)
+    trainer = Trainer(mf, config)
+    before = trainer.evaluate(train)
+    trainer.fit(train)
+    after = trainer.evaluate(train)
+    losses = [row["mae"] for row in trainer.history if row["split"] == "train" and row["target"] == "loss"]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    for fidelity in ("low", "high"):  # forces: not helped by the composition fit, only by the steps
+        assert after[fidelity]["forces"]["mae"] < 0.9 * before[fidelity]["forces"]["mae"]
+
+
+def test_importing_mfwrap_and_the_adapter_does_not_import_sevenn():
+    code = "import sys, mfwrap, backbones, backbones.sevenn; assert 'sevenn' not in sys.modules, 'imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
