@@ -327,6 +327,13 @@ class SurgeryReport:
         return "\n".join(lines)
 
 
+def declared_restrictions(backbone: nn.Module, places: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+    """{E or M place whose declared ``irreps_out`` has non-scalar parts: its 0e columns} (no probe)."""
+    modules = dict(backbone.named_modules())
+    found = {p: scalar_columns(modules[p]) for letter in "EM" for p in places.get(letter, []) if declares_non_scalars(modules[p])}
+    return {p: columns for p, columns in found.items() if len(columns) > 0}
+
+
 def _refuse_rotating(backbone: nn.Module, places: dict[str, list[str]],
                      spec_source: str) -> tuple[list[str], dict[str, torch.Tensor]]:
     """E and M add a vector per row: a place whose outputs rotate with the structure (on the probe,
@@ -334,10 +341,10 @@ def _refuse_rotating(backbone: nn.Module, places: dict[str, list[str]],
     is refused: an error for a given or declared spec, dropped (and reported) for heuristic choices.
     Returns (refused places, {restricted place: its scalar columns})."""
     candidates = [p for letter in "EM" for p in places.get(letter, [])]
+    restricted = declared_restrictions(backbone, places)
+    rotating = list(dict.fromkeys(list(restricted) + (rotating_places(backbone, candidates) if candidates else [])))
     modules = dict(backbone.named_modules())
-    declared = [p for p in candidates if declares_non_scalars(modules[p])]  # irreps say so: no probe needed
-    rotating = list(dict.fromkeys(declared + (rotating_places(backbone, candidates) if candidates else [])))
-    restricted = {p: c for p in rotating if (c := scalar_columns(modules[p])) is not None and len(c) > 0}
+    restricted |= {p: c for p in rotating if p not in restricted and (c := scalar_columns(modules[p])) is not None and len(c) > 0}
     refused = [p for p in rotating if p not in restricted]
     if refused and spec_source != "heuristic":
         raise ValueError(
@@ -387,7 +394,9 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
     for letter, found in places.items():
         if letter != "C" and not found:
             raise ValueError(f"mechanism {letter} has no place in {type(backbone).__name__}: none of {skipped} is called by its forward")
-    refused, restricted = _refuse_rotating(backbone, places, spec_source) if refuse_rotating else ([], {})
+    # declared irreps restrict the terms even without the probe-based refusal (a file rebuilds the same widths)
+    refused, restricted = (_refuse_rotating(backbone, places, spec_source) if refuse_rotating
+                           else ([], declared_restrictions(backbone, places)))
     context.kinds = set(kinds.values()) | {ATOM, STRUCTURE}
     modules = dict(backbone.named_modules())
     report = SurgeryReport(spec, spec_source, [(letter, p, type(modules[p]).__name__, kinds[p])

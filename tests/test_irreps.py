@@ -82,6 +82,11 @@ def test_terms_on_mixed_layers_touch_only_their_scalar_columns_and_keep_symmetry
     assert predict(mf, [structure], fidelity="low")[0]["energy"] == pytest.approx(low, rel=1e-6)
 
 
+def test_declared_irreps_restrict_the_terms_even_when_the_checks_are_skipped():
+    mf = MultiFidelity(IrrepsPotential(), ["low", "high"], "EM", spec=SPEC, check_symmetry=False)
+    assert mf.surgery.restricted == {"embed": (8, 14), "mix": (8, 20)} and mf.backbone.mix.fidelity_weight.shape == (8, 2)
+
+
 def test_a_term_on_every_column_of_a_mixed_layer_is_caught_by_the_check():
     mf = MultiFidelity(IrrepsPotential(), ["low", "high"], "M", spec={"message": ["mix"], "linear_types": {"Linear": None}},
                        check_symmetry=False)
