@@ -23,6 +23,7 @@ Output: "energy" (B,) total, in the unit of the training labels (eV for mfwrap).
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import torch
@@ -229,17 +230,24 @@ class DimeNetPlusPlus(nn.Module):
 
 def adapt(model: nn.Module) -> nn.Module:
     """An mfwrap backbone for ``model``: a PyG ``SchNet`` or ``DimeNetPlusPlus`` instance is adapted
-    (weights kept, see the ``from_pyg`` methods); an mfwrap backbone is returned as it is; anything
-    else is an error saying what a backbone needs (:mod:`mfwrap.backbone`)."""
+    (weights kept, see the ``from_pyg`` methods; periodic); an mfwrap backbone is returned as it is;
+    another model whose forward takes ``(z, pos, batch)`` is wrapped by
+    :class:`backbones.positions.PositionsModel` (its own non-periodic graph: molecules and clusters
+    only, crystals are refused); anything else is an error saying what a backbone needs
+    (:mod:`mfwrap.backbone`)."""
     if isinstance(model, pyg_models.SchNet):
         return SchNet.from_pyg(model)
     if isinstance(model, pyg_models.DimeNetPlusPlus):
         return DimeNetPlusPlus.from_pyg(model)
     if isinstance(getattr(model, "graph_spec", None), GraphSpec):
         return model
+    if list(inspect.signature(model.forward).parameters)[:3] == ["z", "pos", "batch"]:
+        from backbones.positions import PositionsModel
+
+        return PositionsModel.wrap(model)
     raise TypeError(
         f"cannot adapt a {type(model).__name__}: backbones.pyg adapts torch_geometric SchNet and DimeNetPlusPlus "
-        "instances; other "
+        "instances and models whose forward takes (z, pos, batch); other "
         "networks become mfwrap backbones by having graph_spec, forward(batch) -> {'energy'} and config (mfwrap.backbone)"
     )
 
