@@ -38,16 +38,29 @@ Not on the self-connection linears SC_t either: a term there equals one on SI2_t
 added before the gate). C: no composition module of the backbone's own (shift μ is fixed);
 mechanism C adds its per-fidelity element energies.
 
+Multi-modal SevenNet (SevenNet's own multi-fidelity design, as in SevenNet-MF-0):
+:class:`MultiModalSevenNet` runs such a model with the batch's fidelity index f_b as sevenn's
+modality m_b. sevenn appends onehot(m_b) as extra ``0e`` inputs to chosen linears (MF-0: every
+SI1_t and SI2_t and the first readout linear W_1), so on the ``0e`` outputs
+``y = (W a + V onehot(m)) / sqrt(fan_in_0e + n_m)`` (e3nn's normalisation; V random at
+initialisation) and the rotating outputs are unchanged; the shift becomes a table μ_{m,Z} (eV/atom)
+when ``use_modal_wise_shift``.
+
+:meth:`SevenNet.fit_composition` fits the shift μ_Z (per modality: μ_{m,Z}) by mfwrap's least
+squares (:func:`mfwrap.composition.fit_linear_composition`), so that the trainer references a
+bare SevenNet's energies per element as it does every other backbone's.
+
 ``sevenn`` is imported only inside functions of this module.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.data import Data
 
 from backbones.ops import scatter_sum
 from mfwrap.data import keys as K
@@ -61,6 +74,21 @@ _REPLACED = ("OnehotEmbedding", "AtomReduce", "ForceOutput", "ForceStressOutput"
 # Convolution denominator d_t of a fresh model when none is given: sevenn's default ("avg_num_neigh")
 # is a training-set statistic that an architecture config cannot compute.
 DEFAULT_CONV_DENOMINATOR = 20.0
+
+# sevenn config keys of a multi-modal model besides its model keys (modality names and the shift / scale layout).
+_MODAL_KEYS = ("use_modality", "_modal_map", "_number_of_modalities", "use_modal_wise_shift", "use_modal_wise_scale")
+
+
+def multi_modal_options(modalities: Sequence[str]) -> dict[str, Any]:
+    """sevenn config keys of a multi-modal model with ``modalities`` (index = position) as in
+    SevenNet-MF-0: the modality one-hot on the self-interaction linears and the first readout
+    linear (not the species embedding), one shift table per modality, one shared scale."""
+    names = [str(m) for m in modalities]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ValueError(f"a multi-modal SevenNet needs at least two distinct modality names, got {names}")
+    return {"use_modality": True, "_modal_map": {name: i for i, name in enumerate(names)},
+            "use_modal_node_embedding": False, "use_modal_self_inter_intro": True, "use_modal_self_inter_outro": True,
+            "use_modal_output_block": True, "use_modal_wise_shift": True, "use_modal_wise_scale": False}
 
 
 def _plain(value: Any) -> Any:
@@ -88,7 +116,7 @@ def model_config(options: Mapping[str, Any], strict: bool = True) -> dict[str, A
     config.update({KEY.SHIFT: 0.0, KEY.SCALE: 1.0, KEY.TRAIN_SHIFT_SCALE: False,
                    KEY.CONV_DENOMINATOR: DEFAULT_CONV_DENOMINATOR, KEY.TRAIN_DENOMINTAOR: False})
     species_keys = (KEY.CHEMICAL_SPECIES, KEY.NUM_SPECIES, KEY.TYPE_MAP, KEY.CHEMICAL_SPECIES_BY_ATOMIC_NUMBER)
-    known = set(config) | set(species_keys) | {KEY.USE_MODALITY}
+    known = set(config) | set(species_keys) | set(_MODAL_KEYS)
     unknown = sorted(set(options) - known)
     if strict and unknown:
         raise ValueError(f"not sevenn model-config keys: {unknown}; known are {sorted(known)}")
@@ -98,8 +126,16 @@ def model_config(options: Mapping[str, Any], strict: bool = True) -> dict[str, A
             raise ValueError("a fresh SevenNet needs chemical_species (element symbols), e.g. ['Li', 'Fe', 'P', 'O']")
         config.update(chemical_species_preprocess(list(options[KEY.CHEMICAL_SPECIES])))
     if config.get(KEY.USE_MODALITY):
-        raise ValueError("multi-modal SevenNet models (e.g. 7net-mf-0) are not supported: mfwrap adds its own "
-                         "fidelities to a single-fidelity backbone")
+        modal_map = {str(m): int(i) for m, i in dict(config.get(KEY.MODAL_MAP) or {}).items()}
+        if len(modal_map) < 2 or sorted(modal_map.values()) != list(range(len(modal_map))):
+            raise ValueError(f"a multi-modal SevenNet needs _modal_map {{name: index}} over indices 0..n-1, n >= 2; "
+                             f"got {modal_map}")
+        config.update({KEY.MODAL_MAP: modal_map, KEY.NUM_MODALITIES: len(modal_map)})
+        for key in (KEY.USE_MODAL_WISE_SHIFT, KEY.USE_MODAL_WISE_SCALE):
+            config.setdefault(key, False)  # sevenn's data defaults
+    else:
+        for key in _MODAL_KEYS:
+            config.pop(key, None)
     if isinstance(config[KEY.CONV_DENOMINATOR], str):
         raise ValueError(f"conv_denominator {config[KEY.CONV_DENOMINATOR]!r} is a training-set statistic; give a number")
     config.update({KEY.CUEQUIVARIANCE_CONFIG: {}, KEY.USE_FLASH_TP: False, KEY.USE_OEQ: False})
@@ -119,7 +155,8 @@ class SevenNet(nn.Module):
       shift 0, scale 1, ``conv_denominator`` = ``DEFAULT_CONV_DENOMINATOR``); config = the complete
       sevenn model config;
     * ``SevenNet.from_sevenn(model_or_checkpoint, config=None)`` — an existing sevenn model
-      (``AtomGraphSequential``, modules shared, weights kept) or ``SevenNetCheckpoint``.
+      (``AtomGraphSequential``, modules shared, weights kept) or ``SevenNetCheckpoint``; a
+      multi-modal one gives a :class:`MultiModalSevenNet`.
 
     Output: ``{"energy": (B,) total eV}``. ``graph_spec.cutoff`` is the model's cutoff (Å).
     """
@@ -132,6 +169,7 @@ class SevenNet(nn.Module):
         "heads": [],
         "linear_types": {"Linear": None},  # e3nn.o3.Linear; no bias path (a bias spans only its 0e outputs)
     }
+    multi_modal = False  # whether the sevenn model reads a modality per structure (MultiModalSevenNet)
 
     def __init__(self, pretrained: str | None = None, **sevenn_config: Any) -> None:
         super().__init__()
@@ -149,17 +187,22 @@ class SevenNet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name: str = "7net-0") -> SevenNet:
-        """The pretrained SevenNet ``name`` (e.g. "7net-0": SevenNet-0 11Jul2024, cutoff 5 Å, 89 elements)."""
+        """The pretrained SevenNet ``name`` (e.g. "7net-0": SevenNet-0 11Jul2024, cutoff 5 Å, 89 elements;
+        "7net-mf-0" through :class:`MultiModalSevenNet`)."""
         return cls(pretrained=name)
 
     @classmethod
     def from_sevenn(cls, model: Any, config: Mapping[str, Any] | None = None) -> SevenNet:
         """This adapter around a sevenn ``AtomGraphSequential`` (its modules shared, weights kept) or a
-        ``SevenNetCheckpoint`` (built, with its config). ``config``: the sevenn config the model was
-        built with; without one (and no checkpoint) the adapter works but cannot be saved and rebuilt."""
+        ``SevenNetCheckpoint`` (built, with its config); a multi-modal model gives a
+        :class:`MultiModalSevenNet`. ``config``: the sevenn config the model was built with; without
+        one (and no checkpoint) the adapter works but cannot be saved and rebuilt. Note that sevenn's
+        calculator made on the same model instance switches its modules to single-structure mode:
+        give it a copy."""
         if hasattr(model, "build_model") and hasattr(model, "config"):
             model, config = model.build_model(), model.config
-        adapter = cls.__new__(cls)  # the network exists already: adopt it instead of building one
+        target = MultiModalSevenNet if cls is SevenNet and getattr(model, "modal_map", None) else cls
+        adapter = target.__new__(target)  # the network exists already: adopt it instead of building one
         nn.Module.__init__(adapter)
         adapter._adopt(model, None if config is None else model_config(config, strict=False))
         return adapter
@@ -168,14 +211,21 @@ class SevenNet(nn.Module):
         """Take over the modules of sevenn ``network`` (except those in ``_REPLACED``) in order."""
         if network.type_map is None or not network.cutoff:
             raise ValueError("the sevenn model has no type_map or cutoff, so its species and graph are unknown")
-        if getattr(network, "modal_map", None):
-            raise ValueError("multi-modal SevenNet models (e.g. 7net-mf-0) are not supported")
+        modal_map = dict(getattr(network, "modal_map", None) or {})
+        if bool(modal_map) != self.multi_modal:
+            raise ValueError(f"the sevenn model is multi-modal (modalities {list(modal_map)}): use MultiModalSevenNet"
+                             if modal_map else "the sevenn model has no modalities (use_modality): use SevenNet")
         self.config = None if config is None else dict(config)
         self.graph_spec = GraphSpec(cutoff=float(network.cutoff))
         self.layer_names: tuple[str, ...] = tuple(
             name for name, module in network._modules.items() if type(module).__name__ not in _REPLACED)
         for name in self.layer_names:
-            self.add_module(name, network._modules[name])
+            module = network._modules[name]
+            if hasattr(module, "_is_batch_data"):
+                module._is_batch_data = True  # rows of several structures, indexed by KEY.BATCH
+            self.add_module(name, module)
+        if modal_map:
+            self.fidelity_names = tuple(sorted(modal_map, key=modal_map.get))  # modality index = fidelity index
         type_map = {int(z): int(i) for z, i in network.type_map.items()}
         self.num_species = len(set(type_map.values()))
         index = torch.full((max(120, max(type_map) + 1),), -1, dtype=torch.long)
@@ -194,18 +244,103 @@ class SevenNet(nn.Module):
                              "was trained on")
         return species
 
-    def forward(self, batch) -> dict[str, Tensor]:
-        """batch → {"energy": (B,) total eV}."""
+    def sevenn_inputs(self, batch) -> dict[str, Tensor]:
+        """sevenn's graph dict of ``batch``: one-hot species (n, n_species) in the positions' dtype,
+        species indices, structure index, edges (centre, neighbour) and edge vectors (E, 3) Å."""
         import sevenn._keys as KEY
 
         vectors = edge_vectors(batch)
         species = self.species(batch[K.ATOMIC_NUMBERS])
         onehot = nn.functional.one_hot(species, self.num_species).to(vectors.dtype)
         neighbour, centre = batch[K.EDGE_INDEX]
-        structure = structure_index(batch)
-        data = {KEY.NODE_FEATURE: onehot, KEY.NODE_ATTR: onehot, KEY.ATOM_TYPE: species, KEY.BATCH: structure,
+        return {KEY.NODE_FEATURE: onehot, KEY.NODE_ATTR: onehot, KEY.ATOM_TYPE: species, KEY.BATCH: structure_index(batch),
                 KEY.EDGE_IDX: torch.stack([centre, neighbour]), KEY.EDGE_VEC: vectors}
+
+    def forward(self, batch) -> dict[str, Tensor]:
+        """batch → {"energy": (B,) total eV}."""
+        import sevenn._keys as KEY
+
+        data = self.sevenn_inputs(batch)
+        structure = data[KEY.BATCH]
         for name in self.layer_names:
             data = self._modules[name](data)
         per_atom = data[KEY.ATOMIC_ENERGY].reshape(-1)
         return {K.ENERGY: scatter_sum(per_atom, structure, batch[K.CELL].shape[0])}
+
+    def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6) -> None:
+        r"""Fit the per-species shift μ_Z (eV/atom) of the energy rescaling ``E_i = σ y_i + μ_{Z_i}``
+        by least squares on the energy labels of ``graphs`` (:func:`~mfwrap.composition.fit_linear_composition`,
+        per-atom energies; elements absent from the data keep their μ), in place. With a modal-wise
+        shift μ_{m,Z}: one fit per modality m on its graphs (fidelity index = m), pulled towards the
+        fit over all graphs, which a modality without energy labels takes. A model built with one
+        scalar shift (sevenn's ``Rescale``) cannot hold per-element energies: a ValueError says how to build one."""
+        from mfwrap.composition import fit_linear_composition
+
+        rescale = next(m for m in self.children() if type(m).__name__.endswith("Rescale"))
+        shift = rescale.shift
+        if shift.shape[-1] != self.num_species:
+            raise ValueError("this SevenNet has one scalar energy shift, not one per element; build it with "
+                             f"shift=[0.0] * {self.num_species} (species-wise) to fit per-element energies")
+        numbers = torch.full((self.num_species,), -1, dtype=torch.long)
+        numbers[self.species_index[self.species_index >= 0]] = (self.species_index >= 0).nonzero().flatten()
+        width = len(self.species_index)
+        table = torch.zeros(*shift.shape[:-1], width, dtype=torch.float64)
+        table[..., numbers] = shift.detach().double().cpu()  # [m,] Z -> μ
+        rows = table.reshape(-1, width)  # one row, or one per modality
+        fitted = []
+        for m, prior in enumerate(rows):
+            pooled = fit_linear_composition(graphs, ridge=ridge, prior=prior, num_elements=width)
+            own = [g for g in graphs if int(g[K.FIDELITY]) == m and bool(g[K.mask_key(K.ENERGY)].all())]
+            fitted.append(fit_linear_composition(own, ridge=ridge, prior=pooled, num_elements=width)
+                          if own and len(rows) > 1 else pooled)
+        fitted = torch.stack(fitted).reshape(table.shape)
+        with torch.no_grad():
+            shift.copy_(fitted[..., numbers].to(shift))
+
+
+class MultiModalSevenNet(SevenNet):
+    r"""SevenNet's own multi-fidelity model ("multi-modal", as SevenNet-MF-0) on mfwrap's periodic
+    graph: each structure b is run at modality m_b = its fidelity index ``batch.fidelity``, which
+    sevenn's modal linears read as the extra ``0e`` inputs onehot(m_b) (see the module docstring).
+
+    * ``MultiModalSevenNet(chemical_species=[...], modalities=["low", "high"], channel=..., ...)`` —
+      fresh, with SevenNet-MF-0's choices (:func:`multi_modal_options`; sevenn config keys given
+      override them); the config keeps them as sevenn keys (``_modal_map`` ...);
+    * ``MultiModalSevenNet.from_pretrained("7net-mf-0")``, or ``SevenNet.from_sevenn`` of a
+      multi-modal sevenn model or checkpoint.
+
+    ``fidelity_names``: the modality names in index order, so :func:`mfwrap.predict`, the
+    calculator and the trainer name fidelities as sevenn names modalities. Output: ``{"energy": (B,) eV}``.
+    """
+
+    multi_modal = True
+
+    def __init__(self, pretrained: str | None = None, modalities: Sequence[str] | None = None, **sevenn_config: Any) -> None:
+        if modalities is not None:
+            if pretrained is not None:
+                raise ValueError("a pretrained model has its own modalities; give either pretrained or modalities")
+            sevenn_config = {**multi_modal_options(modalities), **sevenn_config}
+        super().__init__(pretrained, **sevenn_config)
+
+    def fidelity_index(self, name: str | None) -> int:
+        """Index of modality ``name`` (a name is required: the model has several)."""
+        if name not in self.fidelity_names:
+            raise ValueError(f"{'name a fidelity' if name is None else f'unknown fidelity {name!r}'}: this model "
+                             f"has modalities {list(self.fidelity_names)}")
+        return self.fidelity_names.index(name)
+
+    def sevenn_inputs(self, batch) -> dict[str, Tensor]:
+        """As :meth:`SevenNet.sevenn_inputs`, plus the modality per structure: index m_b (B,) and
+        onehot(m_b) (B, n_m) in the positions' dtype; ValueError for an index out of range."""
+        import sevenn._keys as KEY
+
+        data = super().sevenn_inputs(batch)
+        if K.FIDELITY not in batch:
+            raise KeyError(f"the batch has no '{K.FIDELITY}' (per-structure fidelity index = sevenn modality)")
+        modality = batch[K.FIDELITY].reshape(-1)
+        lowest, highest = torch.stack(torch.aminmax(modality)).tolist()
+        if lowest < 0 or highest >= len(self.fidelity_names):
+            raise ValueError(f"batch fidelity indices {sorted(set(modality.tolist()))} out of range for the modalities "
+                             f"{list(self.fidelity_names)}")
+        onehot = nn.functional.one_hot(modality, len(self.fidelity_names)).to(data[KEY.EDGE_VEC].dtype)
+        return {**data, KEY.MODAL_TYPE: modality, KEY.MODAL_ATTR: onehot}

@@ -1,11 +1,12 @@
 """SevenNet adapter: equal to sevenn's own calculator, identity when wrapped, save/load, training.
 
-SevenNet-0 (842k parameters) is loaded once per module and run on small cells only; wrapping
-and training use a fresh model of ~2k parameters.
+SevenNet-0 (842k parameters) is loaded once per module and run on small cells only, as is
+SevenNet-MF-0 (multi-modal); wrapping and training use fresh models of ~2k parameters.
 """
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -59,10 +60,10 @@ def _sevenn_reference(calculator, atoms):
     return atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
 
 
-def _assert_equals_sevenn(model, calculator, structures):
+def _assert_equals_sevenn(model, calculator, structures, fidelity=None):
     """Energy within 1e-5 eV/atom, forces 1e-4 eV/Å, stress 5e-4 GPa (float32). mfwrap's stress is
     (1/V) ∂E/∂ε in GPa, ASE's the same in eV/Å^3: same sign, factor EV_PER_A3_TO_GPA."""
-    for atoms, ours in zip(structures, mfwrap.predict(model, structures)):
+    for atoms, ours in zip(structures, mfwrap.predict(model, structures, fidelity=fidelity)):
         energy, forces, stress = _sevenn_reference(calculator, atoms)
         assert abs(ours["energy"] - energy) / len(atoms) < 1e-5
         np.testing.assert_allclose(ours["forces"], forces, rtol=0, atol=1e-4)
@@ -187,3 +188,92 @@ def test_multifidelity_training_reduces_the_loss(tmp_path):
 def test_importing_mfwrap_and_the_adapter_does_not_import_sevenn():
     code = "import sys, mfwrap, backbones, backbones.sevenn; assert 'sevenn' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+MODALITIES = ["low", "high"]
+
+
+def _multi_modal_sevenn():
+    """A fresh multi-modal sevenn model with SevenNet-MF-0's modal layers, its modal one-hot weights
+    random (e3nn's initialisation) and modal-wise shifts that differ, with the config it was built from."""
+    from sevenn.model_build import build_E3_equivariant_model
+
+    from backbones.sevenn import model_config, multi_modal_options
+
+    torch.manual_seed(0)
+    shift = [[-1.0, -2.0, -3.0, -4.0], [-1.5, -2.5, -3.5, -4.5]]  # [modality][species]
+    config = model_config({**SMALL, **multi_modal_options(MODALITIES), "shift": shift, "scale": 1.5})
+    return build_E3_equivariant_model(copy.deepcopy(config)), config
+
+
+def test_a_multi_modal_sevenn_model_equals_sevenn_at_each_modality():
+    """The batch's fidelity index is sevenn's modality: equal to sevenn's calculator at each
+    modality, different between them, and a mixed batch gives each structure its own."""
+    from sevenn.calculator import SevenNetCalculator
+
+    from backbones.sevenn import MultiModalSevenNet
+
+    net, config = _multi_modal_sevenn()
+    adapter = SevenNet.from_sevenn(net, config)
+    assert isinstance(adapter, MultiModalSevenNet) and adapter.fidelity_names == ("low", "high")
+    assert net._modules["0_self_interaction_1"].num_modalities == 2 and "one_hot_modality" not in adapter.layer_names
+    structures = random_structures(2, seed=5)
+    predicted = {}
+    for modality in MODALITIES:  # sevenn's calculator switches its model to one structure: give it a copy
+        calculator = SevenNetCalculator(copy.deepcopy(net), file_type="model_instance", device="cpu", modal=modality)
+        _assert_equals_sevenn(adapter, calculator, structures, modality)
+        predicted[modality] = mfwrap.predict(adapter, structures, fidelity=modality)
+    low, high = predicted["low"][0], predicted["high"][0]
+    assert abs(low["energy"] - high["energy"]) > 0.1 and np.abs(low["forces"] - high["forces"]).max() > 1e-3
+    graphs = [to_graph(structures[i], adapter.graph_spec, fidelity=f) for i, f in ((0, 1), (1, 0), (0, 0))]
+    mixed = energy_and_derivatives(adapter, Batch.from_data_list(graphs), stress=False)[K.ENERGY].detach()
+    expected = [predicted["high"][0]["energy"], predicted["low"][1]["energy"], predicted["low"][0]["energy"]]
+    np.testing.assert_allclose(mixed.numpy(), expected, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="name a fidelity"):
+        mfwrap.predict(adapter, structures[0])
+    with pytest.raises(ValueError, match="use MultiModalSevenNet"):
+        SevenNet(**config)
+    rebuilt = MultiModalSevenNet(**adapter.config)  # the config (sevenn's modal keys) rebuilds it
+    rebuilt.load_state_dict(adapter.state_dict())
+    assert mfwrap.predict(rebuilt, structures[0], fidelity="high")[0]["energy"] == pytest.approx(high["energy"], abs=1e-6)
+
+
+def test_sevennet_mf_0_equals_sevenn_calculator_at_each_modality(cells):
+    from sevenn.calculator import SevenNetCalculator
+
+    from backbones.sevenn import MultiModalSevenNet
+
+    model = MultiModalSevenNet.from_pretrained("7net-mf-0")
+    assert model.fidelity_names == ("R2SCAN", "PBE")
+    for modality in model.fidelity_names:
+        _assert_equals_sevenn(model, SevenNetCalculator("7net-mf-0", device="cpu", modal=modality), cells[:1], modality)
+
+
+def test_fit_composition_sets_the_shift_per_modality_and_the_trainer_trains(tmp_path):
+    """The trainer fits μ_{m,Z} per modality by least squares and trains the multi-modal model
+    as a bare backbone (fidelity names from the model); a scalar shift cannot be fitted per element."""
+    from backbones.sevenn import MultiModalSevenNet
+    from mfwrap.composition import fit_linear_composition
+    from mfwrap.train import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    model = MultiModalSevenNet(**SMALL, modalities=MODALITIES)
+    spec = model.graph_spec
+    train = labelled_graphs(6, 0, 0, spec, magmoms=False) + labelled_graphs(4, 1, 1, spec, magmoms=False)
+    config = TrainConfig(epochs=3, batch_size=4, lr=0.01, targets="ef", val_fraction=0.0, seed=0,
+                         output_dir=str(tmp_path), progress=False)
+    trainer = Trainer(model, config)
+    assert trainer.fidelity_names == MODALITIES
+    before = trainer.evaluate(train)
+    trainer.fit(train)
+    shift = model.rescale_atomic_energy.shift.detach().double()
+    pooled = fit_linear_composition(train)
+    numbers = sorted(model.config["_type_map"], key=model.config["_type_map"].get)  # Z of each species index
+    for m in range(2):
+        own = fit_linear_composition([g for g in train if int(g[K.FIDELITY]) == m], prior=pooled)
+        np.testing.assert_allclose(shift[m].numpy(), own[numbers].numpy(), atol=1e-5)
+    after = trainer.evaluate(train)
+    for fidelity in MODALITIES:
+        assert after[fidelity]["forces"]["mae"] < 0.9 * before[fidelity]["forces"]["mae"]
+    with pytest.raises(ValueError, match=r"shift=\[0.0\] \* 4"):
+        SevenNet(**SMALL).fit_composition(train)
