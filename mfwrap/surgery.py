@@ -321,7 +321,8 @@ class SurgeryReport:
             lines.append("outputs mix scalars and rotating components: fidelity term on the 0e columns only: "
                          + ", ".join(f"{p} ({n} of {total})" for p, (n, total) in self.restricted.items()))
         if self.refused:
-            lines.append(f"outputs rotate with the structure, so no fidelity term was put there: {self.refused}")
+            lines.append(f"outputs rotate with the structure (or carry components), so no fidelity term was put there: "
+                         f"{self.refused}")
         if self.symmetry:
             lines.append(self.symmetry)
         return "\n".join(lines)
@@ -334,24 +335,31 @@ def declared_restrictions(backbone: nn.Module, places: dict[str, list[str]]) -> 
     return {p: columns for p, columns in found.items() if len(columns) > 0}
 
 
-def _refuse_rotating(backbone: nn.Module, places: dict[str, list[str]],
-                     spec_source: str) -> tuple[list[str], dict[str, torch.Tensor]]:
+def _refuse_rotating(backbone: nn.Module, places: dict[str, list[str]], spec_source: str,
+                     calls: Mapping[str, list[tuple[int, ...]]]) -> tuple[list[str], dict[str, torch.Tensor]]:
     """E and M add a vector per row: a place whose outputs rotate with the structure (on the probe,
-    or by its declared e3nn ``irreps_out``) takes the term on its declared scalar columns only (e3nn ``0e``, :func:`~mfwrap.symmetry.scalar_columns`), or
-    is refused: an error for a given or declared spec, dropped (and reported) for heuristic choices.
+    or by its declared e3nn ``irreps_out``) takes the term on its declared scalar columns only (e3nn
+    ``0e``, :func:`~mfwrap.symmetry.scalar_columns`), or is refused: an error for a given or declared
+    spec, dropped (and reported) for heuristic choices. So is a place whose outputs have components
+    between rows and channels (rows × 3 × 3 × channels, say): a term broadcast over them is not a
+    tensor of the right kind even where the probe sees invariant values (e.g. an isotropic part).
     Returns (refused places, {restricted place: its scalar columns})."""
     candidates = [p for letter in "EM" for p in places.get(letter, [])]
     restricted = declared_restrictions(backbone, places)
     rotating = list(dict.fromkeys(list(restricted) + (rotating_places(backbone, candidates) if candidates else [])))
     modules = dict(backbone.named_modules())
     restricted |= {p: c for p in rotating if p not in restricted and (c := scalar_columns(modules[p])) is not None and len(c) > 0}
-    refused = [p for p in rotating if p not in restricted]
+    components = [p for p in candidates if p not in rotating and any(len(shape) > 2 for shape in calls.get(p, []))]
+    refused = [p for p in rotating if p not in restricted] + components
     if refused and spec_source != "heuristic":
+        place = refused[0]
+        why = (f"its outputs {sorted(set(calls[place]))} have components between rows and channels" if place in components
+               else "its outputs rotate with the structure (vector or tensor features) and it declares no scalar (0e) "
+                    "output columns")
         raise ValueError(
-            f"{type(backbone).__name__}.{refused[0]}: its outputs rotate with the structure (vector or tensor "
-            "features) and it declares no scalar (0e) output columns; a fidelity term there (mechanism E or M) would "
-            f"break rotational symmetry. Name only layers with invariant (scalar) outputs in the spec's embedding / "
-            f"message (rotating: {refused})"
+            f"{type(backbone).__name__}.{place}: {why}; a fidelity term there (mechanism E or M) would "
+            f"break rotational symmetry. Name only layers with invariant (scalar) outputs, rows × channels, in the "
+            f"spec's embedding / message (refused: {refused})"
         )
     for letter in "EM":
         if letter in places:
@@ -395,7 +403,7 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
         if letter != "C" and not found:
             raise ValueError(f"mechanism {letter} has no place in {type(backbone).__name__}: none of {skipped} is called by its forward")
     # declared irreps restrict the terms even without the probe-based refusal (a file rebuilds the same widths)
-    refused, restricted = (_refuse_rotating(backbone, places, spec_source) if refuse_rotating
+    refused, restricted = (_refuse_rotating(backbone, places, spec_source, calls) if refuse_rotating
                            else ([], declared_restrictions(backbone, places)))
     context.kinds = set(kinds.values()) | {ATOM, STRUCTURE}
     modules = dict(backbone.named_modules())

@@ -113,3 +113,35 @@ def test_a_backbone_that_is_itself_discontinuous_is_reported_not_blamed_on_the_w
     with pytest.warns(UserWarning, match="DiscontinuousPotential itself fails the checks without fidelity terms"):
         mf = MultiFidelity(DiscontinuousPotential(), ["a", "b"], "M", spec={"message": ["scalar"]})
     assert mf.surgery.symmetry.startswith("symmetry not established")
+
+
+class IsotropicPotential(VectorPotential):
+    """The toy with a rank-2 feature, T_i = Σ_j r̂_ij ⊗ r̂_ij (W φ ⊙ x_j), (n, 3, 3, F); ``iso`` mixes the
+    channels of its isotropic part tr(T)/3 · I — invariant values on any probe, yet rows × 3 × 3 × F."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.iso = nn.Linear(8, 8, bias=False)
+
+    def forward(self, batch):
+        neighbour, centre = batch[K.EDGE_INDEX]
+        vectors = edge_vectors(batch)
+        r = vectors.norm(dim=-1, keepdim=True)
+        unit = vectors / r
+        envelope = 0.5 * (torch.cos(math.pi * r / 4.0) + 1)
+        x = self.embedding(batch[K.ATOMIC_NUMBERS])
+        basis = torch.exp(-((r - torch.linspace(1.0, 4.0, 4)) ** 2))
+        weights = self.radial(basis) * envelope * x[neighbour]
+        tensor = scatter_sum((unit[:, :, None] * unit[:, None, :])[..., None] * weights[:, None, None, :], centre, x.shape[0])
+        trace = tensor.diagonal(dim1=1, dim2=2).sum(-1) / 3
+        isotropic = self.iso(torch.eye(3)[None, :, :, None] * trace[:, None, None, :])
+        invariants = isotropic.pow(2).sum((1, 2))
+        per_atom = self.readout(x + self.scalar(invariants)).squeeze(-1)
+        return {K.ENERGY: scatter_sum(per_atom, structure_index(batch), batch[K.CELL].shape[0])}
+
+
+def test_a_place_with_components_between_rows_and_channels_is_refused_even_if_its_values_are_invariant():
+    with pytest.raises(ValueError, match=r"IsotropicPotential.iso: its outputs \[\(7, 3, 3, 8\)\] have components between rows"):
+        MultiFidelity(IsotropicPotential(), ["a", "b"], "M", spec={"message": ["iso", "scalar"]})
+    mf = MultiFidelity(IsotropicPotential(), ["a", "b"], "M", spec={"message": ["scalar"]})
+    assert mf.surgery.symmetry.startswith("symmetry checked")
