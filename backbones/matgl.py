@@ -126,6 +126,11 @@ class MatglAdapter(nn.Module):
         self.config = {"data_mean": float(self.data_mean), "data_std": float(self.data_std),
                        **{key: _plain(value) for key, value in model._init_args.items()}}
 
+    @property
+    def supported_numbers(self) -> list[int]:
+        """Atomic numbers of ``element_types`` (what mfwrap's probe structures are made of)."""
+        return [atomic_numbers[symbol] for symbol in self.element_types]
+
     def _check(self, model: nn.Module) -> None:
         """ValueError unless ``model`` predicts one extensive energy without state features."""
         args = model._init_args

@@ -33,7 +33,13 @@ from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec, to_graph
 from mfwrap.fidelity import ATOM, ROW_KINDS, STRUCTURE, FidelityContext, row_counts
 from mfwrap.mechanisms import FidelityComposition, FidelityEmbedding, FidelityLinear, FidelityReadout
 from mfwrap.mechanisms.composition import read_element_energies
-from mfwrap.symmetry import declares_non_scalars, rotating_places, scalar_columns
+from mfwrap.symmetry import (
+    DEFAULT_PROBE_ELEMENTS,
+    declares_non_scalars,
+    probe_elements,
+    rotating_places,
+    scalar_columns,
+)
 
 MECHANISMS = "ECMR"
 
@@ -127,7 +133,7 @@ def undecided_places(backbone: nn.Module) -> list[str]:
 def _atom_embeddings(backbone: nn.Module, paths: list[str]) -> list[str]:
     """Those of ``paths`` that the forward calls with one row per atom (a probe forward)."""
     parameter = next(backbone.parameters())
-    batch = probe_batch(backbone.graph_spec, parameter.dtype, parameter.device)
+    batch = probe_batch(backbone.graph_spec, parameter.dtype, parameter.device, probe_elements(backbone))
     atoms = row_counts(batch)[ATOM]
     calls = probe_rows(backbone, paths, batch)
     return [p for p in paths if calls[p] and all(shape and shape[0] == atoms for shape in calls[p])]
@@ -224,17 +230,21 @@ def find_places(backbone: nn.Module, spec: FidelitySpec, mechanisms: str) -> dic
     return {letter: places[letter] for letter in mechanisms}
 
 
-def probe_batch(spec: GraphSpec, dtype: torch.dtype, device: torch.device) -> Batch:
-    """A triangle and a tetrahedron of atoms (edges d = half the shortest cutoff) in big boxes.
+def probe_batch(spec: GraphSpec, dtype: torch.dtype, device: torch.device,
+                elements: tuple[int, int, int, int] = DEFAULT_PROBE_ELEMENTS) -> Batch:
+    """A triangle and a tetrahedron of atoms (edges d = half the shortest cutoff) in big boxes;
+    ``elements`` (a, b, c, d): the triangle is a b c, the tetrahedron d a a b
+    (:func:`~mfwrap.symmetry.probe_elements`).
 
     Row counts: 7 atoms, 18 edges, 9 undirected bonds, 30 angles, 2 structures — all different.
     """
+    a, b, c, d_ = elements
     d = 0.5 * min(spec.cutoff, spec.line_graph_cutoff or spec.cutoff)
     triangle = [[0, 0, 0], [d, 0, 0], [d / 2, d * np.sqrt(3) / 2, 0]]
     tetrahedron = triangle + [[d / 2, d * np.sqrt(3) / 6, d * np.sqrt(2.0 / 3.0)]]
     box = np.eye(3) * (3 * spec.cutoff + 2 * d)
-    structures = [Atoms([8, 3, 26], positions=triangle, cell=box, pbc=True),
-                  Atoms([15, 8, 8, 3], positions=tetrahedron, cell=box, pbc=True)]
+    structures = [Atoms([a, b, c], positions=triangle, cell=box, pbc=True),
+                  Atoms([d_, a, a, b], positions=tetrahedron, cell=box, pbc=True)]
     graphs = [to_graph(s, spec, dtype=dtype, name="probe") for s in structures]
     return Batch.from_data_list(graphs).to(device)
 
@@ -394,7 +404,7 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
     if unused:
         raise ValueError(f"row_kinds pattern(s) {unused} match no place of mechanisms {mechanisms!r}; places are {paths}")
     parameter = next(backbone.parameters())
-    batch = probe_batch(backbone.graph_spec, parameter.dtype, parameter.device)
+    batch = probe_batch(backbone.graph_spec, parameter.dtype, parameter.device, probe_elements(backbone))
     calls = probe_rows(backbone, paths, batch)
     kinds = row_kinds_from_probe(calls, row_counts(batch), overrides, type(backbone).__name__)
     skipped = [p for p in paths if p not in kinds]

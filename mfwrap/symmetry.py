@@ -33,15 +33,36 @@ from mfwrap.data.graph import GraphSpec, to_graph
 from mfwrap.physics import energy_and_derivatives
 
 
-def probe_structures(spec: GraphSpec, seed: int = 0) -> list[Atoms]:
-    """A distorted triangle and tetrahedron (bonds ≈ half the shortest cutoff) in boxes larger than the cutoff."""
+DEFAULT_PROBE_ELEMENTS = (8, 3, 26, 15)  # O, Li, Fe, P
+
+
+def probe_elements(model: nn.Module) -> tuple[int, int, int, int]:
+    """Four atomic numbers for the probe structures: O, Li, Fe, P, unless the model (or the
+    backbone it wraps) lists the elements it knows in ``supported_numbers``; then the first four of
+    those (repeated if fewer)."""
+    supported = getattr(model, "supported_numbers", None)
+    if supported is None and isinstance(getattr(model, "backbone", None), nn.Module):
+        supported = getattr(model.backbone, "supported_numbers", None)
+    if supported is None:
+        return DEFAULT_PROBE_ELEMENTS
+    numbers = sorted({int(z) for z in supported})
+    if not numbers:
+        raise ValueError(f"{type(model).__name__}.supported_numbers is empty")
+    return tuple(numbers[i % len(numbers)] for i in range(4))  # type: ignore[return-value]
+
+
+def probe_structures(spec: GraphSpec, seed: int = 0,
+                     elements: Sequence[int] = DEFAULT_PROBE_ELEMENTS) -> list[Atoms]:
+    """A distorted triangle and tetrahedron (bonds ≈ half the shortest cutoff) in boxes larger than
+    the cutoff; ``elements`` (a, b, c, d): the triangle is a b c, the tetrahedron d a a b."""
     rng = np.random.default_rng(seed)
     d = 0.5 * min(spec.cutoff, spec.line_graph_cutoff or spec.cutoff)
     triangle = np.array([[0, 0, 0], [d, 0, 0], [d / 2, d * np.sqrt(3) / 2, 0]])
     tetrahedron = np.vstack([triangle, [d / 2, d * np.sqrt(3) / 6, d * np.sqrt(2.0 / 3.0)]])
     box = np.eye(3) * (3 * spec.cutoff + 2 * d)
     return [Atoms(numbers, positions=positions + rng.normal(0, 0.08 * d, positions.shape) + 1.0, cell=box, pbc=True)
-            for numbers, positions in (([8, 3, 26], triangle), ([15, 8, 8, 3], tetrahedron))]
+            for numbers, positions in ((elements[:3], triangle), ([elements[3], elements[0], elements[0], elements[1]],
+                                                                  tetrahedron))]
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -70,7 +91,7 @@ def rotating_places(backbone: nn.Module, paths: Sequence[str], tolerance: float 
     """The places among ``paths`` whose outputs change when the probe structures are rotated
     (vector or tensor features; relative change > ``tolerance``). Invariant (scalar) places do not."""
     parameter = next(backbone.parameters())
-    structures = probe_structures(backbone.graph_spec, seed=1)
+    structures = probe_structures(backbone.graph_spec, seed=1, elements=probe_elements(backbone))
     rotation = _random_rotation(np.random.default_rng(2))
     turned = [_rotated(atoms, rotation) for atoms in structures]
     modules = dict(backbone.named_modules())
@@ -186,6 +207,7 @@ def continuity_violations(model: nn.Module, tolerance: float = 1e-6) -> list[str
     atoms A, B, C in a large box; C moves radially across the cutoff of A by 2δ (δ = 1e-7 Å); the
     energy may change only by the work of the force over that step."""
     spec = model.graph_spec
+    elements = probe_elements(model)
     cutoffs = [c for c in (spec.cutoff, spec.line_graph_cutoff) if c is not None]
     dtype = next(model.parameters()).dtype
     box = np.eye(3) * (3 * max(cutoffs) + 6.0)
@@ -194,7 +216,7 @@ def continuity_violations(model: nn.Module, tolerance: float = 1e-6) -> list[str
     failures, delta = [], 1e-7
     for fidelity in range(len(model.fidelity_names)):
         for cutoff in cutoffs:
-            cells = [Atoms([26, 8, 3], positions=[a, b, a + direction * (cutoff + sign * delta)], cell=box, pbc=True)
+            cells = [Atoms([elements[2], elements[0], elements[1]], positions=[a, b, a + direction * (cutoff + sign * delta)], cell=box, pbc=True)
                      for sign in (-1, 1)]
             graphs = [to_graph(s, spec, fidelity=fidelity, dtype=dtype, name="probe", on_isolated_atoms="ignore")
                       for s in cells]
@@ -256,7 +278,7 @@ def check_wrapped_model(model: nn.Module, tolerance: float = 1e-6) -> str:
     """
     trial = copy.deepcopy(model).double()
     randomise_fidelity_parameters(trial)
-    structures = probe_structures(model.graph_spec)
+    structures = probe_structures(model.graph_spec, elements=probe_elements(model))
     failures = _all_violations(trial, structures, tolerance)
     own = _all_violations(_without_fidelity_terms(trial), structures, tolerance) if failures else []
     if own:

@@ -145,3 +145,14 @@ def test_a_place_with_components_between_rows_and_channels_is_refused_even_if_it
         MultiFidelity(IsotropicPotential(), ["a", "b"], "M", spec={"message": ["iso", "scalar"]})
     mf = MultiFidelity(IsotropicPotential(), ["a", "b"], "M", spec={"message": ["scalar"]})
     assert mf.surgery.symmetry.startswith("symmetry checked")
+
+
+def test_probe_elements_come_from_the_backbone_when_it_lists_them():
+    from mfwrap.symmetry import DEFAULT_PROBE_ELEMENTS, probe_elements
+
+    backbone = VectorPotential()
+    assert probe_elements(backbone) == DEFAULT_PROBE_ELEMENTS == (8, 3, 26, 15)
+    backbone.supported_numbers = [6, 1]
+    assert probe_elements(backbone) == (1, 6, 1, 6)
+    mf = MultiFidelity(backbone, ["a", "b"], "EMR", spec={"embedding": "embedding", "message": ["scalar"], "readout": ["readout"]})
+    assert probe_elements(mf) == (1, 6, 1, 6) and mf.surgery.symmetry.startswith("symmetry checked")

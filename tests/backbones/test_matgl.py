@@ -197,3 +197,11 @@ def test_heuristic_spec_for_matgl_networks(cls):
         else:
             with pytest.raises(ValueError, match="energy jumps.*node_weight_func"):
                 mfwrap.MultiFidelity(backbone, ["low", "high"], "ECM")
+
+
+@pytest.mark.parametrize("cls", ADAPTERS, ids=IDS)
+def test_a_model_of_other_elements_is_wrapped_with_probes_of_its_own_elements(cls):
+    backbone = cls(**SMALL[cls], element_types=["Si", "O"])  # none of the default probe elements O Li Fe P but O
+    assert sorted(backbone.supported_numbers) == [8, 14]
+    mf = mfwrap.MultiFidelity(backbone, ["low", "high"], "ECMR")
+    assert mf.surgery.symmetry.startswith("symmetry checked")
