@@ -109,7 +109,8 @@ class FidelitySpec:
 
 
 _MESSAGE_NAME = re.compile(r"interaction|conv|message|layers|blocks", re.IGNORECASE)
-_READOUT_NAME = re.compile(r"readout|output|head|energy", re.IGNORECASE)
+_READOUT_NAME = re.compile(r"readout|output|head|energy|final", re.IGNORECASE)
+_OTHER_HEAD_NAME = re.compile(r"site|magmom|charge|dipole|force|stress", re.IGNORECASE)  # heads of other targets
 
 
 def propose_spec(backbone: nn.Module) -> FidelitySpec:
@@ -120,7 +121,9 @@ def propose_spec(backbone: nn.Module) -> FidelitySpec:
     forward calls on atoms); composition: the one ``nn.Embedding(·, 1)`` or module with
     ``element_energies``; message: every ``nn.Linear`` in ``nn.ModuleList``s whose name says
     interaction/conv/message/layers/blocks; readout: direct children named
-    readout/output/head/energy (each block of such a list).
+    readout/output/head/energy/final (each block of such a list), else the outermost such modules at
+    any depth outside the message stacks; names of other targets' heads (site, magmom, charge,
+    dipole, force, stress) are never readouts.
     """
     return _propose(backbone)[0]
 
@@ -164,9 +167,17 @@ def _propose(backbone: nn.Module) -> tuple[FidelitySpec, list[str]]:
     if not stacks:
         undecided.append("message: no nn.ModuleList named interaction/conv/message/layers/blocks holds the message "
                          "functions")
-    heads = [name for name, m in backbone.named_children() if _READOUT_NAME.search(name) and name not in stacks]
+    def is_readout(path: str) -> bool:
+        name = path.rsplit(".", 1)[-1]
+        return (bool(_READOUT_NAME.search(name)) and not _OTHER_HEAD_NAME.search(name) and path not in stacks
+                and next(modules[path].parameters(), None) is not None)  # not a dropout or an activation
+
+    heads = [name for name, _ in backbone.named_children() if is_readout(name)]
+    if not heads:  # e.g. a wrapped network's final layer, one level down
+        heads = _outermost([p for p in modules if p and is_readout(p) and not any(p.startswith(q + ".") for q in stacks)])
     if not heads:
-        undecided.append("readout: no direct child named readout/output/head/energy")
+        undecided.append("readout: no module named readout/output/head/energy/final (other than heads of other "
+                         "targets such as site-wise magmoms)")
     spec = FidelitySpec(
         embedding=embeddings[0] if len(embeddings) == 1 else None,
         message=tuple(f"{p}.*" for p in stacks),

@@ -172,31 +172,30 @@ def test_importing_mfwrap_and_backbones_does_not_import_matgl():
 def test_heuristic_spec_for_matgl_networks(cls):
     """What propose_spec makes of networks mfwrap did not write (the adapters' own specs hidden).
 
-    With matgl's default 89 element types it finds the element embedding and the composition table;
-    it finds no readout (matgl calls it ``final_layer``), so R is refused with a message saying so.
-    Its message places (every linear of the interaction stacks) include M3GNet's radial filters, which
-    the post-surgery check rejects, naming them, and TensorNet's tensor linears (rows × 3 × 3 ×
-    channels), which the surgery skips and reports. For CHGNet they pass.
+    With matgl's default 89 element types it finds the element embedding and the composition table,
+    and the readout one level down (``model.final_layer``; CHGNet's site-wise magmom head is not
+    taken for one). Its message places (every linear of the interaction stacks) include M3GNet's
+    radial filters, which the post-surgery check rejects, naming them, and TensorNet's tensor
+    linears (rows × 3 × 3 × channels), which the surgery skips and reports. For CHGNet they pass.
     """
     backbone = cls(**{**SMALL[cls], **({"nblocks": 1} if cls is MatglM3GNet else {})})  # fewer places to search
     backbone.fidelity_spec = None
     proposal = propose_spec(backbone)
     assert proposal.embedding == cls.fidelity_spec["embedding"] and proposal.composition == "element_refs"
-    assert proposal.readout == ()
+    assert proposal.readout == ("model.final_layer",)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "heuristics chose ..."
-        with pytest.raises(ValueError, match="mechanism R has no place"):
-            mfwrap.MultiFidelity(backbone, ["low", "high"], "ECMR")
         if cls is MatglCHGNet:
-            mf = mfwrap.MultiFidelity(backbone, ["low", "high"], "ECM")
+            mf = mfwrap.MultiFidelity(backbone, ["low", "high"], "ECMR")
             assert mf.surgery.symmetry.startswith("symmetry checked") and mf.surgery.count("M") > 20
+            assert [p for m, p, *_ in mf.surgery.places if m == "R"] == ["model.final_layer"]
         elif cls is MatglTensorNet:  # its tensor linears (rows x 3 x 3 x channels) are skipped, and said so
-            mf = mfwrap.MultiFidelity(backbone, ["low", "high"], "ECM")
+            mf = mfwrap.MultiFidelity(backbone, ["low", "high"], "ECMR")
             assert mf.surgery.refused and all("linears_tensor" in p for p in mf.surgery.refused)
             assert mf.surgery.symmetry.startswith("symmetry checked")
         else:
             with pytest.raises(ValueError, match="energy jumps.*node_weight_func"):
-                mfwrap.MultiFidelity(backbone, ["low", "high"], "ECM")
+                mfwrap.MultiFidelity(backbone, ["low", "high"], "ECMR")
 
 
 @pytest.mark.parametrize("cls", ADAPTERS, ids=IDS)
