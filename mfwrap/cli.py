@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quick: pipeline check, minutes; medium: paper CHGNet on the shipped LMFP set, hours on a "
                             "2-core CPU; full: the paper's settings (a GPU)")
     bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="data subset and initialisation seeds")
-    bench.add_argument("--backbone", choices=["chgnet", "schnet"], default=None, help="override the experiment's backbone")
+    bench.add_argument("--backbone", choices=["chgnet", "schnet", "m3gnet"], default=None,
+                       help="override the experiment's backbone (m3gnet: matgl's, needs mfwrap[matgl])")
     bench.add_argument("--jobs", type=int, default=1, help="runs at once, one process and one thread each")
     bench.add_argument("--root", default="runs/suite", help="where the runs go (default runs/suite)")
     bench.add_argument("--out", default="benchmarks/results/suite", help="where the report goes")

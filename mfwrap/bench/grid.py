@@ -95,22 +95,25 @@ TINY_CHGNET = {"atom_fea_dim": 16, "bond_fea_dim": 16, "angle_fea_dim": 16, "num
                "n_conv": 2, "atom_conv_hidden_dim": 16, "bond_conv_hidden_dim": 16, "mlp_hidden_dims": [16]}
 TINY_SCHNET = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 16, "cutoff": 5.0}
 PAPER_SCHNET = {"hidden_channels": 64, "num_filters": 64, "num_interactions": 3, "num_gaussians": 50, "cutoff": 5.0}
+TINY_M3GNET = {"dim_node_embedding": 16, "dim_edge_embedding": 16, "units": 16, "nblocks": 2, "cutoff": 5.0,
+               "threebody_cutoff": 4.0}
+M3GNET = {"cutoff": 5.0, "threebody_cutoff": 4.0}  # matgl's defaults otherwise (64 units, 3 blocks)
 
 LEVELS = {
     # A test of the pipeline (files, shapes, bookkeeping), not of accuracy: minutes on 2 cores.
     "quick": Level("quick", "small", n_high=(10, 25), n_low=(20, ALL), low_size_high=(10,), ablation_high=10,
                    li3ps4_high=(10,), epochs=1, max_epochs=2, patience=1, n_val=5, protocols=("paper",),
-                   model={"chgnet": TINY_CHGNET, "schnet": TINY_SCHNET}, n_low_all=40),
+                   model={"chgnet": TINY_CHGNET, "schnet": TINY_SCHNET, "m3gnet": TINY_M3GNET}, n_low_all=40),
     # The paper's CHGNet on the shipped LMFP set (100 high + 300 low training frames, 50 test) on a
     # 2-core CPU: N_high <= 90 (10 held out for validation), 10 epochs instead of 60.
     "medium": Level("medium", "small", n_high=(25, 50, 90), n_low=(0, 100, 200, ALL), low_size_high=(25, 90),
                     ablation_high=50, li3ps4_high=(5, 10, 20, 40, 80), epochs=10, max_epochs=40, patience=5, n_val=10,
-                    protocols=("paper", "equal_compute"), model={"chgnet": {}, "schnet": PAPER_SCHNET}, compile=True,
+                    protocols=("paper", "equal_compute"), model={"chgnet": {}, "schnet": PAPER_SCHNET, "m3gnet": M3GNET}, compile=True,
                     converged_high=(25,)),
     # The paper's settings on the full LMFP set (built once, about an hour on 2 cores); for a GPU.
     "full": Level("full", "full", n_high=(25, 50, 100, 200, 400, 800, ALL), n_low=(0, 200, 500, 1000, ALL),
                   low_size_high=(50, 400), ablation_high=100, li3ps4_high=(5, 10, 20, 40, 80), epochs=60, max_epochs=200,
-                  patience=15, n_val=100, protocols=PROTOCOLS, model={"chgnet": {}, "schnet": PAPER_SCHNET}, compile=True),
+                  patience=15, n_val=100, protocols=PROTOCOLS, model={"chgnet": {}, "schnet": PAPER_SCHNET, "m3gnet": M3GNET}, compile=True),
 }
 
 

@@ -31,7 +31,8 @@ from mfwrap.bench.grid import EXPERIMENTS, LEVELS, MF_METHODS, Level, RunSpec, e
 from mfwrap.data.readers import LabelledStructure, read_fidelities, to_graphs
 from mfwrap.files import write_text
 
-BACKBONES = {"chgnet": "backbones.chgnet:CHGNet", "schnet": "backbones.pyg:SchNet"}
+BACKBONES = {"chgnet": "backbones.chgnet:CHGNet", "schnet": "backbones.pyg:SchNet",
+             "m3gnet": "backbones.matgl:MatglM3GNet"}  # m3gnet needs mfwrap[matgl]
 LI3PS4 = Path(__file__).resolve().parents[1] / "datasets" / "li3ps4"
 FIDELITIES = {"lmfp": ["low", "high"], "li3ps4": ["pbesol", "r2scan"]}
 TARGETS = {"lmfp": "efsm", "li3ps4": "ef"}

@@ -138,3 +138,9 @@ def test_committed_results_count_as_done_on_a_fresh_checkout(tmp_path, lmfp_cach
     assert outcome["ran"] == 0 and outcome["failed"] == []
     assert len(list((fresh / "learning_curve").glob("*/result.json"))) == 4
     assert runner.restore_reported(EXPERIMENTS["learning_curve"](LEVELS["medium"], [0]), "medium", fresh, report) == 0
+
+
+def test_a_learning_curve_run_with_matgl_m3gnet(tmp_path, lmfp_cache):
+    spec = RunSpec("learning_curve", "multi_fidelity", 10, 20, "paper", 0, backbone="m3gnet")
+    result = runner.run_one(spec, "quick", str(tmp_path))
+    assert result["n_train"] == {"high": 10, "low": 20} and set(result["test"]["high"]) == {"energy", "forces", "stress"}
