@@ -231,6 +231,7 @@ class SevenNet(nn.Module):
         index = torch.full((max(120, max(type_map) + 1),), -1, dtype=torch.long)
         index[list(type_map)] = torch.tensor(list(type_map.values()))
         self.register_buffer("species_index", index, persistent=False)  # Z -> species index, -1 unknown
+        self.supported_numbers = sorted(type_map)  # what mfwrap's probe structures are made of
 
     def species(self, numbers: Tensor) -> Tensor:
         """(n,) species indices of atomic numbers Z; ValueError naming any element the model does not know."""

@@ -277,3 +277,10 @@ def test_fit_composition_sets_the_shift_per_modality_and_the_trainer_trains(tmp_
         assert after[fidelity]["forces"]["mae"] < 0.9 * before[fidelity]["forces"]["mae"]
     with pytest.raises(ValueError, match=r"shift=\[0.0\] \* 4"):
         SevenNet(**SMALL).fit_composition(train)
+
+
+def test_a_model_of_other_elements_is_wrapped_with_probes_of_its_own_elements():
+    backbone = SevenNet(chemical_species=["Si", "C"], channel=4, lmax=1, num_convolution_layer=1)
+    assert backbone.supported_numbers == [6, 14]
+    mf = mfwrap.MultiFidelity(backbone, ["low", "high"], "ECMR")
+    assert mf.surgery.symmetry.startswith("symmetry checked")
