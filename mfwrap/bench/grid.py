@@ -169,11 +169,12 @@ def coverage(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
 
 
 def li3ps4(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
-    """Real DFT: PBEsol (energy, forces) low, r2SCAN (energy only) high; paired structures."""
+    """Real DFT: PBEsol (energy, forces) low, r2SCAN (energy only) high; paired structures. Every
+    method, and MF with each trainer option of ``mf_options``."""
     return _unique([RunSpec("li3ps4", method, n, ALL, protocol, seed, dataset="li3ps4", backbone=backbone)
                     for protocol in level.protocols for n in level.li3ps4_high for seed in seeds
-                    for method in ("multi_fidelity", "mf_warm_start", "single_fidelity", "transfer", "delta_model",
-                                   "delta_labels")])
+                    for method in ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "single_fidelity",
+                                   "transfer", "delta_model", "delta_labels")])
 
 
 def second_backbone(level: Level, seeds, backbone="schnet") -> list[RunSpec]:

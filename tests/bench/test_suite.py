@@ -68,7 +68,7 @@ def test_mf_options_set_their_trainer_option(tmp_path, lmfp_cache):
 
 def test_li3ps4_runs_every_method_on_real_dft(tmp_path):
     outcome = runner.run_suite(["li3ps4"], "quick", [0], tmp_path)
-    assert outcome["failed"] == [] and outcome["ran"] == 6  # MF, MF warm start, single-fidelity, transfer, Δ x 2
+    assert outcome["failed"] == [] and outcome["ran"] == 8  # MF (plain, warm start, balanced, reweighted), SF, transfer, Δ x 2
     for path in (tmp_path / "li3ps4").glob("*/result.json"):
         result = json.loads(path.read_text())
         assert result["target_fidelity"] == "r2scan" and set(result["test"]["r2scan"]) == {"energy"}  # energies only
