@@ -4,7 +4,8 @@ For every experiment with finished runs under ``root``, writes to ``out``:
 ``<experiment>.json`` (each group's mean and sample standard deviation over seeds of the
 high-fidelity test MAE and RMSE per target, its steps and wall time, and every run's own result),
 ``<experiment>.md`` (a table; protocol and steps in every row) and ``<experiment>.png``
-(learning curves on a log N_high axis with ±1 sd error bars, or bars for ablations and coverage).
+(learning curves on a log N_high axis with ±1 sd error bars, or bars for ablations and coverage);
+and ``claims.md``, the seed paper's claims checked against them (:mod:`mfwrap.bench.claims`).
 """
 
 from __future__ import annotations
@@ -135,4 +136,9 @@ def write_report(root: str | Path, out: str | Path) -> list[Path]:
         write_text(out / f"{experiment}.md", markdown(experiment, rows))
         plot(experiment, rows, out / f"{experiment}.png")
         written += [out / f"{experiment}.{suffix}" for suffix in ("json", "md", "png")]
+    if written:
+        from mfwrap.bench.claims import check_claims, claims_markdown, read_report
+
+        write_text(out / "claims.md", claims_markdown(check_claims(read_report(out))))
+        written.append(out / "claims.md")
     return written

@@ -32,7 +32,8 @@ def test_learning_curve_runs_skips_what_is_done_and_reports(tmp_path, lmfp_cache
         assert set(result["test"]["high"]) == {"energy", "forces", "stress", "magmoms"}
     assert runner.run_suite(["learning_curve"], "quick", [0], root)["ran"] == 0  # all done: nothing reruns
     written = write_report(root, out)
-    assert sorted(p.name for p in written) == ["learning_curve.json", "learning_curve.md", "learning_curve.png"]
+    assert sorted(p.name for p in written) == ["claims.md", "learning_curve.json", "learning_curve.md", "learning_curve.png"]
+    assert "MF below single-fidelity for N_high ≤ 400" in (out / "claims.md").read_text()
     table = (out / "learning_curve.md").read_text()
     assert table.count("| paper |") == 4 and "MF (ECMR)" in table and "single-fidelity" in table
 

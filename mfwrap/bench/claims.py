@@ -1,0 +1,180 @@
+"""The seed paper's claims, one by one, checked against the suite's aggregated results.
+
+:func:`check_claims` reads every run's result (the "runs" of each ``<experiment>.json`` that
+``mfwrap bench report`` writes) and returns one :class:`Verdict` per claim: "holds" (every
+comparison goes the claimed way), "fails" (none does), "partly", or "not measured" (the runs are
+missing). Each comparison is between means of the high-fidelity test MAE over the seeds *both*
+sides have, and names them; with one seed a difference of a few per cent is within the noise
+between seeds. ``mfwrap bench report`` writes the verdicts to ``claims.md``.
+
+Comparisons, all on the LMFP set with the CHGNet backbone:
+
+1. MF below single-fidelity for N_high ≤ 400 on E, F, S, M — under each protocol: paper (same
+   epochs), equal compute (single-fidelity gets MF's steps), converged.
+2. Target: MF force MAE ≥ 20 % below single-fidelity's at N_high ≤ 100 under the paper protocol,
+   and MF still ahead (forces) under the converged protocol.
+3. More low-fidelity data lowers the error (each N_high: MAE at the most low-fidelity frames below
+   the MAE at the fewest, per target).
+4. F (all four mechanisms) best among the ablations, per target.
+5. MF ahead of transfer learning on F, S, M (paper protocol, and transfer at MF's steps).
+
+and one of ours: MF with ``fidelity_sampling`` 1:1 (the ``mf_options`` experiment) below
+single-fidelity at equal compute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TARGETS = ("energy", "forces", "stress", "magmoms")
+SHORT = {"energy": "E", "forces": "F", "stress": "S", "magmoms": "M"}
+
+
+@dataclass
+class Verdict:
+    """One claim: its status and the comparisons behind it (one line each)."""
+
+    claim: str
+    status: str
+    evidence: list[str] = field(default_factory=list)
+
+
+Runs = dict  # {N_high: {seed: {target: MAE}}}
+
+
+def _select(runs: list[dict], method: str, protocol: str, mechanisms: str | None = "ECMR") -> Runs:
+    """{N_high: {seed: high-fidelity test MAE per target}} of one method under one protocol (LMFP,
+    CHGNet, whole region)."""
+    found: Runs = {}
+    for run in runs:
+        spec = run["spec"]
+        if (spec["method"] == method and spec["protocol"] == protocol and spec["dataset"] == "lmfp"
+                and spec["backbone"] == "chgnet" and spec.get("region") is None
+                and (mechanisms is None or spec["mechanisms"] == mechanisms)):
+            test = run["test"][run["target_fidelity"]]
+            found.setdefault(run["n_train"]["high"], {})[spec["seed"]] = {t: v["mae"] for t, v in test.items()}
+    return found
+
+
+def _status(outcomes: list[bool]) -> str:
+    if not outcomes:
+        return "not measured"
+    return "holds" if all(outcomes) else "fails" if not any(outcomes) else "partly"
+
+
+def _mean(by_seed: dict[int, dict], seeds: list[int], target: str) -> float:
+    return sum(by_seed[s][target] for s in seeds) / len(seeds)
+
+
+def _compare(ours: Runs, theirs: Runs, targets, names, max_high: float = math.inf,
+             factor: float = 1.0) -> tuple[list[bool], list[str]]:
+    """Mean over the seeds both have: ours below factor × theirs, for every shared N_high ≤ max_high and target."""
+    outcomes, lines = [], []
+    for n in sorted(set(ours) & set(theirs)):
+        seeds = sorted(set(ours[n]) & set(theirs[n]))
+        if n > max_high or not seeds:
+            continue
+        for target in targets:
+            if all(target in ours[n][s] and target in theirs[n][s] for s in seeds):
+                a, b = _mean(ours[n], seeds, target), _mean(theirs[n], seeds, target)
+                better = a < factor * b
+                outcomes.append(better)
+                lines.append(f"N_high {n}, {SHORT[target]}: {names[0]} {a:.3g} vs {names[1]} {b:.3g} "
+                             f"({100 * (a / b - 1):+.0f} %) {'✓' if better else '✗'} (seeds {seeds})")
+    return outcomes, lines
+
+
+def _by_low(runs: list[dict]) -> dict[int, dict[float, dict]]:
+    """{N_high: {N_low: {seed: MAE per target}}} of the MF (ECMR) runs of the low-fidelity-size experiment."""
+    found: dict[int, dict[float, dict]] = {}
+    for run in runs:
+        spec = run["spec"]
+        if spec["method"] == "multi_fidelity" and spec["mechanisms"] == "ECMR" and spec["protocol"] == "paper":
+            test = run["test"][run["target_fidelity"]]
+            found.setdefault(run["n_train"]["high"], {}).setdefault(run["n_train"]["low"], {})[spec["seed"]] = \
+                {t: v["mae"] for t, v in test.items()}
+    return found
+
+
+def check_claims(report: dict[str, list[dict]]) -> list[Verdict]:
+    """Verdicts from ``report`` = {experiment: every run's result (``<experiment>.json`` "runs")}."""
+    curve = report.get("learning_curve", [])
+    verdicts = []
+    for protocol, sf_protocol, label in (("paper", "paper", "paper protocol (same epochs)"),
+                                         ("paper", "equal_compute", "equal compute (same optimiser steps)"),
+                                         ("converged", "converged", "converged protocol")):
+        outcomes, lines = _compare(_select(curve, "multi_fidelity", protocol), _select(curve, "single_fidelity", sf_protocol),
+                                   TARGETS, ("MF", "SF"), max_high=400)
+        verdicts.append(Verdict(f"MF below single-fidelity for N_high ≤ 400 on E, F, S, M — {label}",
+                                _status(outcomes), lines))
+    outcomes, lines = _compare(_select(curve, "multi_fidelity", "paper"), _select(curve, "single_fidelity", "paper"),
+                               ("forces",), ("MF", "0.8 × SF"), max_high=100, factor=0.8)
+    verdicts.append(Verdict("target: MF force MAE ≥ 20 % below single-fidelity's at N_high ≤ 100 (paper protocol)",
+                            _status(outcomes), lines))
+    outcomes, lines = _compare(_select(curve, "multi_fidelity", "converged"), _select(curve, "single_fidelity", "converged"),
+                               ("forces",), ("MF", "SF"), max_high=100)
+    verdicts.append(Verdict("target: MF still ahead on forces under the converged protocol", _status(outcomes), lines))
+
+    outcomes, lines = [], []
+    for n, by_low in sorted(_by_low(report.get("low_fidelity_size", [])).items()):
+        if len(by_low) < 2:
+            continue
+        fewest, most = min(by_low), max(by_low)
+        seeds = sorted(set(by_low[fewest]) & set(by_low[most]))
+        for target in TARGETS:
+            if seeds and all(target in by_low[fewest][s] and target in by_low[most][s] for s in seeds):
+                a, b = _mean(by_low[most], seeds, target), _mean(by_low[fewest], seeds, target)
+                outcomes.append(a < b)
+                lines.append(f"N_high {n}, {SHORT[target]}: {most} low-fidelity frames {a:.3g} vs {fewest}: {b:.3g} "
+                             f"{'✓' if a < b else '✗'} (seeds {seeds})")
+    verdicts.append(Verdict("more low-fidelity data lowers the error", _status(outcomes), lines))
+
+    ablations = report.get("ablations", [])
+    variants = {m: _select(ablations, "multi_fidelity", "paper", mechanisms=m) for m in
+                {r["spec"]["mechanisms"] for r in ablations}}
+    outcomes, lines = [], []
+    if "ECMR" in variants and len(variants) > 1:
+        for n in sorted(variants["ECMR"]):
+            seeds = sorted(set.intersection(*(set(v.get(n, {})) for v in variants.values())))
+            for target in TARGETS if seeds else ():
+                means = {m: _mean(v[n], seeds, target) for m, v in variants.items() if target in v[n][seeds[0]]}
+                if "ECMR" not in means or len(means) < 2:
+                    continue
+                best = "ECMR" if means["ECMR"] <= min(means.values()) else min(means, key=means.get)  # ties go to F
+                outcomes.append(best == "ECMR")
+                lines.append(f"N_high {n}, {SHORT[target]}: F {means['ECMR']:.3g}; best {best or 'none'} {means[best]:.3g} "
+                             f"{'✓' if best == 'ECMR' else '✗'} (seeds {seeds})")
+    verdicts.append(Verdict("F (all four mechanisms) best among the ablations", _status(outcomes), lines))
+
+    compared = report.get("transfer_delta", [])
+    outcomes, lines = [], []
+    for protocol, label in (("paper", "transfer, same epochs"), ("equal_compute", "transfer at MF's steps")):
+        found, found_lines = _compare(_select(compared, "multi_fidelity", "paper"), _select(compared, "transfer", protocol),
+                                      ("forces", "stress", "magmoms"), ("MF", label))
+        outcomes += found
+        lines += found_lines
+    verdicts.append(Verdict("MF ahead of transfer learning on F, S, M", _status(outcomes), lines))
+
+    outcomes, lines = _compare(_select(report.get("mf_options", []), "mf_balanced", "paper"),
+                               _select(curve, "single_fidelity", "equal_compute"), TARGETS, ("MF 1:1", "SF"), max_high=400)
+    verdicts.append(Verdict("(ours, not the paper's) MF with fidelity_sampling 1:1 below single-fidelity on E, F, S, M — "
+                            "equal compute", _status(outcomes), lines))
+    return verdicts
+
+
+def read_report(out: str | Path) -> dict[str, list[dict]]:
+    """{experiment: every run's result} from the ``<experiment>.json`` files in ``out``."""
+    return {path.stem: json.loads(path.read_text())["runs"] for path in sorted(Path(out).glob("*.json"))}
+
+
+def claims_markdown(verdicts: list[Verdict]) -> str:
+    lines = ["### The seed paper's claims on the LMFP set", "",
+             "Means over the seeds run so far (high-fidelity test MAE); `mfwrap/bench/claims.py` says how each is checked.",
+             ""]
+    for verdict in verdicts:
+        lines.append(f"- **{verdict.status}** — {verdict.claim}")
+        lines += [f"  - {line}" for line in verdict.evidence]
+    return "\n".join(lines) + "\n"

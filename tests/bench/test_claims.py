@@ -1,0 +1,39 @@
+"""The claims checker: verdicts from run results, means over the seeds both sides have."""
+
+from __future__ import annotations
+
+from mfwrap.bench.claims import check_claims, claims_markdown
+from mfwrap.bench.grid import RunSpec
+
+
+def _run(experiment, method, n_high, protocol, seed, forces, energy=10.0, mechanisms="ECMR", n_low=None):
+    spec = RunSpec(experiment, method, n_high, n_low, protocol, seed, mechanisms=mechanisms)
+    low = 0 if method == "single_fidelity" else (300 if n_low is None else n_low)
+    return {"spec": spec.as_dict(), "n_train": {"high": n_high, "low": low}, "target_fidelity": "high",
+            "test": {"high": {"forces": {"mae": forces}, "energy": {"mae": energy}}}}
+
+
+def test_verdicts_compare_means_over_common_seeds_and_say_what_is_missing():
+    curve = [_run("learning_curve", "multi_fidelity", 25, "paper", 0, 100.0),
+             _run("learning_curve", "single_fidelity", 25, "paper", 0, 200.0, energy=12.0),
+             _run("learning_curve", "single_fidelity", 25, "paper", 1, 50.0),  # no MF seed 1: not compared
+             _run("learning_curve", "single_fidelity", 25, "equal_compute", 0, 90.0, energy=12.0)]
+    verdicts = {v.claim.split(" — ")[-1]: v for v in check_claims({"learning_curve": curve})}
+    paper = verdicts["paper protocol (same epochs)"]
+    assert paper.status == "holds" and paper.evidence[1] == "N_high 25, F: MF 100 vs SF 200 (-50 %) ✓ (seeds [0])"
+    assert verdicts["equal compute (same optimiser steps)"].status == "partly"  # E better, F worse
+    assert verdicts["converged protocol"].status == "not measured"
+    target = next(v for v in verdicts.values() if v.claim.startswith("target: MF force MAE"))
+    assert target.status == "holds"  # 100 < 0.8 x 200
+
+
+def test_low_fidelity_size_and_ablations():
+    sizes = [_run("low_fidelity_size", "multi_fidelity", 25, "paper", 0, f, n_low=n) for n, f in ((0, 150.0), (100, 120.0),
+                                                                                                  (300, 130.0))]
+    ablations = [_run("ablations", "multi_fidelity", 50, "paper", 0, f, mechanisms=m) for m, f in (("ECMR", 90.0), ("", 95.0),
+                                                                                                  ("E", 80.0))]
+    verdicts = {v.claim: v for v in check_claims({"low_fidelity_size": sizes, "ablations": ablations})}
+    assert verdicts["more low-fidelity data lowers the error"].status == "partly"  # F 130 < 150 yes; E equal: no
+    ablation = verdicts["F (all four mechanisms) best among the ablations"]
+    assert ablation.status == "partly" and "best E 80 ✗" in ablation.evidence[1]
+    assert "**partly** — more low-fidelity data" in claims_markdown(list(verdicts.values()))
