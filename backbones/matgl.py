@@ -32,6 +32,7 @@ features are not supported. matgl is imported only when an adapter is built.
 
 from __future__ import annotations
 
+import abc
 import functools
 import inspect
 from types import SimpleNamespace
@@ -85,7 +86,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class MatglAdapter(nn.Module):
+class MatglAdapter(nn.Module, metaclass=abc.ABCMeta):
     """Common part of the adapters: building or adopting the matgl model, element types, energy.
 
     Subclasses name their matgl class (``matgl_class``), their default arguments (``defaults``),
@@ -196,12 +197,13 @@ class MatglAdapter(nn.Module):
         out[K.ENERGY] = energy + scatter_sum(self.element_refs(numbers), structure, count)
         return out
 
+    @abc.abstractmethod
     def atom_energies(self, batch, types: Tensor) -> dict[str, Tensor]:
-        """{"energy": (n,) per-atom network energies ε_θ(i), ...}."""
-        raise NotImplementedError
+        """{"energy": (n,) per-atom network energies ε_θ(i), ...} (each model's own readout)."""
 
+    @abc.abstractmethod
     def _graph_spec(self, model: nn.Module) -> GraphSpec:
-        raise NotImplementedError
+        """The atom (and bond) graph cutoffs of ``model``."""
 
 
 def _matgl_edges(batch) -> tuple[Tensor, Tensor, Tensor]:
