@@ -368,8 +368,6 @@ def _refuse_rotating(backbone: nn.Module, places: dict[str, list[str]], spec_sou
     candidates = [p for letter in "EM" for p in places.get(letter, [])]
     restricted = declared_restrictions(backbone, places)
     rotating = list(dict.fromkeys(list(restricted) + (rotating_places(backbone, candidates) if candidates else [])))
-    modules = dict(backbone.named_modules())
-    restricted |= {p: c for p in rotating if p not in restricted and (c := scalar_columns(modules[p])) is not None and len(c) > 0}
     components = [p for p in candidates if p not in rotating and any(len(shape) > 2 for shape in calls.get(p, []))]
     refused = [p for p in rotating if p not in restricted] + components
     if refused and spec_source != "heuristic":
