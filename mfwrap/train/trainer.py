@@ -101,6 +101,7 @@ class Trainer:
         self.best: dict[str, Any] = {"value": math.inf, "epoch": -1}
         self.skipped_batches = 0
         self.steps_done = 0
+        self._train_fidelity = torch.zeros(0, dtype=torch.long)  # fidelity index per training structure (fit sets it)
         self.compile_seconds: float | None = None
         self.show_progress = config.progress and self.ctx.is_main and sys.stderr.isatty() and not os.environ.get("CI")
 
