@@ -41,7 +41,8 @@ from mfwrap import MultiFidelity
 from mfwrap.composition import fit_linear_composition
 from mfwrap.data import keys as K
 from mfwrap.data.graph import edge_vectors, structure_index
-from mfwrap.train import TrainConfig, Trainer
+from mfwrap.train import TrainConfig
+from timed_trainer import TimedTrainer
 from mfwrap.train.data import lmfp_graphs
 
 FIDELITIES = ["low", "high"]
@@ -87,18 +88,6 @@ class MatglStateM3GNet(nn.Module):
             for f in range(len(FIDELITIES)):
                 own = [g for g in graphs if int(g[K.FIDELITY]) == f]
                 self.element_refs[f] = fit_linear_composition(own, ridge=ridge, prior=pooled) if own else pooled
-
-
-class TimedTrainer(Trainer):
-    """The trainer, also summing the wall time of its optimiser steps."""
-
-    step_seconds = 0.0
-
-    def train_step(self, graphs, indices):
-        start = time.perf_counter()
-        loss = super().train_step(graphs, indices)
-        self.step_seconds += time.perf_counter() - start
-        return loss
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -52,24 +52,13 @@ from mfwrap.bench.runner import make_splits
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec
 from mfwrap.data.readers import to_graphs
-from mfwrap.train import TrainConfig, Trainer
+from mfwrap.train import TrainConfig
+from timed_trainer import TimedTrainer
 
 FIDELITIES = ["low", "high"]
 ELEMENTS = ["Li", "Mn", "Fe", "P", "O"]
 BATCH_SIZE = 4
 UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "GPa"}
-
-
-class TimedTrainer(Trainer):
-    """The trainer, also summing the wall time of its optimiser steps (seconds)."""
-
-    step_seconds = 0.0
-
-    def train_step(self, graphs, indices):
-        start = time.perf_counter()
-        loss = super().train_step(graphs, indices)
-        self.step_seconds += time.perf_counter() - start
-        return loss
 
 
 def statistics(graphs) -> tuple[float, float]:
