@@ -7,7 +7,7 @@ What is timed (wall clock, ``time.perf_counter``; each cell interleaves the two 
 alternating which goes first, and reports medians of ``--repeats`` ≥ 10 runs after warm-up):
 
 * model: prebuilt graphs → outputs as numpy. Native: ``mfwrap.physics.energy_and_derivatives`` on
-  a ``Batch``; official: ``CHGNet.predict_graph`` on its ``CrystalGraph``s. Tasks: energy ("e"),
+  a ``Batch`` under ``torch.no_grad`` (as ``mfwrap.predict``); official: ``CHGNet.predict_graph`` on its ``CrystalGraph``s. Tasks: energy ("e"),
   E+F ("ef"), E+F+S+M ("efsm"); on LiFePO4 1×1×2 (56 atoms) alone and as a batch of 16 rattled
   copies (official: ``batch_size=4``, see OFFICIAL_BATCH); with 1 and 2 threads.
 * end to end: structures → outputs (``mfwrap.predict`` vs ``predict_structure``), E+F+S+M.
@@ -115,7 +115,8 @@ def interleaved(native: Callable[[], object], official: Callable[[], object], re
 
 def native_model_call(model, batch, task: str) -> Callable[[], object]:
     def run():
-        out = energy_and_derivatives(model, batch, **TASKS[task])
+        with torch.no_grad():  # as mfwrap.predict: no parameter gradients (energy alone: no graph at all)
+            out = energy_and_derivatives(model, batch, **TASKS[task])
         return {k: v.detach().numpy() for k, v in out.items()}
 
     return run

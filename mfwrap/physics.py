@@ -77,7 +77,9 @@ def _autograd_derivatives(
     pos = batch[K.POSITIONS]
     inputs: list[Tensor] = []
     grads: list[Tensor] = []
-    with torch.enable_grad():  # also under an outer no_grad: the strain must enter the graph
+    # Under an outer no_grad the positions and strain must still enter the graph; energy alone
+    # keeps the caller's grad mode (predict runs it without a graph).
+    with torch.set_grad_enabled(forces or stress or torch.is_grad_enabled()):
         if forces:
             pos = pos.detach().requires_grad_(True)
             inputs.append(pos)

@@ -69,7 +69,8 @@ def predict(
     try:
         for start in range(0, len(graphs), batch_size):
             batch = Batch.from_data_list(graphs[start : start + batch_size]).to(device)
-            out = energy_and_derivatives(model, batch, forces=forces, stress=stress)
+            with torch.no_grad():  # no parameter gradients; forces and stress still enter autograd
+                out = energy_and_derivatives(model, batch, forces=forces, stress=stress)
             results.extend(_split(batch, out))
     finally:
         model.train(was_training)

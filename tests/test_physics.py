@@ -199,3 +199,24 @@ def test_energy_and_forces_continuous_across_each_cutoff(backbone):
         np.testing.assert_allclose(inside[K.FORCES], outside[K.FORCES], atol=1e-6)
 
     check()
+
+
+def test_grad_mode_energy_only_follows_caller_and_derivatives_survive_no_grad():
+    """Energy alone builds no graph under no_grad (what predict does); with parameter gradients on
+    it stays differentiable (energy-only training); forces and stress are computed under no_grad."""
+    from mfwrap.data.graph import to_graph
+    from mfwrap.physics import energy_and_derivatives
+    from torch_geometric.data import Batch
+
+    model = _chgnet()
+    atoms = Atoms("LiFeO2", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], [0.75, 0.75, 0.75]],
+                  cell=np.eye(3) * 4.1, pbc=True)
+    batch = Batch.from_data_list([to_graph(atoms, model.graph_spec, dtype=torch.float64)])
+    with torch.no_grad():
+        energy_only = energy_and_derivatives(model, batch, forces=False, stress=False)
+        full = energy_and_derivatives(model, batch)
+    assert energy_only[K.ENERGY].grad_fn is None and not energy_only[K.ENERGY].requires_grad
+    assert full[K.FORCES].abs().sum() > 0 and torch.isfinite(full[K.STRESS]).all()
+    trained = energy_and_derivatives(model, batch, forces=False, stress=False)
+    assert trained[K.ENERGY].requires_grad
+    torch.testing.assert_close(trained[K.ENERGY].detach(), energy_only[K.ENERGY])
