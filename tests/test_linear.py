@@ -85,3 +85,18 @@ def test_gradients_of_the_mixed_fidelity_path(bias):
     b = torch.randn(2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(f, (a, w_f, b))
     assert torch.autograd.gradgradcheck(f, (a, w_f, b))
+
+
+def test_per_row_term_equals_the_gather_and_its_gradient():
+    """The dense mode's W_F[:, f_r] (a where chain) has the gather's values and table gradient."""
+    from mfwrap.mechanisms.linear import per_row_term
+
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(3, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    rows = torch.randint(0, 3, (40,), generator=generator)
+    weights = torch.randn(40, 5, dtype=torch.float64, generator=generator)
+    term = per_row_term(table, rows)
+    torch.testing.assert_close(term, table.detach().index_select(0, rows), rtol=0, atol=0)
+    (grad,) = torch.autograd.grad((term * weights).sum(), table)
+    expected = torch.zeros_like(table).index_add(0, rows, weights)
+    torch.testing.assert_close(grad, expected)

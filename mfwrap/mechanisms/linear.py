@@ -19,6 +19,21 @@ def _may_modify_in_place(out: Tensor) -> bool:
     return out._base is None and (out.grad_fn is None or type(out.grad_fn).__name__ in _IN_PLACE_SAFE)
 
 
+def per_row_term(table: Tensor, rows: Tensor) -> Tensor:
+    """``table[rows]`` (rows, C) for a small table (n_F, C) and many rows, without a gather.
+
+    Built as a chain of ``torch.where`` over the n_F fidelities (static and few), which inductor
+    fuses into the layer's epilogue; its backward is one masked reduction per fidelity. A gather
+    would backpropagate as a scatter-add of every row into n_F rows: atomic adds contended by all
+    threads (a compiled 2-thread training step: +7 % over the bare backbone, against −2 % for this
+    and +7 % for one-hot @ table; benchmarks/fidelity_term.py).
+    """
+    term = table[0].expand(rows.shape[0], -1)
+    for fidelity in range(1, table.shape[0]):
+        term = torch.where((rows == fidelity).unsqueeze(-1), table[fidelity], term)
+    return term
+
+
 def spread_columns(term: Tensor, channels: Tensor | None, width: int) -> Tensor:
     """``term`` (..., len(channels)) placed in ``channels`` of a zero (..., width) tensor; ``term``
     itself when ``channels`` is None (every column)."""
@@ -47,8 +62,8 @@ class FidelityLinear(nn.Module):
     f0 the batch's most common fidelity, so a batch of one fidelity costs no extra pass over the
     output rows; rows of other fidelities then get W_F[:, f] − W_F[:, f0] added (``index_add``,
     in place when autograd allows it). Without ``bias_path``, W_F[:, f0] is added to all rows first.
-    In the context's dense mode (compiled models) every row gets W_F[:, f] by one gather instead,
-    which needs no host synchronisation (inductor fuses the add into the layer).
+    In the context's dense mode (compiled models) every row gets W_F[:, f] by :func:`per_row_term`
+    instead, which needs no host synchronisation (inductor fuses the add into the layer).
 
     ``channels`` (optional) restricts the term to those output columns, e.g. the ``0e`` (scalar)
     columns of an e3nn layer whose other columns are vector or tensor components (a term there
@@ -75,7 +90,7 @@ class FidelityLinear(nn.Module):
         if self.context.dense:
             out = self.linear(*args, **kwargs)
             rows = self.context.rows(self.row_kind, out.shape[0], self.name)
-            term = self._spread(self.fidelity_weight.t().index_select(0, rows))
+            term = self._spread(per_row_term(self.fidelity_weight.t(), rows))
             return out + term.view(-1, *([1] * (out.dim() - 2)), out.shape[-1])
         uniform = self.context.uniform
         base, other, other_fidelity = (uniform, None, None) if uniform is not None else self.context.majority(self.row_kind)
