@@ -134,15 +134,57 @@ def run_one(spec: RunSpec, level_name: str, root: str) -> dict:
     names = FIDELITIES[spec.dataset]
     graphs = lambda records: to_graphs(records, graph_spec, names)  # noqa: E731
     train = graphs(splits.train_low + splits.train_high) if spec.method != "single_fidelity" else graphs(splits.train_high)
+    pretrain_source = share_pretraining(spec, experiment, out, Path(root))
     summary = run_experiment(experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True)
     result = {"spec": spec.as_dict(), "name": spec.name, "level": level.name, "protocol": spec.protocol, "epochs": epochs,
               "epochs_run": summary.get("epochs_run"), "steps": summary.get("steps"), "wall_s": time.perf_counter() - start,
               "n_train": {"high": len(splits.train_high), "low": len(splits.train_low) if spec.method != "single_fidelity" else 0},
               "train_options": mf_option(spec, splits), "n_val": len(splits.val), "n_test": len(splits.test), "target_fidelity": names[-1],
               "best": summary["best"], "val": summary["val"], "test": summary["test"], "machine": machine()}
+    if pretrain_source:
+        result["pretrain_reused_from"] = pretrain_source
     write_text(out / "result.json", json.dumps(result, indent=1, default=float))
     (out / "error.json").unlink(missing_ok=True)
     return result
+
+
+PRETRAINED_METHODS = ("transfer", "delta_model", "delta_labels", "mf_warm_start")
+
+
+def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str | None:
+    """Copy a finished identical low-fidelity pre-training stage into ``out/pretrain``; returns its
+    source ("<experiment>/<run>") or None.
+
+    Stage one of transfer, Δ and warm-started MF trains the plain backbone on the low-fidelity
+    frames only, which depend on (dataset, seed, N_low), not on N_high, the protocol or the method;
+    with the same stage-one TrainConfig (compared as resuming compares it) it is the same training,
+    so it is done once per (dataset, backbone, seed, N_low, config) and copied, as identical runs are
+    (``reuse_finished``). The copy resumes as a finished stage: it is evaluated, not retrained.
+    """
+    import shutil
+
+    from mfwrap.train.baselines import pretrain_config
+    from mfwrap.train.trainer import _RESUME_FREE
+
+    if spec.method not in PRETRAINED_METHODS or (out / "pretrain" / "last.pt").exists():
+        return None
+    wanted = pretrain_config(experiment, FIDELITIES[spec.dataset][0]).to_dict()
+    wanted = {k: v for k, v in wanted.items() if k not in _RESUME_FREE}
+    for result_path in sorted(root.glob("*/*/result.json")):
+        source = result_path.parent / "pretrain"
+        if source == out / "pretrain" or not (source / "metrics.json").is_file() or not (source / "last.pt").is_file():
+            continue
+        other = json.loads(result_path.read_text())
+        other_spec = other.get("spec", {})
+        if other.get("reused_from") or other_spec.get("method") not in PRETRAINED_METHODS or any(
+                other_spec.get(key) != getattr(spec, key) for key in ("dataset", "backbone", "seed", "n_low")):
+            continue
+        stored = json.loads((source / "metrics.json").read_text()).get("config", {})
+        if any(stored.get(k) != v for k, v in wanted.items()):
+            continue
+        shutil.copytree(source, out / "pretrain", dirs_exist_ok=True)
+        return other.get("pretrain_reused_from") or f"{result_path.parent.parent.name}/{result_path.parent.name}"
+    return None
 
 
 def machine() -> dict:

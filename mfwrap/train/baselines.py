@@ -132,6 +132,12 @@ def transfer_freeze(backbone: nn.Module) -> list[str]:
     return frozen
 
 
+def pretrain_config(experiment: Experiment, validated_fidelity: str) -> TrainConfig:
+    """TrainConfig of stage one (``output_dir/pretrain``): ``experiment.train`` with the ``pretrain``
+    overrides, validated on ``validated_fidelity`` (the most frequent non-target fidelity)."""
+    return _stage(experiment.train, "pretrain", target_fidelity=validated_fidelity, **experiment.pretrain)
+
+
 def _pretrain(experiment: Experiment, fidelities: Sequence[str], target: int, train, val, resume: bool) -> tuple[nn.Module, dict]:
     """Stage one of transfer / delta: the plain backbone on every fidelity but the target."""
     others = set(range(len(fidelities))) - {target}
@@ -139,8 +145,7 @@ def _pretrain(experiment: Experiment, fidelities: Sequence[str], target: int, tr
     if not low_train:
         raise ValueError(f"{experiment.method} needs training data at a fidelity other than {fidelities[target]!r}")
     counts = {f: sum(int(g[K.FIDELITY]) == f for g in low_train) for f in others}
-    config = _stage(experiment.train, "pretrain", target_fidelity=fidelities[max(counts, key=counts.get)],
-                    **experiment.pretrain)
+    config = pretrain_config(experiment, fidelities[max(counts, key=counts.get)])
     torch.manual_seed(config.seed)
     base = experiment.model.build_backbone()
     summary = Trainer(base, config, fidelity_names=fidelities).fit(low_train, _of_fidelity(val, others), resume=resume)

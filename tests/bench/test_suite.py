@@ -145,3 +145,29 @@ def test_a_learning_curve_run_with_matgl_m3gnet(tmp_path, lmfp_cache):
     spec = RunSpec("learning_curve", "multi_fidelity", 10, 20, "paper", 0, backbone="m3gnet")
     result = runner.run_one(spec, "quick", str(tmp_path))
     assert result["n_train"] == {"high": 10, "low": 20} and set(result["test"]["high"]) == {"energy", "forces", "stress"}
+
+
+def test_low_fidelity_pretraining_is_trained_once_and_is_what_a_run_alone_trains(tmp_path, lmfp_cache):
+    """Transfer, Δ and warm-started MF share stage one (the backbone on the low-fidelity frames):
+    trained by the first such run, copied into the others; a run trained alone gets the same weights."""
+    import torch
+
+    outcome = runner.run_suite(["transfer_delta"], "quick", [0], tmp_path / "suite")
+    assert outcome["failed"] == []
+    results = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "suite").glob("transfer_delta/*/result.json")}
+    pretrained = {name: r for name, r in results.items() if r["spec"]["method"] in runner.PRETRAINED_METHODS}
+    assert len(pretrained) == 6  # transfer, delta_model, mf_warm_start at N_high 10 and 25
+    trained_here = [name for name, r in pretrained.items() if "pretrain_reused_from" not in r]
+    assert len(trained_here) == 1
+    assert all(r["pretrain_reused_from"] == f"transfer_delta/{trained_here[0]}"
+               for name, r in pretrained.items() if name != trained_here[0])
+    assert all("pretrain_reused_from" not in r for r in results.values() if r["spec"]["method"] not in runner.PRETRAINED_METHODS)
+
+    copied = next(name for name in pretrained if name != trained_here[0] and "_transfer_" in name)
+    spec = RunSpec(**pretrained[copied]["spec"])
+    runner.run_one(spec, "quick", str(tmp_path / "alone"))
+    alone = read_payload(tmp_path / "alone" / "transfer_delta" / copied / "pretrain" / "last.pt")["state_dict"]
+    shared = read_payload(tmp_path / "suite" / "transfer_delta" / copied / "pretrain" / "last.pt")["state_dict"]
+    assert alone.keys() == shared.keys()
+    for key in alone:
+        torch.testing.assert_close(alone[key], shared[key], rtol=0, atol=1e-6, msg=key)
