@@ -32,8 +32,9 @@ def test_low_fidelity_size_and_ablations():
                                                                                                   (300, 130.0))]
     ablations = [_run("ablations", "multi_fidelity", 50, "paper", 0, f, mechanisms=m) for m, f in (("ECMR", 90.0), ("", 95.0),
                                                                                                   ("E", 80.0))]
-    verdicts = {v.claim: v for v in check_claims({"low_fidelity_size": sizes, "ablations": ablations})}
+    verdicts = {v.claim.split(" — ")[0]: v for v in check_claims({"low_fidelity_size": sizes, "ablations": ablations})}
     assert verdicts["more low-fidelity data lowers the error"].status == "partly"  # F 130 < 150 yes; E equal: no
+    assert "more optimiser steps" in verdicts["more low-fidelity data lowers the error"].claim
     ablation = verdicts["F (all four mechanisms) best among the ablations"]
     assert ablation.status == "partly" and "best E 80 ✗" in ablation.evidence[1]
     assert "**partly** — more low-fidelity data" in claims_markdown(list(verdicts.values()))
