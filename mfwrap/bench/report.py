@@ -106,7 +106,8 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
                 members.sort(key=lambda r: r[x_key])
                 ax.errorbar([r[x_key] for r in members], [r["test"][target]["mae"] for r in members],
                             yerr=[r["test"][target]["mae_sd"] for r in members], marker="o", capsize=3, label=name)
-            ax.set_xscale("symlog" if x_key == "n_low" else "log")
+            if x_key == "n_high":  # N_low includes 0: a linear axis
+                ax.set_xscale("log")
             ax.set_xlabel("low-fidelity training frames" if x_key == "n_low" else "high-fidelity training frames")
             ax.legend(fontsize=6)
         ax.set_ylabel(f"{target} test MAE ({UNITS[target]})")
