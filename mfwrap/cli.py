@@ -178,6 +178,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(path)
         return 0
     experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    if args.plan:
+        from mfwrap.bench.runner import plan_suite
+
+        rows = plan_suite(experiments, args.level, args.seeds, backbone=args.backbone, root=args.root,
+                          seconds_per_step=args.seconds_per_step)
+        print(f"{'experiment':<20}{'runs':>6}{'trained':>9}{'steps':>10}{'pre-train':>11}{'s/step':>8}{'hours':>7}")
+        total_hours = 0.0
+        for name, r in rows.items():
+            hours = (r["steps"] + r["pretrain_steps"]) * r["seconds_per_step"] / max(args.jobs, 1) / 3600
+            total_hours += hours
+            rate = f"{r['seconds_per_step']:.2f}" + ("" if r["measured"] else "*")
+            print(f"{name:<20}{r['runs']:>6}{r['trained']:>9}{r['steps']:>10}{r['pretrain_steps']:>11}{rate:>8}{hours:>7.1f}")
+        print(f"total {total_hours:.1f} h with {args.jobs} run(s) at once, finished runs included; s/step measured on "
+              f"the finished runs under {args.root} (* not measured: --seconds-per-step)")
+        return 0
     outcome = run_suite(experiments, args.level, args.seeds, args.root, jobs=args.jobs, backbone=args.backbone,
                         report=args.out)
     write_report(args.root, args.out)
@@ -235,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backbone", choices=["chgnet", "schnet", "m3gnet"], default=None,
                        help="override the experiment's backbone (m3gnet: matgl's, needs mfwrap[matgl])")
     bench.add_argument("--jobs", type=int, default=1, help="runs at once, one process and one thread each")
+    bench.add_argument("--plan", action="store_true",
+                       help="print the runs and optimiser steps the experiment(s) take at this level, and the time they take "
+                            "at --seconds-per-step; run nothing")
+    bench.add_argument("--seconds-per-step", type=float, default=1.0,
+                       help="for --plan, where no finished run measures it: wall seconds per optimiser step of one run "
+                            "(1.0: paper CHGNet on LMFP, batch 4, compiled, one CPU thread, with evaluation, two runs at once)")
     bench.add_argument("--root", default="runs/suite", help="where the runs go (default runs/suite)")
     bench.add_argument("--out", default="benchmarks/results/suite", help="where the report goes")
     bench.set_defaults(func=cmd_bench)

@@ -261,3 +261,15 @@ def test_help_explains_every_option():
             assert action.help, f"{command}: option {action.dest} has no help"
     train_help = parser._subparsers._group_actions[0].choices["train"].format_help()
     assert "delta_reference" in train_help and "mechanisms" in train_help and "lmfp" in train_help
+
+
+def test_bench_plan_prints_steps_and_hours_and_runs_nothing(tmp_path, capsys):
+    assert main(["bench", "learning_curve", "--level", "medium", "--seeds", "0", "--plan", "--jobs", "2",
+                 "--seconds-per-step", "2.0", "--root", str(tmp_path / "runs")]) == 0
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.startswith("learning_curve"))
+    runs, trained, steps, pretrain, rate, hours = row.split()[1:]
+    # medium, seed 0: MF + SF at N_high 25/50/90 (paper), SF at MF's steps, converged MF + SF at 25
+    assert (int(runs), int(trained), int(pretrain), rate) == (11, 11, 0, "2.00*")
+    assert float(hours) == round(int(steps) * 2.0 / 2 / 3600, 1)
+    assert not (tmp_path / "runs").exists()

@@ -290,3 +290,60 @@ def run_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], root
         print(f"FAILED {name} (traceback in its error.json)")
     print(f"{len(to_train) - len(failed)} ran, {len(failed)} failed, {len(specs) - len(todo)} were done", flush=True)
     return {"total": len(specs), "ran": len(to_train) - len(failed), "failed": failed}
+
+
+def frame_counts(spec: RunSpec, level: Level) -> tuple[int, int]:
+    """(N_high, N_low) training frames of a run, from the dataset recipe (LMFP: no data needed; an
+    upper bound for a region, whose pool is a part of the set) or the shipped files (Li3PS4)."""
+    if spec.dataset == "li3ps4":
+        splits = make_splits(spec, level)
+        return len(splits.train_high), len(splits.train_low)
+    from mfwrap.datasets.lmfp_frames import SIZES
+
+    recipe = SIZES[level.lmfp_size]
+    n_high = spec.n_high if spec.n_high is not None else recipe.n_high - recipe.n_high_test - level.n_val
+    n_low = spec.n_low if spec.n_low is not None else level.n_low_all if level.n_low_all is not None else recipe.n_low
+    return n_high, n_low
+
+
+def measured_seconds_per_step(root: Path, experiment: str, level: str) -> float | None:
+    """Median wall seconds per optimiser step of the finished, not copied runs of ``experiment`` at
+    ``level`` under ``root`` (including evaluation and compilation); None if there are none."""
+    rates = []
+    for path in root.glob(f"{experiment}/*/result.json"):
+        result = json.loads(path.read_text())
+        if result.get("level") == level and not result.get("reused_from") and result.get("steps") and result.get("wall_s"):
+            rates.append(result["wall_s"] / result["steps"])
+    return float(np.median(rates)) if rates else None
+
+
+def plan_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], backbone: str | None = None,
+               root: str | Path | None = None, seconds_per_step: float = 1.0) -> dict:
+    """What running ``experiments`` costs: runs and optimiser steps (batch size BATCH_SIZE) per
+    experiment, a run two experiments share and a shared pre-training stage counted once; under
+    ``converged`` the ceiling of steps (early stopping only lowers it). ``seconds_per_step`` per
+    experiment: measured on the finished runs under ``root`` where there are some, else the given one."""
+    lvl = LEVELS[level]
+    extra = {"backbone": backbone} if backbone else {}
+    seen: set[str] = set()
+    pretrained: set[tuple] = set()
+    rows = {}
+    for name in experiments:
+        specs = EXPERIMENTS[name](lvl, list(seeds), **extra)
+        measured = measured_seconds_per_step(Path(root), name, level) if root is not None else None
+        row = rows[name] = {"runs": len(specs), "trained": 0, "steps": 0, "pretrain_steps": 0,
+                            "seconds_per_step": measured or seconds_per_step, "measured": measured is not None}
+        for spec in specs:
+            if spec.name in seen:
+                continue
+            seen.add(spec.name)
+            n_high, n_low = frame_counts(spec, lvl)
+            n_mf = n_high + n_low
+            own = n_mf if spec.method in MF_METHODS else n_high
+            row["trained"] += 1
+            row["steps"] += epochs_for(spec, lvl, n_mf, own, BATCH_SIZE) * -(-own // BATCH_SIZE)
+            key = (spec.dataset, spec.backbone, spec.seed, n_low, spec.protocol == "converged")
+            if spec.method in PRETRAINED_METHODS and key not in pretrained:
+                pretrained.add(key)
+                row["pretrain_steps"] += lvl.epochs * -(-n_low // BATCH_SIZE)
+    return rows

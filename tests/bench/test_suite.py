@@ -31,6 +31,9 @@ def test_learning_curve_runs_skips_what_is_done_and_reports(tmp_path, lmfp_cache
         assert result["steps"] == math.ceil(sum(result["n_train"].values()) / 4) * result["epochs"]
         assert set(result["test"]["high"]) == {"energy", "forces", "stress", "magmoms"}
     assert runner.run_suite(["learning_curve"], "quick", [0], root)["ran"] == 0  # all done: nothing reruns
+    plan = runner.plan_suite(["learning_curve"], "quick", [0], root=root)["learning_curve"]
+    assert plan["trained"] == 4 and plan["steps"] == sum(r["steps"] for r in results)  # the plan counts what runs take
+    assert plan["measured"] and plan["seconds_per_step"] > 0
     written = write_report(root, out)
     assert sorted(p.name for p in written) == ["claims.md", "learning_curve.json", "learning_curve.md", "learning_curve.png"]
     assert "MF below single-fidelity for N_high ≤ 400" in (out / "claims.md").read_text()
