@@ -164,12 +164,11 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
     import shutil
 
     from mfwrap.train.baselines import pretrain_config
-    from mfwrap.train.trainer import _RESUME_FREE
+    from mfwrap.train.trainer import resume_conflicts
 
     if spec.method not in PRETRAINED_METHODS or (out / "pretrain" / "last.pt").exists():
         return None
-    wanted = pretrain_config(experiment, FIDELITIES[spec.dataset][0]).to_dict()
-    wanted = {k: v for k, v in wanted.items() if k not in _RESUME_FREE}
+    wanted = pretrain_config(experiment, FIDELITIES[spec.dataset][0])
     for result_path in sorted(root.glob("*/*/result.json")):
         source = result_path.parent / "pretrain"
         if source == out / "pretrain" or not (source / "metrics.json").is_file() or not (source / "last.pt").is_file():
@@ -179,8 +178,7 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
         if other.get("reused_from") or other_spec.get("method") not in PRETRAINED_METHODS or any(
                 other_spec.get(key) != getattr(spec, key) for key in ("dataset", "backbone", "seed", "n_low")):
             continue
-        stored = json.loads((source / "metrics.json").read_text()).get("config", {})
-        if any(stored.get(k) != v for k, v in wanted.items()):
+        if resume_conflicts(json.loads((source / "metrics.json").read_text()).get("config", {}), wanted):
             continue
         shutil.copytree(source, out / "pretrain", dirs_exist_ok=True)
         return other.get("pretrain_reused_from") or f"{result_path.parent.parent.name}/{result_path.parent.name}"

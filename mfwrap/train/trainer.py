@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 _RESUME_FREE = {"progress", "device", "output_dir", "eval_batch_size", "compile"}
 
 
+def resume_conflicts(stored: dict[str, Any], config: TrainConfig) -> list[str]:
+    """Options of ``config`` that differ from a checkpoint's stored config (options added since the
+    file was written count as their defaults; progress, device, paths and compile are free)."""
+    stored = {**TrainConfig().to_dict(), **stored}
+    return sorted(k for k, v in config.to_dict().items() if k not in _RESUME_FREE and stored.get(k) != v)
+
+
 def fidelity_names_of(model: nn.Module) -> list[str]:
     """Fidelity names of a multi-fidelity model (``model.fidelity_names``), else ["default"]."""
     names = getattr(model, "fidelity_names", None)
@@ -285,8 +292,7 @@ class Trainer:
 
     def _resume(self, num_train: int) -> tuple[int, int, int]:
         state = read_payload(self.out_dir / "last.pt", map_location=self.device)
-        stored = {**TrainConfig().to_dict(), **state["config"]}  # options added since the file was written: defaults
-        changed = sorted(k for k, v in self.config.to_dict().items() if k not in _RESUME_FREE and stored.get(k) != v)
+        changed = resume_conflicts(state["config"], self.config)
         if changed or state["num_train"] != num_train:
             raise ValueError(f"cannot resume {self.out_dir / 'last.pt'}: options {changed} or the training set size differ")
         self.model.load_state_dict(state["state_dict"])
