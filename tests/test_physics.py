@@ -220,3 +220,9 @@ def test_grad_mode_energy_only_follows_caller_and_derivatives_survive_no_grad():
     trained = energy_and_derivatives(model, batch, forces=False, stress=False)
     assert trained[K.ENERGY].requires_grad
     torch.testing.assert_close(trained[K.ENERGY].detach(), energy_only[K.ENERGY])
+    # under no_grad the model runs on detached parameters (cheaper), which changes no result and
+    # leaves the model as it was
+    with_graph = energy_and_derivatives(model, batch, create_graph=True)
+    for key in (K.ENERGY, K.FORCES, K.STRESS):
+        torch.testing.assert_close(full[key], with_graph[key].detach())
+    assert all(p.requires_grad for p in model.parameters() if p is not model.composition.element_energies)
