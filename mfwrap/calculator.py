@@ -49,7 +49,8 @@ class Calculator(AseCalculator):
         was_training = self.model.training
         self.model.eval()  # evaluation mode for this call only: the user's model keeps its mode
         try:
-            out = energy_and_derivatives(self.model, batch, forces=True, stress=periodic)
+            with torch.no_grad():  # no parameter gradients (forces and stress still enter autograd)
+                out = energy_and_derivatives(self.model, batch, forces=True, stress=periodic)
         finally:
             self.model.train(was_training)
         energy = float(out[K.ENERGY].detach()[0])
