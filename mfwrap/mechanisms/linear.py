@@ -25,7 +25,7 @@ def per_row_term(table: Tensor, rows: Tensor) -> Tensor:
     Built as a chain of ``torch.where`` over the n_F fidelities (static and few), which inductor
     fuses into the layer's epilogue; its backward is one masked reduction per fidelity. A gather
     would backpropagate as a scatter-add of every row into n_F rows: atomic adds contended by all
-    threads (a compiled 2-thread training step: +7 % over the bare backbone, against −2 % for this
+    threads (a compiled 2-thread training step: +11 % over the bare backbone, against +2 % for this
     and +7 % for one-hot @ table; benchmarks/fidelity_term.py).
     """
     term = table[0].expand(rows.shape[0], -1)
