@@ -166,8 +166,11 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
     from mfwrap.train.baselines import pretrain_config
     from mfwrap.train.trainer import resume_conflicts
 
-    if spec.method not in PRETRAINED_METHODS or (out / "pretrain" / "last.pt").exists():
+    marker = out / "pretrain_reused_from.json"  # provenance of a copy, written first, read again on resuming
+    if spec.method not in PRETRAINED_METHODS:
         return None
+    if (out / "pretrain" / "last.pt").exists():
+        return json.loads(marker.read_text())["source"] if marker.is_file() else None
     wanted = pretrain_config(experiment, FIDELITIES[spec.dataset][0])
     for result_path in sorted(root.glob("*/*/result.json")):
         source = result_path.parent / "pretrain"
@@ -180,8 +183,10 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
             continue
         if resume_conflicts(json.loads((source / "metrics.json").read_text()).get("config", {}), wanted):
             continue
+        origin = other.get("pretrain_reused_from") or f"{result_path.parent.parent.name}/{result_path.parent.name}"
+        write_text(marker, json.dumps({"source": origin}))
         shutil.copytree(source, out / "pretrain", dirs_exist_ok=True)
-        return other.get("pretrain_reused_from") or f"{result_path.parent.parent.name}/{result_path.parent.name}"
+        return origin
     return None
 
 

@@ -167,6 +167,11 @@ def test_low_fidelity_pretraining_is_trained_once_and_is_what_a_run_alone_trains
     assert all("pretrain_reused_from" not in r for r in results.values() if r["spec"]["method"] not in runner.PRETRAINED_METHODS)
 
     copied = next(name for name in pretrained if name != trained_here[0] and "_transfer_" in name)
+    # killed after the copy and resumed: the run still says where its stage one came from
+    (tmp_path / "suite" / "transfer_delta" / copied / "result.json").unlink()
+    assert runner.run_suite(["transfer_delta"], "quick", [0], tmp_path / "suite")["ran"] == 1
+    again = json.loads((tmp_path / "suite" / "transfer_delta" / copied / "result.json").read_text())
+    assert again["pretrain_reused_from"] == f"transfer_delta/{trained_here[0]}"
     spec = RunSpec(**pretrained[copied]["spec"])
     runner.run_one(spec, "quick", str(tmp_path / "alone"))
     alone = read_payload(tmp_path / "alone" / "transfer_delta" / copied / "pretrain" / "last.pt")["state_dict"]
