@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mfwrap.bench.grid import EXPERIMENTS, LEVELS, MF_METHODS, Level, RunSpec, epochs_for, patience_for
+from mfwrap.bench.grid import EXPERIMENTS, LEVELS, MF_METHODS, Level, RunSpec, convergence_options, epochs_for
 from mfwrap.data.readers import LabelledStructure, read_fidelities, to_graphs
 from mfwrap.files import write_text
 
@@ -110,13 +110,22 @@ def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path):
     config = TrainConfig(targets=targets, epochs=epochs, batch_size=BATCH_SIZE, lr=0.005, seed=spec.seed,
                          output_dir=str(out), progress=False, checkpoint_every=50,
                          compile=level.compile and spec.backbone in COMPILABLE,
-                         patience=patience_for(spec, level, n_mf, own, BATCH_SIZE),
+                         **convergence_options(spec, level, n_mf, own, BATCH_SIZE),
                          **mf_option(spec, splits))
     method = "multi_fidelity" if spec.method in MF_METHODS else "delta" if spec.method.startswith("delta") else spec.method
     model = {"backbone": BACKBONES[spec.backbone], "kwargs": level.model.get(spec.backbone, {}), "mechanisms": spec.mechanisms}
     return Experiment(method=method, model=model, train=config, pretrain={"epochs": level.epochs},
                       delta_reference="labels" if spec.method == "delta_labels" else "model",
                       warm_start=spec.method == "mf_warm_start"), epochs
+
+
+def schedule_of(config) -> dict:
+    """The learning-rate schedule and early stopping of a run's final stage, for its result."""
+    schedule = {"scheduler": config.scheduler, "lr": config.lr, "lr_min_fraction": config.lr_min_fraction,
+                "patience": config.patience}
+    if config.scheduler == "plateau":
+        schedule.update(plateau_patience=config.plateau_patience, plateau_factor=config.plateau_factor)
+    return schedule
 
 
 def run_one(spec: RunSpec, level_name: str, root: str) -> dict:
@@ -139,7 +148,7 @@ def run_one(spec: RunSpec, level_name: str, root: str) -> dict:
     result = {"spec": spec.as_dict(), "name": spec.name, "level": level.name, "protocol": spec.protocol, "epochs": epochs,
               "epochs_run": summary.get("epochs_run"), "steps": summary.get("steps"), "wall_s": time.perf_counter() - start,
               "n_train": {"high": len(splits.train_high), "low": len(splits.train_low) if spec.method != "single_fidelity" else 0},
-              "train_options": mf_option(spec, splits), "n_val": len(splits.val), "n_test": len(splits.test), "target_fidelity": names[-1],
+              "train_options": mf_option(spec, splits), "schedule": schedule_of(experiment.train), "n_val": len(splits.val), "n_test": len(splits.test), "target_fidelity": names[-1],
               "best": summary["best"], "val": summary["val"], "test": summary["test"], "machine": machine()}
     if pretrain_source:
         result["pretrain_reused_from"] = pretrain_source

@@ -28,7 +28,14 @@ class TrainConfig:
         lr: peak learning rate of Adam.
         lr_min_fraction: the cosine schedule decays lr to ``lr * lr_min_fraction`` at the last
             step (chgnet's CosLR uses 0.01).
-        scheduler: "cos" (cosine, stepped once per optimiser step) or "constant".
+        scheduler: "cos" (cosine over all ``epochs``, stepped once per optimiser step), "constant", or
+            "plateau": lr stays at ``lr`` until the validation ``best_metric`` has not improved for
+            ``plateau_patience`` epochs (counted since the best epoch or the last reduction), then
+            lr ← lr · ``plateau_factor``, never below ``lr · lr_min_fraction``; needs validation frames.
+            With ``patience`` it is training to convergence: a run that stops has had its lr cut
+            ⌊(patience − 1) / plateau_patience⌋ times since its best epoch.
+        plateau_patience: epochs without a better validation metric before a "plateau" reduction.
+        plateau_factor: the factor of each "plateau" reduction, in (0, 1).
         weight_decay: Adam's L2 weight decay.
         loss_weights: weights of the energy-per-atom, forces, stress and magmom Huber terms.
         fidelity_loss_weights: {fidelity name: weight} of each fidelity's entries in every loss term
@@ -54,7 +61,7 @@ class TrainConfig:
             e.g. "forces_mae".
         target_fidelity: fidelity name the best checkpoint is chosen on; None = the last one.
         patience: stop early when the validation ``best_metric`` has not improved for this many
-            epochs (0 = train all ``epochs``); the learning-rate schedule still spans ``epochs``.
+            epochs (0 = train all ``epochs``); a "cos" schedule still spans ``epochs``.
         fit_composition: fit the composition model(s) by least squares before training.
         freeze: parameter-name prefixes to freeze (requires_grad = False), e.g. "atom_embedding".
         compile: take training steps with ``mfwrap.compile_model(model)`` (torch.compile; forces and
@@ -76,6 +83,8 @@ class TrainConfig:
     lr: float = 0.005
     lr_min_fraction: float = 0.01
     scheduler: str = "cos"
+    plateau_patience: int = 2
+    plateau_factor: float = 0.3
     weight_decay: float = 0.0
     loss_weights: LossWeights = field(default_factory=LossWeights)
     fidelity_loss_weights: dict[str, float] = field(default_factory=dict)
@@ -103,8 +112,11 @@ class TrainConfig:
         parse_targets(self.targets)
         if self.nonfinite not in ("error", "skip"):
             raise ValueError(f"nonfinite must be 'error' or 'skip', got {self.nonfinite!r}")
-        if self.scheduler not in ("cos", "constant"):
-            raise ValueError(f"scheduler must be 'cos' or 'constant', got {self.scheduler!r}")
+        if self.scheduler not in ("cos", "constant", "plateau"):
+            raise ValueError(f"scheduler must be 'cos', 'constant' or 'plateau', got {self.scheduler!r}")
+        if self.plateau_patience < 1 or not 0.0 < self.plateau_factor < 1.0:
+            raise ValueError(f"plateau_patience must be >= 1 and plateau_factor in (0, 1), got {self.plateau_patience} "
+                             f"and {self.plateau_factor}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -181,7 +181,12 @@ class Trainer:
                 return 1.0
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, steps_total) / steps_total))
 
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
+        if self.config.scheduler == "plateau":  # stepped once per epoch on the validation metric
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="min", factor=self.config.plateau_factor, patience=self.config.plateau_patience - 1,
+                threshold=0.0, min_lr=self.config.lr * floor, eps=0.0)
+        else:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
         selected = self.selected = _SelectOutputs(self.model, (K.ENERGY,))
         if self.ctx.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -217,14 +222,19 @@ class Trainer:
         if float(self.ctx.sum_((~finite).to(torch.float64))) > 0:  # one host sync per step
             self._non_finite(graphs, local, terms, loss)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
+            self._step_schedule()
             return loss.new_zeros(())
         self.optimizer.step()
-        self.scheduler.step()
+        self._step_schedule()
         if started is not None:  # the first compiled step: compilation + one step
             self.compile_seconds = time.perf_counter() - started
             log.info("compiled the training step in %.1f s (inductor's cache: %s)", self.compile_seconds, inductor_cache_dir())
         return loss.detach()
+
+    def _step_schedule(self) -> None:
+        """Advance a per-step schedule ("cos", "constant"); "plateau" moves once per epoch instead."""
+        if self.config.scheduler != "plateau":
+            self.scheduler.step()
 
     def _non_finite(self, graphs: Sequence[Data], local: Tensor, terms: dict[str, Tensor], loss: Tensor) -> None:
         """A non-finite loss or gradient in this step (of any process): an error naming the batch's
@@ -344,6 +354,9 @@ class Trainer:
         """
         if val is None and self.config.val_fraction > 0:
             train, val = self.split_validation(train)
+        if self.config.scheduler == "plateau" and not val:
+            raise ValueError("scheduler 'plateau' lowers the learning rate when the validation error stops improving: "
+                             "give validation frames (val=..., or val_fraction > 0)")
         train = list(train)
         self._train_fidelity = torch.tensor([int(g[K.FIDELITY]) for g in train], dtype=torch.long)
         steps_per_epoch = len(self._batches_of_epoch(len(train), 0))
@@ -385,12 +398,15 @@ class Trainer:
         return self._finish(val, test)
 
     def _end_of_epoch(self, epoch: int, val: Sequence[Data] | None, mean_loss: float) -> None:
+        metrics = self.evaluate(val) if val else {}
+        value = self.score(metrics) if val else -epoch  # without validation the last epoch is "best"
+        if self.config.scheduler == "plateau":
+            self.scheduler.step(value)
         extra = {"compile_seconds": self.compile_seconds} if self.compile_seconds is not None else {}
+        # lr: what the next step uses (after this epoch's steps, or its plateau reduction)
         self._log(epoch, "train", {}, loss=mean_loss, lr=self.scheduler.get_last_lr()[0], skipped_batches=self.skipped_batches,
                   **extra)
-        metrics = self.evaluate(val) if val else {}
         self._log(epoch, "val", metrics)
-        value = self.score(metrics) if val else -epoch  # without validation the last epoch is "best"
         if value < self.best["value"]:
             self.best = {"value": value, "epoch": epoch, "metric": self.config.best_metric}
             self.save_model(self.out_dir / "best.pt", {"epoch": epoch, "val": metrics})

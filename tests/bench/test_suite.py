@@ -8,7 +8,7 @@ import math
 import pytest
 
 from mfwrap.bench import runner
-from mfwrap.bench.grid import EXPERIMENTS, LEVELS, RunSpec, epochs_for, patience_for
+from mfwrap.bench.grid import EXPERIMENTS, LEVELS, RunSpec, convergence_options, epochs_for
 from mfwrap.bench.report import aggregate, markdown, write_report
 from mfwrap.model_file import read_payload
 
@@ -117,10 +117,13 @@ def test_protocols_set_the_epochs():
     assert epochs_for(sf, level, 350, 50, 4) == round(level.epochs * 88 / 13)  # the same optimiser steps
     assert epochs_for(RunSpec("x", "single_fidelity", 50, None, "paper", 0), level, 350, 50, 4) == level.epochs
     mf, sf = (RunSpec("x", m, 50, None, "converged", 0) for m in ("multi_fidelity", "single_fidelity"))
-    assert epochs_for(mf, level, 350, 350, 4) == level.max_epochs and patience_for(mf, level, 350, 350, 4) == level.patience
+    assert epochs_for(mf, level, 350, 350, 4) == level.max_epochs
+    assert convergence_options(mf, level, 350, 350, 4) == {"scheduler": "plateau", "patience": level.patience,
+                                                            "plateau_patience": level.plateau_patience}
     assert epochs_for(sf, level, 350, 50, 4) == round(level.max_epochs * 88 / 13)  # the same ceiling of steps
-    assert patience_for(sf, level, 350, 50, 4) == round(level.patience * 88 / 13)  # the same patience in steps
-    assert patience_for(RunSpec("x", "single_fidelity", 50, None, "paper", 0), level, 350, 50, 4) == 0
+    assert convergence_options(sf, level, 350, 50, 4) == {  # the same patiences in steps
+        "scheduler": "plateau", "patience": round(level.patience * 88 / 13), "plateau_patience": round(level.plateau_patience * 88 / 13)}
+    assert convergence_options(RunSpec("x", "single_fidelity", 50, None, "paper", 0), level, 350, 50, 4) == {}
     converged = [s for s in EXPERIMENTS["learning_curve"](level, [0]) if s.protocol == "converged"]
     assert {(s.method, s.n_high) for s in converged} == {("multi_fidelity", 25), ("single_fidelity", 25)}
 
@@ -179,3 +182,18 @@ def test_low_fidelity_pretraining_is_trained_once_and_is_what_a_run_alone_trains
     assert alone.keys() == shared.keys()
     for key in alone:
         torch.testing.assert_close(alone[key], shared[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_a_converged_run_uses_the_plateau_schedule_and_records_it(tmp_path, lmfp_cache):
+    spec = RunSpec("learning_curve", "single_fidelity", 10, None, "converged", 0)
+    level = LEVELS["quick"]
+    result = runner.run_one(spec, "quick", str(tmp_path))
+    options = convergence_options(spec, level, 10 + level.n_low_all, 10, 4)
+    assert result["schedule"] == {"scheduler": "plateau", "lr": 0.005, "lr_min_fraction": 0.01,
+                                  "patience": options["patience"], "plateau_patience": options["plateau_patience"],
+                                  "plateau_factor": 0.3}
+    ceiling = epochs_for(spec, level, 10 + level.n_low_all, 10, 4)
+    assert result["epochs"] == ceiling and 1 <= result["epochs_run"] <= ceiling
+    assert result["steps"] == result["epochs_run"] * math.ceil(10 / 4)
+    (checkpoint,) = tmp_path.glob("learning_curve/*/*/last.pt")
+    assert read_payload(checkpoint)["config"]["scheduler"] == "plateau"  # what training used

@@ -1,5 +1,5 @@
 """Trainer: which epoch is "best" (``best_metric``, ``target_fidelity``) and the learning rate of
-every step (``scheduler``: cosine with a floor, or constant)."""
+every step (``scheduler``: cosine with a floor, constant, or reduced on a validation plateau)."""
 
 import json
 import math
@@ -154,3 +154,38 @@ def test_patience_stops_when_validation_stops_improving(tmp_path, patience):
                                                         "patience": patience, "best_metric": "forces_mae"}),
                     fidelity_names=NAMES).fit(TRAIN, VAL, resume=True)
     assert again["epochs_run"] == stop  # resuming a stopped run trains no further
+
+
+@pytest.mark.parametrize("plateau_patience", [1, 2])
+def test_plateau_cuts_the_learning_rate_when_validation_stalls(tmp_path, plateau_patience):
+    """plateau: lr · factor after ``plateau_patience`` epochs without a new minimum of the validation
+    metric (counted since the minimum or the last cut), never below lr · lr_min_fraction."""
+    lr, factor, floor, epochs, steps_per_epoch = 0.02, 0.5, 0.2, 10, 5
+    config = TrainConfig(**{**BUMPY, "epochs": epochs, "lr": lr, "scheduler": "plateau", "plateau_patience": plateau_patience,
+                            "plateau_factor": factor, "lr_min_fraction": floor, "best_metric": "forces_mae",
+                            "output_dir": str(tmp_path)})
+    trainer = _RecordingLearningRate(TinyBackbone(seed=0), config, fidelity_names=NAMES)
+    trainer.fit(TRAIN, VAL)
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    errors = [row["mae"] for row in sorted(history, key=lambda r: r["epoch"])
+              if row["split"] == "val" and row["fidelity"] == "high" and row["target"] == "forces"]
+    expected, current, best, bad = [], lr, math.inf, 0
+    for error in errors:
+        expected.append(current)  # the lr of every step of this epoch
+        best, bad = (error, 0) if error < best else (best, bad + 1)
+        if bad == plateau_patience:
+            current, bad = max(current * factor, lr * floor), 0
+    assert len(trainer.used_lr) == epochs * steps_per_epoch
+    assert [used[0] for used in trainer.used_lr] == pytest.approx(
+        [value for value in expected for _ in range(steps_per_epoch)], rel=1e-12, abs=0)
+    assert len(set(expected)) >= 3  # this bumpy run stalls often enough to cut twice (the test could fail)
+    logged = [row["mae"] for row in history if row["target"] == "lr"]
+    assert logged == pytest.approx(expected[1:] + [current], rel=1e-12, abs=0)  # the lr after each epoch
+
+
+def test_plateau_needs_validation_frames(tmp_path):
+    config = TrainConfig(**{**BUMPY, "scheduler": "plateau", "val_fraction": 0.0, "output_dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="plateau.*validation"):
+        Trainer(TinyBackbone(seed=0), config, fidelity_names=NAMES).fit(TRAIN)
+    with pytest.raises(ValueError, match="plateau_factor"):
+        TrainConfig(scheduler="plateau", plateau_factor=1.0)

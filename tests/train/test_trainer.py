@@ -91,14 +91,18 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_resume_after_stop_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("schedule", [{}, {"scheduler": "plateau", "plateau_patience": 1, "lr": 0.05, "epochs": 5}])
+def test_resume_after_stop_equals_uninterrupted_run(tmp_path, schedule):
     full_model = TinyBackbone(seed=0)
-    full = Trainer(full_model, _config(tmp_path / "full")).fit(TRAIN, test=TEST)
+    full = Trainer(full_model, _config(tmp_path / "full", **schedule)).fit(TRAIN, test=TEST)
+    if schedule:  # the plateau schedule's state (its best, bad epochs, current lr) must survive the stop too
+        history = json.loads((tmp_path / "full" / "metrics.json").read_text())["history"]
+        assert min(row["mae"] for row in history if row["target"] == "lr") < 0.05
 
-    stopped = Trainer(TinyBackbone(seed=0), _config(tmp_path / "part")).fit(TRAIN, test=TEST, stop_after_steps=7)
+    stopped = Trainer(TinyBackbone(seed=0), _config(tmp_path / "part", **schedule)).fit(TRAIN, test=TEST, stop_after_steps=7)
     assert stopped["stopped"]
     resumed_model = TinyBackbone(seed=99)  # different initial weights: everything must come from last.pt
-    resumed = Trainer(resumed_model, _config(tmp_path / "part")).fit(TRAIN, test=TEST, resume=True)
+    resumed = Trainer(resumed_model, _config(tmp_path / "part", **schedule)).fit(TRAIN, test=TEST, resume=True)
 
     for key, value in _state(full_model).items():
         assert torch.equal(value, resumed_model.state_dict()[key]), key
