@@ -169,10 +169,14 @@ def mf_options(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
 
 
 def coverage(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
-    """High-fidelity frames only with Mn fraction <= 0.5, low-fidelity frames everywhere; tested
-    on the high-fidelity test frames with Mn fraction > 0.5 (SevenNet-MF's argument)."""
-    return [RunSpec("coverage", method, level.n_high[-1], ALL, "paper", seed, region="mn_le_half", backbone=backbone)
-            for seed in seeds for method in ("multi_fidelity", "single_fidelity", "transfer")]
+    """Every high-fidelity training frame with Mn fraction <= 0.5 (validation frames from there too),
+    low-fidelity frames everywhere; tested on the high-fidelity test frames with Mn fraction > 0.5
+    (SevenNet-MF's argument). MF, single-fidelity and transfer under the paper protocol, and
+    single-fidelity at MF's steps where the level has the equal-compute protocol."""
+    protocols = {"multi_fidelity": ("paper",), "transfer": ("paper",),
+                 "single_fidelity": ("paper",) + (("equal_compute",) if "equal_compute" in level.protocols else ())}
+    return [RunSpec("coverage", method, ALL, ALL, protocol, seed, region="mn_le_half", backbone=backbone)
+            for seed in seeds for method, chosen in protocols.items() for protocol in chosen]
 
 
 def li3ps4(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:

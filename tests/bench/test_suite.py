@@ -197,3 +197,17 @@ def test_a_converged_run_uses_the_plateau_schedule_and_records_it(tmp_path, lmfp
     assert result["steps"] == result["epochs_run"] * math.ceil(10 / 4)
     (checkpoint,) = tmp_path.glob("learning_curve/*/*/last.pt")
     assert read_payload(checkpoint)["config"]["scheduler"] == "plateau"  # what training used
+
+
+@pytest.mark.parametrize("level_name", ["quick", "medium"])
+def test_coverage_trains_on_one_region_and_tests_on_the_other(level_name, lmfp_cache):
+    level = LEVELS[level_name]
+    specs = EXPERIMENTS["coverage"](level, [0])
+    assert {(s.method, s.protocol) for s in specs} >= {("multi_fidelity", "paper"), ("single_fidelity", "paper"), ("transfer", "paper")}
+    assert (("single_fidelity", "equal_compute") in {(s.method, s.protocol) for s in specs}) == ("equal_compute" in level.protocols)
+    mn = lambda record: runner._mn_fraction(record)  # noqa: E731
+    for spec in specs:  # every level's grid must fit the data it has (a medium run asked for 90 of 41 frames once)
+        splits = runner.make_splits(spec, level)
+        assert splits.train_high and all(mn(r) <= 0.5 for r in splits.train_high + splits.val)
+        assert splits.test and all(mn(r) > 0.5 for r in splits.test)
+        assert {id(r) for r in splits.train_high}.isdisjoint(id(r) for r in splits.val)
