@@ -189,12 +189,14 @@ def li3ps4(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
 
 
 def second_backbone(level: Level, seeds, backbone="schnet") -> list[RunSpec]:
-    """Experiments 1 (three N_high) and 3 with PyG SchNet through the wrapper."""
-    curve = [RunSpec("second_backbone", method, n, ALL, "paper", seed, backbone=backbone)
-             for n in level.n_high[-3:] for seed in seeds for method in ("multi_fidelity", "single_fidelity")]
+    """Experiments 1 (three N_high; paper and, where the level has it, equal compute) and 3 with PyG
+    SchNet through the wrapper."""
+    curve = [RunSpec("second_backbone", method, n, ALL, protocol, seed, backbone=backbone)
+             for protocol in level.protocols if protocol != "converged" for n in level.n_high[-3:] for seed in seeds
+             for method in ("multi_fidelity", "single_fidelity")]
     bars = [RunSpec("second_backbone", "multi_fidelity", level.ablation_high, ALL, "paper", seed, mechanisms=m,
                     backbone=backbone) for m in ABLATIONS.values() for seed in seeds]
-    return list(dict.fromkeys(curve + bars))
+    return list(dict.fromkeys(_unique(curve) + bars))
 
 
 EXPERIMENTS: dict[str, Callable[..., list[RunSpec]]] = {

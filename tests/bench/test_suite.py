@@ -211,3 +211,12 @@ def test_coverage_trains_on_one_region_and_tests_on_the_other(level_name, lmfp_c
         assert splits.train_high and all(mn(r) <= 0.5 for r in splits.train_high + splits.val)
         assert splits.test and all(mn(r) > 0.5 for r in splits.test)
         assert {id(r) for r in splits.train_high}.isdisjoint(id(r) for r in splits.val)
+
+
+def test_the_second_backbone_trains_through_the_wrapper(tmp_path, lmfp_cache):
+    medium = {(s.method, s.protocol, s.n_high) for s in EXPERIMENTS["second_backbone"](LEVELS["medium"], [0])}
+    assert {("single_fidelity", "equal_compute", n) for n in LEVELS["medium"].n_high} <= medium  # fair at equal steps too
+    spec = next(s for s in EXPERIMENTS["second_backbone"](LEVELS["quick"], [0]) if s.method == "multi_fidelity")
+    result = runner.run_one(spec, "quick", str(tmp_path))
+    assert spec.backbone == "schnet" and result["n_train"] == {"high": spec.n_high, "low": 40}
+    assert set(result["test"]["high"]) == {"energy", "forces", "stress"}  # SchNet predicts no magmoms
