@@ -334,7 +334,9 @@ def plan_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], bac
     """What running ``experiments`` costs: runs and optimiser steps (batch size BATCH_SIZE) per
     experiment, a run two experiments share and a shared pre-training stage counted once; under
     ``converged`` the ceiling of steps (early stopping only lowers it). ``seconds_per_step`` per
-    experiment: measured on the finished runs under ``root`` where there are some, else the given one."""
+    experiment: measured on the finished runs under ``root`` where there are some, else the given one.
+    ``done`` / ``done_wall_s``: the runs finished under ``root`` and the wall seconds they took (one
+    run's own time; runs that ran side by side overlap)."""
     lvl = LEVELS[level]
     extra = {"backbone": backbone} if backbone else {}
     seen: set[str] = set()
@@ -344,11 +346,16 @@ def plan_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], bac
         specs = EXPERIMENTS[name](lvl, list(seeds), **extra)
         measured = measured_seconds_per_step(Path(root), name, level) if root is not None else None
         row = rows[name] = {"runs": len(specs), "trained": 0, "steps": 0, "pretrain_steps": 0,
-                            "seconds_per_step": measured or seconds_per_step, "measured": measured is not None}
+                            "seconds_per_step": measured or seconds_per_step, "measured": measured is not None,
+                            "done": 0, "done_wall_s": 0.0}
         for spec in specs:
             if spec.name in seen:
                 continue
             seen.add(spec.name)
+            finished = Path(root) / spec.experiment / spec.name / "result.json" if root is not None else None
+            if finished is not None and finished.is_file():
+                row["done"] += 1
+                row["done_wall_s"] += json.loads(finished.read_text()).get("wall_s") or 0.0
             n_high, n_low = frame_counts(spec, lvl)
             n_mf = n_high + n_low
             own = n_mf if spec.method in MF_METHODS else n_high
