@@ -1,5 +1,5 @@
-"""Training loop: composition fit, Adam + a cosine (or constant, or plateau) schedule, masked Huber loss with double backward,
-validation every epoch, best-on-validation and resumable checkpoints, metric logs, DDP.
+"""Training loop: composition fit, Adam + a cosine (or constant, or plateau) schedule, masked Huber
+loss with double backward, validation every epoch, best-on-validation and resumable checkpoints, metric logs, DDP.
 
 Reproducibility: the data order of epoch e is ``randperm`` from a generator seeded with
 ``(seed, e)``; ``last.pt`` stores model, optimiser, scheduler, RNG states, the epoch and the number
@@ -163,8 +163,9 @@ class Trainer:
         return order[torch.randperm(n, generator=generator)]
 
     def setup_optimiser(self, steps_total: int) -> None:
-        """Freeze ``config.freeze``; create Adam, the learning-rate schedule (cosine over ``steps_total``
-        steps, constant, or cut on a validation plateau) and (distributed) the DDP wrapper. :meth:`fit` calls it; call it yourself only to drive
+        """Freeze ``config.freeze``; create Adam, the learning-rate schedule (cosine over
+        ``steps_total`` steps, constant, or cut on a validation plateau) and (distributed) the DDP
+        wrapper. :meth:`fit` calls it; call it yourself only to drive
         :meth:`train_step` directly (e.g. in a benchmark)."""
         for name, param in self.model.named_parameters():
             if any(name.startswith(prefix) for prefix in self.config.freeze):
