@@ -38,3 +38,15 @@ def test_low_fidelity_size_and_ablations():
     ablation = verdicts["F (all four mechanisms) best among the ablations"]
     assert ablation.status == "partly" and "best E 80 ✗" in ablation.evidence[1]
     assert "**partly** — more low-fidelity data" in claims_markdown(list(verdicts.values()))
+
+
+def test_mf_against_transfer_is_judged_per_protocol():
+    runs = [_run("transfer_delta", "multi_fidelity", 25, "paper", 0, 100.0),
+            _run("transfer_delta", "transfer", 25, "paper", 0, 150.0),
+            _run("transfer_delta", "transfer", 25, "equal_compute", 0, 90.0)]
+    verdicts = [v for v in check_claims({"transfer_delta": runs}) if v.claim.startswith("MF ahead of transfer")]
+    paper, equal = verdicts
+    assert "paper protocol" in paper.claim and paper.status == "holds"
+    assert paper.evidence == ["N_high 25, F: MF 100 vs transfer, same epochs 150 (-33 %) ✓ (seeds [0])"]
+    assert "equal compute" in equal.claim and equal.status == "fails"
+    assert equal.evidence == ["N_high 25, F: MF 100 vs transfer at MF's steps 90 (+11 %) ✗ (seeds [0])"]
