@@ -18,8 +18,9 @@ Comparisons, all on the LMFP set with the CHGNet backbone:
 4. F (all four mechanisms) best among the ablations, per target.
 5. MF ahead of transfer learning on F, S, M (judged apart: paper protocol; transfer at MF's steps).
 
-and one of ours: MF with ``fidelity_sampling`` 1:1 (the ``mf_options`` experiment) below
-single-fidelity at equal compute.
+SevenNet-MF's coverage argument: MF ahead where the high fidelity has no frames (the ``coverage``
+experiment; against single-fidelity at MF's steps and against transfer); and one of ours: MF with
+``fidelity_sampling`` 1:1 (the ``mf_options`` experiment) below single-fidelity at equal compute.
 """
 
 from __future__ import annotations
@@ -45,14 +46,14 @@ class Verdict:
 Runs = dict  # {N_high: {seed: {target: MAE}}}
 
 
-def _select(runs: list[dict], method: str, protocol: str, mechanisms: str | None = "ECMR") -> Runs:
+def _select(runs: list[dict], method: str, protocol: str, mechanisms: str | None = "ECMR", region: str | None = None) -> Runs:
     """{N_high: {seed: high-fidelity test MAE per target}} of one method under one protocol (LMFP,
-    CHGNet, whole region)."""
+    CHGNet, high-fidelity frames from ``region``; None: the whole set)."""
     found: Runs = {}
     for run in runs:
         spec = run["spec"]
         if (spec["method"] == method and spec["protocol"] == protocol and spec["dataset"] == "lmfp"
-                and spec["backbone"] == "chgnet" and spec.get("region") is None
+                and spec["backbone"] == "chgnet" and spec.get("region") == region
                 and (mechanisms is None or spec["mechanisms"] == mechanisms)):
             test = run["test"][run["target_fidelity"]]
             found.setdefault(run["n_train"]["high"], {})[spec["seed"]] = {t: v["mae"] for t, v in test.items()}
@@ -159,6 +160,15 @@ def check_claims(report: dict[str, list[dict]]) -> list[Verdict]:
         outcomes, lines = _compare(_select(compared, "multi_fidelity", "paper"), _select(compared, "transfer", protocol),
                                    ("forces", "stress", "magmoms"), ("MF", label))
         verdicts.append(Verdict(f"MF ahead of transfer learning on F, S, M — {title}", _status(outcomes), lines))
+
+    covered = report.get("coverage", [])
+    for method, protocol, name, title in (
+            ("single_fidelity", "equal_compute", "SF", "single-fidelity at MF's steps"),
+            ("transfer", "paper", "transfer", "transfer, paper protocol (same epochs: fewer fine-tuning steps)")):
+        outcomes, lines = _compare(_select(covered, "multi_fidelity", "paper", region="mn_le_half"),
+                                   _select(covered, method, protocol, region="mn_le_half"), TARGETS, ("MF", name))
+        verdicts.append(Verdict(f"(SevenNet-MF's) MF ahead where the high fidelity has no frames (trained on Mn ≤ 0.5, "
+                                f"tested on Mn > 0.5) — against {title}", _status(outcomes), lines))
 
     outcomes, lines = _compare(_select(report.get("mf_options", []), "mf_balanced", "paper"),
                                _select(curve, "single_fidelity", "equal_compute"), TARGETS, ("MF 1:1", "SF"), max_high=400)

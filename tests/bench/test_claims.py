@@ -50,3 +50,19 @@ def test_mf_against_transfer_is_judged_per_protocol():
     assert paper.evidence == ["N_high 25, F: MF 100 vs transfer, same epochs 150 (-33 %) ✓ (seeds [0])"]
     assert "equal compute" in equal.claim and equal.status == "fails"
     assert equal.evidence == ["N_high 25, F: MF 100 vs transfer at MF's steps 90 (+11 %) ✗ (seeds [0])"]
+
+
+def test_coverage_compares_runs_of_the_region_only():
+    def covered(method, protocol, forces):
+        run = _run("coverage", method, 41, protocol, 0, forces)
+        run["spec"]["region"] = "mn_le_half"
+        return run
+
+    runs = {"coverage": [covered("multi_fidelity", "paper", 120.0), covered("single_fidelity", "equal_compute", 150.0),
+                         covered("transfer", "paper", 100.0)],
+            "learning_curve": [_run("learning_curve", "single_fidelity", 41, "equal_compute", 0, 10.0)]}  # not the region
+    verdicts = [v for v in check_claims(runs) if v.claim.startswith("(SevenNet-MF's)")]
+    against_sf, against_transfer = verdicts
+    assert against_sf.status == "partly"  # forces better, energy equal (10 vs 10)
+    assert against_sf.evidence[1] == "N_high 41, F: MF 120 vs SF 150 (-20 %) ✓ (seeds [0])"
+    assert against_transfer.status == "fails" and "transfer 100" in against_transfer.evidence[1]
