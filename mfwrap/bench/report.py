@@ -67,11 +67,14 @@ def aggregate(results: list[dict]) -> list[dict]:
 def markdown(experiment: str, rows: list[dict]) -> str:
     targets = [t for t in UNITS if any(t in row["test"] for row in rows)]
     ablation = experiment in ("ablations", "second_backbone")
-    header = ["method", "N_high", "N_low", "protocol", "steps", "seeds"] + [f"{t} MAE ({UNITS[t]})" for t in targets]
+    several_backbones = len({row["backbone"] for row in rows}) > 1  # then every row names its backbone
+    header = (["backbone"] * several_backbones + ["method", "N_high", "N_low", "protocol", "steps", "seeds"]
+              + [f"{t} MAE ({UNITS[t]})" for t in targets])
     lines = [f"### {experiment}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [label(row, ablation), str(row["n_high"]), str(row["n_low"]), row["protocol"],
-                 f"{row['steps']:.0f}" if row["steps"] is not None else "–", str(len(row["seeds"]))]
+        cells = [row["backbone"]] * several_backbones + [
+            label(row, ablation), str(row["n_high"]), str(row["n_low"]), row["protocol"],
+            f"{row['steps']:.0f}" if row["steps"] is not None else "–", str(len(row["seeds"]))]
         for target in targets:
             stats = row["test"].get(target)
             cells.append(f"{stats['mae']:.3g} ± {stats['mae_sd']:.2g}" if stats else "–")

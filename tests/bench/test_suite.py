@@ -109,6 +109,10 @@ def test_aggregate_is_mean_and_sample_sd_over_seeds():
     assert mf["seeds"] == [0, 1] and mf["test"]["energy"]["mae"] == 2.0
     assert mf["test"]["energy"]["mae_sd"] == pytest.approx(math.sqrt(2.0)) and mf["test"]["energy"]["rmse"] == 4.0
     assert "| MF (ECMR) | 10 | 40 | paper | 13 | 2 | 2 ± 1.4 |" in markdown("learning_curve", rows)
+    schnet = _result("multi_fidelity", 0, 7.0, 13)
+    schnet["spec"]["backbone"] = "schnet"
+    table = markdown("learning_curve", aggregate([_result("multi_fidelity", 0, 1.0, 13), schnet]))
+    assert "| backbone | method |" in table and "| schnet | MF (ECMR) | 10 | 40 | paper | 13 | 1 | 7 ± 0 |" in table
 
 
 def test_protocols_set_the_epochs():
