@@ -7,7 +7,7 @@ missing). Each comparison is between means of the high-fidelity test MAE over th
 sides have, and names them; with one seed a difference of a few per cent is within the noise
 between seeds. ``mfwrap bench report`` writes the verdicts to ``claims.md``.
 
-Comparisons, all on the LMFP set with the CHGNet backbone:
+Comparisons, all on the LMFP set with the CHGNet backbone unless said:
 
 1. MF below single-fidelity for N_high ≤ 400 on E, F, S, M — under each protocol: paper (same
    epochs), equal compute (single-fidelity gets MF's steps), converged.
@@ -18,6 +18,7 @@ Comparisons, all on the LMFP set with the CHGNet backbone:
 4. F (all four mechanisms) best among the ablations, per target.
 5. MF ahead of transfer learning on F, S, M (judged apart: paper protocol; transfer at MF's steps).
 
+Claim 1 again with SchNet (the ``second_backbone`` experiment; paper protocol and equal compute);
 SevenNet-MF's coverage argument: MF ahead where the high fidelity has no frames (the ``coverage``
 experiment; against single-fidelity at MF's steps and against transfer); and one of ours: MF with
 ``fidelity_sampling`` 1:1 (the ``mf_options`` experiment) below single-fidelity at equal compute.
@@ -46,14 +47,15 @@ class Verdict:
 Runs = dict  # {N_high: {seed: {target: MAE}}}
 
 
-def _select(runs: list[dict], method: str, protocol: str, mechanisms: str | None = "ECMR", region: str | None = None) -> Runs:
+def _select(runs: list[dict], method: str, protocol: str, mechanisms: str | None = "ECMR", region: str | None = None,
+            backbone: str = "chgnet") -> Runs:
     """{N_high: {seed: high-fidelity test MAE per target}} of one method under one protocol (LMFP,
-    CHGNet, high-fidelity frames from ``region``; None: the whole set)."""
+    ``backbone``, high-fidelity frames from ``region``; None: the whole set)."""
     found: Runs = {}
     for run in runs:
         spec = run["spec"]
         if (spec["method"] == method and spec["protocol"] == protocol and spec["dataset"] == "lmfp"
-                and spec["backbone"] == "chgnet" and spec.get("region") == region
+                and spec["backbone"] == backbone and spec.get("region") == region
                 and (mechanisms is None or spec["mechanisms"] == mechanisms)):
             test = run["test"][run["target_fidelity"]]
             found.setdefault(run["n_train"]["high"], {})[spec["seed"]] = {t: v["mae"] for t, v in test.items()}
@@ -160,6 +162,12 @@ def check_claims(report: dict[str, list[dict]]) -> list[Verdict]:
         outcomes, lines = _compare(_select(compared, "multi_fidelity", "paper"), _select(compared, "transfer", protocol),
                                    ("forces", "stress", "magmoms"), ("MF", label))
         verdicts.append(Verdict(f"MF ahead of transfer learning on F, S, M — {title}", _status(outcomes), lines))
+
+    second = report.get("second_backbone", [])
+    for sf_protocol, title in (("paper", "paper protocol (same epochs)"), ("equal_compute", "equal compute (same optimiser steps)")):
+        outcomes, lines = _compare(_select(second, "multi_fidelity", "paper", backbone="schnet"),
+                                   _select(second, "single_fidelity", sf_protocol, backbone="schnet"), TARGETS, ("MF", "SF"))
+        verdicts.append(Verdict(f"the second backbone (SchNet): MF below single-fidelity — {title}", _status(outcomes), lines))
 
     covered = report.get("coverage", [])
     for method, protocol, name, title in (

@@ -66,3 +66,17 @@ def test_coverage_compares_runs_of_the_region_only():
     assert against_sf.status == "partly"  # forces better, energy equal (10 vs 10)
     assert against_sf.evidence[1] == "N_high 41, F: MF 120 vs SF 150 (-20 %) ✓ (seeds [0])"
     assert against_transfer.status == "fails" and "transfer 100" in against_transfer.evidence[1]
+
+
+def test_the_second_backbone_is_judged_on_its_own_runs():
+    def schnet(method, protocol, forces):
+        run = _run("second_backbone", method, 25, protocol, 0, forces)
+        run["spec"]["backbone"] = "schnet"
+        return run
+
+    runs = {"second_backbone": [schnet("multi_fidelity", "paper", 120.0), schnet("single_fidelity", "paper", 300.0),
+                                schnet("single_fidelity", "equal_compute", 110.0)],
+            "learning_curve": [_run("learning_curve", "single_fidelity", 25, "equal_compute", 0, 500.0)]}  # CHGNet: not compared
+    paper, equal = [v for v in check_claims(runs) if v.claim.startswith("the second backbone")]
+    assert "paper protocol" in paper.claim and paper.evidence[1] == "N_high 25, F: MF 120 vs SF 300 (-60 %) ✓ (seeds [0])"
+    assert "equal compute" in equal.claim and equal.evidence[1] == "N_high 25, F: MF 120 vs SF 110 (+9 %) ✗ (seeds [0])"
