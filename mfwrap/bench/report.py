@@ -93,16 +93,17 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
     bars = experiment in ("ablations", "coverage")
     ablation = experiment in ("ablations", "second_backbone")
     for ax, target in zip(axes[0], targets):
+        having = [r for r in rows if target in r["test"]]  # e.g. SchNet rows have no magmoms
         if bars:
-            names = [label(r, ablation) + ("" if r["protocol"] == "paper" else f" [{r['protocol']}]") for r in rows]
-            values = [r["test"][target]["mae"] for r in rows]
-            errors = [r["test"][target]["mae_sd"] for r in rows]
-            ax.bar(range(len(rows)), values, yerr=errors, capsize=3, color="tab:blue")
-            ax.set_xticks(range(len(rows)), names, rotation=45, ha="right")
+            names = [label(r, ablation) + ("" if r["protocol"] == "paper" else f" [{r['protocol']}]") for r in having]
+            values = [r["test"][target]["mae"] for r in having]
+            errors = [r["test"][target]["mae_sd"] for r in having]
+            ax.bar(range(len(having)), values, yerr=errors, capsize=3, color="tab:blue")
+            ax.set_xticks(range(len(having)), names, rotation=45, ha="right")
         else:
             x_key = "n_low" if experiment == "low_fidelity_size" else "n_high"
             series: dict[str, list[dict]] = defaultdict(list)
-            for r in rows:
+            for r in having:
                 name = f"N_high = {r['n_high']}" if x_key == "n_low" else label(r, ablation)
                 series[f"{name}, {r['protocol']}, {r['backbone']}"].append(r)
             for name, members in series.items():

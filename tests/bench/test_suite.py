@@ -115,6 +115,18 @@ def test_aggregate_is_mean_and_sample_sd_over_seeds():
     assert "| backbone | method |" in table and "| schnet | MF (ECMR) | 10 | 40 | paper | 13 | 1 | 7 ± 0 |" in table
 
 
+@pytest.mark.parametrize("experiment", ["mf_options", "coverage"])
+def test_plots_take_rows_without_every_target(tmp_path, experiment):
+    from mfwrap.bench.report import plot
+
+    chgnet = _result("multi_fidelity", 0, 1.0, 13)
+    chgnet["test"]["high"]["magmoms"] = {"mae": 0.1, "rmse": 0.2}
+    schnet = _result("single_fidelity", 0, 7.0, 13)  # no magmoms, as SchNet
+    schnet["spec"]["backbone"] = "schnet"
+    plot(experiment, aggregate([chgnet, schnet]), tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
 def test_protocols_set_the_epochs():
     level = LEVELS["medium"]
     mf, sf = (RunSpec("x", m, 50, None, "equal_compute", 0) for m in ("multi_fidelity", "single_fidelity"))
