@@ -6,8 +6,8 @@ from mfwrap.bench.claims import check_claims, claims_markdown
 from mfwrap.bench.grid import RunSpec
 
 
-def _run(experiment, method, n_high, protocol, seed, forces, energy=10.0, mechanisms="ECMR", n_low=None):
-    spec = RunSpec(experiment, method, n_high, n_low, protocol, seed, mechanisms=mechanisms)
+def _run(experiment, method, n_high, protocol, seed, forces, energy=10.0, mechanisms="ECMR", n_low=None, **spec_fields):
+    spec = RunSpec(experiment, method, n_high, n_low, protocol, seed, mechanisms=mechanisms, **spec_fields)
     low = 0 if method == "single_fidelity" else (300 if n_low is None else n_low)
     return {"spec": spec.as_dict(), "n_train": {"high": n_high, "low": low}, "target_fidelity": "high",
             "test": {"high": {"forces": {"mae": forces}, "energy": {"mae": energy}}}}
@@ -55,9 +55,7 @@ def test_mf_against_transfer_is_judged_per_protocol():
 
 def test_coverage_compares_runs_of_the_region_only():
     def covered(method, protocol, forces):
-        run = _run("coverage", method, 41, protocol, 0, forces)
-        run["spec"]["region"] = "mn_le_half"
-        return run
+        return _run("coverage", method, 41, protocol, 0, forces, region="mn_le_half")
 
     runs = {"coverage": [covered("multi_fidelity", "paper", 120.0), covered("single_fidelity", "equal_compute", 150.0),
                          covered("transfer", "paper", 100.0)],
@@ -71,9 +69,7 @@ def test_coverage_compares_runs_of_the_region_only():
 
 def test_the_second_backbone_is_judged_on_its_own_runs():
     def schnet(method, protocol, forces):
-        run = _run("second_backbone", method, 25, protocol, 0, forces)
-        run["spec"]["backbone"] = "schnet"
-        return run
+        return _run("second_backbone", method, 25, protocol, 0, forces, backbone="schnet")
 
     runs = {"second_backbone": [schnet("multi_fidelity", "paper", 120.0), schnet("single_fidelity", "paper", 300.0),
                                 schnet("single_fidelity", "equal_compute", 110.0)],
