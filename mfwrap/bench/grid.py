@@ -205,12 +205,18 @@ EXPERIMENTS: dict[str, Callable[..., list[RunSpec]]] = {
 }
 
 
+def in_own_epochs(mf_epochs: int, n_mf_train: int, n_own_train: int, batch_size: int) -> int:
+    """``mf_epochs`` multi-fidelity epochs' worth of optimiser steps, in epochs of a run with
+    ``n_own_train`` training frames (at least 1)."""
+    return max(1, round(mf_epochs * math.ceil(n_mf_train / batch_size) / math.ceil(n_own_train / batch_size)))
+
+
 def epochs_for(spec: RunSpec, level: Level, n_mf_train: int, n_own_train: int, batch_size: int) -> int:
     """Epochs of the run's final training stage under its protocol (module docstring)."""
     if spec.protocol == "paper":
         return level.epochs
     mf_epochs = level.max_epochs if spec.protocol == "converged" else level.epochs
-    return max(1, round(mf_epochs * math.ceil(n_mf_train / batch_size) / math.ceil(n_own_train / batch_size)))
+    return in_own_epochs(mf_epochs, n_mf_train, n_own_train, batch_size)
 
 
 def convergence_options(spec: RunSpec, level: Level, n_mf_train: int, n_own_train: int, batch_size: int) -> dict:
@@ -219,6 +225,5 @@ def convergence_options(spec: RunSpec, level: Level, n_mf_train: int, n_own_trai
     ``level.patience`` multi-fidelity epochs' worth of steps expressed in the run's own epochs."""
     if spec.protocol != "converged":
         return {}
-    own_epochs = lambda mf_epochs: max(1, round(mf_epochs * math.ceil(n_mf_train / batch_size)  # noqa: E731
-                                                / math.ceil(n_own_train / batch_size)))
+    own_epochs = lambda mf_epochs: in_own_epochs(mf_epochs, n_mf_train, n_own_train, batch_size)  # noqa: E731
     return {"scheduler": "plateau", "plateau_patience": own_epochs(level.plateau_patience), "patience": own_epochs(level.patience)}
