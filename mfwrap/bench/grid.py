@@ -199,9 +199,24 @@ def second_backbone(level: Level, seeds, backbone="schnet") -> list[RunSpec]:
     return list(dict.fromkeys(_unique(curve) + bars))
 
 
+GAP_DATASETS = ("lmfp-gap0", "lmfp-gap50", "lmfp")  # low-fidelity labels at α = 0, 0.5, 1 (mfwrap.datasets.lmfp_gap)
+
+
+def fidelity_gap(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
+    """The diagnosis of MF against single-fidelity at equal compute: MF (ECMR) with the LMFP low-fidelity
+    labels moved toward the high teacher, y_high + α (y_low − y_high) for α = 0, 0.5 and 1 (the
+    shipped set), at the smallest and largest N_high; single-fidelity at MF's steps (equal compute
+    where the level has it) trains on the same high-fidelity frames at every α. Only the gap changes."""
+    sf_protocol = "equal_compute" if "equal_compute" in level.protocols else "paper"
+    return [spec for n in dict.fromkeys((level.n_high[0], level.n_high[-1])) for seed in seeds for spec in
+            [RunSpec("fidelity_gap", "multi_fidelity", n, ALL, "paper", seed, dataset=d, backbone=backbone) for d in GAP_DATASETS]
+            + [RunSpec("fidelity_gap", "single_fidelity", n, ALL, sf_protocol, seed, backbone=backbone)]]
+
+
 EXPERIMENTS: dict[str, Callable[..., list[RunSpec]]] = {
     "learning_curve": learning_curve, "low_fidelity_size": low_fidelity_size, "ablations": ablations,
     "transfer_delta": transfer_delta, "mf_options": mf_options, "coverage": coverage, "li3ps4": li3ps4, "second_backbone": second_backbone,
+    "fidelity_gap": fidelity_gap,
 }
 
 

@@ -36,6 +36,18 @@ def label(spec: dict, ablation: bool = False) -> str:
     return f"MF ({spec['mechanisms'] or 'no mechanism'})"
 
 
+def gap_alpha(dataset: str) -> float:
+    """The fidelity-gap dial α of an LMFP variant (1 for the shipped set; mfwrap.datasets.lmfp_gap)."""
+    from mfwrap.datasets.lmfp_gap import gap_of
+
+    return 1.0 if dataset == "lmfp" else gap_of(dataset)
+
+
+def data_label(dataset: str) -> str:
+    """How a run's data set reads in a table: LMFP variants by their gap α."""
+    return f"LMFP, gap α = {gap_alpha(dataset):g}" if dataset.startswith("lmfp") else dataset
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -68,11 +80,12 @@ def markdown(experiment: str, rows: list[dict]) -> str:
     targets = [t for t in UNITS if any(t in row["test"] for row in rows)]
     ablation = experiment in ("ablations", "second_backbone")
     several_backbones = len({row["backbone"] for row in rows}) > 1  # then every row names its backbone
-    header = (["backbone"] * several_backbones + ["method", "N_high", "N_low", "protocol", "steps", "seeds"]
+    several_datasets = len({row["dataset"] for row in rows}) > 1  # then every row names its data (fidelity_gap: α)
+    header = (["data"] * several_datasets + ["backbone"] * several_backbones + ["method", "N_high", "N_low", "protocol", "steps", "seeds"]
               + [f"{t} MAE ({UNITS[t]})" for t in targets])
     lines = [f"### {experiment}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["backbone"]] * several_backbones + [
+        cells = [data_label(row["dataset"])] * several_datasets + [row["backbone"]] * several_backbones + [
             label(row, ablation), str(row["n_high"]), str(row["n_low"]), row["protocol"],
             f"{row['steps']:.0f}" if row["steps"] is not None else "–", str(len(row["seeds"]))]
         for target in targets:
@@ -101,18 +114,24 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
             ax.bar(range(len(having)), values, yerr=errors, capsize=3, color="tab:blue")
             ax.set_xticks(range(len(having)), names, rotation=45, ha="right")
         else:
-            x_key = "n_low" if experiment == "low_fidelity_size" else "n_high"
+            x_key = {"low_fidelity_size": "n_low", "fidelity_gap": "alpha"}.get(experiment, "n_high")
+            x_of = (lambda r: gap_alpha(r["dataset"])) if x_key == "alpha" else (lambda r: r[x_key])  # noqa: E731
             series: dict[str, list[dict]] = defaultdict(list)
             for r in having:
-                name = f"N_high = {r['n_high']}" if x_key == "n_low" else label(r, ablation)
+                name = f"{label(r, ablation)}, N_high = {r['n_high']}" if x_key == "alpha" else \
+                    f"N_high = {r['n_high']}" if x_key == "n_low" else label(r, ablation)
                 series[f"{name}, {r['protocol']}, {r['backbone']}"].append(r)
             for name, members in series.items():
-                members.sort(key=lambda r: r[x_key])
-                ax.errorbar([r[x_key] for r in members], [r["test"][target]["mae"] for r in members],
+                members.sort(key=x_of)
+                xs = [x_of(r) for r in members]
+                if x_key == "alpha" and len(members) == 1:  # single-fidelity: the same at every α, a level line
+                    xs, members = [0.0, 1.0], members * 2
+                ax.errorbar(xs, [r["test"][target]["mae"] for r in members],
                             yerr=[r["test"][target]["mae_sd"] for r in members], marker="o", capsize=3, label=name)
-            if x_key == "n_high":  # N_low includes 0: a linear axis
+            if x_key == "n_high":  # N_low includes 0, α too: linear axes
                 ax.set_xscale("log")
-            ax.set_xlabel("low-fidelity training frames" if x_key == "n_low" else "high-fidelity training frames")
+            ax.set_xlabel({"n_low": "low-fidelity training frames", "n_high": "high-fidelity training frames",
+                           "alpha": "fidelity gap α (low labels = high + α (low − high))"}[x_key])
             ax.legend(fontsize=6)
         ax.set_ylabel(f"{target} test MAE ({UNITS[target]})")
     fig.suptitle(f"{experiment}: high-fidelity test error (mean ± sd over seeds)")

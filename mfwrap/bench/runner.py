@@ -34,8 +34,24 @@ from mfwrap.files import write_text
 BACKBONES = {"chgnet": "backbones.chgnet:CHGNet", "schnet": "backbones.pyg:SchNet",
              "m3gnet": "backbones.matgl:MatglM3GNet"}  # m3gnet needs mfwrap[matgl]
 LI3PS4 = Path(__file__).resolve().parents[1] / "datasets" / "li3ps4"
-FIDELITIES = {"lmfp": ["low", "high"], "li3ps4": ["pbesol", "r2scan"]}
-TARGETS = {"lmfp": "efsm", "li3ps4": "ef"}
+_FIDELITIES = {"lmfp": ["low", "high"], "li3ps4": ["pbesol", "r2scan"]}
+_TARGETS = {"lmfp": "efsm", "li3ps4": "ef"}
+
+
+def family(dataset: str) -> str:
+    """The data set a run's ``dataset`` is a variant of ("lmfp-gap50" → "lmfp")."""
+    return "lmfp" if dataset.startswith("lmfp-gap") else dataset
+
+
+def fidelities_of(dataset: str) -> list[str]:
+    """The dataset's fidelity names, low first, the target (high) fidelity last."""
+    return _FIDELITIES[family(dataset)]
+
+
+def targets_of(dataset: str) -> str:
+    """The targets the dataset labels at its high fidelity ("efsm": energy, forces, stress, magmoms)."""
+    return _TARGETS[family(dataset)]
+
 BATCH_SIZE = 4
 PREDICTS_MAGMOMS = {"chgnet"}
 COMPILABLE = {"chgnet"}  # backbones with a compiled path (benchmarks/train_step.py: 1.6-1.7x the step rate on one CPU thread)
@@ -77,9 +93,14 @@ def make_splits(spec: RunSpec, level: Level) -> Splits:
         order = rng.permutation(len(high))
         return Splits(_take([high[i] for i in order], spec.n_high), _take([low[i] for i in order], n_low),
                       read("val.xyz", {"r2scan"}), read("test.xyz", {"r2scan"}))
-    from mfwrap.datasets.lmfp import load_lmfp
+    if spec.dataset == "lmfp":
+        from mfwrap.datasets.lmfp import load_lmfp
 
-    data = load_lmfp(level.lmfp_size, 0)
+        data = load_lmfp(level.lmfp_size, 0)
+    else:  # the low-fidelity labels moved toward the high teacher
+        from mfwrap.datasets.lmfp_gap import gap_of, load_lmfp_gap
+
+        data = load_lmfp_gap(gap_of(spec.dataset), level.lmfp_size, 0)
     high, test = shuffled(data["high_train"]), data["high_test"]
     if spec.region == "mn_le_half":
         high, test = [r for r in high if _mn_fraction(r) <= 0.5], [r for r in test if _mn_fraction(r) > 0.5]
@@ -91,7 +112,7 @@ def make_splits(spec: RunSpec, level: Level) -> Splits:
 
 def mf_option(spec: RunSpec, splits: Splits) -> dict:
     """TrainConfig options of the MF variants (grid.MF_METHODS); {} for every other method."""
-    low, high = FIDELITIES[spec.dataset]
+    low, high = fidelities_of(spec.dataset)
     if spec.method == "mf_balanced":
         return {"fidelity_sampling": {low: 1.0, high: 1.0}}
     if spec.method == "mf_reweighted":
@@ -106,7 +127,7 @@ def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path):
     n_mf = len(splits.train_high) + len(splits.train_low)
     own = n_mf if spec.method in MF_METHODS else len(splits.train_high)
     epochs = epochs_for(spec, level, n_mf, own, BATCH_SIZE)
-    targets = TARGETS[spec.dataset] if spec.backbone in PREDICTS_MAGMOMS else TARGETS[spec.dataset].replace("m", "")
+    targets = targets_of(spec.dataset) if spec.backbone in PREDICTS_MAGMOMS else targets_of(spec.dataset).replace("m", "")
     config = TrainConfig(targets=targets, epochs=epochs, batch_size=BATCH_SIZE, lr=0.005, seed=spec.seed,
                          output_dir=str(out), progress=False, checkpoint_every=50,
                          compile=level.compile and spec.backbone in COMPILABLE,
@@ -140,7 +161,7 @@ def run_one(spec: RunSpec, level_name: str, root: str) -> dict:
     splits = make_splits(spec, level)
     experiment, epochs = _experiment(spec, level, splits, out)
     graph_spec = import_class(BACKBONES[spec.backbone])(**level.model.get(spec.backbone, {})).graph_spec
-    names = FIDELITIES[spec.dataset]
+    names = fidelities_of(spec.dataset)
     graphs = lambda records: to_graphs(records, graph_spec, names)  # noqa: E731
     train = graphs(splits.train_low + splits.train_high) if spec.method != "single_fidelity" else graphs(splits.train_high)
     pretrain_source = share_pretraining(spec, experiment, out, Path(root))
@@ -181,7 +202,7 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
         return None
     if (out / "pretrain" / "last.pt").exists():
         return json.loads(marker.read_text())["source"] if marker.is_file() else None
-    wanted = pretrain_config(experiment, FIDELITIES[spec.dataset][0])
+    wanted = pretrain_config(experiment, fidelities_of(spec.dataset)[0])
     for result_path in sorted(root.glob("*/*/result.json")):
         source = result_path.parent / "pretrain"
         if source == out / "pretrain" or not (source / "metrics.json").is_file() or not (source / "last.pt").is_file():
