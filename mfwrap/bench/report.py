@@ -80,12 +80,13 @@ def markdown(experiment: str, rows: list[dict]) -> str:
     targets = [t for t in UNITS if any(t in row["test"] for row in rows)]
     ablation = experiment in ("ablations", "second_backbone")
     several_backbones = len({row["backbone"] for row in rows}) > 1  # then every row names its backbone
-    several_datasets = len({row["dataset"] for row in rows}) > 1  # then every row names its data (fidelity_gap: α)
-    header = (["data"] * several_datasets + ["backbone"] * several_backbones + ["method", "N_high", "N_low", "protocol", "steps", "seeds"]
+    datasets = {row["dataset"] for row in rows}
+    name_data = len(datasets) > 1 or any(d.startswith("lmfp-gap") for d in datasets)  # then every row names it (gap: α)
+    header = (["data"] * name_data + ["backbone"] * several_backbones + ["method", "N_high", "N_low", "protocol", "steps", "seeds"]
               + [f"{t} MAE ({UNITS[t]})" for t in targets])
     lines = [f"### {experiment}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [data_label(row["dataset"])] * several_datasets + [row["backbone"]] * several_backbones + [
+        cells = [data_label(row["dataset"])] * name_data + [row["backbone"]] * several_backbones + [
             label(row, ablation), str(row["n_high"]), str(row["n_low"]), row["protocol"],
             f"{row['steps']:.0f}" if row["steps"] is not None else "–", str(len(row["seeds"]))]
         for target in targets:
@@ -115,7 +116,9 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
             ax.set_xticks(range(len(having)), names, rotation=45, ha="right")
         else:
             x_key = {"low_fidelity_size": "n_low", "fidelity_gap": "alpha"}.get(experiment, "n_high")
-            x_of = (lambda r: gap_alpha(r["dataset"])) if x_key == "alpha" else (lambda r: r[x_key])  # noqa: E731
+            def x_of(r, x_key=x_key):
+                return gap_alpha(r["dataset"]) if x_key == "alpha" else r[x_key]
+
             series: dict[str, list[dict]] = defaultdict(list)
             for r in having:
                 name = f"{label(r, ablation)}, N_high = {r['n_high']}" if x_key == "alpha" else \

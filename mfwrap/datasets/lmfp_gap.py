@@ -98,7 +98,7 @@ def with_gap(low_train: list[LabelledStructure], by_high: list[LabelledStructure
     for low, high in zip(low_train, by_high, strict=True):
         labels = dict(low.labels)
         for target in GAP_TARGETS:
-            labels[target] = high.labels[target] + alpha * (low.labels[target] - high.labels[target])
+            labels[target] = (1.0 - alpha) * high.labels[target] + alpha * low.labels[target]  # exact at α = 0 and 1
         moved.append(replace(low, labels=labels))
     return moved
 

@@ -95,3 +95,13 @@ def test_the_mf_option_is_chosen_on_validation_never_on_test():
                                "N_high 25, F: MF chosen 130 vs SF 120 (+8 %) ✗ (seeds [0])",
                                "N_high 25: chosen on validation seed 0 mf_balanced"]
     assert chgnet.status == "fails"
+
+
+def test_the_gap_diagnosis_orders_mf_by_alpha_and_compares_half_the_gap_with_sf():
+    runs = {"fidelity_gap": [_run("fidelity_gap", "multi_fidelity", 25, "paper", 0, f, energy=e, dataset=d)
+                             for d, f, e in (("lmfp", 140.0, 12.0), ("lmfp-gap50", 120.0, 13.0), ("lmfp-gap0", 100.0, 9.0))]
+            + [_run("fidelity_gap", "single_fidelity", 25, "equal_compute", 0, 130.0, energy=10.0)]}
+    ordered, half = [v for v in check_claims(runs) if v.claim.startswith("(diagnosis)")]
+    assert ordered.status == "partly"  # forces fall 140 → 120 → 100; energy does not (12 → 13)
+    assert ordered.evidence[1] == "N_high 25, F: MF at α = 1 / 0.5 / 0: 140 / 120 / 100; SF at MF's steps 130 ✓ (seeds [0])"
+    assert half.status == "partly" and half.evidence[1] == "N_high 25, F: MF at α = 0.5 120 vs SF 130 (-8 %) ✓ (seeds [0])"

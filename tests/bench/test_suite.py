@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from mfwrap.bench import runner
@@ -115,7 +116,7 @@ def test_aggregate_is_mean_and_sample_sd_over_seeds():
     assert "| backbone | method |" in table and "| schnet | MF (ECMR) | 10 | 40 | paper | 13 | 1 | 7 ± 0 |" in table
 
 
-@pytest.mark.parametrize("experiment", ["mf_options", "coverage"])
+@pytest.mark.parametrize("experiment", ["mf_options", "coverage", "fidelity_gap"])
 def test_plots_take_rows_without_every_target(tmp_path, experiment):
     from mfwrap.bench.report import plot
 
@@ -237,3 +238,34 @@ def test_the_second_backbone_trains_through_the_wrapper(tmp_path, lmfp_cache):
     result = runner.run_one(spec, "quick", str(tmp_path))
     assert spec.backbone == "schnet" and result["n_train"] == {"high": spec.n_high, "low": 40}
     assert set(result["test"]["high"]) == {"energy", "forces", "stress"}  # SchNet predicts no magmoms
+
+
+def test_the_fidelity_gap_changes_only_the_low_fidelity_labels(tmp_path, lmfp_cache):
+    from mfwrap.datasets.lmfp_gap import gap_of
+
+    medium = EXPERIMENTS["fidelity_gap"](LEVELS["medium"], [0])
+    assert {(s.method, s.dataset, s.protocol, s.n_high) for s in medium} == {
+        *(("multi_fidelity", d, "paper", n) for d in ("lmfp", "lmfp-gap50", "lmfp-gap0") for n in (25, 90)),
+        *(("single_fidelity", "lmfp", "equal_compute", n) for n in (25, 90))}  # SF sees no low-fidelity frame
+    level = LEVELS["quick"]
+    splits = {d: runner.make_splits(RunSpec("fidelity_gap", "multi_fidelity", 10, None, "paper", 0, dataset=d), level)
+              for d in ("lmfp", "lmfp-gap50", "lmfp-gap0")}
+    shipped = splits["lmfp"]
+    forces = lambda records: np.concatenate([r.labels["forces"] for r in records])  # noqa: E731
+    for dataset, split in splits.items():
+        for part in ("train_high", "val", "test"):  # the same high-fidelity frames and labels at every α
+            assert np.array_equal(forces(getattr(split, part)), forces(getattr(shipped, part)))
+        assert [r.atoms.get_chemical_formula() for r in split.train_low] == \
+            [r.atoms.get_chemical_formula() for r in shipped.train_low]  # the same low-fidelity frames, in order
+        assert all(r.fidelity == "low" for r in split.train_low)
+        if dataset != "lmfp":
+            alpha = gap_of(dataset)
+            by_high = 2 * forces(splits["lmfp-gap50"].train_low) - forces(shipped.train_low)  # α = 0.5: the mean
+            np.testing.assert_allclose(forces(split.train_low), (1 - alpha) * by_high + alpha * forces(shipped.train_low),
+                                       atol=1e-9)
+    assert np.abs(forces(splits["lmfp-gap0"].train_low) - forces(shipped.train_low)).mean() > 0.1
+    result = runner.run_one(RunSpec("fidelity_gap", "multi_fidelity", 10, None, "paper", 0, dataset="lmfp-gap50"), "quick",
+                            str(tmp_path))
+    assert result["spec"]["dataset"] == "lmfp-gap50" and result["n_train"] == {"high": 10, "low": 40}
+    write_report(tmp_path, tmp_path / "report")
+    assert "| LMFP, gap α = 0.5 | MF (ECMR) | 10 | 40 |" in (tmp_path / "report" / "fidelity_gap.md").read_text()

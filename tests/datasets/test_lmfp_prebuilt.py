@@ -37,7 +37,9 @@ def test_packaged_copy_is_the_current_small_recipe():
     assert manifest["recipe"] == json.loads(json.dumps(dataclasses.asdict(lmfp.SIZES["small"])))
     assert (manifest["size"], manifest["seed"], manifest["format_version"]) == ("small", 0, lmfp.FORMAT_VERSION)
     assert sorted(manifest["files"]) == sorted(f"{split}.xyz" for split in lmfp.SPLITS)
-    assert sorted(p.name for p in PACKAGED.iterdir()) == sorted([*(f"{s}.xyz.gz" for s in lmfp.SPLITS), "manifest.json"])
+    assert sorted(p.name for p in PACKAGED.iterdir()) == sorted([*(f"{s}.xyz.gz" for s in lmfp.SPLITS), "manifest.json",
+                                                                 "low_train_by_high_teacher.xyz.gz",  # mfwrap.datasets.lmfp_gap
+                                                                 "low_train_by_high_teacher.xyz.json"])
 
 
 def test_packaged_copy_was_labelled_by_the_installed_teachers():
