@@ -4,8 +4,9 @@
 ``mfwrap bench report`` writes) and returns one :class:`Verdict` per claim: "holds" (every
 comparison goes the claimed way), "fails" (none does), "partly", or "not measured" (the runs are
 missing). Each comparison is between means of the high-fidelity test MAE over the seeds *both*
-sides have, and names them; with one seed a difference of a few per cent is within the noise
-between seeds. ``mfwrap bench report`` writes the verdicts to ``claims.md``.
+sides have, and names them, with how many of those seeds (each its own data subsets and
+initialisation, the same for both sides) go the way of the means; with one seed a difference of a
+few per cent is within the noise between seeds. ``mfwrap bench report`` writes the verdicts to ``claims.md``.
 
 Comparisons, all on the LMFP set with the CHGNet backbone unless said:
 
@@ -122,8 +123,11 @@ def _compare(ours: Runs, theirs: Runs, targets, names, max_high: float = math.in
                 a, b = _mean(ours[n], seeds, target), _mean(theirs[n], seeds, target)
                 better = a < factor * b
                 outcomes.append(better)
+                # the same seed = the same data subsets: how many seeds agree with the means
+                paired = sum(ours[n][s][target] < factor * theirs[n][s][target] for s in seeds)
+                agree = f", {paired if better else len(seeds) - paired}/{len(seeds)} seeds agree" if len(seeds) > 1 else ""
                 lines.append(f"N_high {n}, {SHORT[target]}: {names[0]} {a:.3g} vs {names[1]} {b:.3g} "
-                             f"({100 * (a / b - 1):+.0f} %) {'✓' if better else '✗'} (seeds {seeds})")
+                             f"({100 * (a / b - 1):+.0f} %) {'✓' if better else '✗'} (seeds {seeds}{agree})")
     return outcomes, lines
 
 

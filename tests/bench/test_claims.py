@@ -105,3 +105,11 @@ def test_the_gap_diagnosis_orders_mf_by_alpha_and_compares_half_the_gap_with_sf(
     assert ordered.status == "partly"  # forces fall 140 → 120 → 100; energy does not (12 → 13)
     assert ordered.evidence[1] == "N_high 25, F: MF at α = 1 / 0.5 / 0: 140 / 120 / 100; SF at MF's steps 130 ✓ (seeds [0])"
     assert half.status == "partly" and half.evidence[1] == "N_high 25, F: MF at α = 0.5 120 vs SF 130 (-8 %) ✓ (seeds [0])"
+
+
+def test_each_comparison_says_how_many_seeds_agree_with_the_means():
+    curve = [_run("learning_curve", "multi_fidelity", 25, "paper", s, f) for s, f in ((0, 100.0), (1, 100.0), (2, 200.0))]
+    curve += [_run("learning_curve", "single_fidelity", 25, "paper", s, 140.0) for s in (0, 1, 2)]
+    paper = check_claims({"learning_curve": curve})[0]
+    assert paper.evidence[1] == "N_high 25, F: MF 133 vs SF 140 (-5 %) ✓ (seeds [0, 1, 2], 2/3 seeds agree)"
+    assert paper.evidence[0].endswith("✗ (seeds [0, 1, 2], 3/3 seeds agree)")  # energy 10 vs 10: no seed better
