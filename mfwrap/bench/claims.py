@@ -257,6 +257,15 @@ def check_claims(report: dict[str, list[dict]]) -> list[Verdict]:
     outcomes, lines = _compare(by_alpha[0.5], single, TARGETS, ("MF at α = 0.5", "SF"))
     verdicts.append(Verdict("(diagnosis) with the fidelity gap halved (α = 0.5), MF below single-fidelity on E, F, S, M — "
                             "equal compute", _status(outcomes), lines))
+    outcomes, lines = [], []
+    for method, mechanisms, name in (("multi_fidelity", "ECMR", "MF"), ("multi_fidelity", "ECM", "MF without R"),
+                                     ("mf_balanced", "ECMR", "MF 1:1")):
+        more, said = _compare(_select(gap, method, "paper", mechanisms=mechanisms, dataset="lmfp-gap0"), single, TARGETS,
+                              (f"{name} at α = 0", "SF"))
+        outcomes, lines = outcomes + more, lines + said
+    verdicts.append(Verdict("(diagnosis) with no gap (α = 0: the low fidelity is the high teacher on other frames), MF below "
+                            "single-fidelity on E, F, S, M — equal compute; plain, without readout copies, sampling 1:1",
+                            _status(outcomes), lines))
     return verdicts
 
 

@@ -206,11 +206,20 @@ def fidelity_gap(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     """The diagnosis of MF against single-fidelity at equal compute: MF (ECMR) with the LMFP low-fidelity
     labels moved toward the high teacher, y_high + α (y_low − y_high) for α = 0, 0.5 and 1 (the
     shipped set), at the smallest and largest N_high; single-fidelity at MF's steps (equal compute
-    where the level has it) trains on the same high-fidelity frames at every α. Only the gap changes."""
+    where the level has it) trains on the same high-fidelity frames at every α. Only the gap changes.
+    At the smallest N_high, where the fidelity-specific parameters see fewest steps, also with no gap
+    (α = 0): MF without readout copies (ECM) and MF sampling the fidelities 1:1 (and 1:1 at α = 1),
+    to tell what the gap costs from what the share of the steps costs."""
     sf_protocol = "equal_compute" if "equal_compute" in level.protocols else "paper"
-    return [spec for n in dict.fromkeys((level.n_high[0], level.n_high[-1])) for seed in seeds for spec in
-            [RunSpec("fidelity_gap", "multi_fidelity", n, ALL, "paper", seed, dataset=d, backbone=backbone) for d in GAP_DATASETS]
-            + [RunSpec("fidelity_gap", "single_fidelity", n, ALL, sf_protocol, seed, backbone=backbone)]]
+    smallest = level.n_high[0]
+    specs = [spec for n in dict.fromkeys((smallest, level.n_high[-1])) for seed in seeds for spec in
+             [RunSpec("fidelity_gap", "multi_fidelity", n, ALL, "paper", seed, dataset=d, backbone=backbone) for d in GAP_DATASETS]
+             + [RunSpec("fidelity_gap", "single_fidelity", n, ALL, sf_protocol, seed, backbone=backbone)]]
+    return specs + [spec for seed in seeds for spec in (
+        RunSpec("fidelity_gap", "multi_fidelity", smallest, ALL, "paper", seed, mechanisms="ECM", dataset="lmfp-gap0",
+                backbone=backbone),
+        RunSpec("fidelity_gap", "mf_balanced", smallest, ALL, "paper", seed, dataset="lmfp-gap0", backbone=backbone),
+        RunSpec("fidelity_gap", "mf_balanced", smallest, ALL, "paper", seed, dataset="lmfp", backbone=backbone))]
 
 
 EXPERIMENTS: dict[str, Callable[..., list[RunSpec]]] = {

@@ -101,7 +101,14 @@ def test_the_gap_diagnosis_orders_mf_by_alpha_and_compares_half_the_gap_with_sf(
     runs = {"fidelity_gap": [_run("fidelity_gap", "multi_fidelity", 25, "paper", 0, f, energy=e, dataset=d)
                              for d, f, e in (("lmfp", 140.0, 12.0), ("lmfp-gap50", 120.0, 13.0), ("lmfp-gap0", 100.0, 9.0))]
             + [_run("fidelity_gap", "single_fidelity", 25, "equal_compute", 0, 130.0, energy=10.0)]}
-    ordered, half = [v for v in check_claims(runs) if v.claim.startswith("(diagnosis)")]
+    runs["fidelity_gap"] += [_run("fidelity_gap", "multi_fidelity", 25, "paper", 0, 125.0, mechanisms="ECM", dataset="lmfp-gap0"),
+                             _run("fidelity_gap", "mf_balanced", 25, "paper", 0, 90.0, energy=9.5, dataset="lmfp-gap0")]
+    ordered, half, no_gap = [v for v in check_claims(runs) if v.claim.startswith("(diagnosis)")]
+    assert no_gap.status == "partly" and no_gap.evidence == [
+        "N_high 25, E: MF at α = 0 9 vs SF 10 (-10 %) ✓ (seeds [0])", "N_high 25, F: MF at α = 0 100 vs SF 130 (-23 %) ✓ (seeds [0])",
+        "N_high 25, E: MF without R at α = 0 10 vs SF 10 (+0 %) ✗ (seeds [0])",
+        "N_high 25, F: MF without R at α = 0 125 vs SF 130 (-4 %) ✓ (seeds [0])",
+        "N_high 25, E: MF 1:1 at α = 0 9.5 vs SF 10 (-5 %) ✓ (seeds [0])", "N_high 25, F: MF 1:1 at α = 0 90 vs SF 130 (-31 %) ✓ (seeds [0])"]
     assert ordered.status == "partly"  # forces fall 140 → 120 → 100; energy does not (12 → 13)
     assert ordered.evidence[1] == "N_high 25, F: MF at α = 1 / 0.5 / 0: 140 / 120 / 100; SF at MF's steps 130 ✓ (seeds [0])"
     assert half.status == "partly" and half.evidence[1] == "N_high 25, F: MF at α = 0.5 120 vs SF 130 (-8 %) ✓ (seeds [0])"

@@ -246,7 +246,9 @@ def test_the_fidelity_gap_changes_only_the_low_fidelity_labels(tmp_path, lmfp_ca
     medium = EXPERIMENTS["fidelity_gap"](LEVELS["medium"], [0])
     assert {(s.method, s.dataset, s.protocol, s.n_high) for s in medium} == {
         *(("multi_fidelity", d, "paper", n) for d in ("lmfp", "lmfp-gap50", "lmfp-gap0") for n in (25, 90)),
-        *(("single_fidelity", "lmfp", "equal_compute", n) for n in (25, 90))}  # SF sees no low-fidelity frame
+        *(("single_fidelity", "lmfp", "equal_compute", n) for n in (25, 90)),  # SF sees no low-fidelity frame
+        ("mf_balanced", "lmfp-gap0", "paper", 25), ("mf_balanced", "lmfp", "paper", 25)}
+    assert {s.mechanisms for s in medium if s.method == "multi_fidelity" and s.dataset == "lmfp-gap0"} == {"ECMR", "ECM"}
     level = LEVELS["quick"]
     splits = {d: runner.make_splits(RunSpec("fidelity_gap", "multi_fidelity", 10, None, "paper", 0, dataset=d), level)
               for d in ("lmfp", "lmfp-gap50", "lmfp-gap0")}
