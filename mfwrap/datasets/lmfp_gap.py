@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ import ase.io
 
 from mfwrap.data.readers import LabelledStructure, read_dataset
 from mfwrap.datasets.lmfp import _sha256, dataset_dir, load_lmfp, prebuilt_dir
+from mfwrap.files import write_atomic, write_text
 
 RELABELLED = "low_train_by_high_teacher.xyz"
 GAP_TARGETS = ("energy", "forces", "stress")
@@ -58,9 +60,9 @@ def label_low_with_high_teacher(low_train: list[LabelledStructure], path: Path) 
     with torch_threads(1):
         predictions = load_teacher(TEACHERS["high"])([r.atoms for r in low_train], "efs")
     frames = [store_prediction(r.atoms.copy(), p) for r, p in zip(low_train, predictions)]
-    partial = path.with_suffix(".partial")
-    ase.io.write(partial, frames, format="extxyz")
-    os.replace(partial, path)
+    text = io.StringIO()
+    ase.io.write(text, frames, format="extxyz")
+    write_text(path, text.getvalue())
 
 
 def high_teacher_labels(size: str = "small", seed: int = 0, cache_dir: str | os.PathLike | None = None) -> list[LabelledStructure]:
@@ -76,12 +78,11 @@ def high_teacher_labels(size: str = "small", seed: int = 0, cache_dir: str | os.
         packaged = prebuilt_dir(size, seed) / (RELABELLED + ".gz")
         packaged_stamp = prebuilt_dir(size, seed) / (RELABELLED + ".json")
         if packaged.is_file() and json.loads(packaged_stamp.read_text()).get("low_train_sha256") == low_sha:
-            with gzip.open(packaged, "rb") as source, open(path.with_suffix(".partial"), "wb") as target:
-                shutil.copyfileobj(source, target)
-            os.replace(path.with_suffix(".partial"), path)
+            with gzip.open(packaged, "rb") as source:  # atomic: runs side by side may install it at once
+                write_atomic(path, lambda target: shutil.copyfileobj(source, target))
         else:
             label_low_with_high_teacher(low_train, path)
-        stamp.write_text(json.dumps({"low_train_sha256": low_sha}))
+        write_text(stamp, json.dumps({"low_train_sha256": low_sha}))
     relabelled = read_dataset(path, fidelity="high")
     if len(relabelled) != len(low_train) or any(
             (a.atoms.numbers != b.atoms.numbers).any() or abs(a.atoms.positions - b.atoms.positions).max() > 1e-6
