@@ -127,7 +127,7 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
             for name, members in series.items():
                 members.sort(key=x_of)
                 xs = [x_of(r) for r in members]
-                if x_key == "alpha" and len(members) == 1:  # single-fidelity: the same at every α, a level line
+                if x_key == "alpha" and members[0]["method"] == "single_fidelity":  # no low fidelity: a level line
                     xs, members = [0.0, 1.0], members * 2
                 ax.errorbar(xs, [r["test"][target]["mae"] for r in members],
                             yerr=[r["test"][target]["mae_sd"] for r in members], marker="o", capsize=3, label=name)
