@@ -67,9 +67,19 @@ def _select(runs: list[dict], method: str, protocol: str, mechanisms: str | None
         if (spec["method"] == method and spec["protocol"] == protocol and spec["dataset"] == dataset
                 and spec["backbone"] == backbone and spec.get("region") == region
                 and (mechanisms is None or spec["mechanisms"] == mechanisms)):
-            test = run["test"][run["target_fidelity"]]
-            found.setdefault(run["n_train"]["high"], {})[spec["seed"]] = {t: v["mae"] for t, v in test.items()}
+            found.setdefault(run["n_train"]["high"], {})[spec["seed"]] = _test_mae(run)
     return found
+
+
+def _test_mae(run: dict) -> dict[str, float]:
+    """A run's high-fidelity test MAE per target."""
+    return {t: v["mae"] for t, v in run["test"][run["target_fidelity"]].items()}
+
+
+def _validation_score(run: dict) -> float:
+    """A run's weighted validation MAE (:data:`SELECTION_WEIGHTS`), the same for every MF option."""
+    val = run["val"][run["target_fidelity"]]
+    return sum(w * val[t]["mae"] for t, w in SELECTION_WEIGHTS.items() if t in val)
 
 
 def _chosen_on_validation(runs: list[dict], methods=SAME_STEP_OPTIONS, backbone: str = "chgnet") -> tuple[Runs, dict]:
@@ -88,14 +98,8 @@ def _chosen_on_validation(runs: list[dict], methods=SAME_STEP_OPTIONS, backbone:
         for seed, by_method in by_seed.items():
             if set(by_method) != set(methods):
                 continue
-
-            def score(run):
-                val = run["val"][run["target_fidelity"]]
-                return sum(w * val[t]["mae"] for t, w in SELECTION_WEIGHTS.items() if t in val)
-
-            method = min(sorted(by_method), key=lambda m: score(by_method[m]))
-            run = by_method[method]
-            found.setdefault(n, {})[seed] = {t: v["mae"] for t, v in run["test"][run["target_fidelity"]].items()}
+            method = min(sorted(by_method), key=lambda m: _validation_score(by_method[m]))
+            found.setdefault(n, {})[seed] = _test_mae(by_method[method])
             chosen.setdefault(n, {})[seed] = method
     return found, chosen
 
@@ -137,9 +141,7 @@ def _by_low(runs: list[dict]) -> dict[int, dict[float, dict]]:
     for run in runs:
         spec = run["spec"]
         if spec["method"] == "multi_fidelity" and spec["mechanisms"] == "ECMR" and spec["protocol"] == "paper":
-            test = run["test"][run["target_fidelity"]]
-            found.setdefault(run["n_train"]["high"], {}).setdefault(run["n_train"]["low"], {})[spec["seed"]] = \
-                {t: v["mae"] for t, v in test.items()}
+            found.setdefault(run["n_train"]["high"], {}).setdefault(run["n_train"]["low"], {})[spec["seed"]] = _test_mae(run)
     return found
 
 

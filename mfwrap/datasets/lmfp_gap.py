@@ -120,10 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    low_train = load_lmfp(args.size, args.seed)["low_train"]
     directory = dataset_dir(args.size, args.seed)
-    load_lmfp(args.size, args.seed)
     path = out / RELABELLED
-    label_low_with_high_teacher(load_lmfp(args.size, args.seed)["low_train"], path)
+    label_low_with_high_teacher(low_train, path)
     with open(path, "rb") as source, gzip.GzipFile(out / (RELABELLED + ".gz"), "wb", mtime=0) as target:
         shutil.copyfileobj(source, target)
     path.unlink()
