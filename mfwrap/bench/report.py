@@ -80,8 +80,10 @@ def markdown(experiment: str, rows: list[dict]) -> str:
     targets = [t for t in UNITS if any(t in row["test"] for row in rows)]
     ablation = experiment in ("ablations", "second_backbone")
     several_backbones = len({row["backbone"] for row in rows}) > 1  # then every row names its backbone
+    from mfwrap.bench.runner import family
+
     datasets = {row["dataset"] for row in rows}
-    name_data = len(datasets) > 1 or any(d.startswith("lmfp-gap") for d in datasets)  # then every row names it (gap: α)
+    name_data = len(datasets) > 1 or any(family(d) != d for d in datasets)  # then every row names it (gap: α)
     header = (["data"] * name_data + ["backbone"] * several_backbones + ["method", "N_high", "N_low", "protocol", "steps", "seeds"]
               + [f"{t} MAE ({UNITS[t]})" for t in targets])
     lines = [f"### {experiment}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -40,7 +40,9 @@ _TARGETS = {"lmfp": "efsm", "li3ps4": "ef"}
 
 def family(dataset: str) -> str:
     """The data set a run's ``dataset`` is a variant of ("lmfp-gap50" → "lmfp")."""
-    return "lmfp" if dataset.startswith("lmfp-gap") else dataset
+    from mfwrap.datasets.lmfp_gap import GAP_PREFIX
+
+    return "lmfp" if dataset.startswith(GAP_PREFIX) else dataset
 
 
 def fidelities_of(dataset: str) -> list[str]:
