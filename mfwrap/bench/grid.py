@@ -116,7 +116,7 @@ LEVELS = {
     "medium": Level("medium", "small", n_high=(25, 50, 90), n_low=(0, 100, 200, ALL), low_size_high=(25, 90),
                     ablation_high=50, li3ps4_high=(5, 10, 20, 40, 80), epochs=10, max_epochs=40, patience=5, n_val=10,
                     protocols=("paper", "equal_compute"), model={"chgnet": {}, "schnet": PAPER_SCHNET, "m3gnet": M3GNET}, compile=True,
-                    converged_high=(25,)),
+                    converged_high=(25, 90)),
     # The paper's settings on the full LMFP set (built once, about an hour on 2 cores); for a GPU.
     "full": Level("full", "full", n_high=(25, 50, 100, 200, 400, 800, ALL), n_low=(0, 200, 500, 1000, ALL),
                   low_size_high=(50, 400), ablation_high=100, li3ps4_high=(5, 10, 20, 40, 80), epochs=60, max_epochs=200,
