@@ -184,18 +184,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = plan_suite(experiments, args.level, args.seeds, backbone=args.backbone, root=args.root,
                           seconds_per_step=args.seconds_per_step)
         print(f"{'experiment':<20}{'runs':>6}{'trained':>9}{'steps':>10}{'pre-train':>11}{'s/step':>8}{'hours':>7}"
-              f"{'done':>6}{'done h':>8}")
-        total_hours = done_hours = 0.0
+              f"{'done':>6}{'done h':>8}{'left h':>8}")
+        total_hours = done_hours = left_hours = 0.0
         for name, r in rows.items():
             hours = (r["steps"] + r["pretrain_steps"]) * r["seconds_per_step"] / max(args.jobs, 1) / 3600
+            left = r["left_steps"] * r["seconds_per_step"] / max(args.jobs, 1) / 3600
             total_hours += hours
+            left_hours += left
             done_hours += r["done_wall_s"] / 3600
             rate = f"{r['seconds_per_step']:.2f}" + ("" if r["measured"] else "*")
             print(f"{name:<20}{r['runs']:>6}{r['trained']:>9}{r['steps']:>10}{r['pretrain_steps']:>11}{rate:>8}{hours:>7.1f}"
-                  f"{r['done']:>6}{r['done_wall_s'] / 3600:>8.1f}")
+                  f"{r['done']:>6}{r['done_wall_s'] / 3600:>8.1f}{left:>8.1f}")
         print(f"total {total_hours:.1f} h with {args.jobs} run(s) at once, finished runs included; s/step measured on "
               f"the finished runs under {args.root} (* not measured: --seconds-per-step); done: runs finished there, "
-              f"{done_hours:.1f} run-hours of wall time (one run's own; runs side by side overlap)")
+              f"{done_hours:.1f} run-hours of wall time (one run's own; runs side by side overlap); left: at most "
+              f"{left_hours:.1f} h for the runs not finished, with {args.jobs} at once (killed runs resume part-way)")
         return 0
     outcome = run_suite(experiments, args.level, args.seeds, args.root, jobs=args.jobs, backbone=args.backbone,
                         report=args.out)

@@ -268,8 +268,9 @@ def test_bench_plan_prints_steps_and_hours_and_runs_nothing(tmp_path, capsys):
                  "--seconds-per-step", "2.0", "--root", str(tmp_path / "runs")]) == 0
     printed = capsys.readouterr().out
     row = next(line for line in printed.splitlines() if line.startswith("learning_curve"))
-    runs, trained, steps, pretrain, rate, hours, done, done_hours = row.split()[1:]
-    # medium, seed 0: MF + SF at N_high 25/50/90 (paper), SF at MF's steps, converged MF + SF at 25
-    assert (int(runs), int(trained), int(pretrain), rate, int(done), float(done_hours)) == (11, 11, 0, "2.00*", 0, 0.0)
+    runs, trained, steps, pretrain, rate, hours, done, done_hours, left_hours = row.split()[1:]
+    # medium, seed 0: MF + SF at N_high 25/50/90 (paper), SF at MF's steps, converged MF + SF at 25 and 90
+    assert (int(runs), int(trained), int(pretrain), rate, int(done), float(done_hours)) == (13, 13, 0, "2.00*", 0, 0.0)
     assert float(hours) == round(int(steps) * 2.0 / 2 / 3600, 1)
+    assert left_hours == hours  # nothing finished: all of it is left
     assert not (tmp_path / "runs").exists()

@@ -360,33 +360,44 @@ def plan_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], bac
     ``converged`` the ceiling of steps (early stopping only lowers it). ``seconds_per_step`` per
     experiment: measured on the finished runs under ``root`` where there are some, else the given one.
     ``done`` / ``done_wall_s``: the runs finished under ``root`` and the wall seconds they took (one
-    run's own time; runs that ran side by side overlap)."""
+    run's own time; runs that ran side by side overlap). ``left_steps``: the steps of the runs not
+    finished there, with their pre-training (an upper bound: a killed run resumes part-way and a
+    pre-trained model another run left behind is reused)."""
     lvl = LEVELS[level]
     extra = {"backbone": backbone} if backbone else {}
     seen: set[str] = set()
     pretrained: set[tuple] = set()
+    pretrained_left: set[tuple] = set()
     rows = {}
     for name in experiments:
         specs = EXPERIMENTS[name](lvl, list(seeds), **extra)
         measured = measured_seconds_per_step(Path(root), name, level) if root is not None else None
         row = rows[name] = {"runs": len(specs), "trained": 0, "steps": 0, "pretrain_steps": 0,
                             "seconds_per_step": measured or seconds_per_step, "measured": measured is not None,
-                            "done": 0, "done_wall_s": 0.0}
+                            "done": 0, "done_wall_s": 0.0, "left_steps": 0}
         for spec in specs:
             if spec.name in seen:
                 continue
             seen.add(spec.name)
             finished = Path(root) / spec.experiment / spec.name / "result.json" if root is not None else None
-            if finished is not None and finished.is_file():
+            done = finished is not None and finished.is_file()
+            if done:
                 row["done"] += 1
                 row["done_wall_s"] += json.loads(finished.read_text()).get("wall_s") or 0.0
             n_high, n_low = frame_counts(spec, lvl)
             n_mf = n_high + n_low
             own = n_mf if spec.method in MF_METHODS else n_high
+            steps = epochs_for(spec, lvl, n_mf, own, BATCH_SIZE) * -(-own // BATCH_SIZE)
             row["trained"] += 1
-            row["steps"] += epochs_for(spec, lvl, n_mf, own, BATCH_SIZE) * -(-own // BATCH_SIZE)
+            row["steps"] += steps
+            row["left_steps"] += 0 if done else steps
             key = (spec.dataset, spec.backbone, spec.seed, n_low, spec.protocol == "converged")
-            if spec.method in PRETRAINED_METHODS and key not in pretrained:
-                pretrained.add(key)
-                row["pretrain_steps"] += lvl.epochs * -(-n_low // BATCH_SIZE)
+            if spec.method in PRETRAINED_METHODS:
+                pretrain = lvl.epochs * -(-n_low // BATCH_SIZE)
+                if key not in pretrained:
+                    pretrained.add(key)
+                    row["pretrain_steps"] += pretrain
+                if not done and key not in pretrained_left:
+                    pretrained_left.add(key)
+                    row["left_steps"] += pretrain
     return rows

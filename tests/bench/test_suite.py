@@ -36,6 +36,13 @@ def test_learning_curve_runs_skips_what_is_done_and_reports(tmp_path, lmfp_cache
     assert plan["trained"] == 4 and plan["steps"] == sum(r["steps"] for r in results)  # the plan counts what runs take
     assert plan["measured"] and plan["seconds_per_step"] > 0
     assert plan["done"] == 4 and plan["done_wall_s"] == pytest.approx(sum(r["wall_s"] for r in results))
+    assert plan["left_steps"] == 0  # nothing left to run
+    undone = sorted((root / "learning_curve").glob("*/result.json"))[0]
+    kept = undone.read_text()
+    undone.unlink()
+    replan = runner.plan_suite(["learning_curve"], "quick", [0], root=root)["learning_curve"]
+    assert replan["left_steps"] == json.loads(kept)["steps"] and replan["done"] == 3
+    undone.write_text(kept)
     written = write_report(root, out)
     assert sorted(p.name for p in written) == ["claims.md", "learning_curve.json", "learning_curve.md", "learning_curve.png"]
     assert "MF below single-fidelity for N_high ≤ 400" in (out / "claims.md").read_text()
