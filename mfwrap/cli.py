@@ -187,8 +187,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"{'done':>6}{'done h':>8}{'left h':>8}")
         total_hours = done_hours = left_hours = 0.0
         for name, r in rows.items():
-            hours = (r["steps"] + r["pretrain_steps"]) * r["seconds_per_step"] / max(args.jobs, 1) / 3600
-            left = r["left_steps"] * r["seconds_per_step"] / max(args.jobs, 1) / 3600
+            wall_hours = lambda steps: steps * r["seconds_per_step"] / max(args.jobs, 1) / 3600  # noqa: B023, E731
+            hours, left = wall_hours(r["steps"] + r["pretrain_steps"]), wall_hours(r["left_steps"])
             total_hours += hours
             left_hours += left
             done_hours += r["done_wall_s"] / 3600
