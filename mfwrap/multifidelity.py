@@ -132,6 +132,20 @@ class MultiFidelity(nn.Module):
         self.context.num_fidelities += 1
         self.fidelity_names = names
 
+    def draw_fidelity_parameters(self) -> None:
+        """Draw every fidelity parameter at random instead of the identity start: X_f like a row of
+        the embedding table, W_F like the one-hot columns of one ``nn.Linear`` over [a, onehot(f)],
+        readout copies 1.. re-initialised independently (each mechanism's ``draw_at_random``; the
+        global torch RNG, so seed it first). The fidelities then no longer start equal to the
+        backbone: this is the start of an implementation written from scratch, kept to measure
+        what the identity start is worth (``ModelConfig.fidelity_init``). On a pretrained backbone
+        it discards the pretrained readout in copies 1..; the composition model is fitted, not drawn.
+        """
+        for module in self.fidelity_modules():
+            draw = getattr(module, "draw_at_random", None)
+            if draw is not None:
+                draw()
+
     def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6) -> None:
         """Fit composition weights by regularised least squares on the energy labels of ``graphs``.
 

@@ -145,3 +145,28 @@ def test_single_fidelity_model_needs_no_name():
     mf = MultiFidelity(backbone, ["only"], "EMR")
     structure = random_crystal(np.random.default_rng(2))
     np.testing.assert_allclose(mfwrap.predict(mf, structure)[0][K.ENERGY], mfwrap.predict(backbone, structure)[0][K.ENERGY], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_drawn_fidelity_parameters_follow_a_from_scratch_start(name):
+    import torch
+
+    from mfwrap.mechanisms import FidelityEmbedding, FidelityLinear, FidelityReadout
+
+    backbone = small_backbone(name)
+    mf = MultiFidelity(backbone, NAMES, "ECMR")
+    torch.manual_seed(0)
+    mf.draw_fidelity_parameters()
+    flat = lambda params: torch.cat([p.detach().flatten() for p in params])  # noqa: E731
+    (embedding,) = [m for m in mf.fidelity_modules() if isinstance(m, FidelityEmbedding)]
+    assert 0.6 < float(embedding.fidelity_vectors.detach().std() / flat(embedding.embedding.parameters()).std()) < 1.4
+    layers = [m for m in mf.fidelity_modules() if isinstance(m, FidelityLinear)]
+    for layer in layers:  # one nn.Linear over [a, onehot(f)]: U(-1/sqrt(n), 1/sqrt(n)), n its input width
+        width = sum(p.shape[-1] for p in layer.linear.parameters() if p.dim() == 2) + len(NAMES)
+        assert width ** -0.5 / 2 < float(layer.fidelity_weight.detach().abs().max()) <= width ** -0.5
+    for readout in (m for m in mf.fidelity_modules() if isinstance(m, FidelityReadout)):
+        first, *others = [flat(c.parameters()) for c in readout.copies]
+        assert others and all(not torch.equal(first, other) for other in others)
+    structure = random_crystal(np.random.default_rng(5))
+    low, high = (evaluate(mf, batch_of([structure], backbone.graph_spec, [f])) for f in (0, 2))
+    assert abs(low[K.ENERGY] - high[K.ENERGY]).max() > 1e-3 and np.abs(low[K.FORCES] - high[K.FORCES]).max() > 1e-6

@@ -32,13 +32,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-METHODS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "single_fidelity", "transfer", "delta_model",
-           "delta_labels")
+METHODS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "mf_random_init", "single_fidelity", "transfer",
+           "delta_model", "delta_labels")
 # Multi-fidelity with one trainer option (mfwrap.train.TrainConfig) that targets the scarce fidelity:
 # mf_warm_start: backbone pre-trained on the low fidelity first; mf_balanced: fidelity_sampling 1 : 1
 # (half of every epoch's draws high fidelity); mf_reweighted: fidelity_loss_weights with each
-# fidelity's total weight equal (high fidelity weighted N_low / N_high).
-MF_METHODS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted")
+# fidelity's total weight equal (high fidelity weighted N_low / N_high). mf_random_init is a diagnosis, not an
+# option: the fidelity parameters drawn at random (ModelConfig fidelity_init "random") instead of the identity start.
+MF_METHODS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "mf_random_init")
 PROTOCOLS = ("paper", "equal_compute", "converged")
 ALL = None  # every frame of a split
 
@@ -163,7 +164,8 @@ def transfer_delta(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
 def mf_options(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     """Where MF loses to single-fidelity, the trainer options aimed at the scarce fidelity (MF_METHODS),
     each at MF's own compute (paper protocol; warm start's pre-training extra), at the smallest and
-    largest N_high."""
+    largest N_high; and MF with its fidelity parameters drawn at random (``mf_random_init``), to
+    measure what the identity start is worth."""
     return [RunSpec("mf_options", method, n, ALL, "paper", seed, backbone=backbone)
             for n in dict.fromkeys((level.n_high[0], level.n_high[-1])) for seed in seeds for method in MF_METHODS]
 

@@ -136,7 +136,8 @@ def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path):
                          **convergence_options(spec, level, n_mf, own, BATCH_SIZE),
                          **mf_option(spec, splits))
     method = "multi_fidelity" if spec.method in MF_METHODS else "delta" if spec.method.startswith("delta") else spec.method
-    model = {"backbone": BACKBONES[spec.backbone], "kwargs": level.model.get(spec.backbone, {}), "mechanisms": spec.mechanisms}
+    model = {"backbone": BACKBONES[spec.backbone], "kwargs": level.model.get(spec.backbone, {}), "mechanisms": spec.mechanisms,
+             "fidelity_init": "random" if spec.method == "mf_random_init" else "zero"}
     return Experiment(method=method, model=model, train=config, pretrain={"epochs": level.epochs},
                       delta_reference="labels" if spec.method == "delta_labels" else "model",
                       warm_start=spec.method == "mf_warm_start"), epochs
@@ -171,7 +172,7 @@ def run_one(spec: RunSpec, level_name: str, root: str) -> dict:
     result = {"spec": spec.as_dict(), "name": spec.name, "level": level.name, "protocol": spec.protocol, "epochs": epochs,
               "epochs_run": summary.get("epochs_run"), "steps": summary.get("steps"), "wall_s": time.perf_counter() - start,
               "n_train": {"high": len(splits.train_high), "low": len(splits.train_low) if spec.method != "single_fidelity" else 0},
-              "train_options": mf_option(spec, splits), "schedule": schedule_of(experiment.train), "n_val": len(splits.val),
+              "train_options": mf_option(spec, splits), "fidelity_init": experiment.model.fidelity_init, "schedule": schedule_of(experiment.train), "n_val": len(splits.val),
               "n_test": len(splits.test), "target_fidelity": names[-1],
               "best": summary["best"], "val": summary["val"], "test": summary["test"], "machine": machine()}
     if pretrain_source:

@@ -4,7 +4,8 @@ E :class:`FidelityEmbedding` (``X_Z + X_f``), C :class:`FidelityComposition` (pe
 element energies), M :class:`FidelityLinear` (``W a + W_F onehot(f) + b``), R
 :class:`FidelityReadout` (one readout copy per fidelity). Each reads the per-row fidelity of
 the batch from the wrapper's :class:`~mfwrap.fidelity.FidelityContext`, is the identity change
-at initialisation, and has ``add_fidelity(like)``.
+at initialisation, and has ``add_fidelity(like)``; E, M and R have ``draw_at_random()`` (the start a
+from-scratch implementation would have, for :meth:`mfwrap.MultiFidelity.draw_fidelity_parameters`).
 """
 
 from mfwrap.mechanisms.composition import FidelityComposition

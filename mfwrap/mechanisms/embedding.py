@@ -48,6 +48,14 @@ class FidelityEmbedding(nn.Module):
         term = spread_columns(self.fidelity_vectors.index_select(0, f), self.channels, self.features)
         return out + term.view(f.shape[0], *([1] * (out.dim() - 2)), out.shape[-1])
 
+    def draw_at_random(self) -> None:
+        """Redraw X_f as a fresh row of the backbone's embedding table would be drawn: N(0, s²), s the
+        standard deviation of the wrapped embedding's weights (1 if it has none); global torch RNG."""
+        weights = [p.detach().flatten() for p in self.embedding.parameters() if p.is_floating_point()]
+        scale = float(torch.cat(weights).std()) if weights and sum(w.numel() for w in weights) > 1 else 1.0
+        with torch.no_grad():
+            self.fidelity_vectors.normal_(0.0, scale)
+
     def add_fidelity(self, like: int) -> None:
         """Append a vector for a new fidelity, equal to the vector of fidelity ``like``."""
         vectors = self.fidelity_vectors.detach()

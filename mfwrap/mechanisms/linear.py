@@ -111,6 +111,20 @@ class FidelityLinear(nn.Module):
     def _spread(self, term: Tensor) -> Tensor:
         return spread_columns(term, self.channels, self.out_features)
 
+    def draw_at_random(self) -> None:
+        """Redraw W_F as one ``nn.Linear`` over the concatenated input [a, onehot(f)] would start:
+        U(−1/√n, 1/√n), n the layer's input width (the input widths of its weight matrices, summed)
+        plus n_F. A layer without weight matrices (e.g. e3nn's flat weights): N(0, s²), s the standard
+        deviation of its weights. Global torch RNG."""
+        matrices = [p for p in self.linear.parameters() if p.dim() == 2]
+        with torch.no_grad():
+            if matrices:
+                bound = (sum(p.shape[-1] for p in matrices) + self.fidelity_weight.shape[1]) ** -0.5
+                self.fidelity_weight.uniform_(-bound, bound)
+            else:
+                weights = torch.cat([p.detach().flatten() for p in self.linear.parameters()])
+                self.fidelity_weight.normal_(0.0, float(weights.std()) if weights.numel() > 1 else 1.0)
+
     def add_fidelity(self, like: int) -> None:
         """Append a column for a new fidelity, equal to the column of fidelity ``like``."""
         weight = self.fidelity_weight.detach()

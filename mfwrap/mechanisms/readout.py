@@ -48,6 +48,14 @@ class FidelityReadout(nn.Module):
         sorted_out = torch.cat([self.copies[f](chunks[f]) for f in present], dim=0)
         return torch.empty_like(sorted_out).index_copy(0, order, sorted_out)
 
+    def draw_at_random(self) -> None:
+        """Redraw copies 1.. independently (``reset_parameters`` of each of their layers; global torch
+        RNG), as separate readouts built from scratch would start; copy 0 keeps the backbone's weights."""
+        for copy_ in self.copies[1:]:
+            for module in copy_.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+
     def add_fidelity(self, like: int) -> None:
         """Append a copy for a new fidelity, equal to the copy of fidelity ``like``."""
         self.copies.append(self._copy(self.copies[like]))

@@ -60,12 +60,21 @@ class ModelConfig:
         kwargs: constructor arguments (ignored when ``pretrained`` is set).
         pretrained: if set, ``Class.from_pretrained(pretrained)`` (e.g. CHGNet "0.3.0").
         mechanisms: subset of "ECMR" for the multi-fidelity wrapper.
+        fidelity_init: multi_fidelity only: "zero" (every fidelity starts as the backbone: X_f = 0,
+            W_F = 0, readout copies equal) or "random"
+            (:meth:`~mfwrap.MultiFidelity.draw_fidelity_parameters`, right after the backbone is built
+            under the run's seed).
     """
 
     backbone: str = "backbones.chgnet:CHGNet"
     kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     mechanisms: str = "ECMR"
+    fidelity_init: str = "zero"
+
+    def __post_init__(self) -> None:
+        if self.fidelity_init not in ("zero", "random"):
+            raise ValueError(f"model.fidelity_init must be 'zero' or 'random', got {self.fidelity_init!r}")
 
     def build_backbone(self) -> nn.Module:
         cls = import_class(self.backbone)
@@ -106,6 +115,8 @@ class Experiment:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.warm_start and self.method != "multi_fidelity":
             raise ValueError(f"warm_start is an option of multi_fidelity, not of {self.method}")
+        if self.model.fidelity_init != "zero" and self.method != "multi_fidelity":
+            raise ValueError(f"model.fidelity_init is an option of multi_fidelity, not of {self.method}")
         if self.delta_reference not in ("labels", "model"):
             raise ValueError(f"delta_reference must be 'labels' or 'model', got {self.delta_reference!r}")
 
@@ -204,6 +215,8 @@ def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Seq
             torch.manual_seed(config.seed)
             backbone = experiment.model.build_backbone()
         model = MultiFidelity(backbone, fidelities, experiment.model.mechanisms)
+        if experiment.model.fidelity_init == "random":
+            model.draw_fidelity_parameters()  # RNG seeded above (or by the pre-training)
         return Trainer(model, final).fit(train, val, test, resume=resume)
 
     if experiment.method == "single_fidelity":

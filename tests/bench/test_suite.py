@@ -67,7 +67,9 @@ def test_a_run_two_experiments_share_is_trained_once(tmp_path, lmfp_cache):
 def test_mf_options_set_their_trainer_option(tmp_path, lmfp_cache):
     level = LEVELS["quick"]
     specs = {s.method: s for s in EXPERIMENTS["mf_options"](level, [0]) if s.n_high == 10}
-    assert set(specs) == {"multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted"}
+    assert set(specs) == {"multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "mf_random_init"}
+    assert {m: runner._experiment(specs[m], level, runner.make_splits(specs[m], level), tmp_path)[0].model.fidelity_init
+            for m in ("multi_fidelity", "mf_random_init")} == {"multi_fidelity": "zero", "mf_random_init": "random"}
     splits = runner.make_splits(specs["mf_reweighted"], level)
     assert runner.mf_option(specs["mf_reweighted"], splits) == {"fidelity_loss_weights": {"high": 40 / 10}}
     assert runner.mf_option(specs["mf_balanced"], splits) == {"fidelity_sampling": {"low": 1.0, "high": 1.0}}

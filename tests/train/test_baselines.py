@@ -124,3 +124,26 @@ def test_multi_fidelity_warm_start_begins_from_the_low_fidelity_model(tmp_path):
         torch.testing.assert_close(wrapped[f"backbone.{name}.{inner}.weight"], pretrained[f"{name}.weight"], rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="warm_start is an option of multi_fidelity"):
         Experiment(method="transfer", warm_start=True)
+
+
+@pytest.mark.parametrize("fidelity_init", ["zero", "random"])
+def test_multi_fidelity_starts_from_the_identity_or_from_drawn_fidelity_parameters(tmp_path, fidelity_init):
+    experiment = _experiment(tmp_path, "multi_fidelity", model={"fidelity_init": fidelity_init})
+    experiment.train.lr = 1e-12  # the weights stay where they started
+    run_experiment(experiment, FIDELITIES, LOW + HIGH)
+    state = read_payload(tmp_path / "multi_fidelity" / "best.pt")["state_dict"]
+    fidelity_terms = [value for name, value in state.items() if name.endswith(("fidelity_vectors", "fidelity_weight"))]
+    copies = {name.split(".copies.")[1].split(".", 1)[1]: [] for name in state if ".copies." in name}
+    for name, value in state.items():
+        if ".copies." in name:
+            copies[name.split(".copies.")[1].split(".", 1)[1]].append(value)
+    assert len(fidelity_terms) >= 2 and copies and all(len(pair) == 2 for pair in copies.values())
+    copies_equal = all(torch.equal(*pair) for pair in copies.values())
+    if fidelity_init == "zero":
+        assert all(float(t.abs().max()) < 1e-9 for t in fidelity_terms) and copies_equal
+    else:
+        assert all(float(t.abs().max()) > 1e-3 for t in fidelity_terms) and not copies_equal
+    with pytest.raises(ValueError, match="fidelity_init is an option of multi_fidelity"):
+        Experiment(method="single_fidelity", model=dict(MODEL, fidelity_init="random"))
+    with pytest.raises(ValueError, match="must be 'zero' or 'random'"):
+        Experiment(model=dict(MODEL, fidelity_init="normal"))
