@@ -33,11 +33,19 @@ def test_low_fidelity_size_and_ablations():
                                                                                                   (300, 130.0))]
     ablations = [_run("ablations", "multi_fidelity", 50, "paper", 0, f, mechanisms=m) for m, f in (("ECMR", 90.0), ("", 95.0),
                                                                                                   ("E", 80.0))]
-    verdicts = {v.claim.split(" — ")[0]: v for v in check_claims({"low_fidelity_size": sizes, "ablations": ablations})}
-    assert verdicts["more low-fidelity data lowers the error"].status == "partly"  # F 130 < 150 yes; E equal: no
-    assert "more optimiser steps" in verdicts["more low-fidelity data lowers the error"].claim
+    schnet = [_run("second_backbone", "multi_fidelity", 50, "paper", seed, f, energy=e, mechanisms=m, backbone="schnet")
+              for seed in (0, 1) for m, f, e in (("ECMR", 90.0, 8.0), ("", 95.0, 9.0), ("E", 99.0, 7.0 + 3 * seed))]
+    schnet += [_run("second_backbone", "multi_fidelity", 25, "paper", 0, 50.0, backbone="schnet")]  # no variants at 25
+    verdicts = {v.claim: v for v in check_claims({"low_fidelity_size": sizes, "ablations": ablations,
+                                                  "second_backbone": schnet})}
+    more_data = next(v for claim, v in verdicts.items() if claim.startswith("more low-fidelity data lowers the error"))
+    assert more_data.status == "partly" and "more optimiser steps" in more_data.claim  # F 130 < 150 yes; E equal: no
     ablation = verdicts["F (all four mechanisms) best among the ablations"]
     assert ablation.status == "partly" and "best E 80 ✗" in ablation.evidence[1]
+    with_schnet = verdicts["F (all four mechanisms) best among the ablations — the second backbone (SchNet)"]
+    # F: forces 90 best; energy 8 against E's mean over seeds 0, 1 of 8.5 (7 and 10): F best on both, N_high 25 not judged
+    assert with_schnet.status == "holds" and with_schnet.evidence == [
+        "N_high 50, E: F 8; best ECMR 8 ✓ (seeds [0, 1])", "N_high 50, F: F 90; best ECMR 90 ✓ (seeds [0, 1])"]
     assert "**partly** — more low-fidelity data" in claims_markdown(list(verdicts.values()))
 
 
