@@ -172,8 +172,8 @@ def run_one(spec: RunSpec, level_name: str, root: str) -> dict:
     result = {"spec": spec.as_dict(), "name": spec.name, "level": level.name, "protocol": spec.protocol, "epochs": epochs,
               "epochs_run": summary.get("epochs_run"), "steps": summary.get("steps"), "wall_s": time.perf_counter() - start,
               "n_train": {"high": len(splits.train_high), "low": len(splits.train_low) if spec.method != "single_fidelity" else 0},
-              "train_options": mf_option(spec, splits), "fidelity_init": experiment.model.fidelity_init, "schedule": schedule_of(experiment.train), "n_val": len(splits.val),
-              "n_test": len(splits.test), "target_fidelity": names[-1],
+              "train_options": mf_option(spec, splits), "fidelity_init": experiment.model.fidelity_init,
+              "schedule": schedule_of(experiment.train), "n_val": len(splits.val), "n_test": len(splits.test), "target_fidelity": names[-1],
               "best": summary["best"], "val": summary["val"], "test": summary["test"], "machine": machine()}
     if pretrain_source:
         result["pretrain_reused_from"] = pretrain_source
