@@ -108,6 +108,19 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
     bars = experiment in ("ablations", "coverage")
     ablation = experiment in ("ablations", "second_backbone")
+    x_key = {"low_fidelity_size": "n_low", "fidelity_gap": "alpha"}.get(experiment, "n_high")
+
+    def x_of(r):
+        return gap_alpha(r["dataset"]) if x_key == "alpha" else r[x_key]
+
+    def series_name(r):
+        name = f"{label(r, ablation)}, N_high = {r['n_high']}" if x_key == "alpha" else \
+            f"N_high = {r['n_high']}" if x_key == "n_low" else label(r, ablation)
+        return f"{name}, {r['protocol']}, {r['backbone']}"
+
+    names = list(dict.fromkeys(series_name(r) for r in rows))  # one colour per series in every panel
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colours = {name: palette(i % palette.N) for i, name in enumerate(names)}
     for ax, target in zip(axes[0], targets):
         having = [r for r in rows if target in r["test"]]  # e.g. SchNet rows have no magmoms
         if bars:
@@ -117,22 +130,16 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
             ax.bar(range(len(having)), values, yerr=errors, capsize=3, color="tab:blue")
             ax.set_xticks(range(len(having)), names, rotation=45, ha="right")
         else:
-            x_key = {"low_fidelity_size": "n_low", "fidelity_gap": "alpha"}.get(experiment, "n_high")
-            def x_of(r, x_key=x_key):
-                return gap_alpha(r["dataset"]) if x_key == "alpha" else r[x_key]
-
             series: dict[str, list[dict]] = defaultdict(list)
             for r in having:
-                name = f"{label(r, ablation)}, N_high = {r['n_high']}" if x_key == "alpha" else \
-                    f"N_high = {r['n_high']}" if x_key == "n_low" else label(r, ablation)
-                series[f"{name}, {r['protocol']}, {r['backbone']}"].append(r)
+                series[series_name(r)].append(r)
             for name, members in series.items():
                 members.sort(key=x_of)
                 xs = [x_of(r) for r in members]
                 if x_key == "alpha" and members[0]["method"] == "single_fidelity":  # no low fidelity: a level line
                     xs, members = [0.0, 1.0], members * 2
-                ax.errorbar(xs, [r["test"][target]["mae"] for r in members],
-                            yerr=[r["test"][target]["mae_sd"] for r in members], marker="o", capsize=3, label=name)
+                ax.errorbar(xs, [r["test"][target]["mae"] for r in members], yerr=[r["test"][target]["mae_sd"] for r in members],
+                            marker="o", capsize=3, label=name, color=colours[name])
             if x_key == "n_high":  # N_low includes 0, α too: linear axes
                 ax.set_xscale("log")
             ax.set_xlabel({"n_low": "low-fidelity training frames", "n_high": "high-fidelity training frames",
