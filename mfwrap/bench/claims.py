@@ -276,6 +276,12 @@ def check_claims(report: dict[str, list[dict]]) -> list[Verdict]:
     verdicts.append(Verdict("(diagnosis) with no gap (α = 0: the low fidelity is the high teacher on other frames), MF below "
                             "single-fidelity on E, F, S, M — equal compute; plain, without readout copies, sampling 1:1",
                             _status(outcomes), lines))
+    options = report.get("mf_options", [])
+    outcomes, lines = _compare(_select(options, "multi_fidelity", "paper"), _select(options, "mf_random_init", "paper"),
+                               TARGETS, ("MF, identity start", "MF, drawn at random"))
+    verdicts.append(Verdict("(diagnosis) the identity start of the fidelity parameters (X_f = 0, W_F = 0, equal readout "
+                            "copies) below a random start, as a from-scratch implementation would draw them — same steps",
+                            _status(outcomes), lines))
     return verdicts
 
 

@@ -111,7 +111,8 @@ def test_the_gap_diagnosis_orders_mf_by_alpha_and_compares_half_the_gap_with_sf(
             + [_run("fidelity_gap", "single_fidelity", 25, "equal_compute", 0, 130.0, energy=10.0)]}
     runs["fidelity_gap"] += [_run("fidelity_gap", "multi_fidelity", 25, "paper", 0, 125.0, mechanisms="ECM", dataset="lmfp-gap0"),
                              _run("fidelity_gap", "mf_balanced", 25, "paper", 0, 90.0, energy=9.5, dataset="lmfp-gap0")]
-    ordered, half, no_gap = [v for v in check_claims(runs) if v.claim.startswith("(diagnosis)")]
+    ordered, half, no_gap = [v for v in check_claims(runs) if v.claim.startswith("(diagnosis)")
+                             and "identity start" not in v.claim]
     assert no_gap.status == "partly" and no_gap.evidence == [
         "N_high 25, E: MF at α = 0 9 vs SF 10 (-10 %) ✓ (seeds [0])", "N_high 25, F: MF at α = 0 100 vs SF 130 (-23 %) ✓ (seeds [0])",
         "N_high 25, E: MF without R at α = 0 10 vs SF 10 (+0 %) ✗ (seeds [0])",
@@ -128,3 +129,13 @@ def test_each_comparison_says_how_many_seeds_agree_with_the_means():
     paper = check_claims({"learning_curve": curve})[0]
     assert paper.evidence[1] == "N_high 25, F: MF 133 vs SF 140 (-5 %) ✓ (seeds [0, 1, 2], 2/3 seeds agree)"
     assert paper.evidence[0].endswith("✗ (seeds [0, 1, 2], 3/3 seeds agree)")  # energy 10 vs 10: no seed better
+
+
+def test_the_identity_start_is_judged_against_the_random_one_over_common_seeds():
+    runs = [_run("mf_options", "multi_fidelity", 25, "paper", seed, forces, energy=energy)
+            for seed, forces, energy in ((0, 100.0, 12.0), (1, 110.0, 12.0))]
+    runs += [_run("mf_options", "mf_random_init", 25, "paper", 0, 120.0, energy=11.0)]  # seed 1 not run: not compared
+    (verdict,) = [v for v in check_claims({"mf_options": runs}) if v.claim.startswith("(diagnosis) the identity start")]
+    assert verdict.status == "partly" and verdict.evidence == [
+        "N_high 25, E: MF, identity start 12 vs MF, drawn at random 11 (+9 %) ✗ (seeds [0])",
+        "N_high 25, F: MF, identity start 100 vs MF, drawn at random 120 (-17 %) ✓ (seeds [0])"]
