@@ -118,9 +118,9 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
             f"N_high = {r['n_high']}" if x_key == "n_low" else label(r, ablation)
         return f"{name}, {r['protocol']}, {r['backbone']}"
 
-    names = list(dict.fromkeys(series_name(r) for r in rows))  # one colour per series in every panel
-    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    colours = {name: palette(i % palette.N) for i, name in enumerate(names)}
+    every_series = list(dict.fromkeys(series_name(r) for r in rows))  # one colour per series in every panel
+    palette = plt.get_cmap("tab10" if len(every_series) <= 10 else "tab20")
+    colours = {name: palette(i % palette.N) for i, name in enumerate(every_series)}
     for ax, target in zip(axes[0], targets):
         having = [r for r in rows if target in r["test"]]  # e.g. SchNet rows have no magmoms
         if bars:
