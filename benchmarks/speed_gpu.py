@@ -183,8 +183,9 @@ def _peak_mb(fn: Callable[[], object], device: torch.device) -> float:
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def bench_end_to_end(device: torch.device, quick: bool) -> dict:
-    """Native CHGNet (per scatter backend) vs official chgnet, same 0.3.0 weights, same GPU."""
+def bench_end_to_end(device: torch.device, quick: bool, on_case: Callable[[dict], None] = lambda partial: None) -> dict:
+    """Native CHGNet (per scatter backend) vs official chgnet, same 0.3.0 weights, same GPU.
+    ``on_case`` gets the result so far after each case (to print and save it: a lease can end)."""
     from chgnet.model import CHGNet as OfficialCHGNet  # noqa: PLC0415
     from torch_geometric.data import Batch  # noqa: PLC0415
 
@@ -198,6 +199,8 @@ def bench_end_to_end(device: torch.device, quick: bool) -> dict:
     cases = {"batch 4 x 56 atoms": lmfp_cells(4, (1, 1, 2), 0), "batch 32 x 56 atoms": lmfp_cells(32, (1, 1, 2), 1),
              "1 x 5040 atoms": lmfp_cells(1, (5, 6, 6), 2)}
     results = {}
+    report = {"measured": True, "device": device_name(device), "weights": "0.3.0", "dtype": "float32",
+              "tolerances": TOLERANCES, "cases": results}
     for case, structures in cases.items():
         t0 = time.perf_counter()
         batch = Batch.from_data_list(structures_to_graphs(structures, native.graph_spec)).to(device)
@@ -273,8 +276,8 @@ def bench_end_to_end(device: torch.device, quick: bool) -> dict:
         except Exception as error:  # noqa: BLE001 - record and go on: the eager rows stand on their own
             entry["native"]["compiled"] = {"error": repr(error)}
         results[case] = entry
-    return {"measured": True, "device": device_name(device), "weights": "0.3.0", "dtype": "float32",
-            "tolerances": TOLERANCES, "cases": results}
+        on_case(report)
+    return report
 
 
 def print_end_to_end(result: dict) -> None:
@@ -319,18 +322,27 @@ def main() -> None:
     result: dict = {"torch": torch.__version__, "backends_available": available_backends(), "targets": TARGETS,
                     "scatter": bench_scatter(device, args.quick)}
     print_scatter(result["scatter"])
+    write(result)
     if not cuda and triton_interpreted():
         result["triton_interpreted_cpu"] = bench_triton_interpreted()
         print("\ntriton (interpreted, CPU):", result["triton_interpreted_cpu"])
     if cuda:
-        result["end_to_end"] = bench_end_to_end(device, args.quick)
-        print_end_to_end(result["end_to_end"])
+        def on_case(partial: dict) -> None:
+            result["end_to_end"] = partial
+            print_end_to_end({**partial, "cases": dict(list(partial["cases"].items())[-1:])})
+            write(result)
+
+        bench_end_to_end(device, args.quick, on_case)
     else:
         result["end_to_end"] = {"measured": False, "reason": "no CUDA device here: GPU figures need a GPU"}
         print("\nNo CUDA device: GPU figures (Triton on GPU, end-to-end CHGNet vs official) were NOT measured.")
+    write(result)
+    print(f"\nwrote {RESULTS}")
+
+
+def write(result: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {RESULTS}")
 
 
 if __name__ == "__main__":
