@@ -28,7 +28,8 @@ from mfwrap.data.graph import EV_PER_A3_TO_GPA, structure_index
 def deform(pos: Tensor, cell: Tensor, strain: Tensor, structure: Tensor) -> tuple[Tensor, Tensor]:
     """Positions (n, 3) and cells (B, 3, 3) under strain ε (B, 3, 3): ``r (I + ε_b)``, ``L (I + ε_b)``."""
     deformation = torch.eye(3, dtype=pos.dtype, device=pos.device) + strain
-    return torch.bmm(pos.unsqueeze(1), deformation[structure]).squeeze(1), torch.bmm(cell, deformation)
+    per_atom = torch.index_select(deformation, 0, structure)  # backward adds rows (see graph.edge_vectors_of)
+    return torch.bmm(pos.unsqueeze(1), per_atom).squeeze(1), torch.bmm(cell, deformation)
 
 
 def energy_and_derivatives(
