@@ -3,7 +3,7 @@
     python benchmarks/suite_gpu.py [--root /tmp/suite_gpu] [--at-once 4] [--out benchmarks/results/suite_gpu.json]
 
 Each run is exactly the suite's (``mfwrap.bench.runner.run_one``: same splits, epochs, compiled
-steps, evaluation), in its own process with one CPU thread, the trainer's ``device: auto`` picking
+steps unless ``--eager``, evaluation), in its own process with one CPU thread, the trainer's ``device: auto`` picking
 the GPU. Phase "alone": LMFP CHGNet MF (ECMR) at N_high = 25, paper protocol, seed 0. Phase
 "at once": ``--at-once`` runs side by side on the one GPU (single-fidelity equal compute at
 N_high = 25, seeds 0, 1, 2, and MF seed 1, repeated as needed). Reported per run: optimiser steps,
@@ -30,8 +30,10 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_RESULTS = REPO / "benchmarks" / "results" / "suite" / "learning_curve.json"
-RUN_ONE = ("import json, sys, torch; torch.set_num_threads(1); from mfwrap.bench.grid import RunSpec; "
-           "from mfwrap.bench.runner import run_one; run_one(RunSpec(**json.loads(sys.argv[1])), 'medium', sys.argv[2])")
+RUN_ONE = ("import dataclasses, json, sys, torch; torch.set_num_threads(1); from mfwrap.bench.grid import LEVELS, RunSpec; "
+           "from mfwrap.bench.runner import run_one; "
+           "LEVELS['medium'] = dataclasses.replace(LEVELS['medium'], compile=sys.argv[3] == 'compiled'); "
+           "run_one(RunSpec(**json.loads(sys.argv[1])), 'medium', sys.argv[2])")
 TARGETS = ("energy", "forces", "stress", "magmoms")
 
 
@@ -40,10 +42,10 @@ def spec(method: str, protocol: str, seed: int) -> dict:
             "seed": seed, "mechanisms": "ECMR", "dataset": "lmfp", "backbone": "chgnet", "region": None}
 
 
-def start(run: dict, root: Path) -> subprocess.Popen:
+def start(run: dict, root: Path, mode: str) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     log = open(root / f"{run['method']}_s{run['seed']}_{time.monotonic_ns()}.log", "w")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-c", RUN_ONE, json.dumps(run), str(root)], env=env, stdout=log,
+    return subprocess.Popen([sys.executable, "-c", RUN_ONE, json.dumps(run), str(root), mode], env=env, stdout=log,
                             stderr=subprocess.STDOUT)
 
 
@@ -69,12 +71,12 @@ def summary(run: dict, root: Path, cpu: dict) -> dict:
             "test_mae_cpu": {t: theirs["test"]["high"][t]["mae"] for t in TARGETS} if theirs else None}
 
 
-def phase(runs: list[dict], roots: list[Path], cpu: dict) -> dict:
+def phase(runs: list[dict], roots: list[Path], cpu: dict, mode: str) -> dict:
     """Train ``runs`` side by side (run i under ``roots[i]``); their figures and the aggregate rate."""
     for root in roots:
         root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    procs = [start(r, root) for r, root in zip(runs, roots)]
+    procs = [start(r, root, mode) for r, root in zip(runs, roots)]
     codes = [p.wait() for p in procs]
     wall = time.perf_counter() - t0
     rows = [dict(summary(r, root, cpu), returncode=c) for r, root, c in zip(runs, roots, codes)]
@@ -95,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/suite_gpu", help="where the runs go (fresh: nothing is resumed)")
     parser.add_argument("--at-once", type=int, default=4, help="runs side by side in the second phase")
+    parser.add_argument("--eager", action="store_true",
+                        help="eager training steps (the medium level compiles them; the CPU runs compared were compiled)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "suite_gpu.json"))
     args = parser.parse_args()
     out = Path(args.out)
@@ -102,21 +106,22 @@ def main() -> None:
         print("No CUDA device: nothing measured (the suite's GPU figures need a GPU).")
         return
     root = Path(args.root)
+    mode = "eager" if args.eager else "compiled"
     cpu = {r["name"]: r for r in json.loads(CPU_RESULTS.read_text())["runs"]}
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cpu_cores": os.cpu_count(),
-                    "level": "medium", "note": "each run one process, one CPU thread; wall includes data, graphs, "
+                    "level": "medium", "training_steps": mode, "note": "each run one process, one CPU thread; wall includes data, graphs, "
                     "compilation and evaluation"}
 
     def save() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1))
 
-    report["alone"] = phase([spec("multi_fidelity", "paper", 0)], [root / "alone"], cpu)
+    report["alone"] = phase([spec("multi_fidelity", "paper", 0)], [root / "alone"], cpu, mode)
     save()
     print(json.dumps(report["alone"], indent=1), flush=True)
     pool = [spec("single_fidelity", "equal_compute", s) for s in (0, 1, 2)] + [spec("multi_fidelity", "paper", 1)]
     at_once = [pool[i % len(pool)] for i in range(args.at_once)]
-    report["at_once"] = phase(at_once, [root / f"at_once_{i}" for i in range(len(at_once))], cpu)  # own dirs
+    report["at_once"] = phase(at_once, [root / f"at_once_{i}" for i in range(len(at_once))], cpu, mode)  # own dirs
     steps = report["at_once"]["steps"]
     alone = report["alone"]["runs"][0]
     if "s_per_step" in alone:

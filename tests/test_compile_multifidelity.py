@@ -5,6 +5,8 @@ benchmarks/train_step.py)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,26 @@ def test_a_delta_model_compiles_as_the_sum_of_its_parts():
     for sizes in [(3,), (2, 4)]:
         batch = _batch(model, sizes, [0] * len(sizes))
         _assert_close(energy_and_derivatives(compiled, batch), energy_and_derivatives(model, batch), 1e-10)
+
+
+def test_a_failing_compilation_names_torch_and_the_way_out(tmp_path):
+    """torch.compile failing inside torch (as on torch 2.11) is reported with the torch version and
+    ``train.compile: false``, the original error chained."""
+    from mfwrap.train import TrainConfig, Trainer
+
+    rng, spec = np.random.default_rng(3), small_backbone("chgnet").graph_spec
+    graphs = [to_graph(random_crystal(rng, 3), spec, fidelity=1, labels={K.ENERGY: -15.0}, dtype=torch.float64)
+              for _ in range(2)]
+    config = TrainConfig(epochs=1, batch_size=2, val_fraction=0.0, targets="e", output_dir=str(tmp_path), progress=False,
+                         compile="aot_eager")
+    trainer = Trainer(_wrapped(), config)
+    trainer.setup_optimiser(10)
+
+    def fails(batch):
+        raise torch._dynamo.exc.TorchRuntimeError("isIntList() INTERNAL ASSERT FAILED")
+
+    trainer.step_model = fails
+    with pytest.raises(RuntimeError, match=rf"torch {re.escape(torch.__version__)}.*train\.compile: false") as raised:
+        trainer.train_step(graphs, torch.tensor([0, 1]))
+    assert isinstance(raised.value.__cause__, torch._dynamo.exc.TorchRuntimeError)
+    assert trainer.compile_seconds is None

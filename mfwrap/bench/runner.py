@@ -122,7 +122,7 @@ def mf_option(spec: RunSpec, splits: Splits) -> dict:
     return {}
 
 
-def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path):
+def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path, eager: bool = False):
     from mfwrap.train.baselines import Experiment
     from mfwrap.train.config import TrainConfig
 
@@ -132,7 +132,7 @@ def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path):
     targets = targets_of(spec.dataset) if spec.backbone in PREDICTS_MAGMOMS else targets_of(spec.dataset).replace("m", "")
     config = TrainConfig(targets=targets, epochs=epochs, batch_size=BATCH_SIZE, lr=0.005, seed=spec.seed,
                          output_dir=str(out), progress=False, checkpoint_every=50,
-                         compile=level.compile and spec.backbone in COMPILABLE,
+                         compile=level.compile and spec.backbone in COMPILABLE and not eager,
                          **convergence_options(spec, level, n_mf, own, BATCH_SIZE),
                          **mf_option(spec, splits))
     method = "multi_fidelity" if spec.method in MF_METHODS else "delta" if spec.method.startswith("delta") else spec.method
@@ -152,8 +152,9 @@ def schedule_of(config) -> dict:
     return schedule
 
 
-def run_one(spec: RunSpec, level_name: str, root: str) -> dict:
-    """Train and test one run (resuming its checkpoints); writes and returns its result."""
+def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> dict:
+    """Train and test one run (resuming its checkpoints); writes and returns its result. ``eager``:
+    eager training steps where the level compiles them (``compiled_steps`` in the result says which)."""
     from mfwrap.model_file import import_class
     from mfwrap.train.baselines import run_experiment
 
@@ -162,7 +163,7 @@ def run_one(spec: RunSpec, level_name: str, root: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     splits = make_splits(spec, level)
-    experiment, epochs = _experiment(spec, level, splits, out)
+    experiment, epochs = _experiment(spec, level, splits, out, eager)
     graph_spec = import_class(BACKBONES[spec.backbone])(**level.model.get(spec.backbone, {})).graph_spec
     names = fidelities_of(spec.dataset)
     graphs = lambda records: to_graphs(records, graph_spec, names)  # noqa: E731
@@ -173,6 +174,7 @@ def run_one(spec: RunSpec, level_name: str, root: str) -> dict:
               "epochs_run": summary.get("epochs_run"), "steps": summary.get("steps"), "wall_s": time.perf_counter() - start,
               "n_train": {"high": len(splits.train_high), "low": len(splits.train_low) if spec.method != "single_fidelity" else 0},
               "train_options": mf_option(spec, splits), "fidelity_init": experiment.model.fidelity_init,
+              "compiled_steps": experiment.train.compile is not False,
               "schedule": schedule_of(experiment.train), "n_val": len(splits.val), "n_test": len(splits.test), "target_fidelity": names[-1],
               "best": summary["best"], "val": summary["val"], "test": summary["test"], "machine": machine()}
     if pretrain_source:
@@ -229,10 +231,10 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-def _run_in_worker(spec: RunSpec, level: str, root: str) -> tuple[RunSpec, str | None]:
+def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) -> tuple[RunSpec, str | None]:
     torch.set_num_threads(1)
     try:
-        run_one(spec, level, root)
+        run_one(spec, level, root, eager)
         return spec, None
     except Exception:  # recorded, reported, not fatal to the other runs
         text = traceback.format_exc()
@@ -282,9 +284,9 @@ def reuse_finished(specs: Sequence[RunSpec], level: str, root: Path) -> int:
 
 
 def run_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], root: str | Path, *, jobs: int = 1,
-              backbone: str | None = None, report: str | Path | None = None) -> dict:
+              backbone: str | None = None, report: str | Path | None = None, eager: bool = False) -> dict:
     """Run every missing run of ``experiments`` at ``level`` (runs in ``report``'s committed results
-    count as done); returns {"total", "ran", "failed"}."""
+    count as done; ``eager``: see :func:`run_one`); returns {"total", "ran", "failed"}."""
     specs = []
     for name in experiments:
         if name not in EXPERIMENTS:
@@ -310,7 +312,7 @@ def run_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], root
         if jobs > 1:
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
-                futures = [pool.submit(_run_in_worker, s, level, str(root)) for s in to_train]
+                futures = [pool.submit(_run_in_worker, s, level, str(root), eager) for s in to_train]
                 for future in concurrent.futures.as_completed(futures):
                     spec, error = future.result()
                     failed += [spec.name] if error else []
@@ -319,7 +321,7 @@ def run_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], root
         else:
             for spec in to_train:
                 bar.set_postfix_str(spec.name[-40:])
-                _, error = _run_in_worker(spec, level, str(root))
+                _, error = _run_in_worker(spec, level, str(root), eager)
                 failed += [spec.name] if error else []
                 bar.update()
     reuse_finished(specs, level, root)

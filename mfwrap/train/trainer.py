@@ -213,7 +213,14 @@ class Trainer:
         need = targets_to_compute(batch, self.targets)
         self.selected.keys = (K.ENERGY,) + ((K.MAGMOMS,) if K.MAGMOMS in counts and float(counts[K.MAGMOMS]) > 0 else ())
         started = time.perf_counter() if self.compile_seconds is None and self.config.compile else None
-        pred = energy_and_derivatives(self.step_model, batch, forces=need[K.FORCES], stress=need[K.STRESS], create_graph=True)
+        try:
+            pred = energy_and_derivatives(self.step_model, batch, forces=need[K.FORCES], stress=need[K.STRESS], create_graph=True)
+        except torch._dynamo.exc.TorchDynamoException as error:  # compilation, not the data: say what to do
+            raise RuntimeError(
+                f"compiling the training step (train.compile: {self.config.compile!r}) failed under torch {torch.__version__}: "
+                f"{str(error).splitlines()[0]}. The compiled path is tested on torch 2.13 and fails inside torch.compile on "
+                f"2.11 (seen on CPU and CUDA); set train.compile: false to train with eager steps "
+                f"(`mfwrap bench ... --eager` in the suite)") from error
         loss, terms = self.criterion(pred, batch, counts, scale=float(self.ctx.world_size))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

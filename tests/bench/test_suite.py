@@ -64,6 +64,16 @@ def test_a_run_two_experiments_share_is_trained_once(tmp_path, lmfp_cache):
     assert runner.reuse_finished(EXPERIMENTS["low_fidelity_size"](LEVELS["medium"], [0]), "medium", tmp_path) == 0
 
 
+def test_eager_overrides_the_levels_compiled_steps_and_results_say_which(tmp_path, lmfp_cache):
+    """--eager: eager training steps on a level that compiles them (medium, full); quick never compiles."""
+    medium, quick = LEVELS["medium"], LEVELS["quick"]
+    spec = EXPERIMENTS["learning_curve"](medium, [0])[0]
+    compiled = lambda level, **kw: runner._experiment(spec, level, runner.make_splits(spec, level), tmp_path, **kw)[0].train.compile  # noqa: E731
+    assert compiled(medium) is True and compiled(medium, eager=True) is False and compiled(quick) is False
+    result = runner.run_one(EXPERIMENTS["learning_curve"](quick, [0])[0], "quick", str(tmp_path), eager=True)
+    assert result["compiled_steps"] is False
+
+
 def test_mf_options_set_their_trainer_option(tmp_path, lmfp_cache):
     level = LEVELS["quick"]
     specs = {s.method: s for s in EXPERIMENTS["mf_options"](level, [0]) if s.n_high == 10}
