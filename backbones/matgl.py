@@ -42,7 +42,7 @@ import torch
 from ase.data import atomic_numbers, chemical_symbols
 from torch import Tensor, nn
 
-from backbones.ops import scatter_sum
+from backbones.ops import scatter_sum_float64
 from backbones.pyg import reverse_edges
 from mfwrap.data import keys as K
 from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec, edge_vectors, structure_index
@@ -193,8 +193,8 @@ class MatglAdapter(nn.Module, metaclass=abc.ABCMeta):
         numbers = batch[K.ATOMIC_NUMBERS]
         out = self.atom_energies(batch, self.node_types(numbers))
         structure, count = structure_index(batch), batch[K.CELL].shape[0]
-        energy = self.data_std * scatter_sum(out.pop(K.ENERGY), structure, count) + self.data_mean
-        out[K.ENERGY] = energy + scatter_sum(self.element_refs(numbers), structure, count)
+        energy = self.data_std * scatter_sum_float64(out.pop(K.ENERGY), structure, count) + self.data_mean
+        out[K.ENERGY] = energy + scatter_sum_float64(self.element_refs(numbers), structure, count)
         return out
 
     @abc.abstractmethod

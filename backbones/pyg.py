@@ -30,14 +30,14 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import models as pyg_models
 
-from backbones.ops import scatter_sum
+from backbones.ops import scatter_sum, scatter_sum_float64
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
 
 
 def _total(per_atom: Tensor, batch) -> Tensor:
     """(n,) per-atom energies → (B,) totals."""
-    return scatter_sum(per_atom, structure_index(batch), batch[K.CELL].shape[0])
+    return scatter_sum_float64(per_atom, structure_index(batch), batch[K.CELL].shape[0])
 
 
 class SchNet(nn.Module):

@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from backbones.ops import scatter_sum
+from backbones.ops import scatter_sum_float64
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
 
@@ -266,7 +266,7 @@ class SevenNet(nn.Module):
         for name in self.layer_names:
             data = self._modules[name](data)
         per_atom = data[KEY.ATOMIC_ENERGY].reshape(-1)
-        return {K.ENERGY: scatter_sum(per_atom, structure, batch[K.CELL].shape[0])}
+        return {K.ENERGY: scatter_sum_float64(per_atom, structure, batch[K.CELL].shape[0])}
 
     def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6) -> None:
         r"""Fit the per-species shift μ_Z (eV/atom) of the energy rescaling ``E_i = σ y_i + μ_{Z_i}``

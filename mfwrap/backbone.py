@@ -32,7 +32,7 @@ Worked example (a small message-passing potential; ``tests/test_backbone.py`` ru
     import torch
     from torch import nn
 
-    from backbones.ops import scatter_sum
+    from backbones.ops import scatter_sum, scatter_sum_float64
     from mfwrap.data import keys as K
     from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
 
@@ -62,7 +62,7 @@ Worked example (a small message-passing potential; ``tests/test_backbone.py`` ru
             x = self.embedding(batch[K.ATOMIC_NUMBERS])
             h = x + scatter_sum(self.filter(basis) * smooth * x[neighbour], centre, x.shape[0])  # 0 at the cutoff
             per_atom = self.readout(h).squeeze(-1) + self.reference(batch[K.ATOMIC_NUMBERS]).squeeze(-1)
-            return {K.ENERGY: scatter_sum(per_atom, structure_index(batch), batch[K.CELL].shape[0])}
+            return {K.ENERGY: scatter_sum_float64(per_atom, structure_index(batch), batch[K.CELL].shape[0])}
 
 Then ``mfwrap.MultiFidelity(PairNet(), ["pbe", "r2scan"], "ECMR")`` wraps it, the trainer
 trains it, and ``save`` / ``mfwrap.load`` round-trip it (its class must be importable).

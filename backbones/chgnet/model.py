@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from backbones.chgnet.basis import FourierAngle, RadialBessel
 from backbones.chgnet.layers import AngleUpdate, AtomConv, BondConv, Geometry, Topology
 from backbones.chgnet.mlp import Readout, hidden_dims
-from backbones.ops import scatter_sum
+from backbones.ops import scatter_sum_float64
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors_of, structure_index
 
@@ -42,7 +42,7 @@ class AtomRef(nn.Module):
 
     def forward(self, batch) -> Tensor:
         per_atom = self.element_energies.index_select(0, batch[K.ATOMIC_NUMBERS] - 1)
-        return scatter_sum(per_atom, structure_index(batch), batch[K.CELL].shape[0])
+        return scatter_sum_float64(per_atom, structure_index(batch), batch[K.CELL].shape[0])
 
 
 class CHGNet(nn.Module):
@@ -239,7 +239,7 @@ class CHGNet(nn.Module):
                 if k < len(self.angle_updates) and k + 1 < len(self.bond_convs):  # else a is never read again
                     a = self.angle_updates[k](x, e, a, topo)
 
-        energy = scatter_sum(self.readout(x), g.structure, g.cell.shape[0])
+        energy = scatter_sum_float64(self.readout(x), g.structure, g.cell.shape[0])
         return {K.ENERGY: energy, K.MAGMOMS: magmoms}
 
     @staticmethod

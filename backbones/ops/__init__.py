@@ -6,12 +6,13 @@ forced with :func:`set_backend`, :func:`use_backend` or ``MFWRAP_SCATTER_BACKEND
 """
 
 from backbones.ops.backend import available_backends, get_backend, set_backend, use_backend
-from backbones.ops.scatter import scatter_sum
+from backbones.ops.scatter import scatter_sum, scatter_sum_float64
 
 __all__ = [
     "available_backends",
     "get_backend",
     "scatter_sum",
+    "scatter_sum_float64",
     "set_backend",
     "use_backend",
 ]

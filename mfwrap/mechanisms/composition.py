@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from backbones.ops import scatter_sum_float64
 from mfwrap.data import keys as K
 from mfwrap.data.graph import MAX_ATOMIC_NUMBER, structure_index
 from mfwrap.fidelity import ATOM, STRUCTURE, FidelityContext
@@ -85,7 +86,7 @@ class FidelityComposition(nn.Module):
         per_atom = self.element_energies[fidelity, numbers]
         if self.row_kind == ATOM:
             return per_atom.view(-1, *self.shape)
-        total = per_atom.new_zeros(batch[K.CELL].shape[0]).index_add(0, structure_index(batch), per_atom)
+        total = scatter_sum_float64(per_atom, structure_index(batch), batch[K.CELL].shape[0])  # float64 accumulation
         return total.view(-1, *self.shape)
 
     def add_fidelity(self, like: int) -> None:

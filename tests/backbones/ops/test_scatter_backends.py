@@ -163,3 +163,24 @@ if torch.cuda.is_available():
                 torch.autograd.grad(grad.sum(), inputs)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_float64_accumulation_keeps_long_totals_exact(case):
+    """scatter_sum_float64: 20,000 float32 'atom energies' near −7.6 eV summed into 2 structures (2,000
+    under the slow Triton interpreter). A float32 running sum drifts far beyond one float32 rounding of
+    the total; float64 accumulation stays within it, keeps the dtype, and passes gradients (ones) through."""
+    backend, device = case
+    rows = 2_000 if backend == "triton" and device.type == "cpu" else 20_000
+    gen = torch.Generator().manual_seed(5)
+    energies = (-7.6 + 0.3 * torch.randn(rows, generator=gen)).to(device=device, dtype=torch.float32).requires_grad_()
+    index = (torch.arange(rows) % 2).to(device)
+    exact = _oracle(energies, index, 2)
+    total = ops.scatter_sum_float64(energies, index, 2)
+    assert total.dtype == torch.float32
+    one_rounding = exact.abs() * 2.0**-24
+    assert ((total.detach().cpu().double() - exact).abs() <= one_rounding).all()
+    if rows == 20_000:  # the plain float32 sum is the problem this solves
+        drift = (ops.scatter_sum(energies.detach(), index, 2).cpu().double() - exact).abs()
+        assert (drift > 8 * one_rounding).any()
+    total.sum().backward()
+    assert energies.grad.dtype == torch.float32 and bool((energies.grad == 1).all())
