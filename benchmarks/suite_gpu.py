@@ -30,10 +30,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_RESULTS = REPO / "benchmarks" / "results" / "suite" / "learning_curve.json"
-RUN_ONE = ("import dataclasses, json, sys, torch; torch.set_num_threads(1); from mfwrap.bench.grid import LEVELS, RunSpec; "
+RUN_ONE = ("import json, sys, torch; torch.set_num_threads(1); from mfwrap.bench.grid import RunSpec; "
            "from mfwrap.bench.runner import run_one; "
-           "LEVELS['medium'] = dataclasses.replace(LEVELS['medium'], compile=sys.argv[3] == 'compiled'); "
-           "run_one(RunSpec(**json.loads(sys.argv[1])), 'medium', sys.argv[2])")
+           "run_one(RunSpec(**json.loads(sys.argv[1])), 'medium', sys.argv[2], eager=sys.argv[3] == 'eager')")
 TARGETS = ("energy", "forces", "stress", "magmoms")
 
 
