@@ -1,6 +1,7 @@
 """``mfwrap.MultiFidelity``: a multi-fidelity potential made from any single-fidelity backbone.
 
     mf = MultiFidelity(backbone, fidelities=["pbe", "r2scan"], mechanisms="ECMR")
+    mf = MultiFidelity(backbone, ["pbe", "r2scan"], "ECMR", readout="residual")  # shared readout + residuals
 
 E (fidelity embedding), C (composition per fidelity), M (one-hot-augmented message linear
 layers), R (readout per fidelity) are inserted by module surgery (:mod:`mfwrap.surgery`) into
@@ -38,6 +39,10 @@ class MultiFidelity(nn.Module):
             dict``, ``config``); it is deep copied, the original stays as it was.
         fidelities: names of the fidelities (≥ 1), e.g. ``["pbe", "r2scan"]``; index f = position.
         mechanisms: any subset of "ECMR" ("" = the plain backbone with shared heads).
+        readout: how R makes a readout per fidelity: "copies" (the paper's: independent copies,
+            copy f trained by fidelity f's rows only) or "residual" (one shared readout, trained by
+            every row, plus a per-fidelity residual on each of its parameters, zero at the start:
+            :class:`~mfwrap.mechanisms.ResidualFidelityReadout`). Ignored without R.
         spec: where the mechanisms go (:class:`~mfwrap.surgery.FidelitySpec` or dict); default:
             the backbone's ``fidelity_spec``, else heuristics (with a warning saying what they chose).
         row_kinds: {module-path pattern: "atom" | "edge" | "undirected" | "angle" | "structure"}
@@ -63,17 +68,19 @@ class MultiFidelity(nn.Module):
         spec: FidelitySpec | Mapping[str, Any] | None = None,
         row_kinds: Mapping[str, str] | None = None,
         check_symmetry: bool = True,
+        readout: str = "copies",
     ) -> None:
         super().__init__()
         self.fidelity_names = validate_fidelity_names(fidelities)
         self.mechanisms = parse_mechanisms(mechanisms)
+        self.readout = readout
         check_backbone(backbone)
         self.backbone = copy.deepcopy(backbone)
         self.context = FidelityContext(len(self.fidelity_names))
         resolved, source = resolve_spec(self.backbone, spec)
         self.surgery: SurgeryReport
         self.surgery, self.composition = operate(self.backbone, self.mechanisms, self.context, resolved, source, row_kinds,
-                                                 refuse_rotating=check_symmetry)
+                                                 refuse_rotating=check_symmetry, readout=readout)
         self.surgery.symmetry = check_wrapped_model(self) if check_symmetry else "symmetry not checked (check_symmetry=False)"
 
     @property
@@ -88,7 +95,8 @@ class MultiFidelity(nn.Module):
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this architecture (:mod:`mfwrap.model_file`)."""
         return {"backbone": self.backbone, "fidelities": list(self.fidelity_names), "mechanisms": self.mechanisms,
-                "spec": self.spec.as_dict(), "row_kinds": {path: kind for _, path, _, kind in self.surgery.places}}
+                "spec": self.spec.as_dict(), "row_kinds": {path: kind for _, path, _, kind in self.surgery.places},
+                "readout": self.readout}
 
     def fidelity_index(self, name: str | None) -> int:
         """Index of fidelity ``name``; None is allowed only for a model with one fidelity."""

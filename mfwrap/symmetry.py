@@ -167,13 +167,12 @@ def declares_non_scalars(module: nn.Module) -> bool:
 
 
 def randomise_fidelity_parameters(model: nn.Module, scale: float = 0.5, seed: int = 0) -> None:
-    """Add noise to every parameter the surgery added (readouts: copies 1.. only), in place."""
+    """Add noise to every parameter the surgery added (readouts: their ``varying_parameters``), in place."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.fidelity_modules():
-            copies = getattr(module, "copies", None)
-            params = [p for c in copies[1:] for p in c.parameters()] if copies is not None else list(
-                module.parameters(recurse=False))
+            varying = getattr(module, "varying_parameters", None)
+            params = varying() if varying is not None else list(module.parameters(recurse=False))
             for p in params:
                 p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
 
@@ -231,12 +230,11 @@ def continuity_violations(model: nn.Module, tolerance: float = 1e-6) -> list[str
 
 
 def _switch_off(module: nn.Module) -> None:
-    """Make one inserted module fidelity-independent (its fidelity terms zero, its copies equal)."""
+    """Make one inserted module fidelity-independent (its fidelity terms zero, its readouts equal)."""
     with torch.no_grad():
-        copies = getattr(module, "copies", None)
-        if copies is not None:
-            for other in copies[1:]:
-                other.load_state_dict(copies[0].state_dict())
+        equalise = getattr(module, "equalise", None)
+        if equalise is not None:
+            equalise()
         for name in ("fidelity_weight", "fidelity_vectors"):
             if hasattr(module, name):
                 getattr(module, name).zero_()

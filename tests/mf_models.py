@@ -17,7 +17,7 @@ from mfwrap.data.graph import to_graph
 from mfwrap.mechanisms.embedding import FidelityEmbedding
 from mfwrap.mechanisms.linear import FidelityLinear
 from mfwrap.physics import energy_and_derivatives
-from mfwrap.mechanisms.readout import FidelityReadout
+from mfwrap.mechanisms.readout import FidelityReadout, ResidualFidelityReadout
 
 ELEMENTS = (3, 8, 15, 26)
 
@@ -73,14 +73,14 @@ def evaluate(model, batch) -> dict[str, np.ndarray]:
 def perturb(model, mechanisms: str, scale: float = 0.3, seed: int = 1) -> None:
     """Randomise the fidelity parameters of the given mechanisms (readout: copies 1.. only)."""
     generator = torch.Generator().manual_seed(seed)
-    owners = {"E": FidelityEmbedding, "M": FidelityLinear, "R": FidelityReadout, "C": FidelityComposition}
+    owners = {"E": FidelityEmbedding, "M": FidelityLinear, "R": (FidelityReadout, ResidualFidelityReadout), "C": FidelityComposition}
     with torch.no_grad():
         for module in model.modules():
             letter = next((m for m, cls in owners.items() if isinstance(module, cls)), None)
             if letter is None or letter not in mechanisms:
                 continue
             if letter == "R":
-                params = [p for copy in module.copies[1:] for p in copy.parameters()]
+                params = module.varying_parameters()
             else:
                 params = [next(p for name, p in module.named_parameters(recurse=False))]
             for p in params:

@@ -18,15 +18,15 @@ from mfwrap.data import keys as K
 from mfwrap.mechanisms.composition import FidelityComposition
 
 
-@pytest.mark.parametrize("name", ["schnet", "chgnet"])
-def test_save_load_round_trip(tmp_path, name):
+@pytest.mark.parametrize("name, readout", [("schnet", "copies"), ("chgnet", "copies"), ("chgnet", "residual")])
+def test_save_load_round_trip(tmp_path, name, readout):
     backbone = small_backbone(name)
-    mf = MultiFidelity(backbone, ["low", "high"], "ECMR")
+    mf = MultiFidelity(backbone, ["low", "high"], "ECMR", readout=readout)
     perturb(mf, "ECMR")
     path = tmp_path / "model.pt"
     mf.save(path)
     loaded = mfwrap.load(path)
-    assert loaded.fidelity_names == ("low", "high") and loaded.mechanisms == "ECMR"
+    assert loaded.fidelity_names == ("low", "high") and loaded.mechanisms == "ECMR" and loaded.readout == readout
     assert loaded.surgery.places == mf.surgery.places and loaded.spec == mf.spec
     batch = batch_of([random_crystal(np.random.default_rng(4)) for _ in range(2)], backbone.graph_spec, [1, 0])
     for key, value in evaluate(mf, batch).items():

@@ -31,7 +31,7 @@ from mfwrap.physics import energy_and_derivatives
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*no neighbour within")
 
-MODELS = ("chgnet", "schnet", "dimenet")
+MODELS = ("chgnet", "schnet", "dimenet", "chgnet+residual")  # +residual: R as a shared readout plus residuals
 FIDELITIES = ("low", "high")
 
 
@@ -47,7 +47,8 @@ def for_every_model(**strategies):
 
 @functools.lru_cache(maxsize=None)
 def wrapped(name: str) -> MultiFidelity:
-    model = MultiFidelity(small_backbone(name).double(), list(FIDELITIES), "ECMR")
+    backbone, _, readout = name.partition("+")
+    model = MultiFidelity(small_backbone(backbone).double(), list(FIDELITIES), "ECMR", readout=readout or "copies")
     perturb(model, "ECMR", seed=7)
     return model.eval()
 

@@ -32,6 +32,8 @@ the paper's weighted validation MAE Σ_t w_t MAE_t (w = 1, 1, 0.1, 0.1 in eV/ato
 The second is how a user would pick an option; the test set never enters the choice. And the
 diagnosis of the equal-compute results (the ``fidelity_gap`` experiment): MF's error against the size
 of the fidelity gap α (:mod:`mfwrap.datasets.lmfp_gap`), and MF at half the gap against single-fidelity.
+Last, an option of ours in the ablations grids: R as one shared readout plus a zero-started residual
+per fidelity (``mf_residual_readout``) against F's independent copies and against R̄ (no R).
 """
 
 from __future__ import annotations
@@ -291,6 +293,16 @@ def check_claims(report: dict[str, list[dict]]) -> list[Verdict]:
     verdicts.append(Verdict("(diagnosis) the identity start of the fidelity parameters (X_f = 0, W_F = 0, equal readout "
                             "copies) below a random start, as a from-scratch implementation would draw them — same steps",
                             _status(outcomes), lines))
+    for experiment, backbone in (("ablations", "chgnet"), ("second_backbone", "schnet")):
+        runs = report.get(experiment, [])
+        residual = _select(runs, "mf_residual_readout", "paper", backbone=backbone)
+        outcomes, lines = [], []
+        for mechanisms, name in (("ECMR", "F, independent copies"), ("ECM", "R̄, one shared readout")):
+            more, said = _compare(residual, _select(runs, "multi_fidelity", "paper", mechanisms=mechanisms, backbone=backbone),
+                                  TARGETS, ("F, shared + residual", name))
+            outcomes, lines = outcomes + more, lines + said
+        verdicts.append(Verdict(f"(option) R as one shared readout plus a residual per fidelity, below both independent "
+                                f"copies (F) and no R (R̄) — {backbone}, same steps", _status(outcomes), lines))
     return verdicts
 
 

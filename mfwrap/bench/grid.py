@@ -32,14 +32,18 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-METHODS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "mf_random_init", "single_fidelity", "transfer",
-           "delta_model", "delta_labels")
+METHODS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "mf_random_init", "mf_residual_readout",
+           "single_fidelity", "transfer", "delta_model", "delta_labels")
 # Multi-fidelity with one trainer option (mfwrap.train.TrainConfig) that targets the scarce fidelity:
 # mf_warm_start: backbone pre-trained on the low fidelity first; mf_balanced: fidelity_sampling 1 : 1
 # (half of every epoch's draws high fidelity); mf_reweighted: fidelity_loss_weights with each
 # fidelity's total weight equal (high fidelity weighted N_low / N_high). mf_random_init is a diagnosis, not an
 # option: the fidelity parameters drawn at random (ModelConfig fidelity_init "random") instead of the identity start.
-MF_METHODS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "mf_random_init")
+MF_OPTIONS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "mf_random_init")
+# mf_residual_readout: MF (ECMR) whose R is one shared readout plus a zero-started residual per fidelity
+# (ModelConfig readout "residual") instead of independent copies; an ablations bar, prompted by R̄ (ECM, a
+# shared readout) beating F (independent copies) in the ablations.
+MF_METHODS = MF_OPTIONS + ("mf_residual_readout",)
 PROTOCOLS = ("paper", "equal_compute", "converged")
 ALL = None  # every frame of a split
 
@@ -147,10 +151,12 @@ def low_fidelity_size(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
             for n in level.low_size_high for n_low in level.n_low for seed in seeds]
 
 
-def ablations(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
-    """Fig. 4: each mechanism alone and all but one, at one N_high."""
-    return [RunSpec("ablations", "multi_fidelity", level.ablation_high, ALL, "paper", seed, mechanisms=m, backbone=backbone)
-            for m in ABLATIONS.values() for seed in seeds]
+def ablations(level: Level, seeds, backbone="chgnet", experiment="ablations") -> list[RunSpec]:
+    """Fig. 4: each mechanism alone and all but one, at one N_high; and F with a shared readout plus
+    per-fidelity residuals in place of R's independent copies (``mf_residual_readout``)."""
+    return [RunSpec(experiment, "multi_fidelity", level.ablation_high, ALL, "paper", seed, mechanisms=m, backbone=backbone)
+            for m in ABLATIONS.values() for seed in seeds] + [
+        RunSpec(experiment, "mf_residual_readout", level.ablation_high, ALL, "paper", seed, backbone=backbone) for seed in seeds]
 
 
 def transfer_delta(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
@@ -162,12 +168,12 @@ def transfer_delta(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
 
 
 def mf_options(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
-    """Where MF loses to single-fidelity, the trainer options aimed at the scarce fidelity (MF_METHODS),
+    """Where MF loses to single-fidelity, the trainer options aimed at the scarce fidelity (MF_OPTIONS),
     each at MF's own compute (paper protocol; warm start's pre-training extra), at the smallest and
     largest N_high; and MF with its fidelity parameters drawn at random (``mf_random_init``), to
     measure what the identity start is worth."""
     return [RunSpec("mf_options", method, n, ALL, "paper", seed, backbone=backbone)
-            for n in dict.fromkeys((level.n_high[0], level.n_high[-1])) for seed in seeds for method in MF_METHODS]
+            for n in dict.fromkeys((level.n_high[0], level.n_high[-1])) for seed in seeds for method in MF_OPTIONS]
 
 
 def coverage(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
@@ -196,9 +202,7 @@ def second_backbone(level: Level, seeds, backbone="schnet") -> list[RunSpec]:
     curve = [RunSpec("second_backbone", method, n, ALL, protocol, seed, backbone=backbone)
              for protocol in level.protocols if protocol != "converged" for n in level.n_high[-3:] for seed in seeds
              for method in ("multi_fidelity", "single_fidelity")]
-    bars = [RunSpec("second_backbone", "multi_fidelity", level.ablation_high, ALL, "paper", seed, mechanisms=m,
-                    backbone=backbone) for m in ABLATIONS.values() for seed in seeds]
-    return list(dict.fromkeys(_unique(curve) + bars))
+    return list(dict.fromkeys(_unique(curve) + ablations(level, seeds, backbone, experiment="second_backbone")))
 
 
 GAP_DATASETS = ("lmfp-gap0", "lmfp-gap50", "lmfp")  # low-fidelity labels at α = 0, 0.5, 1 (mfwrap.datasets.lmfp_gap)

@@ -21,7 +21,8 @@ from mfwrap.files import write_text
 UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "GPa", "magmoms": "μB"}
 METHOD_LABELS = {"multi_fidelity": "MF", "mf_warm_start": "MF, warm start", "mf_balanced": "MF, sampling 1:1",
                  "mf_reweighted": "MF, high weighted N_low/N_high",
-                 "mf_random_init": "MF, fidelity parameters drawn at random", "single_fidelity": "single-fidelity",
+                 "mf_random_init": "MF, fidelity parameters drawn at random",
+                 "mf_residual_readout": "MF, shared readout + residuals", "single_fidelity": "single-fidelity",
                  "transfer": "transfer", "delta_model": "Δ (model)", "delta_labels": "Δ (labels)"}
 _ABLATION_NAMES = {mechanisms: name for name, mechanisms in ABLATIONS.items()}
 _GROUP_KEYS = ("dataset", "backbone", "method", "mechanisms", "protocol", "region")
@@ -29,6 +30,8 @@ _GROUP_KEYS = ("dataset", "backbone", "method", "mechanisms", "protocol", "regio
 
 def label(spec: dict, ablation: bool = False) -> str:
     """How a run's method reads in tables and legends."""
+    if ablation and spec["method"] == "mf_residual_readout":
+        return "F, R shared + residual"
     if spec["method"] != "multi_fidelity":
         return METHOD_LABELS[spec["method"]]
     if ablation:

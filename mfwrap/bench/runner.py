@@ -137,7 +137,8 @@ def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path, eager: b
                          **mf_option(spec, splits))
     method = "multi_fidelity" if spec.method in MF_METHODS else "delta" if spec.method.startswith("delta") else spec.method
     model = {"backbone": BACKBONES[spec.backbone], "kwargs": level.model.get(spec.backbone, {}), "mechanisms": spec.mechanisms,
-             "fidelity_init": "random" if spec.method == "mf_random_init" else "zero"}
+             "fidelity_init": "random" if spec.method == "mf_random_init" else "zero",
+             "readout": "residual" if spec.method == "mf_residual_readout" else "copies"}
     return Experiment(method=method, model=model, train=config, pretrain={"epochs": level.epochs},
                       delta_reference="labels" if spec.method == "delta_labels" else "model",
                       warm_start=spec.method == "mf_warm_start"), epochs

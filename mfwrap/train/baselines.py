@@ -42,6 +42,7 @@ from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
 from mfwrap.delta import DeltaModel
+from mfwrap.mechanisms.readout import READOUT_KINDS
 from mfwrap.model_file import import_class
 from mfwrap.multifidelity import MultiFidelity
 from mfwrap.surgery import resolve_spec
@@ -64,6 +65,8 @@ class ModelConfig:
             W_F = 0, readout copies equal) or "random"
             (:meth:`~mfwrap.MultiFidelity.draw_fidelity_parameters`, right after the backbone is built
             under the run's seed).
+        readout: multi_fidelity only: "copies" (independent readout copies, the paper's R) or
+            "residual" (a shared readout plus per-fidelity residuals; see :class:`~mfwrap.MultiFidelity`).
     """
 
     backbone: str = "backbones.chgnet:CHGNet"
@@ -71,10 +74,13 @@ class ModelConfig:
     pretrained: str | None = None
     mechanisms: str = "ECMR"
     fidelity_init: str = "zero"
+    readout: str = "copies"
 
     def __post_init__(self) -> None:
         if self.fidelity_init not in ("zero", "random"):
             raise ValueError(f"model.fidelity_init must be 'zero' or 'random', got {self.fidelity_init!r}")
+        if self.readout not in READOUT_KINDS:
+            raise ValueError(f"model.readout must be one of {list(READOUT_KINDS)}, got {self.readout!r}")
 
     def build_backbone(self) -> nn.Module:
         cls = import_class(self.backbone)
@@ -117,6 +123,8 @@ class Experiment:
             raise ValueError(f"warm_start is an option of multi_fidelity, not of {self.method}")
         if self.model.fidelity_init != "zero" and self.method != "multi_fidelity":
             raise ValueError(f"model.fidelity_init is an option of multi_fidelity, not of {self.method}")
+        if self.model.readout != "copies" and self.method != "multi_fidelity":
+            raise ValueError(f"model.readout is an option of multi_fidelity, not of {self.method}")
         if self.delta_reference not in ("labels", "model"):
             raise ValueError(f"delta_reference must be 'labels' or 'model', got {self.delta_reference!r}")
 
@@ -214,7 +222,7 @@ def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Seq
         else:
             torch.manual_seed(config.seed)
             backbone = experiment.model.build_backbone()
-        model = MultiFidelity(backbone, fidelities, experiment.model.mechanisms)
+        model = MultiFidelity(backbone, fidelities, experiment.model.mechanisms, readout=experiment.model.readout)
         if experiment.model.fidelity_init == "random":
             model.draw_fidelity_parameters()  # RNG seeded above (or by the pre-training)
         return Trainer(model, final).fit(train, val, test, resume=resume)

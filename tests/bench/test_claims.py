@@ -141,3 +141,18 @@ def test_the_identity_start_is_judged_against_the_random_one_over_common_seeds()
     assert verdict.status == "partly" and verdict.evidence == [
         "N_high 25, E: MF, identity start 12 vs MF, drawn at random 11 (+9 %) ✗ (seeds [0])",
         "N_high 25, F: MF, identity start 100 vs MF, drawn at random 120 (-17 %) ✓ (seeds [0])"]
+
+
+def test_the_residual_readout_is_judged_against_independent_copies_and_no_readout_per_fidelity():
+    runs = [_run("ablations", "multi_fidelity", 50, "paper", seed, f, mechanisms=m)
+            for seed in (0, 1) for m, f in (("ECMR", 130.0), ("ECM", 120.0))]
+    runs += [_run("ablations", "mf_residual_readout", 50, "paper", seed, f) for seed, f in ((0, 125.0), (1, 117.0))]
+    (chgnet, schnet) = [v for v in check_claims({"ablations": runs}) if v.claim.startswith("(option) R as one shared")]
+    assert "chgnet" in chgnet.claim and schnet.status == "not measured"
+    # forces 121 against F's 130 (better in both seeds) and R̄'s 120 (worse: seed 0 125 > 120, seed 1 117 < 120)
+    assert chgnet.status == "partly" and chgnet.evidence[1] == (
+        "N_high 50, F: F, shared + residual 121 vs F, independent copies 130 (-7 %) ✓ (seeds [0, 1], 2/2 seeds agree)")
+    assert chgnet.evidence[3] == "N_high 50, F: F, shared + residual 121 vs R̄, one shared readout 120 (+1 %) ✗ (seeds [0, 1], 1/2 seeds agree)"
+    verdicts = {v.claim: v for v in check_claims({"ablations": [r for r in runs if r["spec"]["mechanisms"] == "ECMR"]})}
+    # F and the residual option alone: the option is not an ablation variant, so F has nothing to be compared with
+    assert verdicts["F (all four mechanisms) best among the ablations"].status == "not measured"

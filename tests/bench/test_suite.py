@@ -10,7 +10,7 @@ import pytest
 
 from mfwrap.bench import runner
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS, RunSpec, convergence_options, epochs_for
-from mfwrap.bench.report import aggregate, markdown, write_report
+from mfwrap.bench.report import aggregate, label, markdown, write_report
 from mfwrap.model_file import read_payload
 
 
@@ -248,6 +248,20 @@ def test_coverage_trains_on_one_region_and_tests_on_the_other(level_name, lmfp_c
         assert splits.train_high and all(mn(r) <= 0.5 for r in splits.train_high + splits.val)
         assert splits.test and all(mn(r) > 0.5 for r in splits.test)
         assert {id(r) for r in splits.train_high}.isdisjoint(id(r) for r in splits.val)
+
+
+def test_the_ablations_measure_a_residual_readout_with_each_backbone(tmp_path, lmfp_cache):
+    level = LEVELS["quick"]
+    for experiment, backbone in (("ablations", "chgnet"), ("second_backbone", "schnet")):
+        (spec,) = [s for s in EXPERIMENTS[experiment](level, [0]) if s.method == "mf_residual_readout"]
+        assert spec.backbone == backbone and spec.n_high == level.ablation_high and spec.protocol == "paper"
+        built, epochs = runner._experiment(spec, level, runner.make_splits(spec, level), tmp_path)
+        assert built.method == "multi_fidelity" and built.model.mechanisms == "ECMR" and built.model.readout == "residual"
+        plain = next(s for s in EXPERIMENTS[experiment](level, [0]) if s.method == "multi_fidelity" and s.mechanisms == "ECMR"
+                     and s.n_high == spec.n_high)
+        assert runner._experiment(plain, level, runner.make_splits(plain, level), tmp_path)[0].model.readout == "copies"
+        assert epochs == runner._experiment(plain, level, runner.make_splits(plain, level), tmp_path)[1]  # same steps
+        assert label(spec.as_dict(), ablation=True) == "F, R shared + residual"
 
 
 def test_the_second_backbone_trains_through_the_wrapper(tmp_path, lmfp_cache):

@@ -4,11 +4,13 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
+import mfwrap
 from mfwrap.data import keys as K
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train import TrainConfig, Trainer
 from mfwrap.composition import fit_linear_composition
 from mfwrap.delta import DeltaModel
+from mfwrap.mechanisms import ResidualFidelityReadout
 from mfwrap.model_file import read_model_file, read_payload
 from mfwrap.train.baselines import Experiment, paired_differences, run_experiment, transfer_freeze
 from tiny_backbone import TinyBackbone, labelled_graphs
@@ -147,3 +149,21 @@ def test_multi_fidelity_starts_from_the_identity_or_from_drawn_fidelity_paramete
         Experiment(method="single_fidelity", model=dict(MODEL, fidelity_init="random"))
     with pytest.raises(ValueError, match="must be 'zero' or 'random'"):
         Experiment(model=dict(MODEL, fidelity_init="normal"))
+
+
+def test_multi_fidelity_with_a_residual_readout_trains_its_shared_part_on_every_fidelity(tmp_path):
+    experiment = _experiment(tmp_path, "multi_fidelity", model={"readout": "residual"})
+    run_experiment(experiment, FIDELITIES, LOW + HIGH)
+    model = mfwrap.load(tmp_path / "multi_fidelity" / "best.pt")
+    assert model.readout == "residual"
+    readouts = {m.name: m for m in model.fidelity_modules() if isinstance(m, ResidualFidelityReadout)}
+    assert sorted(readouts) == ["magmom_head", "readout"]
+    trained = {name: [all(float(d.detach().abs().max()) > 0 for d in residual) for residual in r.residuals]
+               for name, r in readouts.items()}
+    # residuals start at zero; the energy readout's move for both fidelities, the magmom head's only for the
+    # high one: the low fidelity has no magmom labels (masked, so no gradient)
+    assert trained == {"readout": [True, True], "magmom_head": [False, True]}
+    with pytest.raises(ValueError, match="readout is an option of multi_fidelity"):
+        Experiment(method="transfer", model=dict(MODEL, readout="residual"))
+    with pytest.raises(ValueError, match="model.readout must be one of"):
+        Experiment(model=dict(MODEL, readout="shared"))
