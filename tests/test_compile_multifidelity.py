@@ -28,8 +28,8 @@ BATCHES = [((3,), [1]), ((2, 5), [0, 1]), ((4, 2, 3, 5), [1, 1, 1, 1]), ((5,), [
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")  # tests/conftest.py
 
 
-def _wrapped(dtype=torch.float64) -> MultiFidelity:
-    model = MultiFidelity(small_backbone("chgnet").to(dtype), ["low", "high"], "ECMR")
+def _wrapped(dtype=torch.float64, readout="copies") -> MultiFidelity:
+    model = MultiFidelity(small_backbone("chgnet").to(dtype), ["low", "high"], "ECMR", readout=readout)
     perturb(model, "ECMR")
     return model
 
@@ -75,9 +75,10 @@ def test_predict_at_each_fidelity_equals_eager():
             np.testing.assert_allclose(got["magmoms"], want["magmoms"], atol=1e-5)
 
 
-def test_training_loss_gradients_equal_eager():
+@pytest.mark.parametrize("readout", ["copies", "residual"])
+def test_training_loss_gradients_equal_eager(readout):
     """Huber loss on E, F, S, M; parameter gradients through forces and stress, fidelity parameters included."""
-    model = _wrapped()
+    model = _wrapped(readout=readout)
     compiled = mfwrap.compile_model(model, backend="aot_eager")
     loss = MultiTargetLoss("efsm")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -90,10 +91,10 @@ def test_training_loss_gradients_equal_eager():
         (want, want_grads), (got, got_grads) = results
         torch.testing.assert_close(got, want, rtol=1e-10, atol=0)
         for (name, param), g, w in zip(named, got_grads, want_grads):
-            # a readout copy that sees no row: no gradient eagerly, a zero one compiled (dense)
+            # a fidelity's readout that sees no row: no gradient eagerly, a zero one compiled (dense)
             g, w = (torch.zeros_like(param) if x is None else x for x in (g, w))
             torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-11, msg=name)
-        fidelity_grads = [g for (name, _), g in zip(named, got_grads) if "fidelity" in name or "copies.1" in name]
+        fidelity_grads = [g for (name, _), g in zip(named, got_grads) if "fidelity" in name or "copies.1." in name or "residuals.1." in name]
         assert fidelity_grads and all(g is not None and g.abs().max() > 0 for g in fidelity_grads)
     assert counters["stats"]["unique_graphs"] <= 1  # batches of several structures: one training graph
     assert not counters["graph_break"]
