@@ -74,12 +74,12 @@ def test_one_fidelity_batch_skips_routing_and_add_fidelity_copies():
     assert readout.copies[2].rows_seen == 3 and readout.copies[0].rows_seen == 0
 
 
-def _perturbed_residual_readout(num_fidelities: int, seed: int = 0) -> tuple[ResidualFidelityReadout, FidelityContext]:
-    torch.manual_seed(seed)
+def _residual_readout(num_fidelities: int, perturbed: bool = True) -> tuple[ResidualFidelityReadout, FidelityContext]:
+    torch.manual_seed(0)
     context = FidelityContext(num_fidelities)
     readout = ResidualFidelityReadout(CountingMLP(), context, "atom")
     with torch.no_grad():
-        for d in readout.varying_parameters():
+        for d in readout.varying_parameters() if perturbed else ():
             d.add_(0.5 * torch.randn_like(d))
     return readout, context
 
@@ -94,14 +94,12 @@ def _with_parameters(module: nn.Module, parameters: list[torch.Tensor]) -> nn.Mo
 
 
 def test_residual_readout_starts_as_the_shared_one_and_computes_theta_plus_delta_per_row():
-    torch.manual_seed(0)
-    context = FidelityContext(3)
-    readout = ResidualFidelityReadout(CountingMLP(), context, "atom")
+    fresh, context = _residual_readout(3, perturbed=False)
     x = torch.randn(6, 4)
     fidelities = [2, 0, 2, 1, 0, 2]
     with _bound(context, fidelities):
-        torch.testing.assert_close(readout(x), readout.shared(x))  # zero residuals at initialisation
-    readout, context = _perturbed_residual_readout(3)
+        torch.testing.assert_close(fresh(x), fresh.shared(x))  # zero residuals at initialisation
+    readout, context = _residual_readout(3)
     with _bound(context, fidelities):
         out = readout(x)
     plain = [_with_parameters(readout.shared, [p + d for p, d in zip(readout.shared.parameters(), readout.residuals[f])])
@@ -113,7 +111,7 @@ def test_residual_readout_starts_as_the_shared_one_and_computes_theta_plus_delta
 
 
 def test_every_row_trains_the_shared_readout_and_only_its_own_residual():
-    readout, context = _perturbed_residual_readout(3)
+    readout, context = _residual_readout(3)
     x = torch.randn(5, 4)
     with _bound(context, [0, 2, 0, 2, 0]):  # no row of fidelity 1
         readout(x).pow(2).sum().backward()
@@ -125,7 +123,7 @@ def test_every_row_trains_the_shared_readout_and_only_its_own_residual():
 
 
 def test_residual_readout_add_fidelity_and_equalise():
-    readout, context = _perturbed_residual_readout(2)
+    readout, context = _residual_readout(2)
     readout.add_fidelity(1)
     context.num_fidelities = 3
     x = torch.randn(4, 4)
