@@ -30,7 +30,8 @@ def test_the_packaged_labels_are_the_high_teacher_on_the_low_fidelity_frames(shi
         predictions = load_teacher(TEACHERS["high"])([low[i].atoms for i in picked], "efs")
     for i, p in zip(picked, predictions):
         assert by_high[i].labels[K.ENERGY] == pytest.approx(p["e"] * len(low[i].atoms), abs=1e-4)
-        np.testing.assert_allclose(by_high[i].labels[K.FORCES], p["f"], atol=1e-5)
+        # float32 teacher: another CPU's summation order moves large components by ~1e-5 relative
+        np.testing.assert_allclose(by_high[i].labels[K.FORCES], p["f"], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(by_high[i].labels[K.STRESS], 0.5 * (p["s"] + np.transpose(p["s"])), atol=1e-4)
     # a real gap: the high teacher is not the low fidelity
     assert np.mean([np.abs(a.labels[K.FORCES] - b.labels[K.FORCES]).mean() for a, b in zip(low, by_high)]) > 0.1
