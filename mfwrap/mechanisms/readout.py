@@ -3,6 +3,7 @@ a per-fidelity residual on each of its parameters."""
 
 from __future__ import annotations
 
+import abc
 import copy
 
 import torch
@@ -14,8 +15,8 @@ from mfwrap.fidelity import FidelityContext
 READOUT_KINDS = ("copies", "residual")
 
 
-class _RoutedReadout(nn.Module):
-    """Routing shared by the readouts: each row i goes through ``apply(f_i, rows)``.
+class _RoutedReadout(nn.Module, abc.ABC):
+    """Routing shared by the readouts: each row i goes through ``apply_fidelity(f_i, rows)``.
 
     The rows are sorted by fidelity once per forward, each fidelity's readout sees only its own
     rows (no wasted compute), and the outputs are put back in the original order; a batch of one
@@ -30,8 +31,9 @@ class _RoutedReadout(nn.Module):
         self.row_kind = row_kind
         self.name = name
 
+    @abc.abstractmethod
     def apply_fidelity(self, fidelity: int, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The readout of fidelity ``fidelity`` applied to rows ``x``."""
 
     def forward(self, x: Tensor) -> Tensor:
         if self.context.dense:
