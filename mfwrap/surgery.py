@@ -31,8 +31,8 @@ from mfwrap.backbone import check_outputs
 from mfwrap.data import keys as K
 from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec, to_graph
 from mfwrap.fidelity import ATOM, ROW_KINDS, STRUCTURE, FidelityContext, row_counts
-from mfwrap.mechanisms import FidelityComposition, FidelityEmbedding, FidelityLinear, FidelityReadout, ResidualFidelityReadout
-from mfwrap.mechanisms.readout import READOUT_KINDS
+from mfwrap.mechanisms import FidelityComposition, FidelityEmbedding, FidelityLinear
+from mfwrap.mechanisms.readout import READOUTS
 from mfwrap.mechanisms.composition import read_element_energies
 from mfwrap.symmetry import (
     DEFAULT_PROBE_ELEMENTS,
@@ -405,8 +405,8 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
     Returns (what was done, a :class:`FidelityComposition` that the wrapper must add to the total
     energy, or None when C is off or replaced the backbone's composition module).
     """
-    if readout not in READOUT_KINDS:
-        raise ValueError(f"readout must be one of {list(READOUT_KINDS)}, got {readout!r}")
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {list(READOUTS)}, got {readout!r}")
     overrides = dict(row_kinds or {})
     bad = {k: v for k, v in overrides.items() if v not in ROW_KINDS}
     if bad:
@@ -452,8 +452,7 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
         _replace(backbone, path, FidelityEmbedding(modules[path], context, kinds[path], width(path), name=path,
                                                    channels=restricted.get(path)))
     for path in places.get("R", []):
-        kind = FidelityReadout if readout == "copies" else ResidualFidelityReadout
-        _replace(backbone, path, kind(modules[path], context, kinds[path], name=path))
+        _replace(backbone, path, READOUTS[readout](modules[path], context, kinds[path], name=path))
     added = None
     if "C" in places:
         if places["C"]:

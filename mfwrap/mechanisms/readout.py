@@ -12,9 +12,6 @@ from torch.func import functional_call
 
 from mfwrap.fidelity import FidelityContext
 
-READOUT_KINDS = ("copies", "residual")
-
-
 class _RoutedReadout(nn.Module, abc.ABC):
     """Routing shared by the readouts: each row i goes through ``apply_fidelity(f_i, rows)``.
 
@@ -114,14 +111,11 @@ class ResidualFidelityReadout(_RoutedReadout):
     def __init__(self, readout: nn.Module, context: FidelityContext, row_kind: str, name: str = "") -> None:
         super().__init__(context, row_kind, name)
         self.shared = readout
-        self.parameter_names = [n for n, _ in readout.named_parameters()]
-        self.residuals = nn.ModuleList([self._zeros() for _ in range(context.num_fidelities)])
-
-    def _zeros(self) -> nn.ParameterList:
-        return nn.ParameterList([nn.Parameter(torch.zeros_like(p)) for p in self.shared.parameters()])
+        self.residuals = nn.ModuleList([nn.ParameterList([nn.Parameter(torch.zeros_like(p)) for p in readout.parameters()])
+                                        for _ in range(context.num_fidelities)])
 
     def apply_fidelity(self, fidelity: int, x: Tensor) -> Tensor:
-        parameters = {name: p + d for name, p, d in zip(self.parameter_names, self.shared.parameters(), self.residuals[fidelity])}
+        parameters = {name: p + d for (name, p), d in zip(self.shared.named_parameters(), self.residuals[fidelity])}
         return functional_call(self.shared, parameters, (x,))
 
     def varying_parameters(self) -> list[nn.Parameter]:
@@ -144,3 +138,6 @@ class ResidualFidelityReadout(_RoutedReadout):
 
     def extra_repr(self) -> str:
         return f"fidelities={len(self.residuals)}, rows={self.row_kind}, shared + residual"
+
+
+READOUTS = {"copies": FidelityReadout, "residual": ResidualFidelityReadout}  # MultiFidelity(readout=...)

@@ -42,7 +42,7 @@ from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
 from mfwrap.delta import DeltaModel
-from mfwrap.mechanisms.readout import READOUT_KINDS
+from mfwrap.mechanisms.readout import READOUTS
 from mfwrap.model_file import import_class
 from mfwrap.multifidelity import MultiFidelity
 from mfwrap.surgery import resolve_spec
@@ -79,8 +79,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.fidelity_init not in ("zero", "random"):
             raise ValueError(f"model.fidelity_init must be 'zero' or 'random', got {self.fidelity_init!r}")
-        if self.readout not in READOUT_KINDS:
-            raise ValueError(f"model.readout must be one of {list(READOUT_KINDS)}, got {self.readout!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"model.readout must be one of {list(READOUTS)}, got {self.readout!r}")
 
     def build_backbone(self) -> nn.Module:
         cls = import_class(self.backbone)
