@@ -35,7 +35,8 @@ TARGETS = ("energy", "forces", "stress", "magmoms")
 
 
 def num(x: float, sig: int = 3) -> str:
-    """``x`` to ``sig`` significant digits, without exponent between 1e-3 and 10**sig."""
+    """``x`` with ``sig`` significant digits; from 10**(sig - 1) on as a whole number (thousands
+    separated), below 1e-3 in exponent form."""
     if x == 0:
         return "0"
     if abs(x) >= 10 ** (sig - 1):
@@ -61,10 +62,10 @@ def pairs(mapping: dict) -> str:
     return ", ".join(f"{k} {num(v) if isinstance(v, float) else v}" for k, v in mapping.items())
 
 
-def provenance(data: dict, *keys: str) -> str:
+def provenance(data: dict) -> str:
     """One line with what a result file records about where and when it was measured."""
     parts = []
-    for key in ("date", "model_measured", "device", "machine", "torch", "threads", "cpu_count", "cores", *keys):
+    for key in ("date", "model_measured", "device", "machine", "torch", "threads", "cpu_count", "cores"):
         value = data.get(key)
         if value is None:
             continue
@@ -164,10 +165,10 @@ def _fidelity_gap(d: dict) -> str:
 
 def _head_to_head(d: dict) -> str:
     results = d["results"]
-    keys = [(t, k) for t in ("energy", "forces", "stress") for k in (f"{t}_mae", f"{t}_meV_per_atom", f"{t}_meV_per_A",
-                                                                     f"{t}_GPa") if k in next(iter(results.values()))]
-    header = ["model"] + [k for _, k in keys] + ["steps", "parameters", "s per step"]
-    rows = [[name] + [num(r[k]) for _, k in keys] + [r["steps"], f"{r['parameters']:,}", num(r["seconds_per_step"])]
+    errors = [k for k in next(iter(results.values())) if k.startswith(("energy", "forces", "stress"))]
+    header = ["model"] + [k.replace("_", " ") for k in errors] + ["steps", "parameters", "s per step", "minutes"]
+    rows = [[name] + [num(r[k]) for k in errors]
+            + [r["steps"], f"{r['parameters']:,}", num(r["seconds_per_step"]), num(r["total_seconds"] / 60)]
             for name, r in results.items()]
     protocol = f" {d['protocol']}." if "protocol" in d else ""
     return f"{d['data']}.{protocol} High-fidelity test errors (meV/atom, meV/Å, GPa).\n\n" + table(header, rows)
@@ -236,7 +237,8 @@ RENDERERS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
     "compile_chgnet.json": ("Compiled against eager CHGNet, CPU", "benchmarks/compile_chgnet.py", _compile_chgnet),
     "overhead_mf.json": ("MultiFidelity overhead at inference", "benchmarks/overhead_mf.py", _overhead_mf),
     "train_step.json": ("Training step against the official Trainer", "benchmarks/train_step.py", _train_step),
-    "train_step_1thread_batch4_quiet.json": ("Training step, 1 thread, batch 4, rerun on a quiet machine",
+    "train_step_1thread_batch4_quiet.json": ("Training step, 1 thread, batch 4, on a quiet machine (a rerun of that "
+                                             "block above, which had a suite job beside it)",
                                              "benchmarks/train_step.py", _train_step),
     "train_step_scaling.json": ("Training step against cell size", "benchmarks/train_step.py", _train_step_scaling),
     "fidelity_term.json": ("The fidelity term in compiled training", "benchmarks/fidelity_term.py", _fidelity_term),

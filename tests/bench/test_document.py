@@ -91,7 +91,8 @@ def test_check_names_a_stale_document_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "README.md"
     write_results_document(RESULTS, out)
     assert main(["--results", str(RESULTS), "--out", str(out), "--check"]) == 0
-    out.write_text(out.read_text(encoding="utf-8").replace("## Methods", "## Methods, edited by hand"), encoding="utf-8")
+    edited = out.read_text(encoding="utf-8").replace("## Methods", "## Methods, edited by hand")
+    out.write_text(edited, encoding="utf-8")
     assert main(["--results", str(RESULTS), "--out", str(out), "--check"]) == 1
     assert str(out) in capsys.readouterr().err
     assert "edited by hand" in out.read_text(encoding="utf-8")
