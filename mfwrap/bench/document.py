@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -252,6 +253,25 @@ RENDERERS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
 }
 
 
+def _suite_cost(suite: Path) -> str:
+    """What the suite's finished runs took: runs, wall hours and median seconds per step per data set and
+    backbone (runs copied between experiments, ``reused_from``, counted once), and the machines they record."""
+    runs = {r["name"]: r for path in sorted(suite.glob("*.json"))
+            for r in json.loads(path.read_text(encoding="utf-8"))["runs"] if not r.get("reused_from")}
+    if not runs:
+        return ""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs.values():
+        groups.setdefault((r["level"], r["spec"]["dataset"].split("-")[0], r["spec"]["backbone"]), []).append(r)
+    rows = [[*key, len(members), num(sum(r["wall_s"] for r in members) / 3600),
+             num(statistics.median(r["wall_s"] / r["steps"] for r in members if r.get("steps")))]
+            for key, members in sorted(groups.items())]
+    machines = sorted({pairs({k: v for k, v in r["machine"].items() if v is not None}) for r in runs.values()})
+    return (f"The finished runs: {len(runs)}, {num(sum(r['wall_s'] for r in runs.values()) / 3600)} run-hours of "
+            f"wall time (evaluation and compilation included), on {'; '.join(machines)}.\n\n"
+            + table(["level", "data set", "backbone", "runs", "run-hours", "median s per step"], rows))
+
+
 def _gpu_logs(results: Path, link: Callable[[Path], str]) -> str:
     """The raw outputs of the GPU session (``gpu/``): when and on what, and the files."""
     folder = results / "gpu"
@@ -367,6 +387,8 @@ def render(results_dir: str | Path = "benchmarks/results", out: str | Path = "be
              "it only tells whether this file is current).",
              templates["methods.md"], "## The benchmark suite"]
     suite = results / "suite"
+    if cost := _suite_cost(suite):
+        parts.append(cost)
     if (suite / "claims.md").exists():
         parts.append((suite / "claims.md").read_text(encoding="utf-8").strip())
     order = {name: i for i, name in enumerate(EXPERIMENTS)}
