@@ -312,13 +312,14 @@ def figures(results_dir: str | Path) -> dict[str, str]:
             found[f"noise.{t}_range"] = f"{pct(min(diffs))} … {pct(max(diffs))}"
         found["suite_gpu.s_per_step_alone"] = num(suite_gpu["alone"]["runs"][0]["s_per_step"])
         found["suite_gpu.steps_per_s_at_once"] = num(suite_gpu["at_once"]["aggregate_steps_per_s"])
+        found["suite_gpu.at_once_count"] = str(suite_gpu["at_once"]["count"])
         for key, hours in suite_gpu["full_level_hours"].items():
             found[f"suite_gpu.full_hours_{key}"] = num(hours)
     if gap := _load(results, "fidelity_gap.json"):
         found["gap.forces"] = num(gap["forces_meV_per_A"]["low_vs_high_mae"])
         found["gap.forces_scale"] = num(gap["forces_meV_per_A"]["zero_prediction_mae"])
-        found["gap.stress"] = num(gap["stress_GPa"]["low_vs_high_mae"], 2)
-        found["gap.stress_scale"] = num(gap["stress_GPa"]["zero_prediction_mae"], 2)
+        found["gap.stress"] = num(gap["stress_GPa"]["low_vs_high_mae"])
+        found["gap.stress_scale"] = num(gap["stress_GPa"]["zero_prediction_mae"])
         found["gap.energy_corrected"] = num(gap["energy_meV_per_atom"]["low_plus_composition_correction_mae"])
     if term := _load(results, "fidelity_term.json"):
         for threads, variants in term["threads"].items():
@@ -340,6 +341,7 @@ def figures(results_dir: str | Path) -> dict[str, str]:
                   for r in curve["runs"] if r["spec"]["method"] == "multi_fidelity" and r["n_train"]["low"]}
         if shares:
             found["suite.low_share_smallest"] = f"{100 * shares[min(shares)]:.0f} %"
+            found["suite.high_share_smallest"] = f"{100 * (1 - shares[min(shares)]):.0f} %"
             found["suite.n_high_smallest"] = str(min(shares))
     return found
 
