@@ -104,13 +104,13 @@ def test_the_noise_floor_is_the_largest_gpu_cpu_difference(tmp_path):
         return {"name": "r", "steps": 10, "s_per_step": 0.1, "test_mae_gpu": maes(energy_gpu),
                 "test_mae_cpu": maes(energy_cpu)}
 
-    suite_gpu = {"alone": {"runs": [run(12.0, 10.0)], "aggregate_steps_per_s": 9.0},
-                 "at_once": {"runs": [run(7.0, 10.0), run(10.5, 10.0)], "aggregate_steps_per_s": 20.0},
+    suite_gpu = {"alone": {"count": 1, "runs": [run(12.0, 10.0)], "aggregate_steps_per_s": 9.0},
+                 "at_once": {"count": 2, "runs": [run(7.0, 10.0), run(10.5, 10.0)], "aggregate_steps_per_s": 20.0},
                  "full_level_hours": {"one_at_a_time": 500.0}}
     (tmp_path / "suite_gpu.json").write_text(json.dumps(suite_gpu), encoding="utf-8")
     found = figures(tmp_path)
     assert found["noise.runs"] == "3"
     assert found["noise.energy"] == "30 %" and found["noise.energy_range"] == "-30.0 % … +20.0 %"
     assert found["noise.forces"] == "0 %"
-    assert found["suite_gpu.full_hours_one_at_a_time"] == "500"
+    assert found["suite_gpu.full_hours_one_at_a_time"] == "500" and found["suite_gpu.at_once_count"] == "2"
     assert "gap.forces" not in found  # no fidelity_gap.json there
