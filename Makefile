@@ -6,13 +6,13 @@ PIP     = $(PY) -m pip
 PIPC    = $(PIP) install -q -c constraints.txt
 STAMP   = $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIPC) torch==2.13.0
-	$(PIPC) -e ".[test,bench,triton]" torch==2.13.0
+	$(PIPC) -e ".[test,bench,triton,docs]" torch==2.13.0
 	# torch-scatter has no wheel on PyPI: compiled once (~10 min), then taken from pip's cache.
 	$(PIPC) --no-build-isolation "torch-scatter>=2.1" torch==2.13.0
 	touch $(STAMP)
@@ -22,14 +22,18 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m mfwrap.demo
 
+# tests/test_docs.py runs the tutorials and builds the documentation with mkdocs build --strict
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x tests
 
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(PY) benchmarks/speed_chgnet.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

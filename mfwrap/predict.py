@@ -52,7 +52,8 @@ def predict(
         structures: ase.Atoms, pymatgen Structure/Molecule, or a list of them.
         fidelity: fidelity name; required when the model has more than one.
         batch_size: structures per forward pass.
-        forces, stress: whether to compute them (stress is NaN for non-periodic structures).
+        forces: whether to compute forces.
+        stress: whether to compute stress (NaN for non-periodic structures).
 
     Returns:
         one dict per structure: "energy" float (eV, total), "forces" (n, 3) eV/Å,
