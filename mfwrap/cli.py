@@ -60,7 +60,9 @@ def _load_run_config(path: str, overrides: argparse.Namespace) -> tuple[Any, Any
     raw = yaml.safe_load(Path(path).read_text()) or {}
     if "data" not in raw:
         raise SystemExit(f"{path}: a 'data' section is required (see mfwrap train --help)")
-    data = DataConfig(**raw.pop("data"))
+    if not isinstance(raw.get("data"), dict):
+        raise ValueError(f"{path}: the data section must be a mapping (see mfwrap train --help)")
+    data = DataConfig.from_dict(raw.pop("data"))
     train = dict(raw.pop("train", None) or {})
     if overrides.output_dir is not None:
         train["output_dir"] = overrides.output_dir
@@ -68,14 +70,14 @@ def _load_run_config(path: str, overrides: argparse.Namespace) -> tuple[Any, Any
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mfwrap.train.baselines import run_experiment
+    from mfwrap.train.baselines import initial_backbone, run_experiment
     from mfwrap.train.data import load_data
     from mfwrap.train.metrics import format_table
 
     experiment, data = _load_run_config(args.config, args)
-    spec = experiment.model.build_backbone().graph_spec
-    train, val, test = load_data(data, spec)
-    summary = run_experiment(experiment, data.fidelities, train, val, test, resume=args.resume)
+    backbone = initial_backbone(experiment)  # built (or loaded) once: its graph_spec makes the graphs
+    train, val, test = load_data(data, backbone.graph_spec)
+    summary = run_experiment(experiment, data.fidelities, train, val, test, resume=args.resume, backbone=backbone)
     target = experiment.train.target_fidelity or data.fidelities[-1]
     if summary.get("test"):
         print(f"test errors at fidelity {target!r} ({experiment.method}):")

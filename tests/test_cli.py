@@ -191,6 +191,46 @@ train: {{epochs: 1, output_dir: {tmp_path / 'out'}, progress: false}}
     assert summary["test"]["high"]["energy"]["count"] == 50 and "magmoms" in summary["test"]["high"]
 
 
+def test_a_pretrained_backbone_is_read_once_per_train(data, monkeypatch):
+    """The graphs are made with the graph_spec of the backbone that trains: no throwaway copy."""
+    weights = data / "pretrained.pt"
+    torch.save(TinyBackbone(features=8, seed=3).state_dict(), weights)
+    reads = []
+
+    def from_pretrained(cls, name):
+        reads.append(name)
+        model = cls(features=8)
+        model.load_state_dict(torch.load(name))
+        return model
+
+    monkeypatch.setattr(TinyBackbone, "from_pretrained", classmethod(from_pretrained), raising=False)
+    config = _config(data, method="single_fidelity")
+    config.write_text(config.read_text().replace('kwargs: {features: 8}', f'pretrained: "{weights}"'))
+    assert "pretrained:" in config.read_text()
+    assert main(["train", str(config)]) == 0
+    assert reads == [str(weights)]
+
+
+def test_li3ps4_data_section(tmp_path, capsys):
+    """data: {li3ps4: ...}: the shipped DFT set, split as the suite splits it; its fidelity names."""
+    config = tmp_path / "li3ps4.yaml"
+    config.write_text(f"""
+model: {TINY}
+data: {{li3ps4: {{seed: 1, n_high: 5, n_low: 12}}}}
+train: {{epochs: 1, targets: ef, output_dir: {tmp_path / 'out'}, progress: false}}
+""")
+    assert main(["train", str(config)]) == 0
+    assert "test errors at fidelity 'r2scan'" in capsys.readouterr().out
+    last = read_payload(tmp_path / "out" / "multi_fidelity" / "last.pt")
+    assert last["num_train"] == 5 + 12 and last["fidelity_names"] == ["pbesol", "r2scan"]
+    summary = json.loads((tmp_path / "out" / "multi_fidelity" / "metrics.json").read_text())
+    assert summary["val"]["r2scan"]["energy"]["count"] == 10 and summary["test"]["r2scan"]["energy"]["count"] == 10
+    config.write_text(config.read_text().replace("seed: 1", "seed: 1, n_val: 3"))
+    _refused(["train", str(config)], "dataset 'li3ps4' ships its validation frames; leave n_val out")
+    config.write_text(config.read_text().replace("li3ps4:", "li3ps5:"))
+    _refused(["train", str(config)], r"data: unknown key\(s\) \['li3ps5'\]; known are .* or a dataset of \['li3ps4'")
+
+
 @pytest.mark.parametrize("method, fidelities, train, extra", [
     # the target (r2scan, set in train) is not the last name, so the default must come from the checkpoint
     ("single_fidelity", "[r2scan, pbe]", ", target_fidelity: r2scan", ""),

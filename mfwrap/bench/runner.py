@@ -108,8 +108,7 @@ def schedule_of(config) -> dict:
 def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> dict:
     """Train and test one run (resuming its checkpoints); writes and returns its result. ``eager``:
     eager training steps where the level compiles them (``compiled_steps`` in the result says which)."""
-    from mfwrap.model_file import import_class
-    from mfwrap.train.baselines import run_experiment
+    from mfwrap.train.baselines import initial_backbone, run_experiment
 
     level = LEVELS[level_name]
     out = Path(root) / spec.experiment / spec.name
@@ -117,12 +116,12 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> d
     start = time.perf_counter()
     splits = make_splits(spec, level)
     experiment, epochs = _experiment(spec, level, splits, out, eager)
-    graph_spec = import_class(BACKBONES[spec.backbone])(**level.model.get(spec.backbone, {})).graph_spec
+    backbone = initial_backbone(experiment)  # built once: its graph_spec makes the graphs, then it trains
     names = fidelities_of(spec.dataset)
-    graphs = lambda records: to_graphs(records, graph_spec, names)  # noqa: E731
+    graphs = lambda records: to_graphs(records, backbone.graph_spec, names)  # noqa: E731
     train = graphs(splits.train_low + splits.train_high) if spec.method != "single_fidelity" else graphs(splits.train_high)
     pretrain_source = share_pretraining(spec, experiment, out, Path(root))
-    summary = run_experiment(experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True)
+    summary = run_experiment(experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True, backbone=backbone)
     result = {"spec": spec.as_dict(), "name": spec.name, "level": level.name, "protocol": spec.protocol, "epochs": epochs,
               "epochs_run": summary.get("epochs_run"), "steps": summary.get("steps"), "wall_s": time.perf_counter() - start,
               "n_train": {"high": len(splits.train_high), "low": len(splits.train_low) if spec.method != "single_fidelity" else 0},
