@@ -1,6 +1,7 @@
 """The mfwrap command: train from YAML (files or the LMFP set, --output-dir, --resume), evaluate and
 predict with its checkpoints (what predict writes, default fidelities), refused files, --help."""
 
+import dataclasses
 import json
 import re
 import sys
@@ -301,6 +302,52 @@ def test_help_explains_every_option():
             assert action.help, f"{command}: option {action.dest} has no help"
     train_help = parser._subparsers._group_actions[0].choices["train"].format_help()
     assert "delta_reference" in train_help and "mechanisms" in train_help and "lmfp" in train_help
+
+
+def test_train_help_lists_every_config_option_with_its_type_and_real_default(monkeypatch):
+    import dataclasses
+
+    from mfwrap.cli import _yaml, config_help
+    from mfwrap.datasets.registry import Split
+    from mfwrap.train.baselines import Experiment, ModelConfig
+    from mfwrap.train.config import TrainConfig, field_docs
+    from mfwrap.train.data import DataConfig, Source
+
+    text = " ".join(config_help().split())  # one space between words: wrapping aside
+    for cls in (Experiment, ModelConfig, TrainConfig, DataConfig, Source, Split):
+        for doc in field_docs(cls):
+            if cls is DataConfig and doc.name in ("dataset", "split"):
+                continue  # written in YAML as <dataset name>: {<Split options>}, listed with Split
+            section = cls is Experiment and doc.name in ("model", "train")  # listed option by option below
+            default = ("(required) " if doc.default is dataclasses.MISSING else "" if section else _yaml(doc.default) + " ")
+            words = " ".join(doc.help.replace("``", "").split()[:3])
+            assert f" {doc.name}: {default}({doc.type}) {words}" in text, (cls, doc.name)
+    assert " loss_weights: {energy: 1.0, forces: 1.0, stress: 0.1, magmoms: 0.1} (LossWeights)" in text
+    assert " n_val: null (int | None)" in text and "li3ps4" in text and "lmfp-gap50" in text
+    monkeypatch.setattr(TrainConfig.__dataclass_fields__["epochs"], "default", 61)
+    assert " epochs: 61 (int) passes over the training set." in " ".join(config_help().split())
+
+
+def test_a_config_field_without_a_description_is_refused():
+    from mfwrap.train.config import field_docs
+
+    @dataclasses.dataclass
+    class Options:
+        """Options.
+
+        Attributes:
+            depth: how deep; continued
+                on a second line. Then more.
+        """
+
+        depth: int = 3
+        width: int = 2
+
+    with pytest.raises(ValueError, match=r"Options: fields \['width'\] have no entry in the docstring's Attributes"):
+        field_docs(Options)
+    Options.__dataclass_fields__.pop("width")
+    (depth,) = field_docs(Options)
+    assert (depth.name, depth.type, depth.default, depth.help) == ("depth", "int", 3, "how deep; continued on a second line.")
 
 
 def test_bench_plan_prints_steps_and_hours_and_runs_nothing(tmp_path, capsys):

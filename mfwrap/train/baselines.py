@@ -92,7 +92,7 @@ class Experiment:
     """One training run of one method (see the module docstring).
 
     Attributes:
-        method: one of ``METHODS``.
+        method: "multi_fidelity", "single_fidelity", "transfer" or "delta" (``METHODS``).
         model: the backbone and mechanisms.
         train: hyperparameters (of the final stage); ``train.output_dir`` is the run directory.
         pretrain: overrides of ``train`` for the pre-training stage of transfer / delta.
