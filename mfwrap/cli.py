@@ -48,7 +48,8 @@ def _describe(cls: type, indent: int, sections: dict[str, type] | None = None, s
     for doc in field_docs(cls):
         if doc.name in skip:
             continue
-        default = "" if doc.name in sections else "(required)" if doc.default is dataclasses.MISSING else _yaml(doc.default)
+        required = doc.default is dataclasses.MISSING
+        default = "" if doc.name in sections else "(required)" if required else _yaml(doc.default)
         lines += _entry(f"{' ' * indent}{doc.name}: {default}", f"({doc.type}) {doc.help}")
         if doc.name in sections:
             lines += _describe(sections[doc.name], indent + 2)

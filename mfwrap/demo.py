@@ -5,15 +5,16 @@ The point of the project in a few minutes. The small two-fidelity LMFP dataset
 frames (CHGNet r2SCAN labels: energy, forces, stress, magmoms), 300 low-fidelity frames (CHGNet
 0.3.0 labels: energy, forces, stress, no magmoms) on other structures, and 50 high-fidelity test
 frames; ``--n-high`` / ``--n-low`` of them are drawn as the benchmark suite draws a run's frames
-(:mod:`mfwrap.datasets.registry`, seeded by ``--seed``). Two CHGNet models with the seed paper's architecture, trained from scratch with the same
-hyperparameters and seed:
+(:mod:`mfwrap.datasets.registry`, seeded by ``--seed``). Two CHGNet models with the seed paper's
+architecture, trained from scratch with the same hyperparameters and seed:
 
 * multi-fidelity: ``MultiFidelity(CHGNet(), ["low", "high"], "ECMR")`` on all 400 frames;
 * single-fidelity: ``CHGNet()`` on the 100 high-fidelity frames only.
 
 The comparison is at equal compute by default: single-fidelity trains for as many optimiser
 steps as multi-fidelity takes in ``--epochs`` epochs over its four times larger training set
-(:func:`mfwrap.bench.grid.in_own_epochs`, as the suite's ``equal_compute`` protocol; ``--protocol paper``: the same epochs instead, which gives multi-fidelity four times the steps;
+(:func:`mfwrap.bench.grid.in_own_epochs`, as the suite's ``equal_compute`` protocol;
+``--protocol paper``: the same epochs instead, which gives multi-fidelity four times the steps;
 the printed table names the protocol and both step counts). The two trainings run at once, one
 process and one thread each (one thread per process is faster than two for this model on a
 CPU). Prints their high-fidelity test errors side by side and saves a parity plot (PNG). The
@@ -164,12 +165,14 @@ def main(argv: list[str] | None = None) -> dict:
     n_mf = len(splits.train_low) + n_high * args.high_repeat
     steps_mf = args.epochs * math.ceil(n_mf / BATCH)
     if args.single_epochs is None:
-        args.single_epochs = args.epochs if args.protocol == "paper" else in_own_epochs(args.epochs, n_mf, n_high, BATCH)
+        equal = in_own_epochs(args.epochs, n_mf, n_high, BATCH)  # the single-fidelity epochs of MF's steps
+        args.single_epochs = args.epochs if args.protocol == "paper" else equal
     else:
         args.protocol = "custom"
     steps_sf = args.single_epochs * math.ceil(n_high / BATCH)
     protocol = (f"protocol {args.protocol}: multi-fidelity {args.epochs} epoch(s) over {n_mf} frames = {steps_mf} "
-                f"optimiser steps; single-fidelity {args.single_epochs} epoch(s) over {n_high} frames = {steps_sf} steps")
+                f"optimiser steps; single-fidelity {args.single_epochs} epoch(s) over {n_high} frames = "
+                f"{steps_sf} steps")
     if args.high_share is not None:
         protocol += f"; multi-fidelity draws {args.high_share:.0%} of each epoch from the high fidelity"
     print(f"  ready after {time.perf_counter() - start:.0f} s; training both models ({protocol}) ...", flush=True)

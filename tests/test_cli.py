@@ -319,7 +319,8 @@ def test_train_help_lists_every_config_option_with_its_type_and_real_default(mon
             if cls is DataConfig and doc.name in ("dataset", "split"):
                 continue  # written in YAML as <dataset name>: {<Split options>}, listed with Split
             section = cls is Experiment and doc.name in ("model", "train")  # listed option by option below
-            default = ("(required) " if doc.default is dataclasses.MISSING else "" if section else _yaml(doc.default) + " ")
+            required = doc.default is dataclasses.MISSING
+            default = "(required) " if required else "" if section else _yaml(doc.default) + " "
             words = " ".join(doc.help.replace("``", "").split()[:3])
             assert f" {doc.name}: {default}({doc.type}) {words}" in text, (cls, doc.name)
     assert " loss_weights: {energy: 1.0, forces: 1.0, stress: 0.1, magmoms: 0.1} (LossWeights)" in text
@@ -347,7 +348,8 @@ def test_a_config_field_without_a_description_is_refused():
         field_docs(Options)
     Options.__dataclass_fields__.pop("width")
     (depth,) = field_docs(Options)
-    assert (depth.name, depth.type, depth.default, depth.help) == ("depth", "int", 3, "how deep; continued on a second line.")
+    expected = ("depth", "int", 3, "how deep; continued on a second line.")
+    assert (depth.name, depth.type, depth.default, depth.help) == expected
 
 
 def test_bench_plan_prints_steps_and_hours_and_runs_nothing(tmp_path, capsys):

@@ -60,8 +60,9 @@ def make_splits(spec: RunSpec, level: Level) -> Splits:
     for a dataset that ships no validation frames, the level's ``n_val``."""
     dataset = get_dataset(spec.dataset)
     n_low = level.n_low_all if spec.n_low is None else spec.n_low
+    n_val = None if dataset.ships_validation else level.n_val
     return dataset.split(Split(size=level.lmfp_size if dataset.sizes else None, seed=spec.seed, n_high=spec.n_high,
-                               n_low=n_low, n_val=None if dataset.ships_validation else level.n_val, region=spec.region))
+                               n_low=n_low, n_val=n_val, region=spec.region))
 
 
 def mf_option(spec: RunSpec, splits: Splits) -> dict:
@@ -121,7 +122,8 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> d
     graphs = lambda records: to_graphs(records, backbone.graph_spec, names)  # noqa: E731
     train = graphs(splits.train_low + splits.train_high) if spec.method != "single_fidelity" else graphs(splits.train_high)
     pretrain_source = share_pretraining(spec, experiment, out, Path(root))
-    summary = run_experiment(experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True, backbone=backbone)
+    summary = run_experiment(experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True,
+                             backbone=backbone)
     result = {"spec": spec.as_dict(), "name": spec.name, "level": level.name, "protocol": spec.protocol, "epochs": epochs,
               "epochs_run": summary.get("epochs_run"), "steps": summary.get("steps"), "wall_s": time.perf_counter() - start,
               "n_train": {"high": len(splits.train_high), "low": len(splits.train_low) if spec.method != "single_fidelity" else 0},

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -171,7 +171,9 @@ def _lmfp(size: str | None, cache_dir: str | os.PathLike | None, gap: float | No
 
 def _li3ps4(size: str | None, cache_dir: str | os.PathLike | None) -> Pools:
     keys = {"pbesol": {"energy": "energy", "forces": "forces"}, "r2scan": {"energy": "mtt::r2scan_energy"}}
-    high_only = lambda name: [r for r in read_fidelities(LI3PS4_DIR / name, keys) if r.fidelity == "r2scan"]  # noqa: E731
+    def high_only(name: str) -> Records:
+        return [r for r in read_fidelities(LI3PS4_DIR / name, keys) if r.fidelity == "r2scan"]
+
     train = read_fidelities(LI3PS4_DIR / "train.xyz", keys)  # each frame at both fidelities, read once
     return Pools(high=[r for r in train if r.fidelity == "r2scan"], low=[r for r in train if r.fidelity == "pbesol"],
                  test=high_only("test.xyz"), val=high_only("val.xyz"))
@@ -189,9 +191,10 @@ def _lmfp_entry(name: str, gap: float | None, description: str) -> Dataset:
 GAP_PERCENTS = range(0, 100, 10)  # lmfp-gap<percent>: the registered gap-dial variants
 
 DATASETS: dict[str, Dataset] = {
-    "lmfp": _lmfp_entry("lmfp", None, "LiMnFePO4, CHGNet 0.3.0 (low) and CHGNet r2SCAN (high) labels (mfwrap.datasets.lmfp)"),
-    **{f"lmfp-gap{p}": _lmfp_entry(f"lmfp-gap{p}", p / 100, f"LMFP with the low-fidelity labels at gap α = {p / 100:g} "
-                                   "(mfwrap.datasets.lmfp_gap)") for p in GAP_PERCENTS},
+    "lmfp": _lmfp_entry("lmfp", None, "LiMnFePO4, CHGNet 0.3.0 (low) and CHGNet r2SCAN (high) labels "
+                        "(mfwrap.datasets.lmfp)"),
+    **{f"lmfp-gap{p}": _lmfp_entry(f"lmfp-gap{p}", p / 100, f"LMFP with the low-fidelity labels at gap "
+                                   f"α = {p / 100:g} (mfwrap.datasets.lmfp_gap)") for p in GAP_PERCENTS},
     "li3ps4": Dataset("li3ps4", ("pbesol", "r2scan"), "ef", _li3ps4,
                       "Li3PS4, PBEsol (energy, forces) and r2SCAN (energy) DFT, 80 / 10 / 10 frames", paired=True,
                       ships_validation=True),

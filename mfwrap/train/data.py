@@ -98,7 +98,8 @@ class DataConfig:
         if self.dataset is not None:
             names = get_dataset(self.dataset).fidelities
             if self.train or self.val or self.test:
-                raise ValueError(f"data: give either sources (train, val, test) or the dataset {self.dataset!r}, not both")
+                raise ValueError(f"data: give either sources (train, val, test) or the dataset {self.dataset!r}, "
+                                 "not both")
             missing = [name for name in names if name not in self.fidelities]
             if self.fidelities and missing:
                 raise ValueError(f"data: fidelities {self.fidelities} lack {missing} of the dataset {self.dataset!r}")
@@ -119,7 +120,8 @@ class DataConfig:
         named = [key for key in values if key in DATASETS]
         unknown = [key for key in values if key not in fields and key not in DATASETS]
         if unknown:
-            raise ValueError(f"data: unknown key(s) {unknown}; known are {sorted(fields)} or a dataset of {sorted(DATASETS)}")
+            raise ValueError(f"data: unknown key(s) {unknown}; known are {sorted(fields)} or a dataset of "
+                             f"{sorted(DATASETS)}")
         if len(named) > 1:
             raise ValueError(f"data: one dataset at a time, got {named}")
         kept = {key: value for key, value in values.items() if key in fields}

@@ -71,7 +71,8 @@ def test_the_suite_splits_the_frames_its_committed_results_were_trained_on(level
 def test_the_split_rule_pairs_li3ps4_and_keeps_a_region_apart():
     li3ps4 = DATASETS["li3ps4"].split(Split(seed=3, n_high=7))
     assert [r.name for r in li3ps4.train_high] == [r.name for r in li3ps4.train_low[:7]]  # the same structures
-    assert {r.fidelity for r in li3ps4.train_high} == {"r2scan"} and {r.fidelity for r in li3ps4.train_low} == {"pbesol"}
+    assert {r.fidelity for r in li3ps4.train_high} == {"r2scan"}
+    assert {r.fidelity for r in li3ps4.train_low} == {"pbesol"}
     region = DATASETS["lmfp"].split(Split(seed=1, n_val=4, region="mn_le_half"))
     assert all(mn_fraction(r) <= 0.5 for r in region.train_high + region.val)
     assert region.test and all(mn_fraction(r) > 0.5 for r in region.test)

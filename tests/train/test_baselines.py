@@ -173,7 +173,8 @@ def test_multi_fidelity_with_a_residual_readout_trains_its_shared_part_on_every_
                                            ("transfer", {"pretrain": {"epochs": 1, "seed": 5}})])
 def test_a_backbone_built_before_the_graphs_gives_the_same_run(tmp_path, method, extra):
     """mfwrap train and the suite build the backbone once, read its graph_spec, then hand it over."""
-    built_here = run_experiment(_experiment(tmp_path / "a", method, **dict(extra)), FIDELITIES, LOW + HIGH, test=HIGH_TEST)
+    built_here = run_experiment(_experiment(tmp_path / "a", method, **dict(extra)), FIDELITIES, LOW + HIGH,
+                                test=HIGH_TEST)
     experiment = _experiment(tmp_path / "b", method, **dict(extra))
     handed = run_experiment(experiment, FIDELITIES, LOW + HIGH, test=HIGH_TEST, backbone=initial_backbone(experiment))
     assert handed["test"] == built_here["test"] and handed["best"] == built_here["best"]

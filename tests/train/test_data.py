@@ -89,7 +89,8 @@ def test_a_registered_dataset_gives_the_suites_frames(monkeypatch, tmp_path):
     config = DataConfig.from_dict({"lmfp": {"seed": 2, "n_high": 25, "n_low": 40, "n_val": 5}})
     assert config.fidelities == ["low", "high"] and config.dataset == "lmfp"
     train, val, test = load_data(config, SPEC)
-    suite = runner.make_splits(RunSpec("x", "multi_fidelity", 25, None, "paper", 2), LEVELS["quick"])  # n_val 5, n_low 40
+    # the quick level holds out 5 validation frames and has 40 low-fidelity ones
+    suite = runner.make_splits(RunSpec("x", "multi_fidelity", 25, None, "paper", 2), LEVELS["quick"])
     energies = lambda graphs: [float(g[K.ENERGY]) for g in graphs]  # noqa: E731
     labels = lambda records: [float(r.labels["energy"]) for r in records]  # noqa: E731
     assert energies(train) == pytest.approx(labels(suite.train_low + suite.train_high), rel=1e-6)
