@@ -105,7 +105,6 @@ class Dataset:
         fidelities: fidelity names, low first, the target (high) fidelity last.
         targets: the targets it labels (at some fidelity), a subset of "efsm": what a run trains.
         load: ``(size, cache_dir) -> Pools``; ``size`` is one of ``sizes`` or None (datasets with one).
-        description: one line for listings.
         sizes: the variants ``Split.size`` picks, the default first; () = a dataset with one.
         paired: ``low[i]`` is the structure of ``high[i]``; the split keeps them paired.
         ships_validation: it has its own validation frames (``Pools.val``); ``Split.n_val`` does not apply.
@@ -117,7 +116,6 @@ class Dataset:
     fidelities: tuple[str, ...]
     targets: str
     load: Callable[[str | None, str | None], Pools]
-    description: str
     sizes: tuple[str, ...] = ()
     paired: bool = False
     ships_validation: bool = False
@@ -179,25 +177,23 @@ def _li3ps4(size: str | None, cache_dir: str | os.PathLike | None) -> Pools:
                  test=high_only("test.xyz"), val=high_only("val.xyz"))
 
 
-def _lmfp_entry(name: str, gap: float | None, description: str) -> Dataset:
+def _lmfp_entry(gap: float | None) -> Dataset:
     from mfwrap.datasets.lmfp_frames import SIZES
 
-    return Dataset(name, ("low", "high"), "efsm", functools.partial(_lmfp, gap=gap), description,
+    name = "lmfp" if gap is None else f"lmfp-gap{round(100 * gap)}"
+    return Dataset(name, ("low", "high"), "efsm", functools.partial(_lmfp, gap=gap),
                    sizes=("small", *sorted(s for s in SIZES if s != "small")),
                    regions={"mn_le_half": lambda record: mn_fraction(record) <= 0.5},
                    variant_of=None if gap is None else "lmfp")
 
 
-GAP_PERCENTS = range(0, 100, 10)  # lmfp-gap<percent>: the registered gap-dial variants
-
 DATASETS: dict[str, Dataset] = {
-    "lmfp": _lmfp_entry("lmfp", None, "LiMnFePO4, CHGNet 0.3.0 (low) and CHGNet r2SCAN (high) labels "
-                        "(mfwrap.datasets.lmfp)"),
-    **{f"lmfp-gap{p}": _lmfp_entry(f"lmfp-gap{p}", p / 100, f"LMFP with the low-fidelity labels at gap "
-                                   f"α = {p / 100:g} (mfwrap.datasets.lmfp_gap)") for p in GAP_PERCENTS},
-    "li3ps4": Dataset("li3ps4", ("pbesol", "r2scan"), "ef", _li3ps4,
-                      "Li3PS4, PBEsol (energy, forces) and r2SCAN (energy) DFT, 80 / 10 / 10 frames", paired=True,
-                      ships_validation=True),
+    # LiMnFePO4 labelled by CHGNet 0.3.0 (low: energy, forces, stress) and CHGNet r2SCAN (high: and magmoms)
+    "lmfp": _lmfp_entry(None),
+    # the same with the low-fidelity labels moved toward the high teacher, at gap α = 0, 0.1, ..., 0.9
+    **{entry.name: entry for entry in (_lmfp_entry(percent / 100) for percent in range(0, 100, 10))},
+    # Li3PS4 DFT: PBEsol (energy, forces) and r2SCAN (energy) of the same 100 structures, 80 / 10 / 10
+    "li3ps4": Dataset("li3ps4", ("pbesol", "r2scan"), "ef", _li3ps4, paired=True, ships_validation=True),
 }
 
 
