@@ -43,7 +43,7 @@ from mfwrap.data import keys as K
 from mfwrap.data.graph import edge_vectors, structure_index
 from mfwrap.train import TrainConfig
 from timed_trainer import TimedTrainer
-from mfwrap.train.data import lmfp_graphs
+from mfwrap.train.data import DataConfig, load_data
 
 FIDELITIES = ["low", "high"]
 
@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> dict:
              "nblocks": args.blocks, "cutoff": args.cutoff, "threebody_cutoff": args.threebody_cutoff,
              "element_types": ["Li", "O", "P", "Mn", "Fe"]}
     spec = MatglM3GNet(**sizes).graph_spec
-    train, val, test = lmfp_graphs(spec, n_high=args.n_high, n_low=args.n_low, n_val=args.n_val)
+    data = DataConfig.from_dict({"lmfp": {"n_high": args.n_high, "n_low": args.n_low, "n_val": args.n_val}})
+    train, val, test = load_data(data, spec)
     test = test[: args.n_test]
     models = {"matgl_state": lambda: MatglStateM3GNet(state_dim=args.units, **sizes),
               "mfwrap_ECMR": lambda: MultiFidelity(MatglM3GNet(**sizes), FIDELITIES, "ECMR")}

@@ -14,43 +14,67 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
-CONFIG_HELP = """\
-CONFIG.yaml sections (all optional except data):
+def _yaml(value: Any) -> str:
+    """A default as YAML writes it, on one line."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).removesuffix("\n...\n").strip()
 
-  method: multi_fidelity | single_fidelity | transfer | delta   (default multi_fidelity)
-  model:
-    backbone: backbones.chgnet:CHGNet    import path of the backbone class
-    kwargs: {}                           constructor arguments (e.g. atom_fea_dim: 64)
-    pretrained: null                     or a version for Class.from_pretrained, e.g. "0.3.0"
-    mechanisms: ECMR                     any subset of E, C, M, R (ablations; "" = none)
-  data:
-    fidelities: [low, high]              index order; the last is the target fidelity
-    train: [{path: low.xyz, fidelity: low}, {path: high.xyz, fidelity: high, limit: 100}]
-    val:   [...]                         optional; else train.val_fraction is held out
-    test:  [...]                         optional
-      (per source: limit: N first frames; keys: {energy: NAME, forces: NAME, ...} where the file
-       stores each label, a target left out = unlabelled; default: ASE's standard names)
-    lmfp: {size: small, seed: 0, n_high: 100, n_val: 0}   instead of files: the LMFP set
-  train:                                 mfwrap.train.TrainConfig; defaults = seed paper
-    targets: efsm  epochs: 60  batch_size: 4  lr: 0.005  lr_min_fraction: 0.01
-    scheduler: cos  weight_decay: 0  huber_delta: 0.1  grad_clip: 0  seed: 0
-    loss_weights: {energy: 1, forces: 1, stress: 0.1, magmoms: 0.1}
-    val_fraction: 0.1  eval_batch_size: 16  best_metric: weighted_mae  target_fidelity: null
-    fit_composition: true  freeze: []  checkpoint_every: 0  output_dir: runs/mfwrap
-    device: auto  progress: true  patience: 0  nonfinite: error (or skip)  compile: false (or true)
-    fidelity_loss_weights: {}            e.g. {high: 4}: weight of each fidelity's entries in the loss
-    fidelity_sampling: {}                e.g. {low: 1, high: 1}: each fidelity's share of an epoch's draws
-  pretrain: {epochs: 30}                 transfer / delta / warm_start: overrides of train for stage one
-  warm_start: false                      multi_fidelity: pre-train the backbone on the other fidelities first
-  transfer_freeze: null                  prefixes frozen in fine-tuning; null = all but readouts
-  delta_reference: labels                labels (needs paired data) | model
-"""
+
+def _entry(key: str, text: str) -> list[str]:
+    """``key`` then ``text`` (reST roles and literals as plain text) from column 40, wrapped at 110 characters."""
+    import textwrap
+
+    plain = re.sub(r":\w+:`([^`]+)`", r"\1", re.sub(r":\w+:`~(?:[\w.]+\.)?([^`]+)`", r"\1", text)).replace("``", "")
+    wrapped = textwrap.wrap(plain, 70, break_on_hyphens=False)
+    head = [f"{key:<39} {wrapped[0]}"] if len(key) < 40 else [key, " " * 40 + wrapped[0]]
+    return head + [" " * 40 + more for more in wrapped[1:]]
+
+
+def _describe(cls: type, indent: int, sections: dict[str, type] | None = None, skip: tuple[str, ...] = ()) -> list[str]:
+    """One entry per field of ``cls`` but ``skip`` (``name: default  (type) help``); ``sections`` are
+    nested dataclasses, listed field by field below their name."""
+    import dataclasses
+
+    from mfwrap.train.config import field_docs
+
+    sections = sections or {}
+    lines = []
+    for doc in field_docs(cls):
+        if doc.name in skip:
+            continue
+        required = doc.default is dataclasses.MISSING
+        default = "" if doc.name in sections else "(required)" if required else _yaml(doc.default)
+        lines += _entry(f"{' ' * indent}{doc.name}: {default}", f"({doc.type}) {doc.help}")
+        if doc.name in sections:
+            lines += _describe(sections[doc.name], indent + 2)
+    return lines
+
+
+def config_help() -> str:
+    """``mfwrap train --help``: every option of a run config, generated from the config dataclasses
+    (their fields, types, defaults and the first sentence of each field's docstring entry)."""
+    from mfwrap.datasets.registry import DATASETS, Split
+    from mfwrap.train.baselines import Experiment, ModelConfig
+    from mfwrap.train.config import TrainConfig
+    from mfwrap.train.data import DataConfig, Source
+
+    lines = ["CONFIG.yaml sections (all optional but data), each option as", "",
+             "  name: default                         (type) what it is", ""]
+    lines += _entry("data:", f"(DataConfig) {DataConfig.__doc__.splitlines()[0]}")
+    lines += _describe(DataConfig, 2, skip=("dataset", "split"))
+    lines += _entry("  <dataset>: {<options>}", "instead of sources, a registered dataset (mfwrap.datasets.registry: "
+                    f"{', '.join(DATASETS)}), split as the benchmark suite splits it; the options:")
+    lines += _describe(Split, 4)
+    lines += _entry("  each source of train / val / test:", "a mapping of")
+    lines += _describe(Source, 4)
+    lines += _describe(Experiment, 0, sections={"model": ModelConfig, "train": TrainConfig})
+    return "\n".join(lines) + "\n"
 
 
 def _load_run_config(path: str, overrides: argparse.Namespace) -> tuple[Any, Any]:
@@ -60,7 +84,9 @@ def _load_run_config(path: str, overrides: argparse.Namespace) -> tuple[Any, Any
     raw = yaml.safe_load(Path(path).read_text()) or {}
     if "data" not in raw:
         raise SystemExit(f"{path}: a 'data' section is required (see mfwrap train --help)")
-    data = DataConfig(**raw.pop("data"))
+    if not isinstance(raw.get("data"), dict):
+        raise ValueError(f"{path}: the data section must be a mapping (see mfwrap train --help)")
+    data = DataConfig.from_dict(raw.pop("data"))
     train = dict(raw.pop("train", None) or {})
     if overrides.output_dir is not None:
         train["output_dir"] = overrides.output_dir
@@ -68,14 +94,14 @@ def _load_run_config(path: str, overrides: argparse.Namespace) -> tuple[Any, Any
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mfwrap.train.baselines import run_experiment
+    from mfwrap.train.baselines import initial_backbone, run_experiment
     from mfwrap.train.data import load_data
     from mfwrap.train.metrics import format_table
 
     experiment, data = _load_run_config(args.config, args)
-    spec = experiment.model.build_backbone().graph_spec
-    train, val, test = load_data(data, spec)
-    summary = run_experiment(experiment, data.fidelities, train, val, test, resume=args.resume)
+    backbone = initial_backbone(experiment)  # built (or loaded) once: its graph_spec makes the graphs
+    train, val, test = load_data(data, backbone.graph_spec)
+    summary = run_experiment(experiment, data.fidelities, train, val, test, resume=args.resume, backbone=backbone)
     target = experiment.train.target_fidelity or data.fidelities[-1]
     if summary.get("test"):
         print(f"test errors at fidelity {target!r} ({experiment.method}):")
@@ -211,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a model from a YAML config", description=CONFIG_HELP,
+    train = commands.add_parser("train", help="train a model from a YAML config", description=config_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("config", help="YAML run config (sections described above)")
     train.add_argument("--resume", action="store_true",

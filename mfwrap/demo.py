@@ -4,15 +4,17 @@ The point of the project in a few minutes. The small two-fidelity LMFP dataset
 (:mod:`mfwrap.datasets.lmfp`; ships prebuilt with the package) has 100 high-fidelity training
 frames (CHGNet r2SCAN labels: energy, forces, stress, magmoms), 300 low-fidelity frames (CHGNet
 0.3.0 labels: energy, forces, stress, no magmoms) on other structures, and 50 high-fidelity test
-frames. Two CHGNet models with the seed paper's architecture, trained from scratch with the same
-hyperparameters and seed:
+frames; ``--n-high`` / ``--n-low`` of them are drawn as the benchmark suite draws a run's frames
+(:mod:`mfwrap.datasets.registry`, seeded by ``--seed``). Two CHGNet models with the seed paper's
+architecture, trained from scratch with the same hyperparameters and seed:
 
 * multi-fidelity: ``MultiFidelity(CHGNet(), ["low", "high"], "ECMR")`` on all 400 frames;
 * single-fidelity: ``CHGNet()`` on the 100 high-fidelity frames only.
 
 The comparison is at equal compute by default: single-fidelity trains for as many optimiser
 steps as multi-fidelity takes in ``--epochs`` epochs over its four times larger training set
-(``--protocol paper``: the same epochs instead, which gives multi-fidelity four times the steps;
+(:func:`mfwrap.bench.grid.in_own_epochs`, as the suite's ``equal_compute`` protocol;
+``--protocol paper``: the same epochs instead, which gives multi-fidelity four times the steps;
 the printed table names the protocol and both step counts). The two trainings run at once, one
 process and one thread each (one thread per process is faster than two for this model on a
 CPU). Prints their high-fidelity test errors side by side and saves a parity plot (PNG). The
@@ -36,12 +38,14 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
+from mfwrap.bench.grid import in_own_epochs
 from mfwrap.data import keys as K
+from mfwrap.data.readers import to_graphs
+from mfwrap.datasets.registry import Split, Splits, get_dataset
 from mfwrap.files import write_text
 from mfwrap.physics import energy_and_derivatives
-from mfwrap.train.baselines import Experiment, ModelConfig, run_experiment
+from mfwrap.train.baselines import Experiment, ModelConfig, initial_backbone, run_experiment
 from mfwrap.train.config import TrainConfig
-from mfwrap.train.data import lmfp_graphs
 from mfwrap.train.metrics import format_table
 from mfwrap.model_file import read_model_file
 
@@ -50,10 +54,18 @@ RUNS = {"multi-fidelity": "multi_fidelity", "single-fidelity": "single_fidelity"
 BATCH = TrainConfig().batch_size
 
 
-def _predictions(checkpoint: Path, graphs: list) -> dict[str, np.ndarray]:
-    """Energy per atom (eV/atom) and force components (eV/Å), predicted and labelled, on ``graphs``."""
+def _splits(args: argparse.Namespace) -> Splits:
+    """The LMFP frames of the demo: the registry's split rule (the suite's) with ``--seed``."""
+    splits = get_dataset("lmfp").split(Split(size=args.size, seed=args.seed, n_high=args.n_high, n_low=args.n_low))
+    splits.test = splits.test[: args.n_test]
+    return splits
+
+
+def _predictions(checkpoint: Path, records: list) -> dict[str, np.ndarray]:
+    """Energy per atom (eV/atom) and force components (eV/Å), predicted and labelled, on ``records``."""
     model, _ = read_model_file(checkpoint)
     model.eval()
+    graphs = to_graphs(records, model.graph_spec, FIDELITIES)
     pred_e, true_e, pred_f, true_f = [], [], [], []
     for start in range(0, len(graphs), 16):
         batch = Batch.from_data_list(graphs[start : start + 16])
@@ -96,18 +108,19 @@ def _train(method: str, args: argparse.Namespace, threads: int) -> tuple[dict, f
     """Train one model (in its own process when the runs go in parallel); (test metrics, seconds)."""
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    model = ModelConfig(backbone="backbones.chgnet:CHGNet", mechanisms="ECMR")
-    train, _, test = lmfp_graphs(model.build_backbone().graph_spec, size=args.size, seed=args.seed, n_high=args.n_high,
-                                 n_low=args.n_low)
-    test = test[: args.n_test]
-    if method == "multi_fidelity" and args.high_repeat > 1:  # each high-fidelity frame k times per epoch
-        train = train + [g for g in train if int(g[K.FIDELITY]) == FIDELITIES.index("high")] * (args.high_repeat - 1)
     epochs = args.single_epochs if method == "single_fidelity" else args.epochs
     sampling = ({"low": 1.0 - args.high_share, "high": args.high_share}
                 if method == "multi_fidelity" and args.high_share is not None else {})
     config = TrainConfig(epochs=epochs, seed=args.seed, val_fraction=0.0, output_dir=str(args.out),
                          progress=args.jobs == 1, compile=args.compile, fidelity_sampling=sampling)
-    summary = run_experiment(Experiment(method=method, model=model, train=config), FIDELITIES, train, None, test)
+    experiment = Experiment(method=method, model=ModelConfig(backbone="backbones.chgnet:CHGNet", mechanisms="ECMR"),
+                            train=config)
+    backbone = initial_backbone(experiment)
+    splits = _splits(args)
+    high = splits.train_high * (args.high_repeat if method == "multi_fidelity" else 1)  # each k times per epoch
+    graphs = lambda records: to_graphs(records, backbone.graph_spec, FIDELITIES)  # noqa: E731
+    summary = run_experiment(experiment, FIDELITIES, graphs(splits.train_low + high), None, graphs(splits.test),
+                             backbone=backbone)
     return summary["test"], time.perf_counter() - start
 
 
@@ -131,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n-low", type=int, default=None, help="low-fidelity training frames (default: all)")
     parser.add_argument("--n-test", type=int, default=None, help="high-fidelity test frames (default: all)")
     parser.add_argument("--size", default="small", help="LMFP variant: small (default) or full")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset and of training (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the frames drawn (the suite's split rule) and of training (default 0)")
     parser.add_argument("--jobs", type=int, default=2, choices=(1, 2),
                         help="2 (default): train both models at once, one process and one thread each; "
                              "1: one after the other with --threads threads")
@@ -146,18 +160,19 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     origin = "ships prebuilt" if args.size == "small" else "labelled by the teachers on first use, then cached"
     print(f"loading the {args.size} LMFP dataset ({origin}) ...", flush=True)
-    spec = ModelConfig().build_backbone().graph_spec
-    train, _, test = lmfp_graphs(spec, size=args.size, seed=args.seed, n_high=args.n_high, n_low=args.n_low)
-    test = test[: args.n_test]
-    n_mf = len(train) + args.n_high * (args.high_repeat - 1)
+    splits = _splits(args)
+    n_high, test = len(splits.train_high), splits.test
+    n_mf = len(splits.train_low) + n_high * args.high_repeat
     steps_mf = args.epochs * math.ceil(n_mf / BATCH)
     if args.single_epochs is None:
-        args.single_epochs = args.epochs if args.protocol == "paper" else max(1, round(steps_mf / math.ceil(args.n_high / BATCH)))
+        equal = in_own_epochs(args.epochs, n_mf, n_high, BATCH)  # the single-fidelity epochs of MF's steps
+        args.single_epochs = args.epochs if args.protocol == "paper" else equal
     else:
         args.protocol = "custom"
-    steps_sf = args.single_epochs * math.ceil(args.n_high / BATCH)
+    steps_sf = args.single_epochs * math.ceil(n_high / BATCH)
     protocol = (f"protocol {args.protocol}: multi-fidelity {args.epochs} epoch(s) over {n_mf} frames = {steps_mf} "
-                f"optimiser steps; single-fidelity {args.single_epochs} epoch(s) over {args.n_high} frames = {steps_sf} steps")
+                f"optimiser steps; single-fidelity {args.single_epochs} epoch(s) over {n_high} frames = "
+                f"{steps_sf} steps")
     if args.high_share is not None:
         protocol += f"; multi-fidelity draws {args.high_share:.0%} of each epoch from the high fidelity"
     print(f"  ready after {time.perf_counter() - start:.0f} s; training both models ({protocol}) ...", flush=True)

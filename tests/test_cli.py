@@ -1,6 +1,7 @@
 """The mfwrap command: train from YAML (files or the LMFP set, --output-dir, --resume), evaluate and
 predict with its checkpoints (what predict writes, default fidelities), refused files, --help."""
 
+import dataclasses
 import json
 import re
 import sys
@@ -191,6 +192,46 @@ train: {{epochs: 1, output_dir: {tmp_path / 'out'}, progress: false}}
     assert summary["test"]["high"]["energy"]["count"] == 50 and "magmoms" in summary["test"]["high"]
 
 
+def test_a_pretrained_backbone_is_read_once_per_train(data, monkeypatch):
+    """The graphs are made with the graph_spec of the backbone that trains: no throwaway copy."""
+    weights = data / "pretrained.pt"
+    torch.save(TinyBackbone(features=8, seed=3).state_dict(), weights)
+    reads = []
+
+    def from_pretrained(cls, name):
+        reads.append(name)
+        model = cls(features=8)
+        model.load_state_dict(torch.load(name))
+        return model
+
+    monkeypatch.setattr(TinyBackbone, "from_pretrained", classmethod(from_pretrained), raising=False)
+    config = _config(data, method="single_fidelity")
+    config.write_text(config.read_text().replace('kwargs: {features: 8}', f'pretrained: "{weights}"'))
+    assert "pretrained:" in config.read_text()
+    assert main(["train", str(config)]) == 0
+    assert reads == [str(weights)]
+
+
+def test_li3ps4_data_section(tmp_path, capsys):
+    """data: {li3ps4: ...}: the shipped DFT set, split as the suite splits it; its fidelity names."""
+    config = tmp_path / "li3ps4.yaml"
+    config.write_text(f"""
+model: {TINY}
+data: {{li3ps4: {{seed: 1, n_high: 5, n_low: 12}}}}
+train: {{epochs: 1, targets: ef, output_dir: {tmp_path / 'out'}, progress: false}}
+""")
+    assert main(["train", str(config)]) == 0
+    assert "test errors at fidelity 'r2scan'" in capsys.readouterr().out
+    last = read_payload(tmp_path / "out" / "multi_fidelity" / "last.pt")
+    assert last["num_train"] == 5 + 12 and last["fidelity_names"] == ["pbesol", "r2scan"]
+    summary = json.loads((tmp_path / "out" / "multi_fidelity" / "metrics.json").read_text())
+    assert summary["val"]["r2scan"]["energy"]["count"] == 10 and summary["test"]["r2scan"]["energy"]["count"] == 10
+    config.write_text(config.read_text().replace("seed: 1", "seed: 1, n_val: 3"))
+    _refused(["train", str(config)], "dataset 'li3ps4' ships its validation frames; leave n_val out")
+    config.write_text(config.read_text().replace("li3ps4:", "li3ps5:"))
+    _refused(["train", str(config)], r"data: unknown key\(s\) \['li3ps5'\]; known are .* or a dataset of \['li3ps4'")
+
+
 @pytest.mark.parametrize("method, fidelities, train, extra", [
     # the target (r2scan, set in train) is not the last name, so the default must come from the checkpoint
     ("single_fidelity", "[r2scan, pbe]", ", target_fidelity: r2scan", ""),
@@ -261,6 +302,54 @@ def test_help_explains_every_option():
             assert action.help, f"{command}: option {action.dest} has no help"
     train_help = parser._subparsers._group_actions[0].choices["train"].format_help()
     assert "delta_reference" in train_help and "mechanisms" in train_help and "lmfp" in train_help
+
+
+def test_train_help_lists_every_config_option_with_its_type_and_real_default(monkeypatch):
+    import dataclasses
+
+    from mfwrap.cli import _yaml, config_help
+    from mfwrap.datasets.registry import Split
+    from mfwrap.train.baselines import Experiment, ModelConfig
+    from mfwrap.train.config import TrainConfig, field_docs
+    from mfwrap.train.data import DataConfig, Source
+
+    text = " ".join(config_help().split())  # one space between words: wrapping aside
+    for cls in (Experiment, ModelConfig, TrainConfig, DataConfig, Source, Split):
+        for doc in field_docs(cls):
+            if cls is DataConfig and doc.name in ("dataset", "split"):
+                continue  # written in YAML as <dataset name>: {<Split options>}, listed with Split
+            section = cls is Experiment and doc.name in ("model", "train")  # listed option by option below
+            required = doc.default is dataclasses.MISSING
+            default = "(required) " if required else "" if section else _yaml(doc.default) + " "
+            words = " ".join(doc.help.replace("``", "").split()[:3])
+            assert f" {doc.name}: {default}({doc.type}) {words}" in text, (cls, doc.name)
+    assert " loss_weights: {energy: 1.0, forces: 1.0, stress: 0.1, magmoms: 0.1} (LossWeights)" in text
+    assert " n_val: null (int | None)" in text and "li3ps4" in text and "lmfp-gap50" in text
+    monkeypatch.setattr(TrainConfig.__dataclass_fields__["epochs"], "default", 61)
+    assert " epochs: 61 (int) passes over the training set." in " ".join(config_help().split())
+
+
+def test_a_config_field_without_a_description_is_refused():
+    from mfwrap.train.config import field_docs
+
+    @dataclasses.dataclass
+    class Options:
+        """Options.
+
+        Attributes:
+            depth: how deep; continued
+                on a second line. Then more.
+        """
+
+        depth: int = 3
+        width: int = 2
+
+    with pytest.raises(ValueError, match=r"Options: fields \['width'\] have no entry in the docstring's Attributes"):
+        field_docs(Options)
+    Options.__dataclass_fields__.pop("width")
+    (depth,) = field_docs(Options)
+    expected = ("depth", "int", 3, "how deep; continued on a second line.")
+    assert (depth.name, depth.type, depth.default, depth.help) == expected
 
 
 def test_bench_plan_prints_steps_and_hours_and_runs_nothing(tmp_path, capsys):

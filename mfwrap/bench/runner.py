@@ -19,7 +19,6 @@ import os
 import platform
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -28,88 +27,42 @@ import torch
 from tqdm.auto import tqdm
 
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS, MF_METHODS, Level, RunSpec, convergence_options, epochs_for
-from mfwrap.data.readers import LabelledStructure, read_fidelities, to_graphs
+from mfwrap.data.readers import to_graphs
+from mfwrap.datasets.registry import Split, Splits, get_dataset
 from mfwrap.files import write_text
 
 BACKBONES = {"chgnet": "backbones.chgnet:CHGNet", "schnet": "backbones.pyg:SchNet",
              "m3gnet": "backbones.matgl:MatglM3GNet"}  # m3gnet needs mfwrap[matgl]
-LI3PS4 = Path(__file__).resolve().parents[1] / "datasets" / "li3ps4"
-_FIDELITIES = {"lmfp": ["low", "high"], "li3ps4": ["pbesol", "r2scan"]}
-_TARGETS = {"lmfp": "efsm", "li3ps4": "ef"}
 
 
 def family(dataset: str) -> str:
     """The data set a run's ``dataset`` is a variant of ("lmfp-gap50" → "lmfp")."""
-    from mfwrap.datasets.lmfp_gap import GAP_PREFIX
-
-    return "lmfp" if dataset.startswith(GAP_PREFIX) else dataset
+    return get_dataset(dataset).family
 
 
 def fidelities_of(dataset: str) -> list[str]:
     """The dataset's fidelity names, low first, the target (high) fidelity last."""
-    return _FIDELITIES[family(dataset)]
+    return list(get_dataset(dataset).fidelities)
 
 
 def targets_of(dataset: str) -> str:
-    """The targets the dataset labels at its high fidelity ("efsm": energy, forces, stress, magmoms)."""
-    return _TARGETS[family(dataset)]
+    """The targets the dataset labels ("efsm": energy, forces, stress, magmoms)."""
+    return get_dataset(dataset).targets
 
 BATCH_SIZE = 4
 PREDICTS_MAGMOMS = {"chgnet"}
 COMPILABLE = {"chgnet"}  # backbones with a compiled path (benchmarks/train_step.py: 1.6-1.7x the step rate on one CPU thread)
 
 
-@dataclass
-class Splits:
-    """Labelled records of one run: training (both fidelities), validation and test (high)."""
-
-    train_high: list[LabelledStructure]
-    train_low: list[LabelledStructure]
-    val: list[LabelledStructure]
-    test: list[LabelledStructure]
-
-
-def _mn_fraction(record: LabelledStructure) -> float:
-    numbers = record.atoms.numbers
-    mn, fe = int((numbers == 25).sum()), int((numbers == 26).sum())
-    return mn / max(mn + fe, 1)
-
-
-def _take(records: list, count: int | None) -> list:
-    if count is not None and count > len(records):
-        raise ValueError(f"{count} frames requested, {len(records)} exist")
-    return records if count is None else records[:count]
-
-
 def make_splits(spec: RunSpec, level: Level) -> Splits:
-    """The run's frames: its seed shuffles each split; validation = the first ``level.n_val``
-    high-fidelity training frames, training = the next N_high, and the first N_low low ones."""
-    rng = np.random.default_rng(spec.seed)
-    shuffled = lambda records: [records[i] for i in rng.permutation(len(records))]  # noqa: E731
+    """The run's frames: the registry's split rule (:mod:`mfwrap.datasets.registry`) with the run's
+    seed, N_high, N_low (None: the level's ``n_low_all``) and region, the level's LMFP size and,
+    for a dataset that ships no validation frames, the level's ``n_val``."""
+    dataset = get_dataset(spec.dataset)
     n_low = level.n_low_all if spec.n_low is None else spec.n_low
-    if spec.dataset == "li3ps4":
-        keys = {"pbesol": {"energy": "energy", "forces": "forces"}, "r2scan": {"energy": "mtt::r2scan_energy"}}
-        read = lambda name, wanted: [r for r in read_fidelities(LI3PS4 / name, keys) if r.fidelity in wanted]  # noqa: E731
-        train = read_fidelities(LI3PS4 / "train.xyz", keys)  # each frame at both fidelities, read once
-        high, low = [r for r in train if r.fidelity == "r2scan"], [r for r in train if r.fidelity == "pbesol"]
-        order = rng.permutation(len(high))
-        return Splits(_take([high[i] for i in order], spec.n_high), _take([low[i] for i in order], n_low),
-                      read("val.xyz", {"r2scan"}), read("test.xyz", {"r2scan"}))
-    if spec.dataset == "lmfp":
-        from mfwrap.datasets.lmfp import load_lmfp
-
-        data = load_lmfp(level.lmfp_size, 0)
-    else:  # the low-fidelity labels moved toward the high teacher
-        from mfwrap.datasets.lmfp_gap import gap_of, load_lmfp_gap
-
-        data = load_lmfp_gap(gap_of(spec.dataset), level.lmfp_size, 0)
-    high, test = shuffled(data["high_train"]), data["high_test"]
-    if spec.region == "mn_le_half":
-        high, test = [r for r in high if _mn_fraction(r) <= 0.5], [r for r in test if _mn_fraction(r) > 0.5]
-    elif spec.region is not None:
-        raise ValueError(f"unknown region {spec.region!r}")
-    val, pool = high[: level.n_val], high[level.n_val :]
-    return Splits(_take(pool, spec.n_high), _take(shuffled(data["low_train"]), n_low), val, test)
+    n_val = None if dataset.ships_validation else level.n_val
+    return dataset.split(Split(size=level.lmfp_size if dataset.sizes else None, seed=spec.seed, n_high=spec.n_high,
+                               n_low=n_low, n_val=n_val, region=spec.region))
 
 
 def mf_option(spec: RunSpec, splits: Splits) -> dict:
@@ -156,8 +109,7 @@ def schedule_of(config) -> dict:
 def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> dict:
     """Train and test one run (resuming its checkpoints); writes and returns its result. ``eager``:
     eager training steps where the level compiles them (``compiled_steps`` in the result says which)."""
-    from mfwrap.model_file import import_class
-    from mfwrap.train.baselines import run_experiment
+    from mfwrap.train.baselines import initial_backbone, run_experiment
 
     level = LEVELS[level_name]
     out = Path(root) / spec.experiment / spec.name
@@ -165,12 +117,13 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> d
     start = time.perf_counter()
     splits = make_splits(spec, level)
     experiment, epochs = _experiment(spec, level, splits, out, eager)
-    graph_spec = import_class(BACKBONES[spec.backbone])(**level.model.get(spec.backbone, {})).graph_spec
+    backbone = initial_backbone(experiment)  # built once: its graph_spec makes the graphs, then it trains
     names = fidelities_of(spec.dataset)
-    graphs = lambda records: to_graphs(records, graph_spec, names)  # noqa: E731
+    graphs = lambda records: to_graphs(records, backbone.graph_spec, names)  # noqa: E731
     train = graphs(splits.train_low + splits.train_high) if spec.method != "single_fidelity" else graphs(splits.train_high)
     pretrain_source = share_pretraining(spec, experiment, out, Path(root))
-    summary = run_experiment(experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True)
+    summary = run_experiment(experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True,
+                             backbone=backbone)
     result = {"spec": spec.as_dict(), "name": spec.name, "level": level.name, "protocol": spec.protocol, "epochs": epochs,
               "epochs_run": summary.get("epochs_run"), "steps": summary.get("steps"), "wall_s": time.perf_counter() - start,
               "n_train": {"high": len(splits.train_high), "low": len(splits.train_low) if spec.method != "single_fidelity" else 0},

@@ -92,7 +92,7 @@ class Experiment:
     """One training run of one method (see the module docstring).
 
     Attributes:
-        method: one of ``METHODS``.
+        method: "multi_fidelity", "single_fidelity", "transfer" or "delta" (``METHODS``).
         model: the backbone and mechanisms.
         train: hyperparameters (of the final stage); ``train.output_dir`` is the run directory.
         pretrain: overrides of ``train`` for the pre-training stage of transfer / delta.
@@ -157,16 +157,31 @@ def pretrain_config(experiment: Experiment, validated_fidelity: str) -> TrainCon
     return _stage(experiment.train, "pretrain", target_fidelity=validated_fidelity, **experiment.pretrain)
 
 
-def _pretrain(experiment: Experiment, fidelities: Sequence[str], target: int, train, val, resume: bool) -> tuple[nn.Module, dict]:
-    """Stage one of transfer / delta: the plain backbone on every fidelity but the target."""
+def pretrains(experiment: Experiment) -> bool:
+    """Whether the method starts with stage one (pre-training on the other fidelities)."""
+    return experiment.method in ("transfer", "delta") or experiment.warm_start
+
+
+def initial_backbone(experiment: Experiment) -> nn.Module:
+    """The backbone :func:`run_experiment` starts from: built (or loaded, with ``model.pretrained``)
+    right after seeding torch with its first stage's seed (``pretrain`` overrides included where the
+    method pre-trains). Build it once, make the graphs with its ``graph_spec``, and hand it to
+    :func:`run_experiment` as ``backbone``: the run is the same as with the one built there (making
+    graphs draws no torch random numbers)."""
+    seed = experiment.pretrain.get("seed", experiment.train.seed) if pretrains(experiment) else experiment.train.seed
+    torch.manual_seed(seed)
+    return experiment.model.build_backbone()
+
+
+def _pretrain(experiment: Experiment, fidelities: Sequence[str], target: int, train, val, resume: bool,
+              base: nn.Module) -> tuple[nn.Module, dict]:
+    """Stage one of transfer / delta / warm start: the plain backbone ``base`` on every fidelity but the target."""
     others = set(range(len(fidelities))) - {target}
     low_train = _of_fidelity(train, others)
     if not low_train:
         raise ValueError(f"{experiment.method} needs training data at a fidelity other than {fidelities[target]!r}")
     counts = {f: sum(int(g[K.FIDELITY]) == f for g in low_train) for f in others}
     config = pretrain_config(experiment, fidelities[max(counts, key=counts.get)])
-    torch.manual_seed(config.seed)
-    base = experiment.model.build_backbone()
     summary = Trainer(base, config, fidelity_names=fidelities).fit(low_train, _of_fidelity(val, others), resume=resume)
     return base, summary
 
@@ -201,12 +216,13 @@ def paired_differences(high: Sequence[Data], low: Sequence[Data], tolerance: flo
 
 def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Sequence[Data],
                    val: Sequence[Data] | None = None, test: Sequence[Data] | None = None, *,
-                   resume: bool = False) -> dict[str, Any]:
+                   resume: bool = False, backbone: nn.Module | None = None) -> dict[str, Any]:
     """Train ``experiment.method``; returns the final stage's summary (best epoch, val and test metrics).
 
     Graphs carry fidelity indices into ``fidelities`` and must be built with the backbone's
     ``graph_spec``. ``resume`` continues every stage from its ``last.pt`` (a finished stage is
-    not retrained, only re-evaluated).
+    not retrained, only re-evaluated). ``backbone``: the one :func:`initial_backbone` built (and
+    whose ``graph_spec`` made the graphs), trained in place; None = built here the same way.
     """
     config = experiment.train
     target_name = config.target_fidelity or fidelities[-1]
@@ -216,23 +232,19 @@ def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Seq
     if not high_train:
         raise ValueError(f"no training structure at the target fidelity {target_name!r}")
 
+    backbone = backbone if backbone is not None else initial_backbone(experiment)
     if experiment.method == "multi_fidelity":
         if experiment.warm_start:
-            backbone, _ = _pretrain(experiment, fidelities, target, train, val, resume)
-        else:
-            torch.manual_seed(config.seed)
-            backbone = experiment.model.build_backbone()
+            backbone, _ = _pretrain(experiment, fidelities, target, train, val, resume, backbone)
         model = MultiFidelity(backbone, fidelities, experiment.model.mechanisms, readout=experiment.model.readout)
         if experiment.model.fidelity_init == "random":
-            model.draw_fidelity_parameters()  # RNG seeded above (or by the pre-training)
+            model.draw_fidelity_parameters()  # RNG seeded by initial_backbone (or by the pre-training)
         return Trainer(model, final).fit(train, val, test, resume=resume)
 
     if experiment.method == "single_fidelity":
-        torch.manual_seed(config.seed)
-        model = experiment.model.build_backbone()
-        return Trainer(model, final, fidelity_names=fidelities).fit(high_train, high_val, high_test, resume=resume)
+        return Trainer(backbone, final, fidelity_names=fidelities).fit(high_train, high_val, high_test, resume=resume)
 
-    base, _ = _pretrain(experiment, fidelities, target, train, val, resume)
+    base, _ = _pretrain(experiment, fidelities, target, train, val, resume, backbone)
     if experiment.method == "transfer":
         freeze = experiment.transfer_freeze if experiment.transfer_freeze is not None else transfer_freeze(base)
         final = dataclasses.replace(final, freeze=list(freeze))

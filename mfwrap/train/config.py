@@ -1,4 +1,5 @@
-"""Training hyperparameters as a dataclass, readable from YAML.
+"""Training hyperparameters as a dataclass, readable from YAML; :func:`field_docs` reads any config
+dataclass's options (type, default, docstring entry) for ``mfwrap train --help``.
 
 Defaults are the seed paper's (Dong & Wang 2025, Table 1): Adam, batch 4, 60 epochs, learning rate
 0.005 with a cosine schedule, Huber loss on energy/forces/stress/magmoms weighted 1 : 1 : 0.1 : 0.1.
@@ -7,7 +8,9 @@ Defaults are the seed paper's (Dong & Wang 2025, Table 1): Adam, batch 4, 60 epo
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -143,3 +146,61 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One option of a config dataclass, as ``mfwrap train --help`` lists it.
+
+    Attributes:
+        name: the field's name (its YAML key).
+        type: its annotation, as written.
+        default: its default (a ``default_factory`` called); ``dataclasses.MISSING`` if required.
+        help: the first sentence of its entry in the class docstring's "Attributes:" section.
+    """
+
+    name: str
+    type: str
+    default: Any
+    help: str
+
+
+def _first_sentence(text: str) -> str:
+    """Up to the first full stop outside parentheses that ends a sentence ("e.g." and "i.e." do not)."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "." and depth == 0 and (i + 1 == len(text) or text[i + 1] == " ") \
+                and not text[: i + 1].endswith(("e.g.", "i.e.")):
+            return text[: i + 1]
+    return text
+
+
+def field_docs(cls: type) -> list[FieldDoc]:
+    """The fields of dataclass ``cls``, each described by its entry in the class docstring's
+    Google-style "Attributes:" section (``name: text``, continuation lines indented further).
+    ValueError naming the fields that have no entry: every option is described where it is declared."""
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    entries: dict[str, str] = {}
+    if "Attributes:" in lines:
+        name = None
+        for line in lines[lines.index("Attributes:") + 1:]:
+            entry = re.match(r"^ {4}(\w+): (.*)$", line)
+            if entry:
+                name, entries[entry.group(1)] = entry.group(1), entry.group(2)
+            elif name is not None and line.startswith(" " * 8):
+                entries[name] += " " + line.strip()
+            else:
+                break
+    fields = dataclasses.fields(cls)
+    missing = [f.name for f in fields if f.name not in entries]
+    if missing:
+        raise ValueError(f"{cls.__name__}: fields {missing} have no entry in the docstring's Attributes section")
+    docs = []
+    for f in fields:
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            default = dataclasses.asdict(default)
+        kind = f.type if isinstance(f.type, str) else inspect.formatannotation(f.type)
+        docs.append(FieldDoc(f.name, kind, default, _first_sentence(entries[f.name])))
+    return docs

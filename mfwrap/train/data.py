@@ -1,4 +1,4 @@
-"""Training data from a config: labelled structure files, or the LMFP dataset, as graph lists.
+"""Training data from a config: labelled structure files, or a registered dataset, as graph lists.
 
 YAML (the ``data`` section of a run config)::
 
@@ -10,10 +10,12 @@ YAML (the ``data`` section of a run config)::
       val:  [{path: high_val.xyz, fidelity: high}]
       test: [{path: high_test.xyz, fidelity: high}]
 
-or, for the built-in two-fidelity LMFP set (:mod:`mfwrap.datasets.lmfp`)::
+or a dataset of :data:`mfwrap.datasets.registry.DATASETS` by name, split by the registry's rule
+with the options of :class:`~mfwrap.datasets.registry.Split` (the benchmark suite's splits)::
 
     data:
-      lmfp: {size: small, seed: 0, n_high: 100, n_val: 0}
+      lmfp: {size: small, seed: 0, n_high: 90, n_val: 10}
+      # or: li3ps4: {seed: 1, n_high: 20}
 
 Files are read by :mod:`mfwrap.data.readers` (extxyz, ASE db, anything ``ase.io`` reads; labels in
 ASE units, looked up under the source's ``keys``), e.g. energies stored under another name::
@@ -27,13 +29,15 @@ that yields no labelled frame is an error.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch_geometric.data import Data
 
 from mfwrap.data.graph import GraphSpec
 from mfwrap.data.readers import read_dataset, to_graphs
+from mfwrap.datasets.registry import DATASETS, Split, get_dataset
 
 
 @dataclass
@@ -66,52 +70,76 @@ class Source:
 
 @dataclass
 class DataConfig:
-    """The ``data`` section: fidelity names and the train / val / test sources (or ``lmfp``)."""
+    """The ``data`` section: fidelity names and the train / val / test sources, or a registered dataset.
+
+    Attributes:
+        fidelities: fidelity names in index order, the target last; default: the dataset's, else
+            the sources' in sorted order.
+        train: training sources (files), unless a registered dataset is named.
+        val: validation sources; none = ``train.val_fraction`` of the training frames held out.
+        test: test sources (optional).
+        dataset: name of a registered dataset (:data:`~mfwrap.datasets.registry.DATASETS`), in
+            YAML its name as the key: ``lmfp: {n_high: 90}``.
+        split: how the dataset is split (:class:`~mfwrap.datasets.registry.Split`).
+    """
 
     fidelities: list[str] = field(default_factory=list)
     train: list[Source] = field(default_factory=list)
     val: list[Source] = field(default_factory=list)
     test: list[Source] = field(default_factory=list)
-    lmfp: dict[str, Any] | None = None
+    dataset: str | None = None
+    split: Split = field(default_factory=Split)
 
     def __post_init__(self) -> None:
-        for split in ("train", "val", "test"):
-            setattr(self, split, [s if isinstance(s, Source) else Source(**s) for s in getattr(self, split)])
-        if self.lmfp is not None:
-            self.fidelities = self.fidelities or ["low", "high"]
+        for name in ("train", "val", "test"):
+            setattr(self, name, [s if isinstance(s, Source) else Source(**s) for s in getattr(self, name)])
+        if isinstance(self.split, Mapping):
+            self.split = Split(**self.split)
+        if self.dataset is not None:
+            names = get_dataset(self.dataset).fidelities
+            if self.train or self.val or self.test:
+                raise ValueError(f"data: give either sources (train, val, test) or the dataset {self.dataset!r}, "
+                                 "not both")
+            missing = [name for name in names if name not in self.fidelities]
+            if self.fidelities and missing:
+                raise ValueError(f"data: fidelities {self.fidelities} lack {missing} of the dataset {self.dataset!r}")
+            self.fidelities = self.fidelities or list(names)
         elif not self.train:
-            raise ValueError("data: give training sources (data.train) or the LMFP dataset (data.lmfp)")
+            raise ValueError("data: give training sources (data.train) or a registered dataset, e.g. data: {lmfp: {}}; "
+                             f"known datasets are {sorted(DATASETS)}")
         used = {s.fidelity for split in (self.train, self.val, self.test) for s in split}
         self.fidelities = self.fidelities or sorted(used)
         unknown = used - set(self.fidelities)
         if unknown:
             raise ValueError(f"data: sources name fidelities {sorted(unknown)} not in fidelities {self.fidelities}")
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "DataConfig":
+        """From the YAML mapping, where a registered dataset appears as ``<name>: {<Split options>}``."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"dataset", "split"}
+        named = [key for key in values if key in DATASETS]
+        unknown = [key for key in values if key not in fields and key not in DATASETS]
+        if unknown:
+            raise ValueError(f"data: unknown key(s) {unknown}; known are {sorted(fields)} or a dataset of "
+                             f"{sorted(DATASETS)}")
+        if len(named) > 1:
+            raise ValueError(f"data: one dataset at a time, got {named}")
+        kept = {key: value for key, value in values.items() if key in fields}
+        if not named:
+            return cls(**kept)
+        options = values[named[0]] or {}
+        known = [f.name for f in dataclasses.fields(Split)]
+        if not isinstance(options, Mapping) or set(options) - set(known):
+            raise ValueError(f"data: {named[0]}: options must be a mapping of {known}, got {options!r}")
+        return cls(**kept, dataset=named[0], split=Split(**options))
+
 
 def load_data(config: DataConfig, spec: GraphSpec) -> tuple[list[Data], list[Data] | None, list[Data] | None]:
     """(train, val or None, test or None) graphs built with the backbone's ``spec``."""
-    if config.lmfp is not None:
-        return lmfp_graphs(spec, fidelities=config.fidelities, **config.lmfp)
+    if config.dataset is not None:
+        splits = get_dataset(config.dataset).split(config.split)
+        graphs = lambda records: to_graphs(records, spec, config.fidelities)  # noqa: E731
+        return graphs(splits.train_low + splits.train_high), graphs(splits.val) or None, graphs(splits.test) or None
     splits = [[g for source in sources for g in source.read(config.fidelities, spec)]
               for sources in (config.train, config.val, config.test)]
     return splits[0], splits[1] or None, splits[2] or None
-
-
-def lmfp_graphs(spec: GraphSpec, *, fidelities: Sequence[str] = ("low", "high"), size: str = "small", seed: int = 0,
-                n_high: int | None = None, n_low: int | None = None, n_val: int = 0,
-                cache_dir: str | None = None) -> tuple[list[Data], list[Data] | None, list[Data]]:
-    """LMFP splits as graphs: train = ``n_low`` low + ``n_high`` high frames, val = the next
-    ``n_val`` high-fidelity training frames, test = the held-out high-fidelity frames.
-
-    ``n_high`` / ``n_low`` None = all; frames are taken in the dataset's (already shuffled) order.
-    """
-    from mfwrap.datasets.lmfp import load_lmfp
-
-    splits = load_lmfp(size, seed, cache_dir)  # builds the dataset on first use, checks it
-    n_high = len(splits["high_train"]) - n_val if n_high is None else n_high
-    if n_high + n_val > len(splits["high_train"]):
-        raise ValueError(f"LMFP {size}: {n_high} + {n_val} high-fidelity frames requested, {len(splits['high_train'])} exist")
-    graphs = lambda records: to_graphs(records, spec, list(fidelities))  # noqa: E731
-    train = graphs(splits["low_train"][:n_low] + splits["high_train"][:n_high])
-    val = graphs(splits["high_train"][n_high : n_high + n_val])
-    return train, val or None, graphs(splits["high_test"])

@@ -11,6 +11,7 @@ import pytest
 from mfwrap.bench import runner
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS, RunSpec, convergence_options, epochs_for
 from mfwrap.bench.report import aggregate, label, markdown, write_report
+from mfwrap.datasets.registry import mn_fraction
 from mfwrap.model_file import read_payload
 
 
@@ -242,11 +243,10 @@ def test_coverage_trains_on_one_region_and_tests_on_the_other(level_name, lmfp_c
     specs = EXPERIMENTS["coverage"](level, [0])
     assert {(s.method, s.protocol) for s in specs} >= {("multi_fidelity", "paper"), ("single_fidelity", "paper"), ("transfer", "paper")}
     assert (("single_fidelity", "equal_compute") in {(s.method, s.protocol) for s in specs}) == ("equal_compute" in level.protocols)
-    mn = lambda record: runner._mn_fraction(record)  # noqa: E731
     for spec in specs:  # every level's grid must fit the data it has (a medium run asked for 90 of 41 frames once)
         splits = runner.make_splits(spec, level)
-        assert splits.train_high and all(mn(r) <= 0.5 for r in splits.train_high + splits.val)
-        assert splits.test and all(mn(r) > 0.5 for r in splits.test)
+        assert splits.train_high and all(mn_fraction(r) <= 0.5 for r in splits.train_high + splits.val)
+        assert splits.test and all(mn_fraction(r) > 0.5 for r in splits.test)
         assert {id(r) for r in splits.train_high}.isdisjoint(id(r) for r in splits.val)
 
 

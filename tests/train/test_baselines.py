@@ -12,7 +12,7 @@ from mfwrap.composition import fit_linear_composition
 from mfwrap.delta import DeltaModel
 from mfwrap.mechanisms import ResidualFidelityReadout
 from mfwrap.model_file import read_model_file, read_payload
-from mfwrap.train.baselines import Experiment, paired_differences, run_experiment, transfer_freeze
+from mfwrap.train.baselines import Experiment, initial_backbone, paired_differences, run_experiment, transfer_freeze
 from tiny_backbone import TinyBackbone, labelled_graphs
 
 SPEC = TinyBackbone().graph_spec
@@ -167,3 +167,16 @@ def test_multi_fidelity_with_a_residual_readout_trains_its_shared_part_on_every_
         Experiment(method="transfer", model=dict(MODEL, readout="residual"))
     with pytest.raises(ValueError, match="model.readout must be one of"):
         Experiment(model=dict(MODEL, readout="shared"))
+
+
+@pytest.mark.parametrize("method, extra", [("multi_fidelity", {"model": {"fidelity_init": "random"}}),
+                                           ("transfer", {"pretrain": {"epochs": 1, "seed": 5}})])
+def test_a_backbone_built_before_the_graphs_gives_the_same_run(tmp_path, method, extra):
+    """mfwrap train and the suite build the backbone once, read its graph_spec, then hand it over."""
+    built_here = run_experiment(_experiment(tmp_path / "a", method, **dict(extra)), FIDELITIES, LOW + HIGH,
+                                test=HIGH_TEST)
+    experiment = _experiment(tmp_path / "b", method, **dict(extra))
+    handed = run_experiment(experiment, FIDELITIES, LOW + HIGH, test=HIGH_TEST, backbone=initial_backbone(experiment))
+    assert handed["test"] == built_here["test"] and handed["best"] == built_here["best"]
+    states = [read_payload(tmp_path / run / method / "best.pt")["state_dict"] for run in ("a", "b")]
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])

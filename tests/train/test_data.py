@@ -78,3 +78,34 @@ def test_source_without_labels_or_with_a_bad_limit_is_an_error(tmp_path):
     for limit in (0, -3):
         with pytest.raises(ValueError, match=f"limit must be a positive integer, got {limit}"):
             Source(path="x.xyz", fidelity="dft", limit=limit)
+
+
+def test_a_registered_dataset_gives_the_suites_frames(monkeypatch, tmp_path):
+    """data: {lmfp: ...} and the benchmark suite split by one rule: same options, same frames."""
+    from mfwrap.bench import runner
+    from mfwrap.bench.grid import LEVELS, RunSpec
+
+    monkeypatch.setenv("MFWRAP_CACHE", str(tmp_path / "cache"))
+    config = DataConfig.from_dict({"lmfp": {"seed": 2, "n_high": 25, "n_low": 40, "n_val": 5}})
+    assert config.fidelities == ["low", "high"] and config.dataset == "lmfp"
+    train, val, test = load_data(config, SPEC)
+    # the quick level holds out 5 validation frames and has 40 low-fidelity ones
+    suite = runner.make_splits(RunSpec("x", "multi_fidelity", 25, None, "paper", 2), LEVELS["quick"])
+    energies = lambda graphs: [float(g[K.ENERGY]) for g in graphs]  # noqa: E731
+    labels = lambda records: [float(r.labels["energy"]) for r in records]  # noqa: E731
+    assert energies(train) == pytest.approx(labels(suite.train_low + suite.train_high), rel=1e-6)
+    assert energies(val) == pytest.approx(labels(suite.val), rel=1e-6) and len(test) == len(suite.test) == 50
+    assert [int(g[K.FIDELITY]) for g in train] == [0] * 40 + [1] * 25
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"lmfp": {}, "li3ps4": {}}, r"one dataset at a time, got \['lmfp', 'li3ps4'\]"),
+    ({"lmfp": {"n_hihg": 3}}, r"lmfp: options must be a mapping of \['size', 'seed', 'n_high'"),
+    ({"lmfp": {}, "train": [{"path": "x.xyz", "fidelity": "low"}]}, "give either sources .* or the dataset 'lmfp'"),
+    ({"li3ps4": {}, "fidelities": ["pbe", "r2scan"]}, r"fidelities \['pbe', 'r2scan'\] lack \['pbesol'\]"),
+    ({"validation": []}, r"unknown key\(s\) \['validation'\]; known are \['fidelities', 'test', 'train', 'val'\]"),
+    ({}, r"give training sources \(data.train\) or a registered dataset"),
+])
+def test_bad_data_sections_are_one_clear_error(data, message):
+    with pytest.raises(ValueError, match=message):
+        DataConfig.from_dict(data)
