@@ -108,7 +108,8 @@ def _fidelity(model: Any, checkpoint: dict, requested: str | None) -> tuple[str 
     except ValueError as error:
         raise SystemExit(str(error)) from None
     if not multi and names[index] != target:
-        raise SystemExit(f"this is a single-fidelity model of fidelity {target!r}; it does not predict {names[index]!r}")
+        raise SystemExit(f"this is a single-fidelity model of fidelity {target!r}; "
+                         f"it does not predict {names[index]!r}")
     return (requested if multi else None), names[index], index
 
 

@@ -85,7 +85,7 @@ def test_a_model_without_fidelity_names_has_one_unnamed_fidelity():
     model = nn.Linear(1, 1)
     assert not is_multi_fidelity(model) and fidelity_names_of(model) == (DEFAULT_FIDELITY,)
     assert resolve_fidelity(model, None) == 0
-    with pytest.raises(ValueError, match="fidelity 'a' given, but Linear is a single-fidelity model: leave the fidelity out"):
+    with pytest.raises(ValueError, match="'a' given, but Linear is a single-fidelity model: leave the fidelity out"):
         resolve_fidelity(model, "a")
     model.fidelity_names = ("x", "y")
     assert is_multi_fidelity(model) and fidelity_names_of(model) == ("x", "y") and resolve_fidelity(model, "y") == 1

@@ -18,7 +18,8 @@ from mfwrap.probe import DEFAULT_PROBE_ELEMENTS, layer_outputs, probe_batch, pro
 @pytest.mark.parametrize("spec", [GraphSpec(6.0, 3.0), GraphSpec(4.0), GraphSpec(10.0, 10.0)])
 def test_probe_row_counts_all_differ(spec):
     counts = row_counts(Batch.from_data_list([to_graph(s, spec) for s in probe_structures(spec)]))
-    expected = {"atom": 7, "edge": 18, "structure": 2, **({"undirected": 9, "angle": 30} if spec.line_graph_cutoff else {})}
+    bonds = {"undirected": 9, "angle": 30} if spec.line_graph_cutoff else {}
+    expected = {"atom": 7, "edge": 18, "structure": 2, **bonds}
     assert counts == expected
 
 
