@@ -65,6 +65,7 @@ from torch_geometric.data import Data
 from backbones.ops import scatter_sum_float64
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
+from mfwrap.fidelity import check_batch_fidelities
 
 # sevenn modules the adapter does not run: its one-hot (made here, any dtype), its sum over atoms
 # (made here per structure), its force/stress output and edge preprocessing (mfwrap.physics).
@@ -323,25 +324,13 @@ class MultiModalSevenNet(SevenNet):
             sevenn_config = {**multi_modal_options(modalities), **sevenn_config}
         super().__init__(pretrained, **sevenn_config)
 
-    def fidelity_index(self, name: str | None) -> int:
-        """Index of modality ``name`` (a name is required: the model has several)."""
-        if name not in self.fidelity_names:
-            raise ValueError(f"{'name a fidelity' if name is None else f'unknown fidelity {name!r}'}: this model "
-                             f"has modalities {list(self.fidelity_names)}")
-        return self.fidelity_names.index(name)
-
     def sevenn_inputs(self, batch) -> dict[str, Tensor]:
         """As :meth:`SevenNet.sevenn_inputs`, plus the modality per structure: index m_b (B,) and
         onehot(m_b) (B, n_m) in the positions' dtype; ValueError for an index out of range."""
         import sevenn._keys as KEY
 
         data = super().sevenn_inputs(batch)
-        if K.FIDELITY not in batch:
-            raise KeyError(f"the batch has no '{K.FIDELITY}' (per-structure fidelity index = sevenn modality)")
+        check_batch_fidelities(batch, self.fidelity_names)
         modality = batch[K.FIDELITY].reshape(-1)
-        lowest, highest = torch.stack(torch.aminmax(modality)).tolist()
-        if lowest < 0 or highest >= len(self.fidelity_names):
-            raise ValueError(f"batch fidelity indices {sorted(set(modality.tolist()))} out of range for the modalities "
-                             f"{list(self.fidelity_names)}")
         onehot = nn.functional.one_hot(modality, len(self.fidelity_names)).to(data[KEY.EDGE_VEC].dtype)
         return {**data, KEY.MODAL_TYPE: modality, KEY.MODAL_ATTR: onehot}

@@ -13,8 +13,8 @@ from torch_geometric.data import Batch
 
 from mfwrap.data import keys as K
 from mfwrap.data.graph import EV_PER_A3_TO_GPA, to_graph
+from mfwrap.fidelity import resolve_fidelity
 from mfwrap.physics import energy_and_derivatives
-from mfwrap.predict import resolve_fidelity
 
 
 class Calculator(AseCalculator):

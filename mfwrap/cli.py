@@ -124,19 +124,19 @@ def _fidelity(model: Any, checkpoint: dict, requested: str | None) -> tuple[str 
     A multi-fidelity model needs ``requested`` when it has several fidelities; a single-fidelity
     model (backbone, Δ) was trained for one fidelity of its run, which is the default.
     """
-    names = list(checkpoint.get("fidelity_names") or ["default"])
-    if hasattr(model, "fidelity_index"):
-        if requested is None and len(model.fidelity_names) > 1:
-            raise SystemExit(f"this model has fidelities {list(model.fidelity_names)}: choose one with --fidelity")
-        index = model.fidelity_index(requested)
-        return requested, model.fidelity_names[index], index
-    target = checkpoint.get("target_fidelity") or names[-1]
-    name = requested or target
-    if name not in names:
-        raise SystemExit(f"fidelity {name!r} unknown to this checkpoint (it knows {names})")
-    if name != target:
-        raise SystemExit(f"this is a single-fidelity model of fidelity {target!r}; it does not predict {name!r}")
-    return None, name, names.index(name)
+    from mfwrap.fidelity import DEFAULT_FIDELITY, fidelity_names_of, is_multi_fidelity, resolve_fidelity
+
+    multi = is_multi_fidelity(model)
+    names = list(fidelity_names_of(model) if multi else checkpoint.get("fidelity_names") or [DEFAULT_FIDELITY])
+    target = None if multi else checkpoint.get("target_fidelity") or names[-1]
+    try:
+        index = resolve_fidelity(names, requested, default=target, option="--fidelity")
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    if not multi and names[index] != target:
+        raise SystemExit(f"this is a single-fidelity model of fidelity {target!r}; "
+                         f"it does not predict {names[index]!r}")
+    return (requested if multi else None), names[index], index
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

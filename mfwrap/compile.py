@@ -23,7 +23,6 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from mfwrap.data import keys as K
 from mfwrap.files import default_cache_dir
 
 
@@ -70,28 +69,16 @@ class CompiledMultiFidelity(nn.Module):
         self.model = model
         self.network = backbone.compiled(**options)
         self.graph_spec = model.graph_spec
-        self.fidelity_names = model.fidelity_names
 
-    def fidelity_index(self, name: str | None) -> int:
-        return self.model.fidelity_index(name)
-
-    def _check(self, batch) -> None:
-        if K.FIDELITY not in batch:
-            raise KeyError(f"the batch has no '{K.FIDELITY}' (per-structure fidelity index); build graphs with to_graph(..., fidelity=)")
-        fidelity = batch[K.FIDELITY]
-        # asynchronous on an accelerator: a bad index fails the step, without a host round trip per batch
-        torch._assert_async(((fidelity >= 0) & (fidelity < len(self.fidelity_names))).all())
-
-    def _add_composition(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
-        if self.model.composition is not None:
-            out[K.ENERGY] = out[K.ENERGY] + self.model.composition()
-        return out
+    @property
+    def fidelity_names(self) -> tuple[str, ...]:
+        return self.model.fidelity_names
 
     @contextmanager
     def _bound(self, batch) -> Iterator[None]:
-        """Bind the batch in dense mode; its per-row fidelities vary in size like the graph (dynamic)."""
-        self._check(batch)
-        with self.model.context.bound(batch, dense=True):
+        """The model's :meth:`~mfwrap.MultiFidelity.evaluating` in dense mode; the per-row fidelities
+        vary in size like the graph, so they are marked dynamic for the compiler."""
+        with self.model.evaluating(batch, dense=True):
             for rows in self.model.context.bound_rows.values():
                 torch._dynamo.mark_dynamic(rows, 0)
             yield
@@ -99,10 +86,11 @@ class CompiledMultiFidelity(nn.Module):
     def forward(self, batch) -> dict[str, Tensor]:
         """batch (with ``fidelity``) → the backbone's dict, each structure at its fidelity."""
         with self._bound(batch):
-            return self._add_composition(dict(self.network(batch)))
+            return self.model.with_composition(self.network(batch))
 
     def energy_and_gradients(self, batch) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-        """(outputs, ∂E/∂r, ∂E/∂ε) from the backbone's compiled gradients (see mfwrap.physics)."""
+        """(outputs, ∂E/∂r, ∂E/∂ε) from the backbone's compiled gradients (see mfwrap.physics); the
+        composition energy depends on no position or strain, so the gradients are the network's."""
         with self._bound(batch):
             out, grad_pos, grad_strain = self.network.energy_and_gradients(batch)
-            return self._add_composition(dict(out)), grad_pos, grad_strain
+            return self.model.with_composition(out), grad_pos, grad_strain

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +10,14 @@ from torch_geometric.data import Batch, Data
 
 from mfwrap.composition import fit_composition
 from mfwrap.data import keys as K
+
+
+def corrected(delta: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The Δ model's outputs from its two networks' (eager or compiled): the correction's outputs with
+    E = E_base + E_Δ."""
+    out = dict(delta)
+    out[K.ENERGY] = out[K.ENERGY] + base[K.ENERGY]
+    return out
 
 
 class DeltaModel(nn.Module):
@@ -40,9 +48,7 @@ class DeltaModel(nn.Module):
         return CompiledDeltaModel(self, **options)
 
     def forward(self, batch: Data) -> dict[str, Tensor]:
-        out = dict(self.delta(batch))
-        out[K.ENERGY] = out[K.ENERGY] + self.base(batch)[K.ENERGY]
-        return out
+        return corrected(self.delta(batch), self.base(batch))
 
     def base_energies(self, graphs: Sequence[Data], batch_size: int = 16) -> Tensor:
         """(S,) float64 energies E_base (eV) of ``graphs``, without gradients."""
@@ -81,13 +87,9 @@ class CompiledDeltaModel(nn.Module):
         self.graph_spec = model.graph_spec
 
     def forward(self, batch: Data) -> dict[str, Tensor]:
-        out = dict(self.delta(batch))
-        out[K.ENERGY] = out[K.ENERGY] + self.base(batch)[K.ENERGY]
-        return out
+        return corrected(self.delta(batch), self.base(batch))
 
     def energy_and_gradients(self, batch: Data) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         out, grad_pos, grad_strain = self.delta.energy_and_gradients(batch)
         base, base_pos, base_strain = self.base.energy_and_gradients(batch)
-        out = dict(out)
-        out[K.ENERGY] = out[K.ENERGY] + base[K.ENERGY]
-        return out, grad_pos + base_pos, grad_strain + base_strain
+        return corrected(out, base), grad_pos + base_pos, grad_strain + base_strain

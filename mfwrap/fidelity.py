@@ -1,8 +1,14 @@
 """Fidelity names and the per-row fidelity of a batch.
 
-A fidelity is a string for users and an integer ``f`` in ``0..n_F-1`` inside a model. A batch
-carries one index per structure (``batch.fidelity``, (B,)); every tensor row inside a backbone
-belongs to one structure, so its fidelity follows from index tensors of the graph:
+A fidelity is a string for users and an integer ``f`` in ``0..n_F-1`` inside a model. A model's
+names in index order are its ``fidelity_names`` (:func:`fidelity_names_of`); a model without them
+(a backbone, a Δ model) is single-fidelity: one unnamed fidelity, index 0. :func:`resolve_fidelity`
+turns a user's name into the index (every entry point: predict, the calculator, the CLI), and
+:func:`check_batch_fidelities` checks that a batch's indices are among the model's (every forward
+of a multi-fidelity model).
+
+A batch carries one index per structure (``batch.fidelity``, (B,)); every tensor row inside a
+backbone belongs to one structure, so its fidelity follows from index tensors of the graph:
 
     structure   f_b              = fidelity[b]
     atom        f_i              = fidelity[batch[i]]
@@ -21,7 +27,7 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
@@ -29,6 +35,8 @@ from mfwrap.data.graph import structure_index
 
 ATOM, EDGE, UNDIRECTED, ANGLE, STRUCTURE = "atom", "edge", "undirected", "angle", "structure"
 ROW_KINDS = (ATOM, EDGE, UNDIRECTED, ANGLE, STRUCTURE)
+
+DEFAULT_FIDELITY = "default"  # the name reports and checkpoints give the one fidelity of a single-fidelity model
 
 
 def validate_fidelity_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -45,6 +53,76 @@ def validate_fidelity_names(names: Sequence[str]) -> tuple[str, ...]:
     if duplicates:
         raise ValueError(f"duplicate fidelity names {duplicates}")
     return names
+
+
+def is_multi_fidelity(model: nn.Module) -> bool:
+    """Whether ``model`` names its fidelities (``fidelity_names``); one that does not (a backbone, a Δ
+    model) is single-fidelity."""
+    return bool(getattr(model, "fidelity_names", None))
+
+
+def fidelity_names_of(model: nn.Module) -> tuple[str, ...]:
+    """Names of ``model``'s fidelities in index order: its ``fidelity_names``, or ``(DEFAULT_FIDELITY,)``
+    for a single-fidelity model."""
+    return tuple(str(n) for n in model.fidelity_names) if is_multi_fidelity(model) else (DEFAULT_FIDELITY,)
+
+
+def resolve_fidelity(model: nn.Module | Sequence[str], name: str | None, *, default: str | None = None,
+                     option: str = "fidelity=") -> int:
+    """Index of fidelity ``name`` among those of ``model`` (a model, or its fidelity names in index order).
+
+    A model without ``fidelity_names`` (single-fidelity) accepts only None, index 0. Otherwise None
+    stands for ``default`` (the fidelity a file stores as its model's) when given, else for the only
+    fidelity when there is one; with several and no default a name is required, so a multi-fidelity
+    model is never used without saying at which fidelity. ``option``: how the caller names a fidelity
+    (``fidelity=`` in Python, ``--fidelity`` on the command line), for the error messages.
+
+    Raises:
+        ValueError: a name is required but missing, unknown (both name the model's fidelities), or
+            given to a single-fidelity model.
+    """
+    if isinstance(model, nn.Module):
+        if not is_multi_fidelity(model):
+            if name is not None:
+                raise ValueError(f"fidelity {name!r} given, but {type(model).__name__} is a single-fidelity model: "
+                                 "leave the fidelity out")
+            return 0
+        names = tuple(model.fidelity_names)
+    else:
+        names = tuple(model)
+    if name is None:
+        if default is None and len(names) != 1:
+            raise ValueError(f"this model has {len(names)} fidelities {list(names)}: choose one with {option}")
+        name = names[0] if default is None else default
+    if name not in names:
+        raise ValueError(f"unknown fidelity {name!r} (known: {list(names)}); choose one with {option}")
+    return names.index(name)
+
+
+def check_batch_fidelities(batch: Data, names: Sequence[str], *, asynchronous: bool = False) -> int | None:
+    """Check that every structure of ``batch`` has a fidelity index ``0 <= f < len(names)``.
+
+    Returns the fidelity shared by all structures, or None when they differ. ``asynchronous``:
+    the range check is queued on the batch's device (``torch._assert_async``: no host
+    synchronisation, as a compiled model needs; a bad index fails the step when it runs) and the
+    return value is None.
+
+    Raises:
+        KeyError: the batch has no per-structure fidelity.
+        ValueError: an index is out of range (the message names the indices and the fidelities).
+    """
+    if K.FIDELITY not in batch:
+        raise KeyError(f"the batch has no '{K.FIDELITY}' (per-structure fidelity index); "
+                       "build graphs with to_graph(..., fidelity=)")
+    fidelity = batch[K.FIDELITY].reshape(-1)
+    if asynchronous:
+        torch._assert_async(((fidelity >= 0) & (fidelity < len(names))).all())
+        return None
+    lowest, highest = torch.stack(torch.aminmax(fidelity)).tolist()
+    if lowest < 0 or highest >= len(names):
+        raise ValueError(f"batch fidelity indices {sorted(set(fidelity.tolist()))} out of range for the fidelities "
+                         f"{list(names)}; build graphs with to_graph(..., fidelity=) at an index among these")
+    return lowest if lowest == highest else None
 
 
 def fidelity_rows(batch: Data, kinds: Sequence[str]) -> dict[str, Tensor]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ from mfwrap.backbone import check_backbone
 from mfwrap.composition import fit_per_fidelity, fit_shared_composition
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec
-from mfwrap.fidelity import FidelityContext, validate_fidelity_names
+from mfwrap.fidelity import FidelityContext, check_batch_fidelities, resolve_fidelity, validate_fidelity_names
 from mfwrap.mechanisms import FidelityComposition
 from mfwrap.model_file import describe_model, read_model_file, save_model
 from mfwrap.surgery import FidelitySpec, SurgeryReport, operate, parse_mechanisms, resolve_spec
@@ -98,29 +99,26 @@ class MultiFidelity(nn.Module):
                 "spec": self.spec.as_dict(), "row_kinds": {path: kind for _, path, _, kind in self.surgery.places},
                 "readout": self.readout}
 
-    def fidelity_index(self, name: str | None) -> int:
-        """Index of fidelity ``name``; None is allowed only for a model with one fidelity."""
-        if name is None:
-            if len(self.fidelity_names) == 1:
-                return 0
-            raise ValueError(f"this model has {len(self.fidelity_names)} fidelities {list(self.fidelity_names)}: name one")
-        if name not in self.fidelity_names:
-            raise ValueError(f"unknown fidelity {name!r}; this model has {list(self.fidelity_names)}")
-        return self.fidelity_names.index(name)
-
     def forward(self, batch: Data) -> dict[str, Tensor]:
         """batch (with ``fidelity`` per structure) → the backbone's dict, each structure at its fidelity."""
-        if K.FIDELITY not in batch:
-            raise KeyError(f"the batch has no '{K.FIDELITY}' (per-structure fidelity index); build graphs with to_graph(..., fidelity=)")
-        lowest, highest = torch.stack(torch.aminmax(batch[K.FIDELITY].reshape(-1))).tolist()
-        if lowest < 0 or highest >= len(self.fidelity_names):
-            raise ValueError(
-                f"batch fidelity indices {sorted(set(batch[K.FIDELITY].tolist()))} out of range for fidelities {list(self.fidelity_names)}"
-            )
-        with self.context.bound(batch, lowest if lowest == highest else None):
-            out = dict(self.backbone(batch))
-            if self.composition is not None:
-                out[K.ENERGY] = out[K.ENERGY] + self.composition()
+        with self.evaluating(batch):
+            return self.with_composition(self.backbone(batch))
+
+    @contextmanager
+    def evaluating(self, batch: Data, *, dense: bool = False) -> Iterator[None]:
+        """The fidelity context bound to ``batch`` (its indices checked) for one run of the backbone's
+        network: this forward's, or a compiled network's (``dense``: the context's dense mode and an
+        asynchronous index check, :func:`~mfwrap.fidelity.check_batch_fidelities`)."""
+        uniform = check_batch_fidelities(batch, self.fidelity_names, asynchronous=dense)
+        with self.context.bound(batch, uniform, dense=dense):
+            yield
+
+    def with_composition(self, out: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The network's outputs ``out`` with the added composition energy (mechanism C when it
+        replaced no module of the backbone) in ``energy``; inside :meth:`evaluating`."""
+        out = dict(out)
+        if self.composition is not None:
+            out[K.ENERGY] = out[K.ENERGY] + self.composition()
         return out
 
     def fidelity_modules(self) -> list[nn.Module]:
@@ -134,7 +132,7 @@ class MultiFidelity(nn.Module):
         larger ones, so create the optimiser after calling this.
         """
         names = validate_fidelity_names([*self.fidelity_names, name])
-        source = self.fidelity_index(like if like is not None else self.fidelity_names[0])
+        source = resolve_fidelity(self.fidelity_names, like if like is not None else self.fidelity_names[0])
         for module in self.fidelity_modules():
             module.add_fidelity(source)
         self.context.num_fidelities += 1
@@ -144,10 +142,10 @@ class MultiFidelity(nn.Module):
         """Draw every fidelity parameter at random instead of the identity start: X_f like a row of
         the embedding table, W_F like the one-hot columns of one ``nn.Linear`` over [a, onehot(f)],
         readout copies 1.. re-initialised independently (each mechanism's ``draw_at_random``; the
-        global torch RNG, so seed it first). The fidelities then no longer start equal to the
-        backbone: this is the start of an implementation written from scratch, kept to measure
-        what the identity start is worth (``ModelConfig.fidelity_init``). On a pretrained backbone
-        it discards the pretrained readout in copies 1..; the composition model is fitted, not drawn.
+        global torch RNG, so seed it first). The fidelities then do not start equal to the
+        backbone: this is the start of an implementation written from scratch, the alternative to
+        the identity start (``ModelConfig.fidelity_init``). On a pretrained backbone it discards the
+        pretrained readout in copies 1..; the composition model is fitted, not drawn.
         """
         for module in self.fidelity_modules():
             draw = getattr(module, "draw_at_random", None)

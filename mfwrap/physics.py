@@ -73,9 +73,8 @@ def energy_and_derivatives(
 
 def _without_parameter_gradients(model: nn.Module) -> Callable[[Batch], dict[str, Tensor]]:
     """``model`` called with detached parameters: under an outer ``no_grad`` no one wants their
-    gradients, and a graph that does not track them is cheaper to build and to differentiate in
-    the positions (E+F+S of the bare 56-atom CHGNet: 7–11 % less time in interleaved A/B runs on a
-    loaded machine; not resolved by the quiet benchmark's run-to-run drift). The model is not modified."""
+    gradients, so the graph built for ∂E/∂r and ∂E/∂ε need not track them (fewer nodes to record and
+    to differentiate through). Outputs and derivatives are those of ``model``; the model is not modified."""
     detached = {name: parameter.detach() for name, parameter in model.named_parameters()}
     return lambda batch: functional_call(model, detached, (batch,))
 

@@ -10,20 +10,8 @@ from torch_geometric.data import Batch
 
 from mfwrap.data import keys as K
 from mfwrap.data.graph import structures_to_graphs
+from mfwrap.fidelity import resolve_fidelity
 from mfwrap.physics import energy_and_derivatives
-
-
-def resolve_fidelity(model: nn.Module, fidelity: str | None) -> int:
-    """Integer index of ``fidelity`` for ``model``.
-
-    A model with several fidelities exposes ``fidelity_index(name)``; it requires a name when it
-    has more than one. A plain backbone has one implicit fidelity and accepts only None.
-    """
-    if hasattr(model, "fidelity_index"):
-        return int(model.fidelity_index(fidelity))
-    if fidelity is not None:
-        raise ValueError(f"fidelity {fidelity!r} given, but {type(model).__name__} is a single-fidelity model")
-    return 0
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:

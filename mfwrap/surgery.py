@@ -21,26 +21,19 @@ from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
 from typing import Any, Mapping
 
-import numpy as np
 import torch
-from ase import Atoms
 from torch import nn
 from torch_geometric.data import Batch
 
 from mfwrap.backbone import check_outputs
 from mfwrap.data import keys as K
-from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec, to_graph
+from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec
 from mfwrap.fidelity import ATOM, ROW_KINDS, STRUCTURE, FidelityContext, row_counts
 from mfwrap.mechanisms import FidelityComposition, FidelityEmbedding, FidelityLinear
 from mfwrap.mechanisms.readout import READOUTS
 from mfwrap.mechanisms.composition import read_element_energies
-from mfwrap.symmetry import (
-    DEFAULT_PROBE_ELEMENTS,
-    declares_non_scalars,
-    probe_elements,
-    rotating_places,
-    scalar_columns,
-)
+from mfwrap.probe import layer_outputs, probe_batch
+from mfwrap.symmetry import declares_non_scalars, rotating_places, scalar_columns
 
 MECHANISMS = "ECMR"
 
@@ -136,10 +129,8 @@ def undecided_places(backbone: nn.Module) -> list[str]:
 
 def _atom_embeddings(backbone: nn.Module, paths: list[str]) -> list[str]:
     """Those of ``paths`` that the forward calls with one row per atom (a probe forward)."""
-    parameter = next(backbone.parameters())
-    batch = probe_batch(backbone.graph_spec, parameter.dtype, parameter.device, probe_elements(backbone))
+    batch, calls = probe_shapes(backbone, paths)
     atoms = row_counts(batch)[ATOM]
-    calls = probe_rows(backbone, paths, batch)
     return [p for p in paths if calls[p] and all(shape and shape[0] == atoms for shape in calls[p])]
 
 
@@ -242,44 +233,14 @@ def find_places(backbone: nn.Module, spec: FidelitySpec, mechanisms: str) -> dic
     return {letter: places[letter] for letter in mechanisms}
 
 
-def probe_batch(spec: GraphSpec, dtype: torch.dtype, device: torch.device,
-                elements: tuple[int, int, int, int] = DEFAULT_PROBE_ELEMENTS) -> Batch:
-    """A triangle and a tetrahedron of atoms (edges d = half the shortest cutoff) in big boxes;
-    ``elements`` (a, b, c, d): the triangle is a b c, the tetrahedron d a a b
-    (:func:`~mfwrap.symmetry.probe_elements`).
-
-    Row counts: 7 atoms, 18 edges, 9 undirected bonds, 30 angles, 2 structures — all different.
-    """
-    a, b, c, d_ = elements
-    d = 0.5 * min(spec.cutoff, spec.line_graph_cutoff or spec.cutoff)
-    triangle = [[0, 0, 0], [d, 0, 0], [d / 2, d * np.sqrt(3) / 2, 0]]
-    tetrahedron = triangle + [[d / 2, d * np.sqrt(3) / 6, d * np.sqrt(2.0 / 3.0)]]
-    box = np.eye(3) * (3 * spec.cutoff + 2 * d)
-    structures = [Atoms([a, b, c], positions=triangle, cell=box, pbc=True),
-                  Atoms([d_, a, a, b], positions=tetrahedron, cell=box, pbc=True)]
-    graphs = [to_graph(s, spec, dtype=dtype, name="probe") for s in structures]
-    return Batch.from_data_list(graphs).to(device)
-
-
-def probe_rows(backbone: nn.Module, paths: list[str], batch: Batch) -> dict[str, list[tuple[int, ...]]]:
-    """Output shapes of every call of each module in ``paths`` during ``backbone(batch)``."""
-    modules = dict(backbone.named_modules())
-    calls: dict[str, list[tuple[int, ...]]] = {p: [] for p in paths}
-
-    def recorder(path):
-        return lambda module, args, out: calls[path].append(tuple(out.shape) if isinstance(out, torch.Tensor) else ())
-
-    handles = [modules[p].register_forward_hook(recorder(p)) for p in paths]
-    was_training = backbone.training
-    try:
-        backbone.eval()
-        with torch.no_grad():
-            check_outputs(backbone, backbone(batch), int(batch[K.CELL].shape[0]))
-    finally:
-        backbone.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return calls
+def probe_shapes(backbone: nn.Module, paths: list[str]) -> tuple[Batch, dict[str, list[tuple[int, ...]]]]:
+    """The probe batch (:func:`mfwrap.probe.probe_batch`) and the output shape of every call of each
+    module in ``paths`` during ``backbone``'s forward on it (() for an output that is not a tensor);
+    the forward's outputs are checked against the backbone contract."""
+    batch = probe_batch(backbone)
+    out, outputs = layer_outputs(backbone, paths, batch)
+    check_outputs(backbone, out, int(batch[K.CELL].shape[0]))
+    return batch, {path: [() if o is None else tuple(o.shape) for o in outs] for path, outs in outputs.items()}
 
 
 def row_kinds_from_probe(calls: Mapping[str, list[tuple[int, ...]]], counts: Mapping[str, int],
@@ -417,8 +378,7 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
     if unused:
         raise ValueError(f"row_kinds pattern(s) {unused} match no place of mechanisms {mechanisms!r}; places are {paths}")
     parameter = next(backbone.parameters())
-    batch = probe_batch(backbone.graph_spec, parameter.dtype, parameter.device, probe_elements(backbone))
-    calls = probe_rows(backbone, paths, batch)
+    batch, calls = probe_shapes(backbone, paths)
     kinds = row_kinds_from_probe(calls, row_counts(batch), overrides, type(backbone).__name__)
     skipped = [p for p in paths if p not in kinds]
     places = {letter: [p for p in found if p in kinds] for letter, found in places.items()}

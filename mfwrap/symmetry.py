@@ -29,40 +29,9 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from mfwrap.data import keys as K
-from mfwrap.data.graph import GraphSpec, to_graph
+from mfwrap.data.graph import to_graph
 from mfwrap.physics import energy_and_derivatives
-
-
-DEFAULT_PROBE_ELEMENTS = (8, 3, 26, 15)  # O, Li, Fe, P
-
-
-def probe_elements(model: nn.Module) -> tuple[int, int, int, int]:
-    """Four atomic numbers for the probe structures: O, Li, Fe, P, unless the model (or the
-    backbone it wraps) lists the elements it knows in ``supported_numbers``; then the first four of
-    those (repeated if fewer)."""
-    supported = getattr(model, "supported_numbers", None)
-    if supported is None and isinstance(getattr(model, "backbone", None), nn.Module):
-        supported = getattr(model.backbone, "supported_numbers", None)
-    if supported is None:
-        return DEFAULT_PROBE_ELEMENTS
-    numbers = sorted({int(z) for z in supported})
-    if not numbers:
-        raise ValueError(f"{type(model).__name__}.supported_numbers is empty")
-    return tuple(numbers[i % len(numbers)] for i in range(4))  # type: ignore[return-value]
-
-
-def probe_structures(spec: GraphSpec, seed: int = 0,
-                     elements: Sequence[int] = DEFAULT_PROBE_ELEMENTS) -> list[Atoms]:
-    """A distorted triangle and tetrahedron (bonds ≈ half the shortest cutoff) in boxes larger than
-    the cutoff; ``elements`` (a, b, c, d): the triangle is a b c, the tetrahedron d a a b."""
-    rng = np.random.default_rng(seed)
-    d = 0.5 * min(spec.cutoff, spec.line_graph_cutoff or spec.cutoff)
-    triangle = np.array([[0, 0, 0], [d, 0, 0], [d / 2, d * np.sqrt(3) / 2, 0]])
-    tetrahedron = np.vstack([triangle, [d / 2, d * np.sqrt(3) / 6, d * np.sqrt(2.0 / 3.0)]])
-    box = np.eye(3) * (3 * spec.cutoff + 2 * d)
-    return [Atoms(numbers, positions=positions + rng.normal(0, 0.08 * d, positions.shape) + 1.0, cell=box, pbc=True)
-            for numbers, positions in ((elements[:3], triangle), ([elements[3], elements[0], elements[0], elements[1]],
-                                                                  tetrahedron))]
+from mfwrap.probe import batch_for, layer_outputs, probe_elements, probe_structures
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -90,34 +59,15 @@ def _moved(atoms: Atoms, rng: np.random.Generator) -> tuple[list[Atoms], np.ndar
 def rotating_places(backbone: nn.Module, paths: Sequence[str], tolerance: float = 1e-3) -> list[str]:
     """The places among ``paths`` whose outputs change when the probe structures are rotated
     (vector or tensor features; relative change > ``tolerance``). Invariant (scalar) places do not."""
-    parameter = next(backbone.parameters())
-    structures = probe_structures(backbone.graph_spec, seed=1, elements=probe_elements(backbone))
+    structures = probe_structures(backbone.graph_spec, probe_elements(backbone), seed=1)
     rotation = _random_rotation(np.random.default_rng(2))
-    turned = [_rotated(atoms, rotation) for atoms in structures]
-    modules = dict(backbone.named_modules())
-    outputs: dict[str, list[list[torch.Tensor]]] = {p: [[], []] for p in paths}
-
-    def recorder(path: str, which: int):
-        return lambda module, args, out: outputs[path][which].append(out.detach().clone()) if torch.is_tensor(out) else None
-
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        for which, group in enumerate((structures, turned)):
-            handles = [modules[p].register_forward_hook(recorder(p, which)) for p in paths]
-            try:
-                graphs = [to_graph(s, backbone.graph_spec, dtype=parameter.dtype, name="probe") for s in group]
-                with torch.no_grad():
-                    backbone(Batch.from_data_list(graphs).to(parameter.device))
-            finally:
-                for handle in handles:
-                    handle.remove()
-    finally:
-        backbone.train(was_training)
+    _, before = layer_outputs(backbone, paths, batch_for(backbone, structures))
+    _, after = layer_outputs(backbone, paths, batch_for(backbone, [_rotated(atoms, rotation) for atoms in structures]))
     found = []
-    for path, (before, after) in outputs.items():
-        for a, b in zip(before, after):
-            if a.shape == b.shape and (a - b).abs().max() > tolerance * max(float(a.abs().max()), 1e-12):
+    for path in paths:
+        for a, b in zip(before[path], after[path]):
+            if a is not None and b is not None and a.shape == b.shape and (
+                    (a - b).abs().max() > tolerance * max(float(a.abs().max()), 1e-12)):
                 found.append(path)
                 break
     return found
@@ -276,7 +226,7 @@ def check_wrapped_model(model: nn.Module, tolerance: float = 1e-6) -> str:
     """
     trial = copy.deepcopy(model).double()
     randomise_fidelity_parameters(trial)
-    structures = probe_structures(model.graph_spec, elements=probe_elements(model))
+    structures = probe_structures(model.graph_spec, probe_elements(model))
     failures = _all_violations(trial, structures, tolerance)
     own = _all_violations(_without_fidelity_terms(trial), structures, tolerance) if failures else []
     if own:

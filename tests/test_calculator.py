@@ -95,7 +95,7 @@ def test_stress_is_the_strain_derivative_in_ase_units():
 
 def test_fidelity_is_required_and_changes_the_result():
     mf = _model()
-    with pytest.raises(ValueError, match="name one"):
+    with pytest.raises(ValueError, match="choose one with fidelity="):
         mfwrap.Calculator(mf)
     atoms = random_crystal(np.random.default_rng(1))
     energies = []

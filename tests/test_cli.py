@@ -252,7 +252,7 @@ def test_single_fidelity_and_delta_checkpoints_default_to_their_target_fidelity(
     assert set(metrics) == {"r2scan"}
     for target in ("energy", "forces", "stress", "magmoms"):
         assert metrics["r2scan"][target]["mae"] == pytest.approx(history["test"]["r2scan"][target]["mae"], rel=1e-5)
-    with pytest.raises(SystemExit, match="'hse' unknown to this checkpoint"):
+    with pytest.raises(SystemExit, match="unknown fidelity 'hse'"):
         main(["evaluate", str(best), str(data / "test.xyz"), "--fidelity", "hse"])
     for command in ("evaluate", "predict"):  # a fidelity of the run that the model was not trained for
         with pytest.raises(SystemExit, match="single-fidelity model of fidelity 'r2scan'; it does not predict 'pbe'"):

@@ -1,15 +1,27 @@
-"""Per-row fidelity of a batch and the context that hands it to inserted modules."""
+"""Fidelity names to indices, the check of a batch's indices, per-row fidelity and the context."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from mf_models import batch_of, random_crystal
+from mf_models import batch_of, random_crystal, small_backbone
+from mfwrap import MultiFidelity
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec
-from mfwrap.fidelity import ROW_KINDS, FidelityContext, fidelity_rows, validate_fidelity_names
+from mfwrap.fidelity import (
+    DEFAULT_FIDELITY,
+    ROW_KINDS,
+    FidelityContext,
+    check_batch_fidelities,
+    fidelity_names_of,
+    fidelity_rows,
+    is_multi_fidelity,
+    resolve_fidelity,
+    validate_fidelity_names,
+)
 
 
 def test_every_row_gets_the_fidelity_of_its_structure():
@@ -58,3 +70,56 @@ def test_a_failed_bind_leaves_no_stale_batch():
 def test_bad_fidelity_names(names):
     with pytest.raises((TypeError, ValueError)):
         validate_fidelity_names(names)
+
+
+def test_a_name_is_required_only_among_several_fidelities_without_a_default():
+    assert resolve_fidelity(("a", "b"), "b") == 1 and resolve_fidelity(["only"], None) == 0
+    assert resolve_fidelity(("a", "b"), None, default="b") == 1  # the fidelity a file stores as its model's
+    with pytest.raises(ValueError, match=r"this model has 2 fidelities \['a', 'b'\]: choose one with fidelity=$"):
+        resolve_fidelity(("a", "b"), None)
+    with pytest.raises(ValueError, match=r"unknown fidelity 'c' \(known: \['a', 'b'\]\); choose one with --fidelity$"):
+        resolve_fidelity(("a", "b"), "c", option="--fidelity")
+
+
+def test_a_model_without_fidelity_names_has_one_unnamed_fidelity():
+    model = nn.Linear(1, 1)
+    assert not is_multi_fidelity(model) and fidelity_names_of(model) == (DEFAULT_FIDELITY,)
+    assert resolve_fidelity(model, None) == 0
+    with pytest.raises(ValueError, match="'a' given, but Linear is a single-fidelity model: leave the fidelity out"):
+        resolve_fidelity(model, "a")
+    model.fidelity_names = ("x", "y")
+    assert is_multi_fidelity(model) and fidelity_names_of(model) == ("x", "y") and resolve_fidelity(model, "y") == 1
+    with pytest.raises(ValueError, match=r"2 fidelities \['x', 'y'\]: choose one"):
+        resolve_fidelity(model, None)
+
+
+def test_batch_fidelities_are_checked_against_the_fidelities():
+    crystals = [random_crystal(np.random.default_rng(seed)) for seed in range(2)]
+    spec = GraphSpec(4.0)
+    assert check_batch_fidelities(batch_of(crystals, spec, [1, 1]), ["a", "b"]) == 1  # the shared fidelity
+    assert check_batch_fidelities(batch_of(crystals, spec, [0, 1]), ["a", "b"]) is None
+    assert check_batch_fidelities(batch_of(crystals, spec, [0, 1]), ["a", "b"], asynchronous=True) is None
+    for bad in ([2, 0], [-1, 1]):
+        batch = batch_of(crystals, spec, bad)
+        with pytest.raises(ValueError, match=rf"batch fidelity indices \[{min(bad)}, {max(bad)}\] out of range for the "
+                                             r"fidelities \['a', 'b'\]; build graphs with to_graph"):
+            check_batch_fidelities(batch, ["a", "b"])
+        with pytest.raises(RuntimeError):  # on the CPU the queued assertion fails at once
+            check_batch_fidelities(batch, ["a", "b"], asynchronous=True)
+    del batch[K.FIDELITY]
+    with pytest.raises(KeyError, match="no 'fidelity' .*build graphs with to_graph"):
+        check_batch_fidelities(batch, ["a", "b"])
+
+
+def test_the_model_rejects_a_bad_batch_with_the_checks_message():
+    backbone = small_backbone("schnet")
+    mf = MultiFidelity(backbone, ["a", "b"], "ECMR")
+    batch = batch_of([random_crystal(np.random.default_rng(0))], backbone.graph_spec, [2])
+    with pytest.raises(ValueError) as direct:
+        check_batch_fidelities(batch, mf.fidelity_names)
+    with pytest.raises(ValueError) as forward:
+        mf(batch)
+    assert str(forward.value) == str(direct.value)
+    with pytest.raises(ValueError) as added:
+        mf.add_fidelity("c", like="z")
+    assert str(added.value) == "unknown fidelity 'z' (known: ['a', 'b']); choose one with fidelity="

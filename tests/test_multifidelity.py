@@ -13,6 +13,7 @@ import mfwrap
 from mf_models import batch_of, evaluate, perturb, random_crystal, small_backbone
 from mfwrap import MultiFidelity
 from mfwrap.data import keys as K
+from mfwrap.fidelity import resolve_fidelity
 
 BACKBONES = ("schnet", "dimenet", "chgnet")
 NAMES = ["low", "mid", "high"]
@@ -96,7 +97,7 @@ def test_add_fidelity_copies_an_existing_one():
     mf = MultiFidelity(backbone, ["a", "b"], "ECMR")
     perturb(mf, "ECMR")
     mf.add_fidelity("c", like="b")
-    assert mf.fidelity_names == ("a", "b", "c") and mf.fidelity_index("c") == 2
+    assert mf.fidelity_names == ("a", "b", "c") and resolve_fidelity(mf, "c") == 2
     structure = random_crystal(np.random.default_rng(1))
     b, c = (evaluate(mf, batch_of([structure], backbone.graph_spec, [f])) for f in (1, 2))
     _close(b, c)
@@ -120,9 +121,9 @@ def test_pretrained_chgnet_keeps_its_predictions_at_every_fidelity():
 
 def test_bad_input_is_a_clear_error():
     backbone, mf = wrapped("schnet")
-    with pytest.raises(ValueError, match="unknown fidelity 'dft'"):
-        mf.fidelity_index("dft")
-    with pytest.raises(ValueError, match="name one"):
+    with pytest.raises(ValueError, match=r"unknown fidelity 'dft' \(known: \['low', 'mid', 'high'\]\)"):
+        mfwrap.predict(mf, random_crystal(np.random.default_rng(0)), fidelity="dft")
+    with pytest.raises(ValueError, match=r"3 fidelities \['low', 'mid', 'high'\]: choose one with fidelity="):
         mfwrap.predict(mf, random_crystal(np.random.default_rng(0)))
     with pytest.raises(ValueError, match="unknown letters"):
         MultiFidelity(backbone, NAMES, "ECX")

@@ -148,7 +148,7 @@ def test_a_place_with_components_between_rows_and_channels_is_refused_even_if_it
 
 
 def test_probe_elements_come_from_the_backbone_when_it_lists_them():
-    from mfwrap.symmetry import DEFAULT_PROBE_ELEMENTS, probe_elements
+    from mfwrap.probe import DEFAULT_PROBE_ELEMENTS, probe_elements
 
     backbone = VectorPotential()
     assert probe_elements(backbone) == DEFAULT_PROBE_ELEMENTS == (8, 3, 26, 15)

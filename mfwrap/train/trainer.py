@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from mfwrap.compile import compile_model, inductor_cache_dir
 from mfwrap.composition import fit_composition
 from mfwrap.data import keys as K
+from mfwrap.fidelity import fidelity_names_of
 from mfwrap.files import write_text
 from mfwrap.model_file import describe_model, read_payload, save_model
 from mfwrap.physics import energy_and_derivatives
@@ -50,12 +51,6 @@ def resume_conflicts(stored: dict[str, Any], config: TrainConfig) -> list[str]:
     file was written count as their defaults; progress, device, paths and compile are free)."""
     stored = {**TrainConfig().to_dict(), **stored}
     return sorted(k for k, v in config.to_dict().items() if k not in _RESUME_FREE and stored.get(k) != v)
-
-
-def fidelity_names_of(model: nn.Module) -> list[str]:
-    """Fidelity names of a multi-fidelity model (``model.fidelity_names``), else ["default"]."""
-    names = getattr(model, "fidelity_names", None)
-    return [str(n) for n in names] if names else ["default"]
 
 
 class _SelectOutputs(nn.Module):

@@ -229,8 +229,10 @@ def test_a_multi_modal_sevenn_model_equals_sevenn_at_each_modality():
     mixed = energy_and_derivatives(adapter, Batch.from_data_list(graphs), stress=False)[K.ENERGY].detach()
     expected = [predicted["high"][0]["energy"], predicted["low"][1]["energy"], predicted["low"][0]["energy"]]
     np.testing.assert_allclose(mixed.numpy(), expected, rtol=0, atol=1e-4)
-    with pytest.raises(ValueError, match="name a fidelity"):
+    with pytest.raises(ValueError, match=r"2 fidelities \['low', 'high'\]: choose one"):
         mfwrap.predict(adapter, structures[0])
+    with pytest.raises(ValueError, match=r"indices \[2\] out of range for the fidelities \['low', 'high'\]"):
+        adapter(Batch.from_data_list([to_graph(structures[0], adapter.graph_spec, fidelity=2)]))
     with pytest.raises(ValueError, match="use MultiModalSevenNet"):
         SevenNet(**config)
     rebuilt = MultiModalSevenNet(**adapter.config)  # the config (sevenn's modal keys) rebuilds it
