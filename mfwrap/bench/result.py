@@ -91,6 +91,8 @@ class RunResult:
             run_spec = RunSpec(**spec)
         except TypeError as error:
             raise ValueError(f"{source}: 'spec' lacks a field of {spec_fields} ({error})") from None
+        except ValueError as error:  # an unknown method, backbone or protocol
+            raise ValueError(f"{source}: {error}") from None
         return cls(**{**data, "spec": run_spec})
 
     @classmethod
