@@ -70,10 +70,3 @@ BACKBONES: Mapping[str, SuiteBackbone] = MappingProxyType({backbone.name: backbo
     SuiteBackbone("m3gnet", "backbones.matgl:MatglM3GNet", {"quick": TINY_M3GNET, "medium": M3GNET, "full": M3GNET},
                   note="needs mfwrap[matgl]"),
 )})
-
-
-def backbone(name: str) -> SuiteBackbone:
-    """The suite backbone called ``name``; ValueError naming the known ones otherwise."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown suite backbone {name!r}; known are {list(BACKBONES)}")
-    return BACKBONES[name]

@@ -362,8 +362,8 @@ def read_report(out: str | Path) -> Report:
 
 def claims_markdown(verdicts: list[Verdict]) -> str:
     lines = ["### The seed paper's claims on the LMFP set", "",
-             "Means over the seeds run so far (high-fidelity test MAE); `mfwrap/bench/claims.py` says how each is "
-             "checked.",
+             ("Means over the seeds run so far (high-fidelity test MAE); `mfwrap/bench/claims.py` says how each is "
+              "checked."),
              ""]
     for verdict in verdicts:
         lines.append(f"- **{verdict.status}** — {verdict.claim}")

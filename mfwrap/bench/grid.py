@@ -157,10 +157,10 @@ def transfer_delta(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
 
 
 def mf_options(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
-    """Where MF loses to single-fidelity, the trainer options aimed at the scarce fidelity (MF_OPTIONS),
-    each at MF's own compute (paper protocol; warm start's pre-training extra), at the smallest and
-    largest N_high; and MF with its fidelity parameters drawn at random (``mf_random_init``), to
-    measure what the identity start is worth."""
+    """MF with each trainer option aimed at the scarce fidelity (:data:`MF_OPTIONS`, the methods marked
+    ``mf_option``), each at MF's own compute (paper protocol; warm start's pre-training extra), at the
+    smallest and largest N_high; among them MF with its fidelity parameters drawn at random
+    (``mf_random_init``), to measure what the identity start is worth."""
     return [RunSpec("mf_options", method, n, ALL, "paper", seed, backbone=backbone)
             for n in dict.fromkeys((level.n_high[0], level.n_high[-1])) for seed in seeds for method in MF_OPTIONS]
 

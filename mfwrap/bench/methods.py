@@ -100,10 +100,3 @@ METHODS: Mapping[str, Method] = _table(
     Method("delta_model", "Δ (model)", "delta", experiment={"delta_reference": "model"}),
     Method("delta_labels", "Δ (labels)", "delta", experiment={"delta_reference": "labels"}),
 )
-
-
-def method(name: str) -> Method:
-    """The method called ``name``; ValueError naming the known ones otherwise."""
-    if name not in METHODS:
-        raise ValueError(f"unknown suite method {name!r}; known are {list(METHODS)}")
-    return METHODS[name]

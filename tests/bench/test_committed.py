@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from mfwrap.bench.claims import check_claims, claims_markdown, read_report
+from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 from mfwrap.bench.report import experiment_report, write_report
 from mfwrap.bench.result import RunResult, read_runs
 from mfwrap.bench.runner import restore_reported
-from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 
 COMMITTED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "suite"
 EXPERIMENT_FILES = sorted(COMMITTED.glob("*.json"))

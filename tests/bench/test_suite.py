@@ -243,7 +243,7 @@ def test_coverage_trains_on_one_region_and_tests_on_the_other(level_name, lmfp_c
     assert {(s.method, s.protocol) for s in specs} >= {("multi_fidelity", "paper"), ("single_fidelity", "paper"), ("transfer", "paper")}
     assert (("single_fidelity", "equal_compute") in {(s.method, s.protocol) for s in specs}) == ("equal_compute" in level.protocols)
     mn = lambda record: runner._mn_fraction(record)  # noqa: E731
-    for spec in specs:  # every level's grid must fit the data it has (a medium run asked for 90 of 41 frames once)
+    for spec in specs:  # every level's grid must fit the data it has
         splits = runner.make_splits(spec, level)
         assert splits.train_high and all(mn(r) <= 0.5 for r in splits.train_high + splits.val)
         assert splits.test and all(mn(r) > 0.5 for r in splits.test)

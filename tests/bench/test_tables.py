@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from mfwrap.bench import runner
-from mfwrap.bench.backbones import BACKBONES, SuiteBackbone, backbone
+from mfwrap.bench.backbones import BACKBONES, SuiteBackbone
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS, MF_OPTIONS, RunSpec
-from mfwrap.bench.methods import METHODS, method
+from mfwrap.bench.methods import METHODS
 from mfwrap.bench.report import label
 from mfwrap.cli import build_parser
 from mfwrap.train.baselines import METHODS as TRAINING_METHODS
@@ -43,8 +43,6 @@ def test_what_the_methods_table_says_about_each_method():
     assert METHODS["mf_reweighted"].train_options("pbesol", "r2scan", 300, 25) == {"fidelity_loss_weights": {"r2scan": 12.0}}
     specs = EXPERIMENTS["mf_options"](LEVELS["medium"], [0])
     assert {s.method for s in specs} == set(MF_OPTIONS) == {n for n, m in METHODS.items() if m.mf_option}
-    with pytest.raises(ValueError, match="unknown suite method 'nope'; known are"):
-        method("nope")
     with pytest.raises(ValueError, match="unknown method 'nope' in a run spec"):
         RunSpec("x", "nope", 10, None, "paper", 0)
 
@@ -65,8 +63,8 @@ def test_every_backbone_has_arguments_for_every_level():
     assert BACKBONES["chgnet"].kwargs_at("medium") == {}  # the class defaults: the seed paper's CHGNet
     with pytest.raises(ValueError, match="backbone 'chgnet' has no arguments for level 'huge'"):
         BACKBONES["chgnet"].kwargs_at("huge")
-    with pytest.raises(ValueError, match="unknown suite backbone 'mace'"):
-        backbone("mace")
+    with pytest.raises(ValueError, match="unknown backbone 'mace' in a run spec"):
+        RunSpec("x", "multi_fidelity", 10, None, "paper", 0, backbone="mace")
 
 
 def test_the_cli_offers_the_tables_backbones():
