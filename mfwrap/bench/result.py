@@ -1,7 +1,7 @@
 """A finished run's result: what ``result.json`` (and each run of a report's ``runs``) holds.
 
 Metrics are nested dicts {fidelity: {target: {"mae", "rmse", "count"}}} in the units of
-:func:`mfwrap.train.metrics` (meV/atom, meV/Å, GPa, μB). Reading is strict: a missing required key
+:mod:`mfwrap.train.metrics` (meV/atom, meV/Å, GPa, μB). Reading is strict: a missing required key
 or an unknown key is a ValueError naming it. The optional keys are the ones that results written
 before they existed lack (``train_options``, ``fidelity_init``, ``compiled_steps``, ``schedule``) and
 the provenance of copies (``pretrain_reused_from``, ``reused_from``); an absent one is None and is
