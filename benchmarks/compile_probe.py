@@ -12,7 +12,7 @@ from speed_gpu import lmfp_cells
 
 from backbones.chgnet import CHGNet
 from mfwrap import compile_model
-from mfwrap.bench.grid import TINY_CHGNET
+from mfwrap.bench.backbones import TINY_CHGNET
 from mfwrap.data.graph import structures_to_graphs
 from mfwrap.physics import energy_and_derivatives
 

@@ -219,8 +219,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             left_hours += left
             done_hours += r["done_wall_s"] / 3600
             rate = f"{r['seconds_per_step']:.2f}" + ("" if r["measured"] else "*")
-            print(f"{name:<20}{r['runs']:>6}{r['trained']:>9}{r['steps']:>10}{r['pretrain_steps']:>11}{rate:>8}{hours:>7.1f}"
-                  f"{r['done']:>6}{r['done_wall_s'] / 3600:>8.1f}{left:>8.1f}")
+            print(f"{name:<20}{r['runs']:>6}{r['trained']:>9}{r['steps']:>10}{r['pretrain_steps']:>11}{rate:>8}"
+                  f"{hours:>7.1f}{r['done']:>6}{r['done_wall_s'] / 3600:>8.1f}{left:>8.1f}")
         print(f"total {total_hours:.1f} h with {args.jobs} run(s) at once, finished runs included; s/step measured on "
               f"the finished runs under {args.root} (* not measured: --seconds-per-step); done: runs finished there, "
               f"{done_hours:.1f} run-hours of wall time (one run's own; runs side by side overlap); left: at most "
@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", default=None, help="write the structures with predictions to this extxyz file")
     predict.set_defaults(func=cmd_predict)
 
+    from mfwrap.bench.backbones import BACKBONES
     from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 
     bench = commands.add_parser(
@@ -280,15 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="quick: pipeline check, minutes; medium: paper CHGNet on the shipped LMFP set, hours on a "
                             "2-core CPU; full: the paper's settings (a GPU)")
     bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="data subset and initialisation seeds")
-    bench.add_argument("--backbone", choices=["chgnet", "schnet", "m3gnet"], default=None,
-                       help="override the experiment's backbone (m3gnet: matgl's, needs mfwrap[matgl])")
+    needs = "".join(f"; {b.name} {b.note}" for b in BACKBONES.values() if b.note)
+    bench.add_argument("--backbone", choices=list(BACKBONES), default=None,
+                       help=f"override the experiment's backbone (mfwrap.bench.backbones{needs})")
     bench.add_argument("--jobs", type=int, default=1, help="runs at once, one process and one thread each")
     bench.add_argument("--plan", action="store_true",
-                       help="print the runs and optimiser steps the experiment(s) take at this level, and the time they take "
-                            "at --seconds-per-step; run nothing")
+                       help="print the runs and optimiser steps the experiment(s) take at this level, and the time "
+                            "they take at --seconds-per-step; run nothing")
     bench.add_argument("--seconds-per-step", type=float, default=1.0,
-                       help="for --plan, where no finished run measures it: wall seconds per optimiser step of one run "
-                            "(1.0: paper CHGNet on LMFP, batch 4, compiled, one CPU thread, with evaluation, two runs at once)")
+                       help="for --plan, where no finished run measures it: wall seconds per optimiser step of one "
+                            "run (1.0: paper CHGNet on LMFP, batch 4, compiled, one CPU thread, with evaluation, two "
+                            "runs at once)")
     bench.add_argument("--eager", action="store_true",
                        help="eager training steps where the level compiles them (medium, full): for a torch on which "
                             "torch.compile of the training step fails (2.11 does; 2.13 is tested); results record it")

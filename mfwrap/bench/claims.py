@@ -1,53 +1,43 @@
 """The seed paper's claims, one by one, checked against the suite's aggregated results.
 
 :func:`check_claims` reads every run's result (the "runs" of each ``<experiment>.json`` that
-``mfwrap bench report`` writes) and returns one :class:`Verdict` per claim: "holds" (every
-comparison goes the claimed way), "fails" (none does), "partly", or "not measured" (the runs are
-missing). Each comparison is between means of the high-fidelity test MAE over the seeds *both*
-sides have, and names them, with how many of those seeds (each its own data subsets and
-initialisation, the same for both sides) go the way of the means; with one seed a difference of a
-few per cent is within the noise between seeds. (The noise floor of one run: the same five medium runs —
-same splits, seeds and steps — on a GPU and on the CPU differ in test MAE by up to 13 % on energy,
-15 % on magmoms, 5 % on forces and 7 % on stress, float summation order alone;
-``benchmarks/results/suite_gpu.json``.) ``mfwrap bench report`` writes the verdicts to ``claims.md``.
+``mfwrap bench report`` writes) and returns one :class:`Verdict` per claim of :data:`CLAIMS`:
+"holds" (every comparison goes the claimed way), "fails" (none does), "partly", or "not measured"
+(the runs are missing). ``mfwrap bench report`` writes the verdicts to ``claims.md``.
 
-Comparisons, all on the LMFP set with the CHGNet backbone unless said:
+Most claims are declared :class:`Comparison` s of two :class:`Selection` s of runs: ours below
+``factor`` × theirs in the mean over the seeds *both* sides have of the high-fidelity test MAE, per
+shared N_high ≤ ``max_high`` and target; each line names the seeds, with how many of them (each its
+own data subsets and initialisation, the same for both sides) go the way of the means; with one
+seed a difference of a few per cent is within the noise between seeds. A few claims are checks of
+their own: more low-fidelity data lowering the error, F best among the ablations, and MF's error
+falling with the fidelity gap α (:mod:`mfwrap.datasets.lmfp_gap`).
 
-1. MF below single-fidelity for N_high ≤ 400 on E, F, S, M — under each protocol: paper (same
-   epochs), equal compute (single-fidelity gets MF's steps), converged.
-2. Target: MF force MAE ≥ 20 % below single-fidelity's at N_high ≤ 100 under the paper protocol,
-   and MF still ahead (forces) under the converged protocol.
-3. More low-fidelity data lowers the error (each N_high: MAE at the most low-fidelity frames below
-   the MAE at the fewest, per target).
-4. F (all four mechanisms) best among the ablations, per target (and with SchNet, ``second_backbone``).
-5. MF ahead of transfer learning on F, S, M (judged apart: paper protocol; transfer at MF's steps).
-
-Claim 1 again with SchNet (the ``second_backbone`` experiment; paper protocol and equal compute);
-SevenNet-MF's coverage argument: MF ahead where the high fidelity has no frames (the ``coverage``
-experiment; against single-fidelity at MF's steps and against transfer); and two of ours, from the
-``mf_options`` experiment, against single-fidelity at equal compute: MF with ``fidelity_sampling``
-1:1, and MF with its trainer option *chosen on the validation frames* (plain, 1:1 sampling or the
-high fidelity reweighted — the options that cost no extra steps), per backbone, N_high and seed, by
-the paper's weighted validation MAE Σ_t w_t MAE_t (w = 1, 1, 0.1, 0.1 in eV/atom, eV/Å, GPa, μB).
-The second is how a user would pick an option; the test set never enters the choice. And the
-diagnosis of the equal-compute results (the ``fidelity_gap`` experiment): MF's error against the size
-of the fidelity gap α (:mod:`mfwrap.datasets.lmfp_gap`), and MF at half the gap against single-fidelity.
-Last, an option of ours in the ablations grids: R as one shared readout plus a zero-started residual
-per fidelity (``mf_residual_readout``) against F's independent copies and against R̄ (no R).
+One selection is not a method but a choice: MF with its trainer option *chosen on the validation
+frames* among the options at MF's own steps (:attr:`mfwrap.bench.methods.Method.selectable`), per
+backbone, N_high and seed, by the paper's weighted validation MAE Σ_t w_t MAE_t (w = 1, 1, 0.1, 0.1
+in eV/atom, eV/Å, GPa, μB). It is how a user would pick an option; the test set never enters it.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+from mfwrap.bench.methods import METHODS
+from mfwrap.bench.result import RunResult, read_runs
 
 TARGETS = ("energy", "forces", "stress", "magmoms")
-# the seed paper's loss weights over the reported units (meV/atom, meV/Å, GPa, μB) → the weighted validation MAE in eV units
+# the seed paper's loss weights over the reported units (meV/atom, meV/Å, GPa, μB): the weighted validation MAE
+# in eV units
 SELECTION_WEIGHTS = {"energy": 1e-3, "forces": 1e-3, "stress": 0.1, "magmoms": 0.1}
-SAME_STEP_OPTIONS = ("multi_fidelity", "mf_balanced", "mf_reweighted")  # MF variants at MF's steps (warm start pre-trains)
 SHORT = {"energy": "E", "forces": "F", "stress": "S", "magmoms": "M"}
+CHOSEN = "chosen on validation"  # a Selection's method: the selectable MF option chosen per N_high and seed
+
+Report = dict[str, list[RunResult]]  # {experiment: every run's result}
+Runs = dict  # {N_high: {seed: {target: MAE}}}
 
 
 @dataclass
@@ -59,54 +49,83 @@ class Verdict:
     evidence: list[str] = field(default_factory=list)
 
 
-Runs = dict  # {N_high: {seed: {target: MAE}}}
+@dataclass(frozen=True)
+class Selection:
+    """The runs of one method in one experiment, under one protocol, backbone, data set and region
+    (None: the whole set), with mechanisms ``mechanisms``; ``name``: how they read in the evidence.
+    ``method`` :data:`CHOSEN`: per N_high and seed, the option chosen on validation (module docstring)."""
+
+    name: str
+    experiment: str
+    method: str
+    protocol: str = "paper"
+    mechanisms: str = "ECMR"
+    backbone: str = "chgnet"
+    dataset: str = "lmfp"
+    region: str | None = None
+
+    def matches(self, run: RunResult, method: str) -> bool:
+        spec = run.spec
+        return (spec.method == method and spec.protocol == self.protocol and spec.dataset == self.dataset
+                and spec.backbone == self.backbone and spec.region == self.region
+                and spec.mechanisms == self.mechanisms)
+
+    def runs(self, report: Report) -> Runs:
+        """{N_high: {seed: high-fidelity test MAE per target}}."""
+        found: Runs = {}
+        for run in report.get(self.experiment, []):
+            if self.matches(run, self.method):
+                found.setdefault(run.n_train["high"], {})[run.spec.seed] = run.test_mae
+        return found
+
+    def chosen(self, report: Report) -> tuple[Runs, dict[int, dict[int, str]]]:
+        """Per (N_high, seed), the test MAEs of the selectable method with the lowest weighted validation
+        MAE (:data:`SELECTION_WEIGHTS`), and {N_high: {seed: chosen method}}. A (N_high, seed) is left out
+        until every selectable method has finished, so that a choice never changes by a run arriving later."""
+        methods = [name for name, method in METHODS.items() if method.selectable]
+        candidates: dict[int, dict[int, dict[str, RunResult]]] = {}
+        for run in report.get(self.experiment, []):
+            if run.spec.method in methods and self.matches(run, run.spec.method):
+                candidates.setdefault(run.n_train["high"], {}).setdefault(run.spec.seed, {})[run.spec.method] = run
+        found: Runs = {}
+        chosen: dict[int, dict[int, str]] = {}
+        for n, by_seed in candidates.items():
+            for seed, by_method in by_seed.items():
+                if set(by_method) != set(methods):
+                    continue
+                method = min(sorted(by_method), key=lambda m: _validation_score(by_method[m]))
+                found.setdefault(n, {})[seed] = by_method[method].test_mae
+                chosen.setdefault(n, {})[seed] = method
+        return found, chosen
 
 
-def _select(runs: list[dict], method: str, protocol: str, mechanisms: str | None = "ECMR", region: str | None = None,
-            backbone: str = "chgnet", dataset: str = "lmfp") -> Runs:
-    """{N_high: {seed: high-fidelity test MAE per target}} of one method under one protocol (``dataset``,
-    ``backbone``, high-fidelity frames from ``region``; None: the whole set)."""
-    found: Runs = {}
-    for run in runs:
-        spec = run["spec"]
-        if (spec["method"] == method and spec["protocol"] == protocol and spec["dataset"] == dataset
-                and spec["backbone"] == backbone and spec.get("region") == region
-                and (mechanisms is None or spec["mechanisms"] == mechanisms)):
-            found.setdefault(run["n_train"]["high"], {})[spec["seed"]] = _test_mae(run)
-    return found
+@dataclass(frozen=True)
+class Comparison:
+    """Ours below ``factor`` × theirs, for every shared N_high ≤ ``max_high`` and each of ``targets``."""
+
+    ours: Selection
+    theirs: Selection
+    targets: tuple[str, ...] = TARGETS
+    max_high: float = math.inf
+    factor: float = 1.0
 
 
-def _test_mae(run: dict) -> dict[str, float]:
-    """A run's high-fidelity test MAE per target."""
-    return {t: v["mae"] for t, v in run["test"][run["target_fidelity"]].items()}
+Check = Callable[[Report], tuple[list[bool], list[str]]]  # a claim's own check: (outcomes, evidence lines)
 
 
-def _validation_score(run: dict) -> float:
+@dataclass(frozen=True)
+class Claim:
+    """A claim: the comparisons that judge it, or a check of its own."""
+
+    text: str
+    comparisons: tuple[Comparison, ...] = ()
+    check: Check | None = None
+
+
+def _validation_score(run: RunResult) -> float:
     """A run's weighted validation MAE (:data:`SELECTION_WEIGHTS`), the same for every MF option."""
-    val = run["val"][run["target_fidelity"]]
+    val = run.val[run.target_fidelity]
     return sum(w * val[t]["mae"] for t, w in SELECTION_WEIGHTS.items() if t in val)
-
-
-def _chosen_on_validation(runs: list[dict], methods=SAME_STEP_OPTIONS, backbone: str = "chgnet") -> tuple[Runs, dict]:
-    """Per (N_high, seed), the test MAEs of the MF (ECMR) variant among ``methods`` with the lowest weighted
-    validation MAE (:data:`SELECTION_WEIGHTS`), and {N_high: {seed: chosen method}}. A (N_high, seed) is left
-    out until every variant has finished, so that a choice never changes by a run arriving later."""
-    candidates: dict[int, dict[int, dict[str, dict]]] = {}
-    for run in runs:
-        spec = run["spec"]
-        if (spec["method"] in methods and spec["protocol"] == "paper" and spec["dataset"] == "lmfp"
-                and spec["backbone"] == backbone and spec.get("region") is None and spec["mechanisms"] == "ECMR"):
-            candidates.setdefault(run["n_train"]["high"], {}).setdefault(spec["seed"], {})[spec["method"]] = run
-    found: Runs = {}
-    chosen: dict[int, dict[int, str]] = {}
-    for n, by_seed in candidates.items():
-        for seed, by_method in by_seed.items():
-            if set(by_method) != set(methods):
-                continue
-            method = min(sorted(by_method), key=lambda m: _validation_score(by_method[m]))
-            found.setdefault(n, {})[seed] = _test_mae(by_method[method])
-            chosen.setdefault(n, {})[seed] = method
-    return found, chosen
 
 
 def _status(outcomes: list[bool]) -> str:
@@ -134,29 +153,58 @@ def _compare(ours: Runs, theirs: Runs, targets, names, max_high: float = math.in
                 outcomes.append(better)
                 # the same seed = the same data subsets: how many seeds agree with the means
                 paired = sum(ours[n][s][target] < factor * theirs[n][s][target] for s in seeds)
-                agree = f", {paired if better else len(seeds) - paired}/{len(seeds)} seeds agree" if len(seeds) > 1 else ""
+                agree = (f", {paired if better else len(seeds) - paired}/{len(seeds)} seeds agree"
+                         if len(seeds) > 1 else "")
                 lines.append(f"N_high {n}, {SHORT[target]}: {names[0]} {a:.3g} vs {names[1]} {b:.3g} "
                              f"({100 * (a / b - 1):+.0f} %) {'✓' if better else '✗'} (seeds {seeds}{agree})")
     return outcomes, lines
 
 
-def _by_low(runs: list[dict]) -> dict[int, dict[float, dict]]:
-    """{N_high: {N_low: {seed: MAE per target}}} of the MF (ECMR) runs of the low-fidelity-size experiment."""
-    found: dict[int, dict[float, dict]] = {}
-    for run in runs:
-        spec = run["spec"]
-        if spec["method"] == "multi_fidelity" and spec["mechanisms"] == "ECMR" and spec["protocol"] == "paper":
-            found.setdefault(run["n_train"]["high"], {}).setdefault(run["n_train"]["low"], {})[spec["seed"]] = _test_mae(run)
-    return found
+def _judge(comparison: Comparison, report: Report) -> tuple[list[bool], list[str]]:
+    """One comparison's outcomes and lines; a choice on validation adds a line per N_high naming it."""
+    ours, chosen = comparison.ours.chosen(report) if comparison.ours.method == CHOSEN else \
+        (comparison.ours.runs(report), {})
+    outcomes, lines = _compare(ours, comparison.theirs.runs(report), comparison.targets,
+                               (comparison.ours.name, comparison.theirs.name), comparison.max_high, comparison.factor)
+    lines += [f"N_high {n}: chosen on validation " + ", ".join(f"seed {s} {c}" for s, c in sorted(chosen[n].items()))
+              for n in sorted(chosen)]
+    return outcomes, lines
 
 
-def _ablation_verdict(runs: list[dict], backbone: str) -> tuple[str, list[str]]:
-    """Claim 4 on ``runs`` of one backbone: per N_high with ablation variants and target, is F (ECMR)
-    the lowest mean over the seeds every variant has (ties go to F)?"""
-    variants = {m: _select(runs, "multi_fidelity", "paper", mechanisms=m, backbone=backbone) for m in
-                {r["spec"]["mechanisms"] for r in runs if r["spec"]["backbone"] == backbone}}
+def _more_low_fidelity_data(report: Report) -> tuple[list[bool], list[str]]:
+    """Per N_high of the MF (ECMR) runs of ``low_fidelity_size`` and target: the mean MAE at the most
+    low-fidelity frames below the mean at the fewest, over the seeds both have."""
+    by_low: dict[int, dict[int, dict]] = {}
+    for run in report.get("low_fidelity_size", []):
+        spec = run.spec
+        if spec.method == "multi_fidelity" and spec.mechanisms == "ECMR" and spec.protocol == "paper":
+            by_low.setdefault(run.n_train["high"], {}).setdefault(run.n_train["low"], {})[spec.seed] = run.test_mae
     outcomes, lines = [], []
-    if "ECMR" in variants and len(variants) > 1:
+    for n, sizes in sorted(by_low.items()):
+        if len(sizes) < 2:
+            continue
+        fewest, most = min(sizes), max(sizes)
+        seeds = sorted(set(sizes[fewest]) & set(sizes[most]))
+        for target in TARGETS:
+            if seeds and all(target in sizes[fewest][s] and target in sizes[most][s] for s in seeds):
+                a, b = _mean(sizes[most], seeds, target), _mean(sizes[fewest], seeds, target)
+                outcomes.append(a < b)
+                lines.append(f"N_high {n}, {SHORT[target]}: {most} low-fidelity frames {a:.3g} vs {fewest}: {b:.3g} "
+                             f"{'✓' if a < b else '✗'} (seeds {seeds})")
+    return outcomes, lines
+
+
+def _ablations(experiment: str, backbone: str) -> Check:
+    """Per N_high with ablation variants and target of ``experiment``'s ``backbone`` runs: is F (ECMR) the
+    lowest mean over the seeds every variant has (ties go to F)?"""
+
+    def check(report: Report) -> tuple[list[bool], list[str]]:
+        runs = report.get(experiment, [])
+        variants = {m: Selection("", experiment, "multi_fidelity", mechanisms=m, backbone=backbone).runs(report)
+                    for m in {r.spec.mechanisms for r in runs if r.spec.backbone == backbone}}
+        outcomes, lines = [], []
+        if "ECMR" not in variants or len(variants) < 2:
+            return outcomes, lines
         for n in sorted(variants["ECMR"]):
             seeds = sorted(set.intersection(*(set(v.get(n, {})) for v in variants.values())))
             for target in TARGETS if seeds else ():
@@ -168,97 +216,28 @@ def _ablation_verdict(runs: list[dict], backbone: str) -> tuple[str, list[str]]:
                 rival = best if best != "ECMR" else min((m for m in means if m != "ECMR"), key=means.get)
                 # per seed: does F beat (✓) or trail (✗) the strongest rival, as the means say?
                 f_ahead = sum(variants["ECMR"][n][s][target] <= variants[rival][n][s][target] for s in seeds)
-                agree = f", {f_ahead if best == 'ECMR' else len(seeds) - f_ahead}/{len(seeds)} seeds agree" if len(seeds) > 1 else ""
+                agree = (f", {f_ahead if best == 'ECMR' else len(seeds) - f_ahead}/{len(seeds)} seeds agree"
+                         if len(seeds) > 1 else "")
                 margin = 100 * (means["ECMR"] / means[rival] - 1)
                 lines.append(f"N_high {n}, {SHORT[target]}: F {means['ECMR']:.3g}; "
-                             + (f"next {rival or 'none'} {means[rival]:.3g}" if best == "ECMR" else f"best {best or 'none'} {means[best]:.3g}")
+                             + (f"next {rival or 'none'} {means[rival]:.3g}" if best == "ECMR"
+                                else f"best {best or 'none'} {means[best]:.3g}")
                              + f" (F {margin:+.0f} %) {'✓' if best == 'ECMR' else '✗'} (seeds {seeds}{agree})")
-    return _status(outcomes), lines
+        return outcomes, lines
+
+    return check
 
 
-def check_claims(report: dict[str, list[dict]]) -> list[Verdict]:
-    """Verdicts from ``report`` = {experiment: every run's result (``<experiment>.json`` "runs")}."""
-    curve = report.get("learning_curve", [])
-    verdicts = []
-    for protocol, sf_protocol, label in (("paper", "paper", "paper protocol (same epochs)"),
-                                         ("paper", "equal_compute", "equal compute (same optimiser steps)"),
-                                         ("converged", "converged", "converged protocol")):
-        outcomes, lines = _compare(_select(curve, "multi_fidelity", protocol), _select(curve, "single_fidelity", sf_protocol),
-                                   TARGETS, ("MF", "SF"), max_high=400)
-        verdicts.append(Verdict(f"MF below single-fidelity for N_high ≤ 400 on E, F, S, M — {label}",
-                                _status(outcomes), lines))
-    outcomes, lines = _compare(_select(curve, "multi_fidelity", "paper"), _select(curve, "single_fidelity", "paper"),
-                               ("forces",), ("MF", "0.8 × SF"), max_high=100, factor=0.8)
-    verdicts.append(Verdict("target: MF force MAE ≥ 20 % below single-fidelity's at N_high ≤ 100 (paper protocol)",
-                            _status(outcomes), lines))
-    outcomes, lines = _compare(_select(curve, "multi_fidelity", "converged"), _select(curve, "single_fidelity", "converged"),
-                               ("forces",), ("MF", "SF"), max_high=100)
-    verdicts.append(Verdict("target: MF still ahead on forces under the converged protocol", _status(outcomes), lines))
+GAP = {1.0: "lmfp", 0.5: "lmfp-gap50", 0.0: "lmfp-gap0"}  # the fidelity gap α: the data set with it
+GAP_SF = Selection("SF", "fidelity_gap", "single_fidelity", "equal_compute")
 
-    outcomes, lines = [], []
-    for n, by_low in sorted(_by_low(report.get("low_fidelity_size", [])).items()):
-        if len(by_low) < 2:
-            continue
-        fewest, most = min(by_low), max(by_low)
-        seeds = sorted(set(by_low[fewest]) & set(by_low[most]))
-        for target in TARGETS:
-            if seeds and all(target in by_low[fewest][s] and target in by_low[most][s] for s in seeds):
-                a, b = _mean(by_low[most], seeds, target), _mean(by_low[fewest], seeds, target)
-                outcomes.append(a < b)
-                lines.append(f"N_high {n}, {SHORT[target]}: {most} low-fidelity frames {a:.3g} vs {fewest}: {b:.3g} "
-                             f"{'✓' if a < b else '✗'} (seeds {seeds})")
-    verdicts.append(Verdict("more low-fidelity data lowers the error — paper protocol (same epochs, so more low-fidelity "
-                            "frames also means more optimiser steps; N_low = all against none at equal steps is the "
-                            "equal-compute comparison of MF with single-fidelity above)", _status(outcomes), lines))
 
-    status, lines = _ablation_verdict(report.get("ablations", []), "chgnet")
-    verdicts.append(Verdict("F (all four mechanisms) best among the ablations", status, lines))
-    status, lines = _ablation_verdict(report.get("second_backbone", []), "schnet")
-    verdicts.append(Verdict("F (all four mechanisms) best among the ablations — the second backbone (SchNet)", status, lines))
-
-    compared = report.get("transfer_delta", [])
-    for protocol, label, title in (
-            ("paper", "transfer, same epochs", "paper protocol (same epochs: transfer fine-tunes for fewer steps)"),
-            ("equal_compute", "transfer at MF's steps",
-             "equal compute (transfer fine-tunes for MF's steps, its low-fidelity pre-training on top)")):
-        outcomes, lines = _compare(_select(compared, "multi_fidelity", "paper"), _select(compared, "transfer", protocol),
-                                   ("forces", "stress", "magmoms"), ("MF", label))
-        verdicts.append(Verdict(f"MF ahead of transfer learning on F, S, M — {title}", _status(outcomes), lines))
-
-    second = report.get("second_backbone", [])
-    for sf_protocol, title in (("paper", "paper protocol (same epochs)"), ("equal_compute", "equal compute (same optimiser steps)")):
-        outcomes, lines = _compare(_select(second, "multi_fidelity", "paper", backbone="schnet"),
-                                   _select(second, "single_fidelity", sf_protocol, backbone="schnet"), TARGETS, ("MF", "SF"))
-        verdicts.append(Verdict(f"the second backbone (SchNet): MF below single-fidelity — {title}", _status(outcomes), lines))
-
-    covered = report.get("coverage", [])
-    for method, protocol, name, title in (
-            ("single_fidelity", "equal_compute", "SF", "single-fidelity at MF's steps"),
-            ("transfer", "paper", "transfer", "transfer, paper protocol (same epochs: fewer fine-tuning steps)")):
-        outcomes, lines = _compare(_select(covered, "multi_fidelity", "paper", region="mn_le_half"),
-                                   _select(covered, method, protocol, region="mn_le_half"), TARGETS, ("MF", name))
-        verdicts.append(Verdict(f"(SevenNet-MF's) MF ahead where the high fidelity has no frames (trained on Mn ≤ 0.5, "
-                                f"tested on Mn > 0.5) — against {title}", _status(outcomes), lines))
-
-    outcomes, lines = _compare(_select(report.get("mf_options", []), "mf_balanced", "paper"),
-                               _select(curve, "single_fidelity", "equal_compute"), TARGETS, ("MF 1:1", "SF"), max_high=400)
-    verdicts.append(Verdict("(ours, not the paper's) MF with fidelity_sampling 1:1 below single-fidelity on E, F, S, M — "
-                            "equal compute", _status(outcomes), lines))
-
-    for backbone, single in (("chgnet", _select(curve, "single_fidelity", "equal_compute")),
-                             ("schnet", _select(second, "single_fidelity", "equal_compute", backbone="schnet"))):
-        ours, chosen = _chosen_on_validation(report.get("mf_options", []), backbone=backbone)
-        outcomes, lines = _compare(ours, single, TARGETS, ("MF chosen", "SF"), max_high=400)
-        lines += [f"N_high {n}: chosen on validation " + ", ".join(f"seed {s} {c}" for s, c in sorted(chosen[n].items()))
-                  for n in sorted(chosen)]
-        verdicts.append(Verdict(f"(ours) MF with its trainer option chosen on validation frames (plain, 1:1 sampling, "
-                                f"reweighted) below single-fidelity on E, F, S, M — equal compute, {backbone}",
-                                _status(outcomes), lines))
-
-    gap = report.get("fidelity_gap", [])
-    by_alpha = {alpha: _select(gap, "multi_fidelity", "paper", dataset=dataset)
-                for alpha, dataset in ((1.0, "lmfp"), (0.5, "lmfp-gap50"), (0.0, "lmfp-gap0"))}
-    single = _select(gap, "single_fidelity", "equal_compute")
+def _falls_with_the_gap(report: Report) -> tuple[list[bool], list[str]]:
+    """Per N_high and target, over the seeds every α has: MF's mean error falls as α goes 1 → 0.5 → 0
+    (single-fidelity at MF's steps alongside, where it ran on those seeds)."""
+    by_alpha = {alpha: Selection("", "fidelity_gap", "multi_fidelity", dataset=dataset).runs(report)
+                for alpha, dataset in GAP.items()}
+    single = GAP_SF.runs(report)
     outcomes, lines = [], []
     for n in sorted(set.intersection(*(set(runs) for runs in by_alpha.values()))):
         seeds = sorted(set.intersection(*(set(runs[n]) for runs in by_alpha.values())))
@@ -269,51 +248,122 @@ def check_claims(report: dict[str, list[dict]]) -> list[Verdict]:
             falls = errors[0.0] < errors[0.5] < errors[1.0]
             outcomes.append(falls)
             sf_seeds = sorted(set(single.get(n, {})) & set(seeds))
-            sf = f"; SF at MF's steps {_mean(single[n], sf_seeds, target):.3g}" if sf_seeds and target in single[n][sf_seeds[0]] else ""
-            lines.append(f"N_high {n}, {SHORT[target]}: MF at α = 1 / 0.5 / 0: {errors[1.0]:.3g} / {errors[0.5]:.3g} / "
-                         f"{errors[0.0]:.3g}{sf} {'✓' if falls else '✗'} (seeds {seeds})")
-    verdicts.append(Verdict("(diagnosis) the closer the low fidelity, the better MF: MF's error falls as the low-fidelity "
-                            "labels move toward the high teacher, y_high + α (y_low − y_high), α = 1 → 0.5 → 0 (same "
-                            "frames, same steps)", _status(outcomes), lines))
-    outcomes, lines = _compare(by_alpha[0.5], single, TARGETS, ("MF at α = 0.5", "SF"))
-    verdicts.append(Verdict("(diagnosis) with the fidelity gap halved (α = 0.5), MF below single-fidelity on E, F, S, M — "
-                            "equal compute", _status(outcomes), lines))
-    outcomes, lines = [], []
-    for method, mechanisms, name in (("multi_fidelity", "ECMR", "MF"), ("multi_fidelity", "ECM", "MF without R"),
-                                     ("mf_balanced", "ECMR", "MF 1:1")):
-        more, said = _compare(_select(gap, method, "paper", mechanisms=mechanisms, dataset="lmfp-gap0"), single, TARGETS,
-                              (f"{name} at α = 0", "SF"))
-        outcomes, lines = outcomes + more, lines + said
-    verdicts.append(Verdict("(diagnosis) with no gap (α = 0: the low fidelity is the high teacher on other frames), MF below "
-                            "single-fidelity on E, F, S, M — equal compute; plain, without readout copies, sampling 1:1",
-                            _status(outcomes), lines))
-    options = report.get("mf_options", [])
-    outcomes, lines = _compare(_select(options, "multi_fidelity", "paper"), _select(options, "mf_random_init", "paper"),
-                               TARGETS, ("MF, identity start", "MF, drawn at random"))
-    verdicts.append(Verdict("(diagnosis) the identity start of the fidelity parameters (X_f = 0, W_F = 0, equal readout "
-                            "copies) below a random start, as a from-scratch implementation would draw them — same steps",
-                            _status(outcomes), lines))
-    for experiment, backbone in (("ablations", "chgnet"), ("second_backbone", "schnet")):
-        runs = report.get(experiment, [])
-        residual = _select(runs, "mf_residual_readout", "paper", backbone=backbone)
-        outcomes, lines = [], []
-        for mechanisms, name in (("ECMR", "F, independent copies"), ("ECM", "R̄, one shared readout")):
-            more, said = _compare(residual, _select(runs, "multi_fidelity", "paper", mechanisms=mechanisms, backbone=backbone),
-                                  TARGETS, ("F, shared + residual", name))
+            sf = (f"; SF at MF's steps {_mean(single[n], sf_seeds, target):.3g}"
+                  if sf_seeds and target in single[n][sf_seeds[0]] else "")
+            lines.append(f"N_high {n}, {SHORT[target]}: MF at α = 1 / 0.5 / 0: {errors[1.0]:.3g} / "
+                         f"{errors[0.5]:.3g} / {errors[0.0]:.3g}{sf} {'✓' if falls else '✗'} (seeds {seeds})")
+    return outcomes, lines
+
+
+def _mf_vs_sf(experiment: str, protocol: str, sf_protocol: str, **fields) -> Comparison:
+    return Comparison(Selection("MF", experiment, "multi_fidelity", protocol, **fields),
+                      Selection("SF", experiment, "single_fidelity", sf_protocol, **fields), max_high=400)
+
+
+SAME_EPOCHS, SAME_STEPS = "paper protocol (same epochs)", "equal compute (same optimiser steps)"
+LC_SF_EQUAL = Selection("SF", "learning_curve", "single_fidelity", "equal_compute")
+SCHNET_SF_EQUAL = Selection("SF", "second_backbone", "single_fidelity", "equal_compute", backbone="schnet")
+COVERED = {"region": "mn_le_half"}
+UNCOVERED = ("(SevenNet-MF's) MF ahead where the high fidelity has no frames (trained on Mn ≤ 0.5, tested on "
+             "Mn > 0.5)")
+OPTIONS_TEXT = "(plain, 1:1 sampling, reweighted)"
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(f"MF below single-fidelity for N_high ≤ 400 on E, F, S, M — {SAME_EPOCHS}",
+          (_mf_vs_sf("learning_curve", "paper", "paper"),)),
+    Claim(f"MF below single-fidelity for N_high ≤ 400 on E, F, S, M — {SAME_STEPS}",
+          (_mf_vs_sf("learning_curve", "paper", "equal_compute"),)),
+    Claim("MF below single-fidelity for N_high ≤ 400 on E, F, S, M — converged protocol",
+          (_mf_vs_sf("learning_curve", "converged", "converged"),)),
+    Claim("target: MF force MAE ≥ 20 % below single-fidelity's at N_high ≤ 100 (paper protocol)",
+          (Comparison(Selection("MF", "learning_curve", "multi_fidelity"),
+                      Selection("0.8 × SF", "learning_curve", "single_fidelity"), ("forces",), 100, 0.8),)),
+    Claim("target: MF still ahead on forces under the converged protocol",
+          (Comparison(Selection("MF", "learning_curve", "multi_fidelity", "converged"),
+                      Selection("SF", "learning_curve", "single_fidelity", "converged"), ("forces",), 100),)),
+    Claim("more low-fidelity data lowers the error — paper protocol (same epochs, so more low-fidelity frames also "
+          "means more optimiser steps; N_low = all against none at equal steps is the equal-compute comparison of MF "
+          "with single-fidelity above)", check=_more_low_fidelity_data),
+    Claim("F (all four mechanisms) best among the ablations", check=_ablations("ablations", "chgnet")),
+    Claim("F (all four mechanisms) best among the ablations — the second backbone (SchNet)",
+          check=_ablations("second_backbone", "schnet")),
+    Claim("MF ahead of transfer learning on F, S, M — paper protocol (same epochs: transfer fine-tunes for fewer "
+          "steps)",
+          (Comparison(Selection("MF", "transfer_delta", "multi_fidelity"),
+                      Selection("transfer, same epochs", "transfer_delta", "transfer"),
+                      ("forces", "stress", "magmoms")),)),
+    Claim("MF ahead of transfer learning on F, S, M — equal compute (transfer fine-tunes for MF's steps, its "
+          "low-fidelity pre-training on top)",
+          (Comparison(Selection("MF", "transfer_delta", "multi_fidelity"),
+                      Selection("transfer at MF's steps", "transfer_delta", "transfer", "equal_compute"),
+                      ("forces", "stress", "magmoms")),)),
+    Claim(f"the second backbone (SchNet): MF below single-fidelity — {SAME_EPOCHS}",
+          (Comparison(Selection("MF", "second_backbone", "multi_fidelity", backbone="schnet"),
+                      Selection("SF", "second_backbone", "single_fidelity", backbone="schnet")),)),
+    Claim(f"the second backbone (SchNet): MF below single-fidelity — {SAME_STEPS}",
+          (Comparison(Selection("MF", "second_backbone", "multi_fidelity", backbone="schnet"), SCHNET_SF_EQUAL),)),
+    Claim(f"{UNCOVERED} — against single-fidelity at MF's steps",
+          (Comparison(Selection("MF", "coverage", "multi_fidelity", **COVERED),
+                      Selection("SF", "coverage", "single_fidelity", "equal_compute", **COVERED)),)),
+    Claim(f"{UNCOVERED} — against transfer, paper protocol (same epochs: fewer fine-tuning steps)",
+          (Comparison(Selection("MF", "coverage", "multi_fidelity", **COVERED),
+                      Selection("transfer", "coverage", "transfer", **COVERED)),)),
+    Claim("(ours, not the paper's) MF with fidelity_sampling 1:1 below single-fidelity on E, F, S, M — equal compute",
+          (Comparison(Selection("MF 1:1", "mf_options", "mf_balanced"), LC_SF_EQUAL, max_high=400),)),
+    Claim(f"(ours) MF with its trainer option chosen on validation frames {OPTIONS_TEXT} below single-fidelity on "
+          "E, F, S, M — equal compute, chgnet",
+          (Comparison(Selection("MF chosen", "mf_options", CHOSEN), LC_SF_EQUAL, max_high=400),)),
+    Claim(f"(ours) MF with its trainer option chosen on validation frames {OPTIONS_TEXT} below single-fidelity on "
+          "E, F, S, M — equal compute, schnet",
+          (Comparison(Selection("MF chosen", "mf_options", CHOSEN, backbone="schnet"), SCHNET_SF_EQUAL,
+                      max_high=400),)),
+    Claim("(diagnosis) the closer the low fidelity, the better MF: MF's error falls as the low-fidelity labels move "
+          "toward the high teacher, y_high + α (y_low − y_high), α = 1 → 0.5 → 0 (same frames, same steps)",
+          check=_falls_with_the_gap),
+    Claim("(diagnosis) with the fidelity gap halved (α = 0.5), MF below single-fidelity on E, F, S, M — equal "
+          "compute",
+          (Comparison(Selection("MF at α = 0.5", "fidelity_gap", "multi_fidelity", dataset=GAP[0.5]), GAP_SF),)),
+    Claim("(diagnosis) with no gap (α = 0: the low fidelity is the high teacher on other frames), MF below "
+          "single-fidelity on E, F, S, M — equal compute; plain, without readout copies, sampling 1:1",
+          tuple(Comparison(Selection(f"{name} at α = 0", "fidelity_gap", method, mechanisms=mechanisms,
+                                     dataset=GAP[0.0]), GAP_SF)
+                for method, mechanisms, name in (("multi_fidelity", "ECMR", "MF"),
+                                                 ("multi_fidelity", "ECM", "MF without R"),
+                                                 ("mf_balanced", "ECMR", "MF 1:1")))),
+    Claim("(diagnosis) the identity start of the fidelity parameters (X_f = 0, W_F = 0, equal readout copies) below a "
+          "random start, as a from-scratch implementation would draw them — same steps",
+          (Comparison(Selection("MF, identity start", "mf_options", "multi_fidelity"),
+                      Selection("MF, drawn at random", "mf_options", "mf_random_init")),)),
+    *(Claim(f"(option) R as one shared readout plus a residual per fidelity, below both independent copies (F) and no "
+            f"R (R̄) — {backbone}, same steps",
+            tuple(Comparison(Selection("F, shared + residual", experiment, "mf_residual_readout", backbone=backbone),
+                             Selection(name, experiment, "multi_fidelity", mechanisms=mechanisms, backbone=backbone))
+                  for mechanisms, name in (("ECMR", "F, independent copies"), ("ECM", "R̄, one shared readout"))))
+      for experiment, backbone in (("ablations", "chgnet"), ("second_backbone", "schnet"))),
+)
+
+
+def check_claims(report: Report) -> list[Verdict]:
+    """One verdict per claim of :data:`CLAIMS`, from ``report`` = {experiment: every run's result}."""
+    verdicts = []
+    for claim in CLAIMS:
+        outcomes, lines = claim.check(report) if claim.check else ([], [])
+        for comparison in claim.comparisons:
+            more, said = _judge(comparison, report)
             outcomes, lines = outcomes + more, lines + said
-        verdicts.append(Verdict(f"(option) R as one shared readout plus a residual per fidelity, below both independent "
-                                f"copies (F) and no R (R̄) — {backbone}, same steps", _status(outcomes), lines))
+        verdicts.append(Verdict(claim.text, _status(outcomes), lines))
     return verdicts
 
 
-def read_report(out: str | Path) -> dict[str, list[dict]]:
+def read_report(out: str | Path) -> Report:
     """{experiment: every run's result} from the ``<experiment>.json`` files in ``out``."""
-    return {path.stem: json.loads(path.read_text())["runs"] for path in sorted(Path(out).glob("*.json"))}
+    return {path.stem: read_runs(path) for path in sorted(Path(out).glob("*.json"))}
 
 
 def claims_markdown(verdicts: list[Verdict]) -> str:
     lines = ["### The seed paper's claims on the LMFP set", "",
-             "Means over the seeds run so far (high-fidelity test MAE); `mfwrap/bench/claims.py` says how each is checked.",
+             ("Means over the seeds run so far (high-fidelity test MAE); `mfwrap/bench/claims.py` says how each is "
+              "checked."),
              ""]
     for verdict in verdicts:
         lines.append(f"- **{verdict.status}** — {verdict.claim}")

@@ -2,7 +2,7 @@
 
 A :class:`RunSpec` is one training run: (experiment, method, mechanisms, N_high, N_low, protocol,
 seed) on one dataset with one backbone. Each experiment is a function ``level -> [RunSpec]``
-(:data:`EXPERIMENTS`); a :class:`Level` holds what a level changes (model size, epochs, grids).
+(:data:`EXPERIMENTS`); a :class:`Level` holds what a level changes (data size, epochs, grids).
 
 Protocols (every result records its own; tables never mix them silently):
 
@@ -18,34 +18,25 @@ Protocols (every result records its own; tables never mix them silently):
   epochs' worth of steps without a better validation error (TrainConfig ``scheduler: plateau``;
   validation after every own epoch); training stops after ``patience`` such epochs' worth, so a
   stopped model has trained at ≤ 0.09 × the initial rate; the best-on-validation checkpoint is
-  tested and the steps it needed are reported. (A cosine schedule over the ceiling, the first
-  version, kept the rate near its peak until early stopping, which then caught a noisy, barely
-  trained model: MF stopped after 9 of 40 epochs, forces 214 meV/Å against 140 after the paper
-  protocol's 10.) Counted in steps, not epochs, so that a model with few training frames (short
-  epochs) is neither cut short nor stopped by noise. At medium level only the N_high in
-  ``Level.converged_high`` run it.
+  tested and the steps it needed are reported. Counted in steps, not epochs, so that a model with
+  few training frames (short epochs) is neither cut short nor stopped by noise. At medium level
+  only the N_high in ``Level.converged_high`` run it.
+
+The methods are those of :mod:`mfwrap.bench.methods`, the backbones those of
+:mod:`mfwrap.bench.backbones` (their constructor arguments per level are there).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
-METHODS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "mf_random_init", "mf_residual_readout",
-           "single_fidelity", "transfer", "delta_model", "delta_labels")
-# Multi-fidelity with one trainer option (mfwrap.train.TrainConfig) that targets the scarce fidelity:
-# mf_warm_start: backbone pre-trained on the low fidelity first; mf_balanced: fidelity_sampling 1 : 1
-# (half of every epoch's draws high fidelity); mf_reweighted: fidelity_loss_weights with each
-# fidelity's total weight equal (high fidelity weighted N_low / N_high). mf_random_init is a diagnosis, not an
-# option: the fidelity parameters drawn at random (ModelConfig fidelity_init "random") instead of the identity start.
-MF_OPTIONS = ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "mf_random_init")
-# mf_residual_readout: MF (ECMR) whose R is one shared readout plus a zero-started residual per fidelity
-# (ModelConfig readout "residual") instead of independent copies; an ablations bar, prompted by R̄ (ECM, a
-# shared readout) beating F (independent copies) in the ablations.
-MF_METHODS = MF_OPTIONS + ("mf_residual_readout",)
+from mfwrap.bench.methods import METHODS
+
 PROTOCOLS = ("paper", "equal_compute", "converged")
 ALL = None  # every frame of a split
+MF_OPTIONS = tuple(name for name, method in METHODS.items() if method.mf_option)  # the mf_options experiment's
 
 # Ablations of seed paper Fig. 4: N none, F all four, one mechanism alone, all but one (the bar).
 ABLATIONS = {"N": "", "F": "ECMR", "C": "C", "E": "E", "M": "M", "R": "R",
@@ -64,8 +55,13 @@ class RunSpec:
     seed: int
     mechanisms: str = "ECMR"
     dataset: str = "lmfp"
-    backbone: str = "chgnet"
+    backbone: str = "chgnet"  # a name of mfwrap.bench.backbones.BACKBONES to run it (other scripts use their own)
     region: str | None = None  # coverage: where the high-fidelity training frames come from
+
+    def __post_init__(self) -> None:
+        for what, value, known in (("method", self.method, METHODS), ("protocol", self.protocol, PROTOCOLS)):
+            if value not in known:
+                raise ValueError(f"unknown {what} {value!r} in a run spec; known are {list(known)}")
 
     @property
     def name(self) -> str:
@@ -82,7 +78,7 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Level:
-    """What a level changes. ``model``: backbone constructor arguments per backbone name."""
+    """What a level changes (the backbones' constructor arguments per level: :mod:`mfwrap.bench.backbones`)."""
 
     name: str
     lmfp_size: str
@@ -96,42 +92,32 @@ class Level:
     patience: int
     n_val: int
     protocols: tuple[str, ...]
-    model: dict = field(default_factory=dict)
     n_low_all: int | None = None  # what "all low-fidelity frames" means at this level (None: every one)
     compile: bool = False  # compiled training steps where the backbone has a compiled path
     converged_high: tuple[int | None, ...] = ()  # learning-curve N_high that also run the converged protocol
     plateau_patience: int = 2  # converged: MF epochs without a better validation error before the lr is cut
 
 
-TINY_CHGNET = {"atom_fea_dim": 16, "bond_fea_dim": 16, "angle_fea_dim": 16, "num_radial": 9, "num_angular": 9,
-               "n_conv": 2, "atom_conv_hidden_dim": 16, "bond_conv_hidden_dim": 16, "mlp_hidden_dims": [16]}
-TINY_SCHNET = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 16, "cutoff": 5.0}
-PAPER_SCHNET = {"hidden_channels": 64, "num_filters": 64, "num_interactions": 3, "num_gaussians": 50, "cutoff": 5.0}
-TINY_M3GNET = {"dim_node_embedding": 16, "dim_edge_embedding": 16, "units": 16, "nblocks": 2, "cutoff": 5.0,
-               "threebody_cutoff": 4.0}
-M3GNET = {"cutoff": 5.0, "threebody_cutoff": 4.0}  # matgl's defaults otherwise (64 units, 3 blocks)
-
 LEVELS = {
-    # A test of the pipeline (files, shapes, bookkeeping), not of accuracy: minutes on 2 cores.
+    # A test of the pipeline (files, shapes, bookkeeping), not of accuracy.
     "quick": Level("quick", "small", n_high=(10, 25), n_low=(20, ALL), low_size_high=(10,), ablation_high=10,
                    li3ps4_high=(10,), epochs=1, max_epochs=2, patience=1, n_val=5, protocols=("paper",),
-                   model={"chgnet": TINY_CHGNET, "schnet": TINY_SCHNET, "m3gnet": TINY_M3GNET}, n_low_all=40),
+                   n_low_all=40),
     # The paper's CHGNet on the shipped LMFP set (100 high + 300 low training frames, 50 test) on a
     # 2-core CPU: N_high <= 90 (10 held out for validation), 10 epochs instead of 60.
     "medium": Level("medium", "small", n_high=(25, 50, 90), n_low=(0, 100, 200, ALL), low_size_high=(25, 90),
                     ablation_high=50, li3ps4_high=(5, 10, 20, 40, 80), epochs=10, max_epochs=40, patience=5, n_val=10,
-                    protocols=("paper", "equal_compute"), model={"chgnet": {}, "schnet": PAPER_SCHNET, "m3gnet": M3GNET}, compile=True,
-                    converged_high=(25, 90)),
-    # The paper's settings on the full LMFP set (built once, about an hour on 2 cores); for a GPU.
+                    protocols=("paper", "equal_compute"), compile=True, converged_high=(25, 90)),
+    # The paper's settings on the full LMFP set; for a GPU.
     "full": Level("full", "full", n_high=(25, 50, 100, 200, 400, 800, ALL), n_low=(0, 200, 500, 1000, ALL),
-                  low_size_high=(50, 400), ablation_high=100, li3ps4_high=(5, 10, 20, 40, 80), epochs=60, max_epochs=200,
-                  patience=15, plateau_patience=5, n_val=100, protocols=PROTOCOLS, model={"chgnet": {}, "schnet": PAPER_SCHNET, "m3gnet": M3GNET}, compile=True),
+                  low_size_high=(50, 400), ablation_high=100, li3ps4_high=(5, 10, 20, 40, 80), epochs=60,
+                  max_epochs=200, patience=15, plateau_patience=5, n_val=100, protocols=PROTOCOLS, compile=True),
 }
 
 
 def _unique(specs: list[RunSpec]) -> list[RunSpec]:
     """Drop multi-fidelity under equal_compute: it is the paper run (the steps the others get)."""
-    return [s for s in specs if not (s.method in MF_METHODS and s.protocol == "equal_compute")]
+    return [s for s in specs if not (METHODS[s.method].multi_fidelity and s.protocol == "equal_compute")]
 
 
 def learning_curve(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
@@ -154,9 +140,10 @@ def low_fidelity_size(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
 def ablations(level: Level, seeds, backbone="chgnet", experiment="ablations") -> list[RunSpec]:
     """Fig. 4: each mechanism alone and all but one, at one N_high; and F with a shared readout plus
     per-fidelity residuals in place of R's independent copies (``mf_residual_readout``)."""
-    return [RunSpec(experiment, "multi_fidelity", level.ablation_high, ALL, "paper", seed, mechanisms=m, backbone=backbone)
+    n = level.ablation_high
+    return [RunSpec(experiment, "multi_fidelity", n, ALL, "paper", seed, mechanisms=m, backbone=backbone)
             for m in ABLATIONS.values() for seed in seeds] + [
-        RunSpec(experiment, "mf_residual_readout", level.ablation_high, ALL, "paper", seed, backbone=backbone) for seed in seeds]
+        RunSpec(experiment, "mf_residual_readout", n, ALL, "paper", seed, backbone=backbone) for seed in seeds]
 
 
 def transfer_delta(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
@@ -168,10 +155,10 @@ def transfer_delta(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
 
 
 def mf_options(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
-    """Where MF loses to single-fidelity, the trainer options aimed at the scarce fidelity (MF_OPTIONS),
-    each at MF's own compute (paper protocol; warm start's pre-training extra), at the smallest and
-    largest N_high; and MF with its fidelity parameters drawn at random (``mf_random_init``), to
-    measure what the identity start is worth."""
+    """MF with each trainer option aimed at the scarce fidelity (:data:`MF_OPTIONS`, the methods marked
+    ``mf_option``), each at MF's own compute (paper protocol; warm start's pre-training extra), at the
+    smallest and largest N_high; among them MF with its fidelity parameters drawn at random
+    (``mf_random_init``), to measure what the identity start is worth."""
     return [RunSpec("mf_options", method, n, ALL, "paper", seed, backbone=backbone)
             for n in dict.fromkeys((level.n_high[0], level.n_high[-1])) for seed in seeds for method in MF_OPTIONS]
 
@@ -219,7 +206,8 @@ def fidelity_gap(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     sf_protocol = "equal_compute" if "equal_compute" in level.protocols else "paper"
     smallest = level.n_high[0]
     specs = [spec for n in dict.fromkeys((smallest, level.n_high[-1])) for seed in seeds for spec in
-             [RunSpec("fidelity_gap", "multi_fidelity", n, ALL, "paper", seed, dataset=d, backbone=backbone) for d in GAP_DATASETS]
+             [RunSpec("fidelity_gap", "multi_fidelity", n, ALL, "paper", seed, dataset=d, backbone=backbone)
+              for d in GAP_DATASETS]
              + [RunSpec("fidelity_gap", "single_fidelity", n, ALL, sf_protocol, seed, backbone=backbone)]]
     return specs + [spec for seed in seeds for spec in (
         RunSpec("fidelity_gap", "multi_fidelity", smallest, ALL, "paper", seed, mechanisms="ECM", dataset="lmfp-gap0",
@@ -230,8 +218,8 @@ def fidelity_gap(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
 
 EXPERIMENTS: dict[str, Callable[..., list[RunSpec]]] = {
     "learning_curve": learning_curve, "low_fidelity_size": low_fidelity_size, "ablations": ablations,
-    "transfer_delta": transfer_delta, "mf_options": mf_options, "coverage": coverage, "li3ps4": li3ps4, "second_backbone": second_backbone,
-    "fidelity_gap": fidelity_gap,
+    "transfer_delta": transfer_delta, "mf_options": mf_options, "coverage": coverage, "li3ps4": li3ps4,
+    "second_backbone": second_backbone, "fidelity_gap": fidelity_gap,
 }
 
 
@@ -256,4 +244,5 @@ def convergence_options(spec: RunSpec, level: Level, n_mf_train: int, n_own_trai
     if spec.protocol != "converged":
         return {}
     own_epochs = lambda mf_epochs: in_own_epochs(mf_epochs, n_mf_train, n_own_train, batch_size)  # noqa: E731
-    return {"scheduler": "plateau", "plateau_patience": own_epochs(level.plateau_patience), "patience": own_epochs(level.patience)}
+    return {"scheduler": "plateau", "plateau_patience": own_epochs(level.plateau_patience),
+            "patience": own_epochs(level.patience)}

@@ -16,27 +16,24 @@ from collections import defaultdict
 from pathlib import Path
 
 from mfwrap.bench.grid import ABLATIONS
+from mfwrap.bench.methods import METHODS
+from mfwrap.bench.result import RunResult
 from mfwrap.files import write_text
 
 UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "GPa", "magmoms": "μB"}
-METHOD_LABELS = {"multi_fidelity": "MF", "mf_warm_start": "MF, warm start", "mf_balanced": "MF, sampling 1:1",
-                 "mf_reweighted": "MF, high weighted N_low/N_high",
-                 "mf_random_init": "MF, fidelity parameters drawn at random",
-                 "mf_residual_readout": "MF, shared readout + residuals", "single_fidelity": "single-fidelity",
-                 "transfer": "transfer", "delta_model": "Δ (model)", "delta_labels": "Δ (labels)"}
 _ABLATION_NAMES = {mechanisms: name for name, mechanisms in ABLATIONS.items()}
 _GROUP_KEYS = ("dataset", "backbone", "method", "mechanisms", "protocol", "region")
 
 
 def label(spec: dict, ablation: bool = False) -> str:
-    """How a run's method reads in tables and legends."""
-    if ablation and spec["method"] == "mf_residual_readout":
-        return "F, R shared + residual"
+    """How a run's method reads in tables and legends (``spec``: a run spec's or a group's fields;
+    ``ablation``: in an ablation table, where multi-fidelity reads by its mechanisms, F, R̄, ...)."""
+    method = METHODS[spec["method"]]
     if spec["method"] != "multi_fidelity":
-        return METHOD_LABELS[spec["method"]]
+        return (method.ablation_label or method.label) if ablation else method.label
     if ablation:
         return _ABLATION_NAMES.get(spec["mechanisms"], spec["mechanisms"] or "none")
-    return f"MF ({spec['mechanisms'] or 'no mechanism'})"
+    return f"{method.label} ({spec['mechanisms'] or 'no mechanism'})"
 
 
 def gap_alpha(dataset: str) -> float:
@@ -55,27 +52,30 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def aggregate(results: list[dict]) -> list[dict]:
-    """One group per (dataset, backbone, method, mechanisms, protocol, region, N_high, N_low): mean ± sd over seeds."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+def aggregate(results: list[RunResult]) -> list[dict]:
+    """One group per (dataset, backbone, method, mechanisms, protocol, region, N_high, N_low): mean ± sd over seeds;
+    in table order (protocol, N_high, N_low, method as in :data:`mfwrap.bench.methods.METHODS`, mechanisms as in
+    the paper's ablations: N, F, C, E, M, R, C̄, Ē, M̄, R̄)."""
+    groups: dict[tuple, list[RunResult]] = defaultdict(list)
     for result in results:
-        spec = result["spec"]
-        key = tuple(spec[k] for k in _GROUP_KEYS) + (result["n_train"]["high"], result["n_train"]["low"])
+        key = tuple(getattr(result.spec, k) for k in _GROUP_KEYS) + (result.n_train["high"], result.n_train["low"])
         groups[key].append(result)
     rows = []
     for key, members in sorted(groups.items(), key=lambda item: tuple(str(k) for k in item[0])):
-        target_fidelity = members[0]["target_fidelity"]
-        tests = [m["test"][target_fidelity] for m in members]
-        row = dict(zip(_GROUP_KEYS, key[:-2]), n_high=key[-2], n_low=key[-1], seeds=[m["spec"]["seed"] for m in members])
+        tests = [m.test[m.target_fidelity] for m in members]
+        row = dict(zip(_GROUP_KEYS, key[:-2]), n_high=key[-2], n_low=key[-1], seeds=[m.spec.seed for m in members])
         row["test"] = {}
         for target in tests[0]:
             mae, mae_sd = _mean_sd([t[target]["mae"] for t in tests])
             rmse, rmse_sd = _mean_sd([t[target]["rmse"] for t in tests])
             row["test"][target] = {"mae": mae, "mae_sd": mae_sd, "rmse": rmse, "rmse_sd": rmse_sd}
-        steps = [m["steps"] for m in members if m.get("steps") is not None]
+        steps = [m.steps for m in members if m.steps is not None]
         row["steps"] = statistics.fmean(steps) if steps else None
-        row["wall_s"] = statistics.fmean(m["wall_s"] for m in members)
+        row["wall_s"] = statistics.fmean(m.wall_s for m in members)
         rows.append(row)
+    order, methods = list(ABLATIONS.values()), list(METHODS)
+    rows.sort(key=lambda r: (r["protocol"], r["n_high"], r["n_low"], methods.index(r["method"]),
+                             order.index(r["mechanisms"]) if r["mechanisms"] in order else len(order)))
     return rows
 
 
@@ -87,7 +87,8 @@ def markdown(experiment: str, rows: list[dict]) -> str:
 
     datasets = {row["dataset"] for row in rows}
     name_data = len(datasets) > 1 or any(family(d) != d for d in datasets)  # then every row names it (gap: α)
-    header = (["data"] * name_data + ["backbone"] * several_backbones + ["method", "N_high", "N_low", "protocol", "steps", "seeds"]
+    header = (["data"] * name_data + ["backbone"] * several_backbones
+              + ["method", "N_high", "N_low", "protocol", "steps", "seeds"]
               + [f"{t} MAE ({UNITS[t]})" for t in targets])
     lines = [f"### {experiment}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -141,7 +142,8 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
                 xs = [x_of(r) for r in members]
                 if x_key == "alpha" and members[0]["method"] == "single_fidelity":  # no low fidelity: a level line
                     xs, members = [0.0, 1.0], members * 2
-                ax.errorbar(xs, [r["test"][target]["mae"] for r in members], yerr=[r["test"][target]["mae_sd"] for r in members],
+                ax.errorbar(xs, [r["test"][target]["mae"] for r in members],
+                            yerr=[r["test"][target]["mae_sd"] for r in members],
                             marker="o", capsize=3, label=name, color=colours[name])
             if x_key == "n_high":  # N_low includes 0, α too: linear axes
                 ax.set_xscale("log")
@@ -155,24 +157,28 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def experiment_report(experiment: str, results: list[RunResult]) -> tuple[list[dict], str, str]:
+    """The groups of ``experiment``'s results (:func:`aggregate`), the text of ``<experiment>.json``
+    (groups and every run's result, in the order given) and of ``<experiment>.md``."""
+    rows = aggregate(results)
+    runs = [result.to_json() for result in results]
+    text = json.dumps({"experiment": experiment, "groups": rows, "runs": runs}, indent=1, default=float)
+    return rows, text, markdown(experiment, rows)
+
+
 def write_report(root: str | Path, out: str | Path) -> list[Path]:
     """Aggregate every experiment under ``root`` into ``out``; returns the files written."""
     root, out = Path(root), Path(out)
     written = []
     for experiment_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        results = [json.loads(p.read_text()) for p in sorted(experiment_dir.glob("*/result.json"))]
+        results = [RunResult.read(p) for p in sorted(experiment_dir.glob("*/result.json"))]
         if not results:
             continue
         experiment = experiment_dir.name
-        rows = aggregate(results)
-        order = list(ABLATIONS.values())  # the paper's order: N, F, C, E, M, R, C̄, Ē, M̄, R̄
-        methods = list(METHOD_LABELS)
-        rows.sort(key=lambda r: (r["protocol"], r["n_high"], r["n_low"], methods.index(r["method"]),
-                                 order.index(r["mechanisms"]) if r["mechanisms"] in order else len(order)))
+        rows, json_text, table = experiment_report(experiment, results)
         out.mkdir(parents=True, exist_ok=True)
-        write_text(out / f"{experiment}.json", json.dumps({"experiment": experiment, "groups": rows, "runs": results},
-                                                         indent=1, default=float))
-        write_text(out / f"{experiment}.md", markdown(experiment, rows))
+        write_text(out / f"{experiment}.json", json_text)
+        write_text(out / f"{experiment}.md", table)
         plot(experiment, rows, out / f"{experiment}.png")
         written += [out / f"{experiment}.{suffix}" for suffix in ("json", "md", "png")]
     if written:

@@ -1,13 +1,14 @@
 """Running the suite: one directory per run, skipped when its result exists, resumed when killed.
 
 ``root/<experiment>/<run name>/`` holds the run's trainer output (checkpoints, metric logs) and,
-when it has finished, ``result.json`` (spec, level, protocol, epochs, steps, wall time, machine,
-training-set sizes, validation and test metrics). A run's name says everything that determines it
-(dataset, backbone, method, mechanisms, sizes, region, protocol, seed) but not its experiment, so a
-run that two experiments share (e.g. MF at N_high = 50 in the learning curve and the ablations) is
-trained once and its result copied, marked ``reused_from``. A run that fails writes ``error.json`` (its
-traceback) and the others go on; the next invocation retries it. Everything is seeded: the run's
-seed picks the validation and training subsets and initialises the model.
+when it has finished, ``result.json`` (:class:`mfwrap.bench.result.RunResult`: spec, level,
+epochs, steps, wall time, machine, training-set sizes, validation and test metrics). A run's name
+says everything that determines it (dataset, backbone, method, mechanisms, sizes, region,
+protocol, seed) but not its experiment, so a run that two experiments share (e.g. MF at N_high =
+50 in the learning curve and the ablations) is trained once and its result copied, marked
+``reused_from``. A run that fails writes ``error.json`` (its traceback) and the others go on; the
+next invocation retries it. Everything is seeded: the run's seed picks the validation and training
+subsets and initialises the model.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mfwrap.bench.grid import EXPERIMENTS, LEVELS, MF_METHODS, Level, RunSpec, convergence_options, epochs_for
+from mfwrap.bench.backbones import BACKBONES
+from mfwrap.bench.grid import EXPERIMENTS, LEVELS, Level, RunSpec, convergence_options, epochs_for
+from mfwrap.bench.methods import METHODS
+from mfwrap.bench.result import RunResult, read_runs
 from mfwrap.data.readers import to_graphs
 from mfwrap.datasets.registry import Split, Splits, get_dataset
 from mfwrap.files import write_text
-
-BACKBONES = {"chgnet": "backbones.chgnet:CHGNet", "schnet": "backbones.pyg:SchNet",
-             "m3gnet": "backbones.matgl:MatglM3GNet"}  # m3gnet needs mfwrap[matgl]
 
 
 def family(dataset: str) -> str:
@@ -50,8 +51,6 @@ def targets_of(dataset: str) -> str:
     return get_dataset(dataset).targets
 
 BATCH_SIZE = 4
-PREDICTS_MAGMOMS = {"chgnet"}
-COMPILABLE = {"chgnet"}  # backbones with a compiled path (benchmarks/train_step.py: 1.6-1.7x the step rate on one CPU thread)
 
 
 def make_splits(spec: RunSpec, level: Level) -> Splits:
@@ -65,36 +64,31 @@ def make_splits(spec: RunSpec, level: Level) -> Splits:
                                n_low=n_low, n_val=n_val, region=spec.region))
 
 
-def mf_option(spec: RunSpec, splits: Splits) -> dict:
-    """TrainConfig options of the MF variants (grid.MF_METHODS); {} for every other method."""
+def train_options(spec: RunSpec, splits: Splits) -> dict:
+    """The TrainConfig options of the run's method (:attr:`mfwrap.bench.methods.Method.train_options`)."""
     low, high = fidelities_of(spec.dataset)
-    if spec.method == "mf_balanced":
-        return {"fidelity_sampling": {low: 1.0, high: 1.0}}
-    if spec.method == "mf_reweighted":
-        return {"fidelity_loss_weights": {high: len(splits.train_low) / len(splits.train_high)}}
-    return {}
+    return METHODS[spec.method].train_options(low, high, len(splits.train_low), len(splits.train_high))
 
 
 def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path, eager: bool = False):
+    """The run's :class:`mfwrap.train.baselines.Experiment` and the epochs of its final stage."""
     from mfwrap.train.baselines import Experiment
     from mfwrap.train.config import TrainConfig
 
+    method, backbone = METHODS[spec.method], BACKBONES[spec.backbone]
     n_mf = len(splits.train_high) + len(splits.train_low)
-    own = n_mf if spec.method in MF_METHODS else len(splits.train_high)
+    own = n_mf if method.multi_fidelity else len(splits.train_high)
     epochs = epochs_for(spec, level, n_mf, own, BATCH_SIZE)
-    targets = targets_of(spec.dataset) if spec.backbone in PREDICTS_MAGMOMS else targets_of(spec.dataset).replace("m", "")
+    targets = targets_of(spec.dataset) if backbone.predicts_magmoms else targets_of(spec.dataset).replace("m", "")
     config = TrainConfig(targets=targets, epochs=epochs, batch_size=BATCH_SIZE, lr=0.005, seed=spec.seed,
                          output_dir=str(out), progress=False, checkpoint_every=50,
-                         compile=level.compile and spec.backbone in COMPILABLE and not eager,
+                         compile=level.compile and backbone.compilable and not eager,
                          **convergence_options(spec, level, n_mf, own, BATCH_SIZE),
-                         **mf_option(spec, splits))
-    method = "multi_fidelity" if spec.method in MF_METHODS else "delta" if spec.method.startswith("delta") else spec.method
-    model = {"backbone": BACKBONES[spec.backbone], "kwargs": level.model.get(spec.backbone, {}), "mechanisms": spec.mechanisms,
-             "fidelity_init": "random" if spec.method == "mf_random_init" else "zero",
-             "readout": "residual" if spec.method == "mf_residual_readout" else "copies"}
-    return Experiment(method=method, model=model, train=config, pretrain={"epochs": level.epochs},
-                      delta_reference="labels" if spec.method == "delta_labels" else "model",
-                      warm_start=spec.method == "mf_warm_start"), epochs
+                         **train_options(spec, splits))
+    model = {"backbone": backbone.class_path, "kwargs": backbone.kwargs_at(level.name), "mechanisms": spec.mechanisms,
+             **method.model}
+    return Experiment(method=method.trains, model=model, train=config, pretrain={"epochs": level.epochs},
+                      **method.experiment), epochs
 
 
 def schedule_of(config) -> dict:
@@ -106,7 +100,7 @@ def schedule_of(config) -> dict:
     return schedule
 
 
-def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> dict:
+def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> RunResult:
     """Train and test one run (resuming its checkpoints); writes and returns its result. ``eager``:
     eager training steps where the level compiles them (``compiled_steps`` in the result says which)."""
     from mfwrap.train.baselines import initial_backbone, run_experiment
@@ -120,25 +114,22 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> d
     backbone = initial_backbone(experiment)  # built once: its graph_spec makes the graphs, then it trains
     names = fidelities_of(spec.dataset)
     graphs = lambda records: to_graphs(records, backbone.graph_spec, names)  # noqa: E731
-    train = graphs(splits.train_low + splits.train_high) if spec.method != "single_fidelity" else graphs(splits.train_high)
+    low = splits.train_low if METHODS[spec.method].uses_low_fidelity else []
+    train = graphs(low + splits.train_high)
     pretrain_source = share_pretraining(spec, experiment, out, Path(root))
     summary = run_experiment(experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True,
                              backbone=backbone)
-    result = {"spec": spec.as_dict(), "name": spec.name, "level": level.name, "protocol": spec.protocol, "epochs": epochs,
-              "epochs_run": summary.get("epochs_run"), "steps": summary.get("steps"), "wall_s": time.perf_counter() - start,
-              "n_train": {"high": len(splits.train_high), "low": len(splits.train_low) if spec.method != "single_fidelity" else 0},
-              "train_options": mf_option(spec, splits), "fidelity_init": experiment.model.fidelity_init,
-              "compiled_steps": experiment.train.compile is not False,
-              "schedule": schedule_of(experiment.train), "n_val": len(splits.val), "n_test": len(splits.test), "target_fidelity": names[-1],
-              "best": summary["best"], "val": summary["val"], "test": summary["test"], "machine": machine()}
-    if pretrain_source:
-        result["pretrain_reused_from"] = pretrain_source
-    write_text(out / "result.json", json.dumps(result, indent=1, default=float))
+    result = RunResult(spec=spec, name=spec.name, level=level.name, protocol=spec.protocol, epochs=epochs,
+                       epochs_run=summary.get("epochs_run"), steps=summary.get("steps"),
+                       wall_s=time.perf_counter() - start, n_train={"high": len(splits.train_high), "low": len(low)},
+                       train_options=train_options(spec, splits), fidelity_init=experiment.model.fidelity_init,
+                       compiled_steps=experiment.train.compile is not False,
+                       schedule=schedule_of(experiment.train), n_val=len(splits.val), n_test=len(splits.test),
+                       target_fidelity=names[-1], best=summary["best"], val=summary["val"], test=summary["test"],
+                       machine=machine(), pretrain_reused_from=pretrain_source)
+    result.write(out / "result.json")
     (out / "error.json").unlink(missing_ok=True)
     return result
-
-
-PRETRAINED_METHODS = ("transfer", "delta_model", "delta_labels", "mf_warm_start")
 
 
 def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str | None:
@@ -157,7 +148,7 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
     from mfwrap.train.trainer import resume_conflicts
 
     marker = out / "pretrain_reused_from.json"  # provenance of a copy, written first, read again on resuming
-    if spec.method not in PRETRAINED_METHODS:
+    if not METHODS[spec.method].pretrains:
         return None
     if (out / "pretrain" / "last.pt").exists():
         return json.loads(marker.read_text())["source"] if marker.is_file() else None
@@ -166,14 +157,13 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
         source = result_path.parent / "pretrain"
         if source == out / "pretrain" or not (source / "metrics.json").is_file() or not (source / "last.pt").is_file():
             continue
-        other = json.loads(result_path.read_text())
-        other_spec = other.get("spec", {})
-        if other.get("reused_from") or other_spec.get("method") not in PRETRAINED_METHODS or any(
-                other_spec.get(key) != getattr(spec, key) for key in ("dataset", "backbone", "seed", "n_low")):
+        other = RunResult.read(result_path)
+        if other.reused_from or not METHODS[other.spec.method].pretrains or any(
+                getattr(other.spec, key) != getattr(spec, key) for key in ("dataset", "backbone", "seed", "n_low")):
             continue
         if resume_conflicts(json.loads((source / "metrics.json").read_text()).get("config", {}), wanted):
             continue
-        origin = other.get("pretrain_reused_from") or f"{result_path.parent.parent.name}/{result_path.parent.name}"
+        origin = other.pretrain_reused_from or f"{result_path.parent.parent.name}/{result_path.parent.name}"
         write_text(marker, json.dumps({"source": origin}))
         shutil.copytree(source, out / "pretrain", dirs_exist_ok=True)
         return origin
@@ -181,8 +171,10 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
 
 
 def machine() -> dict:
+    """Where a run ran: CPU, cores, torch version, torch threads, GPU (None without one)."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+            "threads": torch.get_num_threads(), "gpu": gpu}
 
 
 def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) -> tuple[RunSpec, str | None]:
@@ -206,12 +198,12 @@ def restore_reported(specs: Sequence[RunSpec], level: str, root: Path, report: P
         path = report / f"{experiment}.json"
         if not path.is_file():
             continue
-        known = {r["name"]: r for r in json.loads(path.read_text())["runs"] if r.get("level") == level}
+        known = {run.name: run for run in read_runs(path) if run.level == level}
         for spec in specs:
             target = root / spec.experiment / spec.name / "result.json"
             if spec.experiment == experiment and spec.name in known and not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                write_text(target, json.dumps(known[spec.name], indent=1))
+                known[spec.name].write(target)
                 restored += 1
     return restored
 
@@ -225,14 +217,12 @@ def reuse_finished(specs: Sequence[RunSpec], level: str, root: Path) -> int:
         if target.exists():
             continue
         sources = [p for p in sorted(root.glob(f"*/{spec.name}/result.json")) if p != target]
-        results = [json.loads(p.read_text()) for p in sources]
-        source, result = next(((p, r) for p, r in zip(sources, results) if r.get("level") == level), (None, None))
+        results = [RunResult.read(p) for p in sources]
+        source, result = next(((p, r) for p, r in zip(sources, results) if r.level == level), (None, None))
         if result is None:
             continue
-        result["reused_from"] = result.get("reused_from") or f"{source.parent.parent.name}/{spec.name}"
-        result["spec"] = {**result["spec"], "experiment": spec.experiment}
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_text(target, json.dumps(result, indent=1))
+        result.with_experiment(spec.experiment, f"{source.parent.parent.name}/{spec.name}").write(target)
         copied += 1
     return copied
 
@@ -304,9 +294,9 @@ def measured_seconds_per_step(root: Path, experiment: str, level: str) -> float 
     ``level`` under ``root`` (including evaluation and compilation); None if there are none."""
     rates = []
     for path in root.glob(f"{experiment}/*/result.json"):
-        result = json.loads(path.read_text())
-        if result.get("level") == level and not result.get("reused_from") and result.get("steps") and result.get("wall_s"):
-            rates.append(result["wall_s"] / result["steps"])
+        result = RunResult.read(path)
+        if result.level == level and not result.reused_from and result.steps and result.wall_s:
+            rates.append(result.wall_s / result.steps)
     return float(np.median(rates)) if rates else None
 
 
@@ -340,16 +330,16 @@ def plan_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], bac
             done = finished is not None and finished.is_file()
             if done:
                 row["done"] += 1
-                row["done_wall_s"] += json.loads(finished.read_text()).get("wall_s") or 0.0
+                row["done_wall_s"] += RunResult.read(finished).wall_s or 0.0
             n_high, n_low = frame_counts(spec, lvl)
             n_mf = n_high + n_low
-            own = n_mf if spec.method in MF_METHODS else n_high
+            own = n_mf if METHODS[spec.method].multi_fidelity else n_high
             steps = epochs_for(spec, lvl, n_mf, own, BATCH_SIZE) * -(-own // BATCH_SIZE)
             row["trained"] += 1
             row["steps"] += steps
             row["left_steps"] += 0 if done else steps
             key = (spec.dataset, spec.backbone, spec.seed, n_low, spec.protocol == "converged")
-            if spec.method in PRETRAINED_METHODS:
+            if METHODS[spec.method].pretrains:
                 pretrain = lvl.epochs * -(-n_low // BATCH_SIZE)
                 if key not in pretrained:
                     pretrained.add(key)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from mfwrap.bench.claims import check_claims, claims_markdown
 from mfwrap.bench.grid import RunSpec
+from mfwrap.bench.result import RunResult
 
 
 def _run(experiment, method, n_high, protocol, seed, forces, energy=10.0, mechanisms="ECMR", n_low=None, **spec_fields):
     spec = RunSpec(experiment, method, n_high, n_low, protocol, seed, mechanisms=mechanisms, **spec_fields)
     low = 0 if method == "single_fidelity" else (300 if n_low is None else n_low)
-    return {"spec": spec.as_dict(), "n_train": {"high": n_high, "low": low}, "target_fidelity": "high",
-            "test": {"high": {"forces": {"mae": forces}, "energy": {"mae": energy}}}}
+    return RunResult(spec=spec, name=spec.name, level="medium", protocol=protocol, epochs=1, epochs_run=1, steps=1,
+                     wall_s=1.0, n_train={"high": n_high, "low": low}, target_fidelity="high",
+                     test={"high": {"forces": {"mae": forces}, "energy": {"mae": energy}}})
 
 
 def test_verdicts_compare_means_over_common_seeds_and_say_what_is_missing():
@@ -92,7 +94,7 @@ def test_the_second_backbone_is_judged_on_its_own_runs():
 def test_the_mf_option_is_chosen_on_validation_never_on_test():
     def option(method, val_forces, test_forces, seed=0):
         run = _run("mf_options", method, 25, "paper", seed, test_forces)
-        run["val"] = {"high": {"forces": {"mae": val_forces}, "energy": {"mae": 10.0}}}
+        run.val = {"high": {"forces": {"mae": val_forces}, "energy": {"mae": 10.0}}}
         return run
 
     runs = {"mf_options": [option("multi_fidelity", 100.0, 80.0), option("mf_balanced", 90.0, 130.0),
@@ -153,6 +155,6 @@ def test_the_residual_readout_is_judged_against_independent_copies_and_no_readou
     assert chgnet.status == "partly" and chgnet.evidence[1] == (
         "N_high 50, F: F, shared + residual 121 vs F, independent copies 130 (-7 %) ✓ (seeds [0, 1], 2/2 seeds agree)")
     assert chgnet.evidence[3] == "N_high 50, F: F, shared + residual 121 vs R̄, one shared readout 120 (+1 %) ✗ (seeds [0, 1], 1/2 seeds agree)"
-    verdicts = {v.claim: v for v in check_claims({"ablations": [r for r in runs if r["spec"]["mechanisms"] == "ECMR"]})}
+    verdicts = {v.claim: v for v in check_claims({"ablations": [r for r in runs if r.spec.mechanisms == "ECMR"]})}
     # F and the residual option alone: the option is not an ablation variant, so F has nothing to be compared with
     assert verdicts["F (all four mechanisms) best among the ablations"].status == "not measured"

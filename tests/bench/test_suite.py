@@ -10,6 +10,8 @@ import pytest
 
 from mfwrap.bench import runner
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS, RunSpec, convergence_options, epochs_for
+from mfwrap.bench.methods import METHODS
+from mfwrap.bench.result import RunResult
 from mfwrap.bench.report import aggregate, label, markdown, write_report
 from mfwrap.datasets.registry import mn_fraction
 from mfwrap.model_file import read_payload
@@ -72,7 +74,7 @@ def test_eager_overrides_the_levels_compiled_steps_and_results_say_which(tmp_pat
     compiled = lambda level, **kw: runner._experiment(spec, level, runner.make_splits(spec, level), tmp_path, **kw)[0].train.compile  # noqa: E731
     assert compiled(medium) is True and compiled(medium, eager=True) is False and compiled(quick) is False
     result = runner.run_one(EXPERIMENTS["learning_curve"](quick, [0])[0], "quick", str(tmp_path), eager=True)
-    assert result["compiled_steps"] is False
+    assert result.compiled_steps is False
 
 
 def test_mf_options_set_their_trainer_option(tmp_path, lmfp_cache):
@@ -82,12 +84,12 @@ def test_mf_options_set_their_trainer_option(tmp_path, lmfp_cache):
     assert {m: runner._experiment(specs[m], level, runner.make_splits(specs[m], level), tmp_path)[0].model.fidelity_init
             for m in ("multi_fidelity", "mf_random_init")} == {"multi_fidelity": "zero", "mf_random_init": "random"}
     splits = runner.make_splits(specs["mf_reweighted"], level)
-    assert runner.mf_option(specs["mf_reweighted"], splits) == {"fidelity_loss_weights": {"high": 40 / 10}}
-    assert runner.mf_option(specs["mf_balanced"], splits) == {"fidelity_sampling": {"low": 1.0, "high": 1.0}}
-    assert runner.mf_option(specs["multi_fidelity"], splits) == {}
+    assert runner.train_options(specs["mf_reweighted"], splits) == {"fidelity_loss_weights": {"high": 40 / 10}}
+    assert runner.train_options(specs["mf_balanced"], splits) == {"fidelity_sampling": {"low": 1.0, "high": 1.0}}
+    assert runner.train_options(specs["multi_fidelity"], splits) == {}
     result = runner.run_one(specs["mf_balanced"], "quick", str(tmp_path))
-    assert result["train_options"] == {"fidelity_sampling": {"low": 1.0, "high": 1.0}}
-    assert result["n_train"] == {"high": 10, "low": 40} and result["steps"] == math.ceil(50 / 4) * result["epochs"]
+    assert result.train_options == {"fidelity_sampling": {"low": 1.0, "high": 1.0}}
+    assert result.n_train == {"high": 10, "low": 40} and result.steps == math.ceil(50 / 4) * result.epochs
     (checkpoint,) = tmp_path.glob("mf_options/*/*/last.pt")
     assert read_payload(checkpoint)["config"]["fidelity_sampling"] == {"low": 1.0, "high": 1.0}  # what training used
 
@@ -116,11 +118,11 @@ def test_a_failing_run_is_recorded_and_the_others_go_on(tmp_path, lmfp_cache, mo
     assert "broken on purpose" in error["traceback"]
 
 
-def _result(method, seed, mae, steps):
-    spec = RunSpec("learning_curve", method, 10, None, "paper", seed)
-    return {"spec": spec.as_dict(), "n_train": {"high": 10, "low": 40 if method == "multi_fidelity" else 0},
-            "target_fidelity": "high", "steps": steps, "wall_s": 1.0,
-            "test": {"high": {"energy": {"mae": mae, "rmse": 2 * mae}}}}
+def _result(method, seed, mae, steps, backbone="chgnet"):
+    spec = RunSpec("learning_curve", method, 10, None, "paper", seed, backbone=backbone)
+    return RunResult(spec=spec, name=spec.name, level="quick", protocol="paper", epochs=1, epochs_run=1, steps=steps,
+                     wall_s=1.0, n_train={"high": 10, "low": 40 if method == "multi_fidelity" else 0},
+                     target_fidelity="high", test={"high": {"energy": {"mae": mae, "rmse": 2 * mae}}})
 
 
 def test_aggregate_is_mean_and_sample_sd_over_seeds():
@@ -130,8 +132,7 @@ def test_aggregate_is_mean_and_sample_sd_over_seeds():
     assert mf["seeds"] == [0, 1] and mf["test"]["energy"]["mae"] == 2.0
     assert mf["test"]["energy"]["mae_sd"] == pytest.approx(math.sqrt(2.0)) and mf["test"]["energy"]["rmse"] == 4.0
     assert "| MF (ECMR) | 10 | 40 | paper | 13 | 2 | 2 ± 1.4 |" in markdown("learning_curve", rows)
-    schnet = _result("multi_fidelity", 0, 7.0, 13)
-    schnet["spec"]["backbone"] = "schnet"
+    schnet = _result("multi_fidelity", 0, 7.0, 13, backbone="schnet")
     table = markdown("learning_curve", aggregate([_result("multi_fidelity", 0, 1.0, 13), schnet]))
     assert "| backbone | method |" in table and "| schnet | MF (ECMR) | 10 | 40 | paper | 13 | 1 | 7 ± 0 |" in table
 
@@ -141,9 +142,8 @@ def test_plots_take_rows_without_every_target(tmp_path, experiment):
     from mfwrap.bench.report import plot
 
     chgnet = _result("multi_fidelity", 0, 1.0, 13)
-    chgnet["test"]["high"]["magmoms"] = {"mae": 0.1, "rmse": 0.2}
-    schnet = _result("single_fidelity", 0, 7.0, 13)  # no magmoms, as SchNet
-    schnet["spec"]["backbone"] = "schnet"
+    chgnet.test["high"]["magmoms"] = {"mae": 0.1, "rmse": 0.2}
+    schnet = _result("single_fidelity", 0, 7.0, 13, backbone="schnet")  # no magmoms, as SchNet
     plot(experiment, aggregate([chgnet, schnet]), tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
 
@@ -188,7 +188,7 @@ def test_committed_results_count_as_done_on_a_fresh_checkout(tmp_path, lmfp_cach
 def test_a_learning_curve_run_with_matgl_m3gnet(tmp_path, lmfp_cache):
     spec = RunSpec("learning_curve", "multi_fidelity", 10, 20, "paper", 0, backbone="m3gnet")
     result = runner.run_one(spec, "quick", str(tmp_path))
-    assert result["n_train"] == {"high": 10, "low": 20} and set(result["test"]["high"]) == {"energy", "forces", "stress"}
+    assert result.n_train == {"high": 10, "low": 20} and set(result.test["high"]) == {"energy", "forces", "stress"}
 
 
 def test_low_fidelity_pretraining_is_trained_once_and_is_what_a_run_alone_trains(tmp_path, lmfp_cache):
@@ -199,13 +199,13 @@ def test_low_fidelity_pretraining_is_trained_once_and_is_what_a_run_alone_trains
     outcome = runner.run_suite(["transfer_delta"], "quick", [0], tmp_path / "suite")
     assert outcome["failed"] == []
     results = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "suite").glob("transfer_delta/*/result.json")}
-    pretrained = {name: r for name, r in results.items() if r["spec"]["method"] in runner.PRETRAINED_METHODS}
+    pretrained = {name: r for name, r in results.items() if METHODS[r["spec"]["method"]].pretrains}
     assert len(pretrained) == 6  # transfer, delta_model, mf_warm_start at N_high 10 and 25
     trained_here = [name for name, r in pretrained.items() if "pretrain_reused_from" not in r]
     assert len(trained_here) == 1
     assert all(r["pretrain_reused_from"] == f"transfer_delta/{trained_here[0]}"
                for name, r in pretrained.items() if name != trained_here[0])
-    assert all("pretrain_reused_from" not in r for r in results.values() if r["spec"]["method"] not in runner.PRETRAINED_METHODS)
+    assert all("pretrain_reused_from" not in r for r in results.values() if not METHODS[r["spec"]["method"]].pretrains)
 
     copied = next(name for name in pretrained if name != trained_here[0] and "_transfer_" in name)
     # killed after the copy and resumed: the run still says where its stage one came from
@@ -227,12 +227,12 @@ def test_a_converged_run_uses_the_plateau_schedule_and_records_it(tmp_path, lmfp
     level = LEVELS["quick"]
     result = runner.run_one(spec, "quick", str(tmp_path))
     options = convergence_options(spec, level, 10 + level.n_low_all, 10, 4)
-    assert result["schedule"] == {"scheduler": "plateau", "lr": 0.005, "lr_min_fraction": 0.01,
+    assert result.schedule == {"scheduler": "plateau", "lr": 0.005, "lr_min_fraction": 0.01,
                                   "patience": options["patience"], "plateau_patience": options["plateau_patience"],
                                   "plateau_factor": 0.3}
     ceiling = epochs_for(spec, level, 10 + level.n_low_all, 10, 4)
-    assert result["epochs"] == ceiling and 1 <= result["epochs_run"] <= ceiling
-    assert result["steps"] == result["epochs_run"] * math.ceil(10 / 4)
+    assert result.epochs == ceiling and 1 <= result.epochs_run <= ceiling
+    assert result.steps == result.epochs_run * math.ceil(10 / 4)
     (checkpoint,) = tmp_path.glob("learning_curve/*/*/last.pt")
     assert read_payload(checkpoint)["config"]["scheduler"] == "plateau"  # what training used
 
@@ -243,7 +243,7 @@ def test_coverage_trains_on_one_region_and_tests_on_the_other(level_name, lmfp_c
     specs = EXPERIMENTS["coverage"](level, [0])
     assert {(s.method, s.protocol) for s in specs} >= {("multi_fidelity", "paper"), ("single_fidelity", "paper"), ("transfer", "paper")}
     assert (("single_fidelity", "equal_compute") in {(s.method, s.protocol) for s in specs}) == ("equal_compute" in level.protocols)
-    for spec in specs:  # every level's grid must fit the data it has (a medium run asked for 90 of 41 frames once)
+    for spec in specs:  # every level's grid must fit the data it has
         splits = runner.make_splits(spec, level)
         assert splits.train_high and all(mn_fraction(r) <= 0.5 for r in splits.train_high + splits.val)
         assert splits.test and all(mn_fraction(r) > 0.5 for r in splits.test)
@@ -269,8 +269,8 @@ def test_the_second_backbone_trains_through_the_wrapper(tmp_path, lmfp_cache):
     assert {("single_fidelity", "equal_compute", n) for n in LEVELS["medium"].n_high} <= medium  # fair at equal steps too
     spec = next(s for s in EXPERIMENTS["second_backbone"](LEVELS["quick"], [0]) if s.method == "multi_fidelity")
     result = runner.run_one(spec, "quick", str(tmp_path))
-    assert spec.backbone == "schnet" and result["n_train"] == {"high": spec.n_high, "low": 40}
-    assert set(result["test"]["high"]) == {"energy", "forces", "stress"}  # SchNet predicts no magmoms
+    assert spec.backbone == "schnet" and result.n_train == {"high": spec.n_high, "low": 40}
+    assert set(result.test["high"]) == {"energy", "forces", "stress"}  # SchNet predicts no magmoms
 
 
 def test_the_fidelity_gap_changes_only_the_low_fidelity_labels(tmp_path, lmfp_cache):
@@ -301,6 +301,6 @@ def test_the_fidelity_gap_changes_only_the_low_fidelity_labels(tmp_path, lmfp_ca
     assert np.abs(forces(splits["lmfp-gap0"].train_low) - forces(shipped.train_low)).mean() > 0.1
     result = runner.run_one(RunSpec("fidelity_gap", "multi_fidelity", 10, None, "paper", 0, dataset="lmfp-gap50"), "quick",
                             str(tmp_path))
-    assert result["spec"]["dataset"] == "lmfp-gap50" and result["n_train"] == {"high": 10, "low": 40}
+    assert result.spec.dataset == "lmfp-gap50" and result.n_train == {"high": 10, "low": 40}
     write_report(tmp_path, tmp_path / "report")
     assert "| LMFP, gap α = 0.5 | MF (ECMR) | 10 | 40 |" in (tmp_path / "report" / "fidelity_gap.md").read_text()
