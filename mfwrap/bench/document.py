@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from mfwrap.bench.backbones import BACKBONES
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 from mfwrap.files import write_text
 
@@ -351,7 +352,7 @@ def _levels_table() -> str:
     rows = [[level.name, level.lmfp_size, sizes(level.n_high), level.n_val, level.epochs, level.max_epochs,
              f"{level.plateau_patience} / {level.patience}", ", ".join(level.protocols)
              + (f"; converged at N_high {sizes(level.converged_high)}" if level.converged_high else ""),
-             "tiny" if level.model.get("chgnet") else "paper", "yes" if level.compile else "no"]
+             "tiny" if BACKBONES["chgnet"].kwargs_at(level.name) else "paper", "yes" if level.compile else "no"]
             for level in LEVELS.values()]
     return table(["level", "LMFP set", "N_high", "validation frames", "epochs", "converged ceiling (MF epochs)",
                   "plateau / stop patience (MF epochs)", "protocols", "models", "compiled steps"], rows)
