@@ -186,4 +186,8 @@ def write_report(root: str | Path, out: str | Path) -> list[Path]:
 
         write_text(out / "claims.md", claims_markdown(check_claims(read_report(out))))
         written.append(out / "claims.md")
+        if (out.parent / "methods.md").exists():  # out is benchmarks/results/suite: the results document follows
+            from mfwrap.bench.document import write_results_document
+
+            written.append(write_results_document(out.parent, out.parent.parent / "README.md"))
     return written

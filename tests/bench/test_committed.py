@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,8 @@ def test_each_experiment_report_regenerates_from_its_runs_byte_for_byte(path):
 def test_restored_runs_rebuild_the_report(tmp_path):
     """A fresh checkout restores the committed runs as result.json files; the report written from them (to a
     temporary directory) has the committed claims and the tables of the experiments whose runs all restore."""
-    root, out = tmp_path / "runs", tmp_path / "report"
+    root, out = tmp_path / "runs", tmp_path / "benchmarks" / "results" / "suite"
+    shutil.copytree(COMMITTED.parent, out.parent, ignore=shutil.ignore_patterns("suite"))  # the other results
     specs = [spec for experiment in EXPERIMENTS.values() for backbone in ("chgnet", "schnet")
              for spec in experiment(LEVELS["medium"], [0, 1, 2], backbone=backbone)]
     restored = restore_reported(specs, "medium", root, COMMITTED)
@@ -46,6 +48,8 @@ def test_restored_runs_rebuild_the_report(tmp_path):
     for experiment in committed_runs:
         assert (out / f"{experiment}.md").read_text() == (COMMITTED / f"{experiment}.md").read_text(), experiment
     assert (out / "claims.md").read_text() == (COMMITTED / "claims.md").read_text()
+    # a report into a results tree (one with the document's templates) regenerates the results document too
+    assert (out.parents[1] / "README.md").read_text() == (COMMITTED.parents[1] / "README.md").read_text()
 
 
 def _a_run() -> dict:
