@@ -62,9 +62,9 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from backbones.ops import scatter_sum_float64
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
+from mfwrap.ops import scatter_sum_float64
 
 # sevenn modules the adapter does not run: its one-hot (made here, any dtype), its sum over atoms
 # (made here per structure), its force/stress output and edge preprocessing (mfwrap.physics).

@@ -32,9 +32,9 @@ Worked example (a small message-passing potential; ``tests/test_backbone.py`` ru
     import torch
     from torch import nn
 
-    from backbones.ops import scatter_sum, scatter_sum_float64
     from mfwrap.data import keys as K
     from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
+    from mfwrap.ops import scatter_sum, scatter_sum_float64
 
 
     class PairNet(nn.Module):

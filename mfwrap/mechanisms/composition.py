@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from backbones.ops import scatter_sum_float64
 from mfwrap.data import keys as K
 from mfwrap.data.graph import MAX_ATOMIC_NUMBER, structure_index
 from mfwrap.fidelity import ATOM, STRUCTURE, FidelityContext
+from mfwrap.ops import scatter_sum_float64
 
 
 def read_element_energies(module: nn.Module, num_elements: int = MAX_ATOMIC_NUMBER + 1) -> torch.Tensor:
