@@ -4,7 +4,7 @@ A backbone's own composition module is a per-element energy table in one of two 
 ``nn.Embedding(num, 1)`` indexed by Z (PyG's ``atomref``), or a module with a 1-D tensor
 ``element_energies`` whose entry k belongs to Z = k + 1 (native CHGNet's ``AtomRef``).
 :func:`read_element_energies` / :func:`write_element_energies` move weights (eV/atom, index = Z)
-in and out of either. The least-squares fit is :mod:`mfwrap.composition`.
+in and out of either. The least-squares fit is :mod:`mfwrap.mechanisms.composition_fit`.
 """
 
 from __future__ import annotations

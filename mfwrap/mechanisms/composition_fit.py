@@ -20,7 +20,8 @@ several parts (``MultiFidelity``, ``DeltaModel``) says how through its own ``fit
 for a plain backbone the module is the one its fidelity spec names (``composition``, e.g.
 CHGNet's ``AtomRef`` or SchNet's ``atomref``). A model without one is an error, never a silent
 skip. The composition modules themselves (and mechanism C) are in
-:mod:`mfwrap.mechanisms.composition`.
+:mod:`mfwrap.mechanisms.composition`; the fit is a module beside it, not part of it, because it reads
+a backbone's fidelity spec through :mod:`mfwrap.surgery`, which imports the mechanisms.
 """
 
 from __future__ import annotations
