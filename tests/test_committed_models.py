@@ -7,8 +7,9 @@ the check depends on nothing but :func:`mfwrap.load` and :func:`mfwrap.predict`.
 git commit whose code computed them. Model files store class paths (``"backbones.chgnet.model:CHGNet"``),
 so moving or renaming a stored class breaks this test unless loading translates the old path.
 
-A newly committed model file fails its test until it is recorded with ``python tests/test_committed_models.py`` (which rewrites the JSON with the code of the checkout,
-so run it only where that code is known to give the recorded predictions of the files already listed).
+A newly committed model file fails its test until it is recorded with ``python tests/test_committed_models.py``
+(which rewrites the JSON with the code of the checkout, so run it only where that code is known to give the
+recorded predictions of the files already listed).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def test_committed_model_files_exist():
 @pytest.mark.parametrize("path", committed_model_files())
 def test_committed_model_file_predicts_as_recorded(path):
     record = json.loads(RECORD.read_text())
-    assert path in record["models"], f"{path} has no recorded predictions: run python {Path(__file__).relative_to(ROOT)}"
+    script = Path(__file__).relative_to(ROOT)
+    assert path in record["models"], f"{path} has no recorded predictions: run python {script}"
     structures = [structure_from_record(entry) for entry in record["structures"]]
     expected = record["models"][path]
     got = predictions(ROOT / path, structures)
