@@ -1,4 +1,4 @@
-"""The scatter sum used by the backbones, behind one seam with several backends.
+"""The scatter sum used by mfwrap (mechanism C) and by the backbones, behind one seam with several backends.
 
 Backends ("torch", "torch_scatter", "triton") are chosen per call from the tensor's device, or
 forced with :func:`set_backend`, :func:`use_backend` or ``MFWRAP_SCATTER_BACKEND``; see

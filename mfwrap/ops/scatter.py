@@ -8,7 +8,7 @@ Rows may carry any trailing shape (``src`` (E, ...)). Indices are not range-chec
 need a host-device synchronisation): out-of-range rows raise on the torch backend and are
 dropped by the others.
 
-Which backend runs is decided per call from the tensor's device (mfwrap.ops.backend). The
+Which backend runs is decided per call from the tensor's device (:mod:`mfwrap.ops.backend`). The
 torch backend uses native ``index_add``, differentiable to any order by torch itself. The other
 backends go through the autograd Functions below, built on the pair
 
