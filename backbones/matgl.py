@@ -42,10 +42,10 @@ import torch
 from ase.data import atomic_numbers, chemical_symbols
 from torch import Tensor, nn
 
-from backbones.ops import scatter_sum_float64
 from backbones.pyg import reverse_edges
 from mfwrap.data import keys as K
 from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec, edge_vectors, structure_index
+from mfwrap.ops import scatter_sum_float64
 
 
 @functools.cache

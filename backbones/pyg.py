@@ -30,9 +30,9 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import models as pyg_models
 
-from backbones.ops import scatter_sum, scatter_sum_float64
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
+from mfwrap.ops import scatter_sum, scatter_sum_float64
 
 
 def _total(per_atom: Tensor, batch) -> Tensor:

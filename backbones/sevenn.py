@@ -47,7 +47,7 @@ initialisation) and the rotating outputs are unchanged; the shift becomes a tabl
 when ``use_modal_wise_shift``.
 
 :meth:`SevenNet.fit_composition` fits the shift μ_Z (per modality: μ_{m,Z}) by mfwrap's least
-squares (:func:`mfwrap.composition.fit_linear_composition`), so that the trainer references a
+squares (:func:`mfwrap.mechanisms.composition_fit.fit_linear_composition`), so that the trainer references a
 bare SevenNet's energies per element as it does every other backbone's.
 
 ``sevenn`` is imported only inside functions of this module.
@@ -62,10 +62,10 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from backbones.ops import scatter_sum_float64
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
 from mfwrap.fidelity import check_batch_fidelities
+from mfwrap.ops import scatter_sum_float64
 
 # sevenn modules the adapter does not run: its one-hot (made here, any dtype), its sum over atoms
 # (made here per structure), its force/stress output and edge preprocessing (mfwrap.physics).
@@ -271,12 +271,13 @@ class SevenNet(nn.Module):
 
     def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6) -> None:
         r"""Fit the per-species shift μ_Z (eV/atom) of the energy rescaling ``E_i = σ y_i + μ_{Z_i}``
-        by least squares on the energy labels of ``graphs`` (:func:`~mfwrap.composition.fit_linear_composition`,
+        by least squares on the energy labels of ``graphs``
+        (:func:`~mfwrap.mechanisms.composition_fit.fit_linear_composition`,
         per-atom energies; elements absent from the data keep their μ), in place. With a modal-wise
         shift μ_{m,Z}: one fit per modality m on its graphs (fidelity index = m), pulled towards the
         fit over all graphs, which a modality without energy labels takes. A model built with one
         scalar shift (sevenn's ``Rescale``) cannot hold per-element energies: a ValueError says how to build one."""
-        from mfwrap.composition import fit_linear_composition
+        from mfwrap.mechanisms.composition_fit import fit_linear_composition
 
         rescale = next(m for m in self.children() if type(m).__name__.endswith("Rescale"))
         shift = rescale.shift

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from backbones.matgl import MatglM3GNet
 from mfwrap import MultiFidelity
-from mfwrap.composition import fit_linear_composition
 from mfwrap.data import keys as K
 from mfwrap.data.graph import edge_vectors, structure_index
+from mfwrap.mechanisms.composition_fit import fit_linear_composition
 from mfwrap.train import TrainConfig
 from timed_trainer import TimedTrainer
 from mfwrap.train.data import DataConfig, load_data

@@ -34,8 +34,8 @@ from typing import Callable
 
 import torch
 
-from backbones import ops
-from backbones.ops.backend import available_backends, triton_interpreted
+from mfwrap import ops
+from mfwrap.ops.backend import available_backends, triton_interpreted
 
 RESULTS = Path(__file__).resolve().parent / "results" / "speed_gpu.json"
 TARGETS = {

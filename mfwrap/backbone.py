@@ -18,7 +18,7 @@ and optionally
   E, M, R and C go (module paths / patterns), and its other ``heads``; without it
   :class:`~mfwrap.MultiFidelity` uses heuristics and warns what they chose. A ``composition``
   module (per-element energies, e.g. an ``nn.Embedding(100, 1)``) is what every training
-  method fits by least squares before training (:func:`mfwrap.composition.fit_composition`).
+  method fits by least squares before training (:func:`mfwrap.mechanisms.composition_fit.fit_composition`).
 * ``compiled(**options) -> nn.Module`` — the same model under ``torch.compile``
   (:func:`mfwrap.compile_model`), optionally with ``energy_and_gradients(batch)`` so that force
   training compiles too.
@@ -32,9 +32,9 @@ Worked example (a small message-passing potential; ``tests/test_backbone.py`` ru
     import torch
     from torch import nn
 
-    from backbones.ops import scatter_sum, scatter_sum_float64
     from mfwrap.data import keys as K
     from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
+    from mfwrap.ops import scatter_sum, scatter_sum_float64
 
 
     class PairNet(nn.Module):

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 
-from mfwrap.composition import fit_composition
 from mfwrap.data import keys as K
+from mfwrap.mechanisms.composition_fit import fit_composition
 
 
 def corrected(delta: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> dict[str, Tensor]:

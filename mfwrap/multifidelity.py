@@ -22,11 +22,11 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from mfwrap.backbone import check_backbone
-from mfwrap.composition import fit_per_fidelity, fit_shared_composition
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec
 from mfwrap.fidelity import FidelityContext, check_batch_fidelities, resolve_fidelity, validate_fidelity_names
 from mfwrap.mechanisms import FidelityComposition
+from mfwrap.mechanisms.composition_fit import fit_per_fidelity, fit_shared_composition
 from mfwrap.model_file import describe_model, read_model_file, save_model
 from mfwrap.surgery import FidelitySpec, SurgeryReport, operate, parse_mechanisms, resolve_spec
 from mfwrap.symmetry import check_wrapped_model
@@ -155,7 +155,7 @@ class MultiFidelity(nn.Module):
     def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6) -> None:
         """Fit composition weights by regularised least squares on the energy labels of ``graphs``.
 
-        With C: one weight vector per fidelity (:func:`mfwrap.composition.fit_per_fidelity`).
+        With C: one weight vector per fidelity (:func:`mfwrap.mechanisms.composition_fit.fit_per_fidelity`).
         Without C: the backbone's own composition module, shared by all fidelities, on all graphs
         (an error if the spec names none, as for the plain backbone).
         """

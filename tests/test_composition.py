@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from mfwrap.composition import element_counts, fit_linear_composition
 from mfwrap.data import keys as K
+from mfwrap.mechanisms.composition_fit import element_counts, fit_linear_composition
 
 
 def _graph(numbers, energy, labelled=True):

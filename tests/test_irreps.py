@@ -10,11 +10,11 @@ from ase.build import bulk
 from e3nn import o3
 from torch import nn
 
-from backbones.ops import scatter_sum
 from mfwrap import MultiFidelity, predict
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
 from mfwrap.mechanisms import FidelityEmbedding, FidelityLinear
+from mfwrap.ops import scatter_sum
 from mfwrap.symmetry import check_wrapped_model, declares_non_scalars, scalar_columns
 
 FEATURES = "8x0e+4x1o"  # columns 0..7 scalars, 8..19 four vectors (mul-major, 3 components each)

@@ -13,9 +13,9 @@ import mfwrap
 from backbones.pyg import SchNet
 from mf_models import batch_of, evaluate, perturb, random_crystal, small_backbone
 from mfwrap import MultiFidelity
-from mfwrap.composition import fit_linear_composition
 from mfwrap.data import keys as K
 from mfwrap.mechanisms.composition import FidelityComposition
+from mfwrap.mechanisms.composition_fit import fit_linear_composition
 
 
 @pytest.mark.parametrize("name, readout", [("schnet", "copies"), ("chgnet", "copies"), ("chgnet", "residual")])

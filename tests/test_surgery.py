@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from backbones.ops import scatter_sum
 from mf_models import batch_of, evaluate, perturb, random_crystal, small_backbone
 from mfwrap import MultiFidelity
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors
+from mfwrap.ops import scatter_sum
 from mfwrap.surgery import FidelitySpec, parse_mechanisms
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from backbones.ops import scatter_sum
 from mf_models import small_backbone
 from mfwrap import MultiFidelity
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
+from mfwrap.ops import scatter_sum
 from mfwrap.symmetry import check_wrapped_model
 
 

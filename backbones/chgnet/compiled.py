@@ -45,8 +45,8 @@ import torch.fx.experimental._config as shape_config
 from torch import Tensor, nn
 
 from backbones.chgnet.layers import Geometry, Topology
-from backbones.ops import get_backend
 from mfwrap.data import keys as K
+from mfwrap.ops import get_backend
 from mfwrap.physics import deform
 
 # The dimension of each input that is a per-batch count (marked dynamic).

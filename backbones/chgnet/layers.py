@@ -22,9 +22,9 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from backbones.chgnet.mlp import GatedMLP, normalization
-from backbones.ops import scatter_sum
 from mfwrap.data import keys as K
 from mfwrap.data.graph import structure_index
+from mfwrap.ops import scatter_sum
 
 
 class Geometry(NamedTuple):

@@ -10,9 +10,9 @@ from torch import Tensor, nn
 from backbones.chgnet.basis import FourierAngle, RadialBessel
 from backbones.chgnet.layers import AngleUpdate, AtomConv, BondConv, Geometry, Topology
 from backbones.chgnet.mlp import Readout, hidden_dims
-from backbones.ops import scatter_sum_float64
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors_of, structure_index
+from mfwrap.ops import scatter_sum_float64
 
 # 1 − 1e-6 keeps acos away from ±1, where its derivative diverges (as in CHGNet).
 _COSINE_SHRINK = 1.0 - 1e-6

@@ -4,7 +4,7 @@ A backbone's own composition module is a per-element energy table in one of two 
 ``nn.Embedding(num, 1)`` indexed by Z (PyG's ``atomref``), or a module with a 1-D tensor
 ``element_energies`` whose entry k belongs to Z = k + 1 (native CHGNet's ``AtomRef``).
 :func:`read_element_energies` / :func:`write_element_energies` move weights (eV/atom, index = Z)
-in and out of either. The least-squares fit is :mod:`mfwrap.composition`.
+in and out of either. The least-squares fit is :mod:`mfwrap.mechanisms.composition_fit`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from backbones.ops import scatter_sum_float64
 from mfwrap.data import keys as K
 from mfwrap.data.graph import MAX_ATOMIC_NUMBER, structure_index
 from mfwrap.fidelity import ATOM, STRUCTURE, FidelityContext
+from mfwrap.ops import scatter_sum_float64
 
 
 def read_element_energies(module: nn.Module, num_elements: int = MAX_ATOMIC_NUMBER + 1) -> torch.Tensor:

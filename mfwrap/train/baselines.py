@@ -20,7 +20,7 @@ Methods (``Experiment.method``), all evaluated on the target fidelity (default: 
   directly (low fidelity has none). Predictions: base + correction, one forward each.
 
 Every method fits its composition model the same way before training
-(:func:`mfwrap.composition.fit_composition`, ``train.fit_composition``): single-fidelity and
+(:func:`mfwrap.mechanisms.composition_fit.fit_composition`, ``train.fit_composition``): single-fidelity and
 transfer on the target fidelity's energies, Δ on the residual E − E_base, multi-fidelity per
 fidelity (C) or pooled (without C).
 

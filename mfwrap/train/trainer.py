@@ -28,10 +28,10 @@ from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
 from mfwrap.compile import compile_model, inductor_cache_dir
-from mfwrap.composition import fit_composition
 from mfwrap.data import keys as K
 from mfwrap.fidelity import fidelity_names_of
 from mfwrap.files import write_text
+from mfwrap.mechanisms.composition_fit import fit_composition
 from mfwrap.model_file import describe_model, read_payload, save_model
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train.checkpoint import describe_structures, require_finite, rng_state, set_rng_state

@@ -255,7 +255,7 @@ def test_fit_composition_sets_the_shift_per_modality_and_the_trainer_trains(tmp_
     """The trainer fits μ_{m,Z} per modality by least squares and trains the multi-modal model
     as a bare backbone (fidelity names from the model); a scalar shift cannot be fitted per element."""
     from backbones.sevenn import MultiModalSevenNet
-    from mfwrap.composition import fit_linear_composition
+    from mfwrap.mechanisms.composition_fit import fit_linear_composition
     from mfwrap.train import TrainConfig, Trainer
 
     torch.manual_seed(0)

@@ -6,9 +6,9 @@ from torch_geometric.data import Batch
 
 import mfwrap
 from mfwrap.data import keys as K
+from mfwrap.mechanisms.composition_fit import fit_linear_composition
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train import TrainConfig, Trainer
-from mfwrap.composition import fit_linear_composition
 from mfwrap.delta import DeltaModel
 from mfwrap.mechanisms import ResidualFidelityReadout
 from mfwrap.model_file import read_model_file, read_payload

@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: mf_models
 from mf_models import small_backbone  # noqa: E402
 from mfwrap import MultiFidelity  # noqa: E402
-from mfwrap.composition import composition_path, fit_composition, fit_linear_composition  # noqa: E402
 from mfwrap.delta import DeltaModel  # noqa: E402
 from mfwrap.mechanisms.composition import read_element_energies  # noqa: E402
+from mfwrap.mechanisms.composition_fit import composition_path, fit_composition, fit_linear_composition  # noqa: E402
 from mfwrap.train import TrainConfig  # noqa: E402
 from mfwrap.train.baselines import Experiment, run_experiment, transfer_freeze  # noqa: E402
 from tiny_backbone import TinyBackbone, labelled_graphs  # noqa: E402

@@ -12,8 +12,8 @@ import pytest
 import torch
 from tiny_backbone import TinyBackbone, labelled_graphs
 
-from mfwrap.composition import element_counts, fit_linear_composition
 from mfwrap.mechanisms.composition import read_element_energies
+from mfwrap.mechanisms.composition_fit import element_counts, fit_linear_composition
 from mfwrap.model_file import read_payload
 from mfwrap.train import TrainConfig, Trainer
 

@@ -12,9 +12,9 @@ import torch
 from ase import Atoms
 from torch import nn
 
-from backbones.ops import scatter_sum
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, to_graph
+from mfwrap.ops import scatter_sum
 from mfwrap.physics import energy_and_derivatives
 from torch_geometric.data import Batch
 

@@ -8,7 +8,7 @@ Rows may carry any trailing shape (``src`` (E, ...)). Indices are not range-chec
 need a host-device synchronisation): out-of-range rows raise on the torch backend and are
 dropped by the others.
 
-Which backend runs is decided per call from the tensor's device (backbones.ops.backend). The
+Which backend runs is decided per call from the tensor's device (:mod:`mfwrap.ops.backend`). The
 torch backend uses native ``index_add``, differentiable to any order by torch itself. The other
 backends go through the autograd Functions below, built on the pair
 
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
-from backbones.ops.backend import get_backend, implementation
+from mfwrap.ops.backend import get_backend, implementation
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -68,7 +68,8 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     ``torch.use_deterministic_algorithms(True)``, when it sorts the rows by destination instead.
     """
     if src.dim() == 0 or index.dim() != 1 or src.shape[0] != index.shape[0]:
-        raise ValueError(f"scatter_sum: need src (E, ...) and index (E,), got {tuple(src.shape)} and {tuple(index.shape)}")
+        raise ValueError(f"scatter_sum: need src (E, ...) and index (E,), "
+                         f"got {tuple(src.shape)} and {tuple(index.shape)}")
     backend = get_backend(src.device)
     if backend == "torch":
         return src.new_zeros((dim_size, *src.shape[1:])).index_add(0, index, src)

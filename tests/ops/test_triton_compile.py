@@ -2,14 +2,14 @@
 
 The interpreter (test_triton_interpreted.py) checks what the kernels compute but accepts code
 the GPU compiler rejects; this checks the compiler's side, with the argument types and
-compile-time flags the launchers in backbones/ops/triton_kernels.py use.
+compile-time flags the launchers in mfwrap/ops/triton_kernels.py use.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from backbones.ops.backend import is_available, triton_interpreted
+from mfwrap.ops.backend import is_available, triton_interpreted
 
 if is_available("triton") and not triton_interpreted():
     import triton
@@ -17,7 +17,7 @@ if is_available("triton") and not triton_interpreted():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from backbones.ops import triton_kernels
+    from mfwrap.ops import triton_kernels
 
     def _compile(kernel, types: dict, constexprs: dict, capability: int):
         signature = {name: types.get(name, "constexpr") for name in kernel.arg_names}

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from backbones import ops
-from backbones.ops import backend
+from mfwrap import ops
+from mfwrap.ops import backend
 
 
 @pytest.fixture(autouse=True)
@@ -78,8 +78,8 @@ def test_unknown_names_and_missing_backends_are_clear_errors(monkeypatch):
 
 def test_first_use_is_logged_once_per_device_and_backend(caplog):
     src, index = torch.ones(4, 2), torch.tensor([0, 1, 1, 0])
-    with caplog.at_level(logging.INFO, logger="backbones.ops"):
+    with caplog.at_level(logging.INFO, logger="mfwrap.ops"):
         ops.scatter_sum(src, index, 2)
         ops.scatter_sum(src, index, 2)
-    lines = [r.getMessage() for r in caplog.records if r.name == "backbones.ops"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mfwrap.ops"]
     assert len(lines) == 1 and "cpu tensors: torch (automatic choice" in lines[0]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backbones import ops
-from backbones.ops.backend import available_backends, triton_interpreted
+from mfwrap import ops
+from mfwrap.ops.backend import available_backends, triton_interpreted
 
 
 def _cases() -> list:

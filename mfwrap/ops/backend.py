@@ -3,7 +3,7 @@
 Backends:
     "torch"          native ``index_add`` (always available; the automatic choice on CPU).
     "torch_scatter"  the ``torch_scatter`` extension (``torch_scatter.scatter``).
-    "triton"         our Triton kernels (``backbones.ops.triton_kernels``): the automatic
+    "triton"         our Triton kernels (``mfwrap.ops.triton_kernels``): the automatic
                      choice for CUDA tensors when ``triton`` imports. On CPU tensors they run
                      only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
                      ``triton`` is first imported), which is slow and meant for tests.
@@ -14,7 +14,7 @@ The requested name comes from, in order: the innermost :func:`use_backend` conte
 Resolution looks only at the tensor's device type and Python state, never at tensor values, so
 it adds no host-device synchronisation. The state is process-wide (not per thread); an op's
 backward runs on the backend its forward used. The first resolution for each (device type,
-backend) pair is logged at INFO level on the ``backbones.ops`` logger.
+backend) pair is logged at INFO level on the ``mfwrap.ops`` logger.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import torch
 ENV_VAR = "MFWRAP_SCATTER_BACKEND"
 BACKENDS = ("torch", "torch_scatter", "triton")
 _CHOICES = BACKENDS + ("auto",)
-_MODULES = {"torch_scatter": "backbones.ops.torch_scatter_impl", "triton": "backbones.ops.triton_kernels"}
+_MODULES = {"torch_scatter": "mfwrap.ops.torch_scatter_impl", "triton": "mfwrap.ops.triton_kernels"}
 _PACKAGES = {"torch_scatter": "torch_scatter", "triton": "triton"}
 
-logger = logging.getLogger("backbones.ops")
+logger = logging.getLogger("mfwrap.ops")
 
 _overrides: list[str] = []  # use_backend stack, innermost last
 _selected: str | None = None  # set_backend's choice (None: not set)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from backbones.ops import set_backend
-from backbones.ops.backend import is_available
+from mfwrap.ops import set_backend
+from mfwrap.ops.backend import is_available
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
