@@ -57,9 +57,15 @@ def _matgl() -> SimpleNamespace:
     from matgl.utils.cutoff import polynomial_cutoff
     from matgl.utils.maths import decompose_tensor, tensor_norm
 
-    return SimpleNamespace(models=matgl.models, Potential=Potential, compute_theta=compute_theta,
-                           compute_theta_and_phi=compute_theta_and_phi, polynomial_cutoff=polynomial_cutoff,
-                           decompose_tensor=decompose_tensor, tensor_norm=tensor_norm)
+    return SimpleNamespace(
+        models=matgl.models,
+        Potential=Potential,
+        compute_theta=compute_theta,
+        compute_theta_and_phi=compute_theta_and_phi,
+        polynomial_cutoff=polynomial_cutoff,
+        decompose_tensor=decompose_tensor,
+        tensor_norm=tensor_norm,
+    )
 
 
 class ElementReference(nn.Module):
@@ -124,8 +130,11 @@ class MatglAdapter(nn.Module, metaclass=abc.ABCMeta):
         for index, symbol in enumerate(self.element_types):
             types[atomic_numbers[symbol]] = index
         self.register_buffer("type_of_z", types, persistent=False)  # Z → index into element_types, -1: unknown
-        self.config = {"data_mean": float(self.data_mean), "data_std": float(self.data_std),
-                       **{key: _plain(value) for key, value in model._init_args.items()}}
+        self.config = {
+            "data_mean": float(self.data_mean),
+            "data_std": float(self.data_std),
+            **{key: _plain(value) for key, value in model._init_args.items()},
+        }
 
     @property
     def supported_numbers(self) -> list[int]:
@@ -136,13 +145,17 @@ class MatglAdapter(nn.Module, metaclass=abc.ABCMeta):
         """ValueError unless ``model`` predicts one extensive energy without state features."""
         args = model._init_args
         if args.get("is_intensive", False) or args.get("task_type", "regression") != "regression":
-            raise ValueError(f"{type(self).__name__} adapts energy models: matgl's {self.matgl_class} must be built "
-                             "with is_intensive=False and task_type='regression' (a sum of per-atom energies)")
+            raise ValueError(
+                f"{type(self).__name__} adapts energy models: matgl's {self.matgl_class} must be built "
+                "with is_intensive=False and task_type='regression' (a sum of per-atom energies)"
+            )
         if args.get("ntargets", args.get("num_targets", 1)) != 1:
             raise ValueError(f"{type(self).__name__}: the matgl model has several targets; an energy model has one")
         if getattr(model, "include_state", False) or getattr(model, "include_states", False):
-            raise ValueError(f"{type(self).__name__}: state (global) features are not supported; mfwrap inserts "
-                             "fidelity information itself (mfwrap.MultiFidelity)")
+            raise ValueError(
+                f"{type(self).__name__}: state (global) features are not supported; mfwrap inserts "
+                "fidelity information itself (mfwrap.MultiFidelity)"
+            )
 
     @classmethod
     def from_matgl(cls, model: nn.Module) -> "MatglAdapter":
@@ -154,13 +167,17 @@ class MatglAdapter(nn.Module, metaclass=abc.ABCMeta):
         network = potential.model if potential is not None else model
         expected = getattr(lib.models, cls.matgl_class)
         if not isinstance(network, expected):
-            raise TypeError(f"{cls.__name__}.from_matgl expects a matgl {cls.matgl_class} or a Potential of one, "
-                            f"got {type(network).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_matgl expects a matgl {cls.matgl_class} or a Potential of one, "
+                f"got {type(network).__name__}"
+            )
         mean, std = 0.0, 1.0
         if potential is not None:
             if potential.calc_repuls or potential.calc_charge:
-                raise ValueError("a matgl Potential with ZBL repulsion (calc_repuls) or charges (calc_charge) cannot be "
-                                 "adapted: mfwrap's energy is the network's plus the element references only")
+                raise ValueError(
+                    "a matgl Potential with ZBL repulsion (calc_repuls) or charges (calc_charge) cannot be "
+                    "adapted: mfwrap's energy is the network's plus the element references only"
+                )
             if potential.data_mean.numel() != 1 or potential.data_std.numel() != 1:
                 raise ValueError("only a Potential with scalar data_mean and data_std can be adapted")
             mean, std = float(potential.data_mean), float(potential.data_std)
@@ -183,9 +200,11 @@ class MatglAdapter(nn.Module, metaclass=abc.ABCMeta):
         unknown = types < 0
         if bool(unknown.any()):
             z = int(numbers[unknown][0])
-            raise ValueError(f"{type(self).__name__}: element {chemical_symbols[z]} (Z = {z}) is not among the "
-                             f"model's element_types ({len(self.element_types)} elements: "
-                             f"{', '.join(self.element_types[:12])}{', ...' if len(self.element_types) > 12 else ''})")
+            raise ValueError(
+                f"{type(self).__name__}: element {chemical_symbols[z]} (Z = {z}) is not among the "
+                f"model's element_types ({len(self.element_types)} elements: "
+                f"{', '.join(self.element_types[:12])}{', ...' if len(self.element_types) > 12 else ''})"
+            )
         return types
 
     def forward(self, batch) -> dict[str, Tensor]:
@@ -232,13 +251,15 @@ class MatglM3GNet(MatglAdapter):
     # (edge_weight_func, node_weight_func), which vanish at the cutoff. R: the per-atom readout.
     fidelity_spec = {
         "embedding": "model.embedding.layer_node_embedding",
-        "message": ["model.three_body_interactions.*.update_network_atom.layers.0",
-                    "model.three_body_interactions.*.update_network_bond.layers.0",
-                    "model.three_body_interactions.*.update_network_bond.gates.0",
-                    "model.graph_layers.*.conv.edge_update_func.layers.0",
-                    "model.graph_layers.*.conv.edge_update_func.gates.0",
-                    "model.graph_layers.*.conv.node_update_func.layers.0",
-                    "model.graph_layers.*.conv.node_update_func.gates.0"],
+        "message": [
+            "model.three_body_interactions.*.update_network_atom.layers.0",
+            "model.three_body_interactions.*.update_network_bond.layers.0",
+            "model.three_body_interactions.*.update_network_bond.gates.0",
+            "model.graph_layers.*.conv.edge_update_func.layers.0",
+            "model.graph_layers.*.conv.edge_update_func.gates.0",
+            "model.graph_layers.*.conv.node_update_func.layers.0",
+            "model.graph_layers.*.conv.node_update_func.gates.0",
+        ],
         "readout": ["model.final_layer"],
         "composition": "element_refs",
     }
@@ -283,8 +304,11 @@ class MatglTensorNet(MatglAdapter):
     # tensor linears (linears_tensor) act on rotating features and are never named.
     fidelity_spec = {
         "embedding": "model.tensor_embedding.emb",
-        "message": ["model.tensor_embedding.emb2", "model.tensor_embedding.linears_scalar.0",
-                    "model.layers.*.linears_scalar.0"],
+        "message": [
+            "model.tensor_embedding.emb2",
+            "model.tensor_embedding.linears_scalar.0",
+            "model.layers.*.linears_scalar.0",
+        ],
         "readout": ["model.final_layer"],
         "composition": "element_refs",
     }
@@ -328,8 +352,10 @@ class MatglCHGNet(MatglAdapter):
     # the cutoff). The magnetic-moment head is shared by all fidelities.
     fidelity_spec = {
         "embedding": "model.atom_embedding",
-        "message": ["model.atom_graph_layers.*.conv.*_update_func.*.layers.0",
-                    "model.bond_graph_layers.*.conv.*_update_func.*.layers.0"],
+        "message": [
+            "model.atom_graph_layers.*.conv.*_update_func.*.layers.0",
+            "model.bond_graph_layers.*.conv.*_update_func.*.layers.0",
+        ],
         "readout": ["model.final_layer"],
         "composition": "element_refs",
         "heads": ["model.sitewise_readout"],
@@ -353,7 +379,9 @@ class MatglCHGNet(MatglAdapter):
         line_graph = rbf3 = all_bonds = centres = angle = None
         if m.use_bond_graph:
             first, second = batch[K.ANGLE_EDGES]
-            line_graph = torch.stack([reverse_edges(batch).index_select(0, first), second])  # bond into c → bond out of c
+            line_graph = torch.stack(
+                [reverse_edges(batch).index_select(0, first), second]
+            )  # bond into c → bond out of c
             rbf3 = m.threebody_bond_expansion(lengths)
             rbf3 = lib.polynomial_cutoff(rbf3, m.three_body_cutoff, m.cutoff_exponent) * rbf3
             sign = vectors.new_full((lengths.shape[0], 1), -1.0)  # the incoming bond's vector, flipped
@@ -372,8 +400,9 @@ class MatglCHGNet(MatglAdapter):
                 out[K.MAGMOMS] = m.sitewise_readout(atom).squeeze(-1)
             atom, bond, _ = atom_block(edges, atom, bond, rbf, None, None, atom_weights, bond_weights)
             if m.use_bond_graph and t < len(m.atom_graph_layers) - 1:
-                bond, angle = m.bond_graph_layers[t](line_graph, bond, angle, atom, all_bonds, centres, rbf3,
-                                                     three_body_weights)
+                bond, angle = m.bond_graph_layers[t](
+                    line_graph, bond, angle, atom, all_bonds, centres, rbf3, three_body_weights
+                )
         out[K.ENERGY] = m.final_dropout(m.final_layer(atom)).squeeze(-1)
         return out
 
@@ -386,5 +415,7 @@ def from_matgl(model: nn.Module) -> MatglAdapter:
     for adapter in (MatglM3GNet, MatglTensorNet, MatglCHGNet):
         if isinstance(network, getattr(lib.models, adapter.matgl_class)):
             return adapter.from_matgl(model)
-    raise TypeError(f"cannot adapt a {type(network).__name__}: backbones.matgl adapts matgl's M3GNet, TensorNet and "
-                    "CHGNet (or a matgl Potential of one)")
+    raise TypeError(
+        f"cannot adapt a {type(network).__name__}: backbones.matgl adapts matgl's M3GNet, TensorNet and "
+        "CHGNet (or a matgl Potential of one)"
+    )

@@ -42,13 +42,16 @@ class PositionsModel(nn.Module):
     recoverable from an arbitrary object).
     """
 
-    def __init__(self, model_class: str, model_kwargs: Mapping[str, Any] | None = None, cutoff: float | None = None) -> None:
+    def __init__(
+        self, model_class: str, model_kwargs: Mapping[str, Any] | None = None, cutoff: float | None = None
+    ) -> None:
         super().__init__()
         self._setup(import_class(model_class)(**dict(model_kwargs or {})), cutoff, model_class, model_kwargs or {})
 
     @classmethod
-    def wrap(cls, model: nn.Module, cutoff: float | None = None,
-             model_kwargs: Mapping[str, Any] | None = None) -> "PositionsModel":
+    def wrap(
+        cls, model: nn.Module, cutoff: float | None = None, model_kwargs: Mapping[str, Any] | None = None
+    ) -> "PositionsModel":
         """The adapter around an existing ``model`` (its weights kept, shared)."""
         adapter = cls.__new__(cls)
         nn.Module.__init__(adapter)
@@ -56,15 +59,22 @@ class PositionsModel(nn.Module):
         adapter._setup(model, cutoff, f"{kind.__module__}:{kind.__qualname__}", model_kwargs)
         return adapter
 
-    def _setup(self, model: nn.Module, cutoff: float | None, model_class: str, model_kwargs: Mapping[str, Any] | None) -> None:
+    def _setup(
+        self, model: nn.Module, cutoff: float | None, model_class: str, model_kwargs: Mapping[str, Any] | None
+    ) -> None:
         cutoff = getattr(model, "cutoff", None) if cutoff is None else cutoff
         if not isinstance(cutoff, (int, float)) or cutoff <= 0:
-            raise ValueError(f"{type(model).__name__} has no numeric `cutoff` attribute: pass cutoff= (Å), the radius "
-                             "within which its forward builds its graph")
+            raise ValueError(
+                f"{type(model).__name__} has no numeric `cutoff` attribute: pass cutoff= (Å), the radius "
+                "within which its forward builds its graph"
+            )
         self.model = model
         self.graph_spec = GraphSpec(cutoff=float(cutoff))
-        self._config = None if model_kwargs is None else {"model_class": model_class, "model_kwargs": dict(model_kwargs),
-                                                          "cutoff": float(cutoff)}
+        self._config = (
+            None
+            if model_kwargs is None
+            else {"model_class": model_class, "model_kwargs": dict(model_kwargs), "cutoff": float(cutoff)}
+        )
 
     @property
     def config(self) -> dict[str, Any]:
@@ -89,8 +99,10 @@ class PositionsModel(nn.Module):
         energy = self.model(batch[K.ATOMIC_NUMBERS], batch[K.POSITIONS], structure_index(batch))
         energy = energy.reshape(-1)
         if energy.shape[0] != count:
-            raise ValueError(f"{type(self.model).__name__} returned {energy.shape[0]} energies for {count} structures; "
-                             "expected one per structure")
+            raise ValueError(
+                f"{type(self.model).__name__} returned {energy.shape[0]} energies for {count} structures; "
+                "expected one per structure"
+            )
         return {K.ENERGY: energy}
 
     def extra_repr(self) -> str:

@@ -55,16 +55,34 @@ class SchNet(nn.Module):
     the graph-building ones; readout is always a sum, as energy is extensive).
     """
 
-    def __init__(self, hidden_channels: int = 128, num_filters: int = 128, num_interactions: int = 6,
-                 num_gaussians: int = 50, cutoff: float = 10.0, mean: float | None = None, std: float | None = None,
-                 atomref: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        hidden_channels: int = 128,
+        num_filters: int = 128,
+        num_interactions: int = 6,
+        num_gaussians: int = 50,
+        cutoff: float = 10.0,
+        mean: float | None = None,
+        std: float | None = None,
+        atomref: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
-        self.config = {"hidden_channels": hidden_channels, "num_filters": num_filters, "num_interactions": num_interactions,
-                       "num_gaussians": num_gaussians, "cutoff": cutoff, "mean": mean, "std": std,
-                       "atomref": None if atomref is None else [float(a) for a in torch.as_tensor(atomref).reshape(-1)]}
-        reference = torch.zeros(100, 1) if atomref is None else torch.as_tensor(atomref, dtype=torch.float32).reshape(-1, 1)
-        net = pyg_models.SchNet(hidden_channels, num_filters, num_interactions, num_gaussians, cutoff,
-                                mean=mean, std=std, atomref=reference)
+        self.config = {
+            "hidden_channels": hidden_channels,
+            "num_filters": num_filters,
+            "num_interactions": num_interactions,
+            "num_gaussians": num_gaussians,
+            "cutoff": cutoff,
+            "mean": mean,
+            "std": std,
+            "atomref": None if atomref is None else [float(a) for a in torch.as_tensor(atomref).reshape(-1)],
+        }
+        reference = (
+            torch.zeros(100, 1) if atomref is None else torch.as_tensor(atomref, dtype=torch.float32).reshape(-1, 1)
+        )
+        net = pyg_models.SchNet(
+            hidden_channels, num_filters, num_interactions, num_gaussians, cutoff, mean=mean, std=std, atomref=reference
+        )
         self.graph_spec = GraphSpec(cutoff=float(cutoff))
         self.embedding = net.embedding
         self.distance_expansion = net.distance_expansion
@@ -74,7 +92,12 @@ class SchNet(nn.Module):
         self.mean, self.std = mean, std
         self.register_load_state_dict_pre_hook(_zero_atomref_if_missing)
 
-    fidelity_spec = {"embedding": "embedding", "message": ["interactions.*"], "readout": ["readout"], "composition": "atomref"}
+    fidelity_spec = {
+        "embedding": "embedding",
+        "message": ["interactions.*"],
+        "readout": ["readout"],
+        "composition": "atomref",
+    }
 
     @classmethod
     def from_pyg(cls, net: pyg_models.SchNet) -> "SchNet":
@@ -84,9 +107,21 @@ class SchNet(nn.Module):
         if net.dipole or type(net.readout).__name__ != "SumAggregation" or net.scale is not None:
             raise ValueError("only an energy SchNet with a sum readout (no dipole, no scale) can be adapted")
         atomref = None if net.atomref is None else net.atomref.weight.detach().reshape(-1).tolist()
-        model = cls(net.hidden_channels, net.num_filters, net.num_interactions, net.num_gaussians, net.cutoff,
-                    mean=net.mean, std=net.std, atomref=atomref)
-        model.embedding, model.distance_expansion, model.interactions = net.embedding, net.distance_expansion, net.interactions
+        model = cls(
+            net.hidden_channels,
+            net.num_filters,
+            net.num_interactions,
+            net.num_gaussians,
+            net.cutoff,
+            mean=net.mean,
+            std=net.std,
+            atomref=atomref,
+        )
+        model.embedding, model.distance_expansion, model.interactions = (
+            net.embedding,
+            net.distance_expansion,
+            net.interactions,
+        )
         model.readout = nn.Sequential(net.lin1, net.act, net.lin2)
         if net.atomref is not None:
             model.atomref = net.atomref
@@ -154,16 +189,40 @@ class DimeNetPlusPlus(nn.Module):
     the energy).
     """
 
-    def __init__(self, hidden_channels: int = 128, num_blocks: int = 4, int_emb_size: int = 64, basis_emb_size: int = 8,
-                 out_emb_channels: int = 256, num_spherical: int = 7, num_radial: int = 6, cutoff: float = 5.0,
-                 envelope_exponent: int = 5, num_before_skip: int = 1, num_after_skip: int = 2,
-                 num_output_layers: int = 3, act: str = "swish", output_initializer: str = "zeros") -> None:
+    def __init__(
+        self,
+        hidden_channels: int = 128,
+        num_blocks: int = 4,
+        int_emb_size: int = 64,
+        basis_emb_size: int = 8,
+        out_emb_channels: int = 256,
+        num_spherical: int = 7,
+        num_radial: int = 6,
+        cutoff: float = 5.0,
+        envelope_exponent: int = 5,
+        num_before_skip: int = 1,
+        num_after_skip: int = 2,
+        num_output_layers: int = 3,
+        act: str = "swish",
+        output_initializer: str = "zeros",
+    ) -> None:
         super().__init__()
         self.config = {key: value for key, value in locals().items() if key not in ("self", "__class__")}
         net = pyg_models.DimeNetPlusPlus(
-            hidden_channels, 1, num_blocks, int_emb_size, basis_emb_size, out_emb_channels, num_spherical, num_radial,
-            cutoff=cutoff, envelope_exponent=envelope_exponent, num_before_skip=num_before_skip,
-            num_after_skip=num_after_skip, num_output_layers=num_output_layers, act=act,
+            hidden_channels,
+            1,
+            num_blocks,
+            int_emb_size,
+            basis_emb_size,
+            out_emb_channels,
+            num_spherical,
+            num_radial,
+            cutoff=cutoff,
+            envelope_exponent=envelope_exponent,
+            num_before_skip=num_before_skip,
+            num_after_skip=num_after_skip,
+            num_output_layers=num_output_layers,
+            act=act,
             output_initializer=output_initializer,
         )
         self.graph_spec = GraphSpec(cutoff=float(cutoff), line_graph_cutoff=float(cutoff))
@@ -180,8 +239,10 @@ class DimeNetPlusPlus(nn.Module):
     # and a fidelity bias there would make the energy jump when a neighbour crosses the cutoff.
     fidelity_spec = {
         "embedding": "emb.emb",
-        "message": [f"interaction_blocks.*.{name}" for name in
-                    ("lin_kj", "lin_ji", "lin_down", "lin_up", "layers_before_skip.*", "lin", "layers_after_skip.*")],
+        "message": [
+            f"interaction_blocks.*.{name}"
+            for name in ("lin_kj", "lin_ji", "lin_down", "lin_up", "layers_before_skip.*", "lin", "layers_after_skip.*")
+        ],
         "readout": ["output_heads.*"],
         "composition": "atomref",
     }
@@ -193,13 +254,23 @@ class DimeNetPlusPlus(nn.Module):
         must be one PyG names (swish/silu); the adapter's config records "swish"."""
         block, head = net.interaction_blocks[0], net.output_blocks[0]
         if head.lin.out_features != 1:
-            raise ValueError(f"only an energy DimeNet++ (1 output channel) can be adapted, this one has {head.lin.out_features}")
-        model = cls(hidden_channels=net.emb.emb.embedding_dim, num_blocks=net.num_blocks,
-                    int_emb_size=block.lin_down.out_features, basis_emb_size=block.lin_rbf1.out_features,
-                    out_emb_channels=head.lin_up.out_features, num_spherical=net.sbf.num_spherical,
-                    num_radial=net.sbf.num_radial, cutoff=net.cutoff, envelope_exponent=net.rbf.envelope.p - 1,
-                    num_before_skip=len(block.layers_before_skip), num_after_skip=len(block.layers_after_skip),
-                    num_output_layers=len(head.lins))
+            raise ValueError(
+                f"only an energy DimeNet++ (1 output channel) can be adapted, this one has {head.lin.out_features}"
+            )
+        model = cls(
+            hidden_channels=net.emb.emb.embedding_dim,
+            num_blocks=net.num_blocks,
+            int_emb_size=block.lin_down.out_features,
+            basis_emb_size=block.lin_rbf1.out_features,
+            out_emb_channels=head.lin_up.out_features,
+            num_spherical=net.sbf.num_spherical,
+            num_radial=net.sbf.num_radial,
+            cutoff=net.cutoff,
+            envelope_exponent=net.rbf.envelope.p - 1,
+            num_before_skip=len(block.layers_before_skip),
+            num_after_skip=len(block.layers_after_skip),
+            num_output_layers=len(head.lins),
+        )
         model.rbf, model.sbf, model.emb, model.interaction_blocks = net.rbf, net.sbf, net.emb, net.interaction_blocks
         model.output_rbf = nn.ModuleList(b.lin_rbf for b in net.output_blocks)
         model.output_heads = nn.ModuleList(OutputHead(b, b.act) for b in net.output_blocks)
@@ -250,4 +321,3 @@ def adapt(model: nn.Module) -> nn.Module:
         "instances and models whose forward takes (z, pos, batch); other "
         "networks become mfwrap backbones by having graph_spec, forward(batch) -> {'energy'} and config (mfwrap.backbone)"
     )
-

@@ -69,8 +69,14 @@ from mfwrap.ops import scatter_sum_float64
 
 # sevenn modules the adapter does not run: its one-hot (made here, any dtype), its sum over atoms
 # (made here per structure), its force/stress output and edge preprocessing (mfwrap.physics).
-_REPLACED = ("OnehotEmbedding", "AtomReduce", "ForceOutput", "ForceStressOutput", "ForceStressOutputFromEdge",
-             "EdgePreprocess")
+_REPLACED = (
+    "OnehotEmbedding",
+    "AtomReduce",
+    "ForceOutput",
+    "ForceStressOutput",
+    "ForceStressOutputFromEdge",
+    "EdgePreprocess",
+)
 
 # Convolution denominator d_t of a fresh model when none is given: sevenn's default ("avg_num_neigh")
 # is a training-set statistic that an architecture config cannot compute.
@@ -87,9 +93,16 @@ def multi_modal_options(modalities: Sequence[str]) -> dict[str, Any]:
     names = [str(m) for m in modalities]
     if len(names) < 2 or len(set(names)) != len(names):
         raise ValueError(f"a multi-modal SevenNet needs at least two distinct modality names, got {names}")
-    return {"use_modality": True, "_modal_map": {name: i for i, name in enumerate(names)},
-            "use_modal_node_embedding": False, "use_modal_self_inter_intro": True, "use_modal_self_inter_outro": True,
-            "use_modal_output_block": True, "use_modal_wise_shift": True, "use_modal_wise_scale": False}
+    return {
+        "use_modality": True,
+        "_modal_map": {name: i for i, name in enumerate(names)},
+        "use_modal_node_embedding": False,
+        "use_modal_self_inter_intro": True,
+        "use_modal_self_inter_outro": True,
+        "use_modal_output_block": True,
+        "use_modal_wise_shift": True,
+        "use_modal_wise_scale": False,
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -114,8 +127,15 @@ def model_config(options: Mapping[str, Any], strict: bool = True) -> dict[str, A
     from sevenn.util import chemical_species_preprocess
 
     config = copy.deepcopy(_const.DEFAULT_E3_EQUIVARIANT_MODEL_CONFIG)
-    config.update({KEY.SHIFT: 0.0, KEY.SCALE: 1.0, KEY.TRAIN_SHIFT_SCALE: False,
-                   KEY.CONV_DENOMINATOR: DEFAULT_CONV_DENOMINATOR, KEY.TRAIN_DENOMINTAOR: False})
+    config.update(
+        {
+            KEY.SHIFT: 0.0,
+            KEY.SCALE: 1.0,
+            KEY.TRAIN_SHIFT_SCALE: False,
+            KEY.CONV_DENOMINATOR: DEFAULT_CONV_DENOMINATOR,
+            KEY.TRAIN_DENOMINTAOR: False,
+        }
+    )
     species_keys = (KEY.CHEMICAL_SPECIES, KEY.NUM_SPECIES, KEY.TYPE_MAP, KEY.CHEMICAL_SPECIES_BY_ATOMIC_NUMBER)
     known = set(config) | set(species_keys) | set(_MODAL_KEYS)
     unknown = sorted(set(options) - known)
@@ -129,8 +149,9 @@ def model_config(options: Mapping[str, Any], strict: bool = True) -> dict[str, A
     if config.get(KEY.USE_MODALITY):
         modal_map = {str(m): int(i) for m, i in dict(config.get(KEY.MODAL_MAP) or {}).items()}
         if len(modal_map) < 2 or sorted(modal_map.values()) != list(range(len(modal_map))):
-            raise ValueError(f"a multi-modal SevenNet needs _modal_map {{name: index}} over indices 0..n-1, n >= 2; "
-                             f"got {modal_map}")
+            raise ValueError(
+                f"a multi-modal SevenNet needs _modal_map {{name: index}} over indices 0..n-1, n >= 2; got {modal_map}"
+            )
         config.update({KEY.MODAL_MAP: modal_map, KEY.NUM_MODALITIES: len(modal_map)})
         for key in (KEY.USE_MODAL_WISE_SHIFT, KEY.USE_MODAL_WISE_SCALE):
             config.setdefault(key, False)  # sevenn's data defaults
@@ -138,7 +159,9 @@ def model_config(options: Mapping[str, Any], strict: bool = True) -> dict[str, A
         for key in _MODAL_KEYS:
             config.pop(key, None)
     if isinstance(config[KEY.CONV_DENOMINATOR], str):
-        raise ValueError(f"conv_denominator {config[KEY.CONV_DENOMINATOR]!r} is a training-set statistic; give a number")
+        raise ValueError(
+            f"conv_denominator {config[KEY.CONV_DENOMINATOR]!r} is a training-set statistic; give a number"
+        )
     config.update({KEY.CUEQUIVARIANCE_CONFIG: {}, KEY.USE_FLASH_TP: False, KEY.USE_OEQ: False})
     config[KEY.TYPE_MAP] = {int(z): int(i) for z, i in config[KEY.TYPE_MAP].items()}
     return _plain(config)
@@ -214,12 +237,16 @@ class SevenNet(nn.Module):
             raise ValueError("the sevenn model has no type_map or cutoff, so its species and graph are unknown")
         modal_map = dict(getattr(network, "modal_map", None) or {})
         if bool(modal_map) != self.multi_modal:
-            raise ValueError(f"the sevenn model is multi-modal (modalities {list(modal_map)}): use MultiModalSevenNet"
-                             if modal_map else "the sevenn model has no modalities (use_modality): use SevenNet")
+            raise ValueError(
+                f"the sevenn model is multi-modal (modalities {list(modal_map)}): use MultiModalSevenNet"
+                if modal_map
+                else "the sevenn model has no modalities (use_modality): use SevenNet"
+            )
         self.config = None if config is None else dict(config)
         self.graph_spec = GraphSpec(cutoff=float(network.cutoff))
         self.layer_names: tuple[str, ...] = tuple(
-            name for name, module in network._modules.items() if type(module).__name__ not in _REPLACED)
+            name for name, module in network._modules.items() if type(module).__name__ not in _REPLACED
+        )
         for name in self.layer_names:
             module = network._modules[name]
             if hasattr(module, "_is_batch_data"):
@@ -242,8 +269,9 @@ class SevenNet(nn.Module):
 
             unknown = sorted({int(z) for z in numbers[species < 0]})
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
-            raise ValueError(f"SevenNet: element(s) {names} not among the {self.num_species} elements this model "
-                             "was trained on")
+            raise ValueError(
+                f"SevenNet: element(s) {names} not among the {self.num_species} elements this model was trained on"
+            )
         return species
 
     def sevenn_inputs(self, batch) -> dict[str, Tensor]:
@@ -255,8 +283,14 @@ class SevenNet(nn.Module):
         species = self.species(batch[K.ATOMIC_NUMBERS])
         onehot = nn.functional.one_hot(species, self.num_species).to(vectors.dtype)
         neighbour, centre = batch[K.EDGE_INDEX]
-        return {KEY.NODE_FEATURE: onehot, KEY.NODE_ATTR: onehot, KEY.ATOM_TYPE: species, KEY.BATCH: structure_index(batch),
-                KEY.EDGE_IDX: torch.stack([centre, neighbour]), KEY.EDGE_VEC: vectors}
+        return {
+            KEY.NODE_FEATURE: onehot,
+            KEY.NODE_ATTR: onehot,
+            KEY.ATOM_TYPE: species,
+            KEY.BATCH: structure_index(batch),
+            KEY.EDGE_IDX: torch.stack([centre, neighbour]),
+            KEY.EDGE_VEC: vectors,
+        }
 
     def forward(self, batch) -> dict[str, Tensor]:
         """batch → {"energy": (B,) total eV}."""
@@ -282,8 +316,10 @@ class SevenNet(nn.Module):
         rescale = next(m for m in self.children() if type(m).__name__.endswith("Rescale"))
         shift = rescale.shift
         if shift.shape[-1] != self.num_species:
-            raise ValueError("this SevenNet has one scalar energy shift, not one per element; build it with "
-                             f"shift=[0.0] * {self.num_species} (species-wise) to fit per-element energies")
+            raise ValueError(
+                "this SevenNet has one scalar energy shift, not one per element; build it with "
+                f"shift=[0.0] * {self.num_species} (species-wise) to fit per-element energies"
+            )
         numbers = torch.full((self.num_species,), -1, dtype=torch.long)
         numbers[self.species_index[self.species_index >= 0]] = (self.species_index >= 0).nonzero().flatten()
         width = len(self.species_index)
@@ -294,8 +330,11 @@ class SevenNet(nn.Module):
         for m, prior in enumerate(rows):
             pooled = fit_linear_composition(graphs, ridge=ridge, prior=prior, num_elements=width)
             own = [g for g in graphs if int(g[K.FIDELITY]) == m and bool(g[K.mask_key(K.ENERGY)].all())]
-            fitted.append(fit_linear_composition(own, ridge=ridge, prior=pooled, num_elements=width)
-                          if own and len(rows) > 1 else pooled)
+            fitted.append(
+                fit_linear_composition(own, ridge=ridge, prior=pooled, num_elements=width)
+                if own and len(rows) > 1
+                else pooled
+            )
         fitted = torch.stack(fitted).reshape(table.shape)
         with torch.no_grad():
             shift.copy_(fitted[..., numbers].to(shift))
@@ -318,7 +357,9 @@ class MultiModalSevenNet(SevenNet):
 
     multi_modal = True
 
-    def __init__(self, pretrained: str | None = None, modalities: Sequence[str] | None = None, **sevenn_config: Any) -> None:
+    def __init__(
+        self, pretrained: str | None = None, modalities: Sequence[str] | None = None, **sevenn_config: Any
+    ) -> None:
         if modalities is not None:
             if pretrained is not None:
                 raise ValueError("a pretrained model has its own modalities; give either pretrained or modalities")

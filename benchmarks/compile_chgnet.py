@@ -46,8 +46,12 @@ def batch_of(model: CHGNet, count: int, seed: int) -> Batch:
         s.perturb(0.05)
         n = len(s)
         gen = torch.Generator().manual_seed(seed + k)
-        labels = {K.ENERGY: -7.0 * n, K.FORCES: 0.3 * torch.randn(n, 3, generator=gen).numpy(),
-                  K.STRESS: torch.randn(3, 3, generator=gen).numpy(), K.MAGMOMS: torch.rand(n, generator=gen).numpy()}
+        labels = {
+            K.ENERGY: -7.0 * n,
+            K.FORCES: 0.3 * torch.randn(n, 3, generator=gen).numpy(),
+            K.STRESS: torch.randn(3, 3, generator=gen).numpy(),
+            K.MAGMOMS: torch.rand(n, generator=gen).numpy(),
+        }
         graphs.append(to_graph(s, model.graph_spec, labels=labels))
     return Batch.from_data_list(graphs)
 
@@ -75,23 +79,38 @@ def main() -> None:
         def run():
             with torch.no_grad():
                 return energy_and_derivatives(net, batch)
+
         return run
 
     def train(net, batch):
         def run():
             value, _ = loss(energy_and_derivatives(net, batch, create_graph=True), batch)
             return {"loss": value.detach().reshape(1)} | {
-                f"grad{i}": g for i, g in enumerate(torch.autograd.grad(value, params, allow_unused=True)) if g is not None
+                f"grad{i}": g
+                for i, g in enumerate(torch.autograd.grad(value, params, allow_unused=True))
+                if g is not None
             }
+
         return run
 
-    workloads = {"single": (infer, batch_of(model, 1, 0)), "batch16": (infer, batch_of(model, 16, 100)),
-                 "train4": (train, batch_of(model, 4, 200))}
-    results: dict = {"device": "CPU, shared 2-core x86-64 machine", "threads": args.threads, "torch": torch.__version__,
-                     "backend": "inductor", "fullgraph": True, "model": "CHGNet 0.3.0 float32",
-                     "structure": "LiFePO4 1x1x2 (56 atoms), perturbed 0.05 A", "reps": args.reps,
-                     "load_average_start": os.getloadavg(), "workloads": {},
-                     "note": "shared machine under load: compare the ratios, not the absolute times"}
+    workloads = {
+        "single": (infer, batch_of(model, 1, 0)),
+        "batch16": (infer, batch_of(model, 16, 100)),
+        "train4": (train, batch_of(model, 4, 200)),
+    }
+    results: dict = {
+        "device": "CPU, shared 2-core x86-64 machine",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "backend": "inductor",
+        "fullgraph": True,
+        "model": "CHGNet 0.3.0 float32",
+        "structure": "LiFePO4 1x1x2 (56 atoms), perturbed 0.05 A",
+        "reps": args.reps,
+        "load_average_start": os.getloadavg(),
+        "workloads": {},
+        "note": "shared machine under load: compare the ratios, not the absolute times",
+    }
     for name, (kind, batch) in workloads.items():
         first, got = timed(kind(compiled, batch))
         want = kind(model, batch)()
@@ -104,16 +123,28 @@ def main() -> None:
             diff = {k: float((got[k] - want[k]).abs().max()) for k in (K.FORCES, K.STRESS, K.MAGMOMS)}
             diff["energy_per_atom"] = float((got[K.ENERGY] - want[K.ENERGY]).abs().max() / 56)
         else:
-            diff = {"loss_rel": float(((got["loss"] - want["loss"]) / want["loss"]).abs().max()),
-                    "grad_max_rel": max(float((got[k] - want[k]).abs().max() / want[k].abs().max().clamp_min(1e-30))
-                                        for k in want if k.startswith("grad"))}
+            diff = {
+                "loss_rel": float(((got["loss"] - want["loss"]) / want["loss"]).abs().max()),
+                "grad_max_rel": max(
+                    float((got[k] - want[k]).abs().max() / want[k].abs().max().clamp_min(1e-30))
+                    for k in want
+                    if k.startswith("grad")
+                ),
+            }
         results["workloads"][name] = {
-            "eager_median_s": eager, "compiled_median_s": fast, "speedup": eager / fast,
-            "first_compiled_call_s": first, "compile_s": first - fast, "max_difference": diff,
+            "eager_median_s": eager,
+            "compiled_median_s": fast,
+            "speedup": eager / fast,
+            "first_compiled_call_s": first,
+            "compile_s": first - fast,
+            "max_difference": diff,
             "load_average_after": os.getloadavg(),
         }
-        print(f"{name:8s} eager {eager * 1e3:8.1f} ms  compiled {fast * 1e3:8.1f} ms  ×{eager / fast:5.2f}  "
-              f"compile {first - fast:6.1f} s  diff {diff}", flush=True)
+        print(
+            f"{name:8s} eager {eager * 1e3:8.1f} ms  compiled {fast * 1e3:8.1f} ms  ×{eager / fast:5.2f}  "
+            f"compile {first - fast:6.1f} s  diff {diff}",
+            flush=True,
+        )
     results["compiled_graphs"] = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compile_chgnet.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """Does the compiled CHGNet path (mfwrap.compile_model) run under the installed torch, on each device,
 with and without create_graph? Prints OK and the largest difference from eager, or the failure.
     python benchmarks/compile_probe.py"""
+
 import sys
 import time
 
@@ -28,7 +29,13 @@ for dev in devices:
         try:
             out = energy_and_derivatives(compile_model(model), batch, create_graph=create_graph)
             err = max((out[k] - ref[k]).abs().max().item() for k in ("energy", "forces", "stress"))
-            print(f"{dev} create_graph={create_graph}: OK in {time.perf_counter()-t0:.1f}s, max diff {err:.1e}", flush=True)
+            print(
+                f"{dev} create_graph={create_graph}: OK in {time.perf_counter() - t0:.1f}s, max diff {err:.1e}",
+                flush=True,
+            )
         except Exception as e:
-            print(f"{dev} create_graph={create_graph}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
+            print(
+                f"{dev} create_graph={create_graph}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                flush=True,
+            )
             print("".join(l for l in str(e).splitlines(True) if "INTERNAL ASSERT" in l)[:400], flush=True)

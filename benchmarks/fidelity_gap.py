@@ -67,7 +67,8 @@ def measure(size: str = "small") -> dict:
     cosine = (f_high * f_low).sum(1) / np.maximum(np.linalg.norm(f_high, axis=1) * np.linalg.norm(f_low, axis=1), 1e-12)
     return {
         "dataset": f"lmfp {size}, seed 0: {len(train)} high-fidelity training, {len(test)} test frames",
-        "low_teacher": f"CHGNet {TEACHERS['low']}", "high_teacher": f"CHGNet {TEACHERS['high']}",
+        "low_teacher": f"CHGNet {TEACHERS['low']}",
+        "high_teacher": f"CHGNet {TEACHERS['high']}",
         "energy_meV_per_atom": {
             "low_vs_high_raw_mae": 1000 * float(raw.mean()),
             "low_plus_composition_correction_mae": 1000 * float(corrected.mean()),

@@ -59,8 +59,10 @@ def measure(threads: int, batch_size: int, steps: int) -> dict:
     data = structures(4 * batch_size)
     native = CHGNet.from_pretrained("0.3.0")
     predictions = mfwrap.predict(native, data)
-    labels = [{"e": p["energy"] / len(s), "f": p["forces"], "s": p["stress"], "m": p["magmoms"]}
-              for p, s in zip(predictions, data)]
+    labels = [
+        {"e": p["energy"] / len(s), "f": p["forces"], "s": p["stress"], "m": p["magmoms"]}
+        for p, s in zip(predictions, data)
+    ]
     high = labelled_graphs(data, labels, native.graph_spec, [1] * len(data))
     mixed = labelled_graphs(data, labels, native.graph_spec, [i % 2 for i in range(len(data))])
     tmp = Path(tempfile.mkdtemp())
@@ -81,8 +83,10 @@ def measure(threads: int, batch_size: int, steps: int) -> dict:
     finally:
         linear_module.per_row_term = original
     medians = {name: statistics.median(t) for name, t in times.items()}
-    return {name: {"median_s_per_step": m, "overhead_vs_bare": m / medians["bare CHGNet"] - 1}
-            for name, m in medians.items()}
+    return {
+        name: {"median_s_per_step": m, "overhead_vs_bare": m / medians["bare CHGNet"] - 1}
+        for name, m in medians.items()
+    }
 
 
 def main() -> None:
@@ -92,12 +96,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     args = parser.parse_args()
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(mfwrap.compile.inductor_cache_dir()))
-    report = {"machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__},
-              "batch_size": args.batch_size, "steps": args.steps, "date": time.strftime("%Y-%m-%d"), "threads": {}}
+    report = {
+        "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__},
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "date": time.strftime("%Y-%m-%d"),
+        "threads": {},
+    }
     for threads in args.threads:
         report["threads"][str(threads)] = rows = measure(threads, args.batch_size, args.steps)
-        print(f"{threads} thread(s):", ", ".join(f"{k} {v['median_s_per_step']:.3f} s ({v['overhead_vs_bare']:+.1%})"
-                                           for k, v in rows.items()), flush=True)
+        print(
+            f"{threads} thread(s):",
+            ", ".join(f"{k} {v['median_s_per_step']:.3f} s ({v['overhead_vs_bare']:+.1%})" for k, v in rows.items()),
+            flush=True,
+        )
         RESULTS.write_text(json.dumps(report, indent=2))
 
 

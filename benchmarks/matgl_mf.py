@@ -34,6 +34,7 @@ from types import SimpleNamespace
 from typing import Sequence
 
 import torch
+from timed_trainer import TimedTrainer
 from torch import Tensor, nn
 
 from backbones.matgl import MatglM3GNet
@@ -42,7 +43,6 @@ from mfwrap.data import keys as K
 from mfwrap.data.graph import edge_vectors, structure_index
 from mfwrap.mechanisms.composition_fit import fit_linear_composition
 from mfwrap.train import TrainConfig
-from timed_trainer import TimedTrainer
 from mfwrap.train.data import DataConfig, load_data
 
 FIDELITIES = ["low", "high"]
@@ -56,8 +56,12 @@ class MatglStateM3GNet(nn.Module):
         template = MatglM3GNet(**kwargs)  # same arguments, graph spec and element list as the wrapped model
         self.graph_spec, self.fidelity_names = template.graph_spec, list(FIDELITIES)
         self.register_buffer("type_of_z", template.type_of_z.clone(), persistent=False)
-        arguments = {**template.config, "include_state": True, "ntypes_state": len(FIDELITIES),
-                     "dim_state_embedding": state_dim}
+        arguments = {
+            **template.config,
+            "include_state": True,
+            "ntypes_state": len(FIDELITIES),
+            "dim_state_embedding": state_dim,
+        }
         arguments = {k: v for k, v in arguments.items() if k not in ("data_mean", "data_std")}
         arguments["element_types"] = tuple(arguments["element_types"])
         self.model = type(template.model)(**arguments)
@@ -69,12 +73,20 @@ class MatglStateM3GNet(nn.Module):
         structure, count = structure_index(batch), batch[K.CELL].shape[0]
         cells = batch[K.CELL][structure[centre]]  # matgl's bond vector: r_j + offshift − r_i, offshift = S · cell
         offshift = torch.bmm(batch[K.EDGE_SHIFT].unsqueeze(1), cells).squeeze(1)
-        graph = SimpleNamespace(node_type=self.type_of_z[batch[K.ATOMIC_NUMBERS]], pos=batch[K.POSITIONS],
-                                edge_index=torch.stack([centre, neighbour]), pbc_offshift=offshift, batch=structure,
-                                num_graphs=count)
+        graph = SimpleNamespace(
+            node_type=self.type_of_z[batch[K.ATOMIC_NUMBERS]],
+            pos=batch[K.POSITIONS],
+            edge_index=torch.stack([centre, neighbour]),
+            pbc_offshift=offshift,
+            batch=structure,
+            num_graphs=count,
+        )
         triples = batch[K.ANGLE_EDGES]
-        line_graph = {"line_edge_index": triples, "n_triple_ij": torch.bincount(triples[0], minlength=lengths.shape[0]),
-                      "kept_edge_ids": torch.nonzero(lengths <= self.model.threebody_cutoff).squeeze(1)}
+        line_graph = {
+            "line_edge_index": triples,
+            "n_triple_ij": torch.bincount(triples[0], minlength=lengths.shape[0]),
+            "kept_edge_ids": torch.nonzero(lengths <= self.model.threebody_cutoff).squeeze(1),
+        }
         fidelity = batch[K.FIDELITY].reshape(-1)
         energy = self.model(graph, state_attr=fidelity, l_g=line_graph).reshape(-1)
         self.model.feature_dict = {}  # matgl keeps every layer's output there; drop it
@@ -92,34 +104,58 @@ class MatglStateM3GNet(nn.Module):
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    sizes = {"dim_node_embedding": args.units, "dim_edge_embedding": args.units, "units": args.units,
-             "nblocks": args.blocks, "cutoff": args.cutoff, "threebody_cutoff": args.threebody_cutoff,
-             "element_types": ["Li", "O", "P", "Mn", "Fe"]}
+    sizes = {
+        "dim_node_embedding": args.units,
+        "dim_edge_embedding": args.units,
+        "units": args.units,
+        "nblocks": args.blocks,
+        "cutoff": args.cutoff,
+        "threebody_cutoff": args.threebody_cutoff,
+        "element_types": ["Li", "O", "P", "Mn", "Fe"],
+    }
     spec = MatglM3GNet(**sizes).graph_spec
     data = DataConfig.from_dict({"lmfp": {"n_high": args.n_high, "n_low": args.n_low, "n_val": args.n_val}})
     train, val, test = load_data(data, spec)
     test = test[: args.n_test]
-    models = {"matgl_state": lambda: MatglStateM3GNet(state_dim=args.units, **sizes),
-              "mfwrap_ECMR": lambda: MultiFidelity(MatglM3GNet(**sizes), FIDELITIES, "ECMR")}
+    models = {
+        "matgl_state": lambda: MatglStateM3GNet(state_dim=args.units, **sizes),
+        "mfwrap_ECMR": lambda: MultiFidelity(MatglM3GNet(**sizes), FIDELITIES, "ECMR"),
+    }
     results = {}
     for name, build in models.items():
         torch.manual_seed(args.seed)
         model = build()
         with tempfile.TemporaryDirectory() as out:
-            config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, targets="efs",
-                                 output_dir=out, progress=False, seed=args.seed)
+            config = TrainConfig(
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                targets="efs",
+                output_dir=out,
+                progress=False,
+                seed=args.seed,
+            )
             trainer = TimedTrainer(model, config, fidelity_names=FIDELITIES)
             start = time.perf_counter()
             summary = trainer.fit(train, val, test)
             total = time.perf_counter() - start
         high = summary["test"]["high"]
-        results[name] = {"energy_meV_per_atom": high["energy"]["mae"], "forces_meV_per_A": high["forces"]["mae"],
-                         "stress_GPa": high["stress"]["mae"], "seconds_per_step": trainer.step_seconds / summary["steps"],
-                         "steps": summary["steps"], "parameters": sum(p.numel() for p in model.parameters()),
-                         "total_seconds": total}
-    return {"data": f"LMFP small seed 0: {args.n_low} low + {args.n_high} high training, {args.n_val} high validation, "
-                    f"{len(test)} high test frames", "options": vars(args), "results": results,
-            "machine": {"cpu": platform.machine(), "threads": args.threads, "torch": torch.__version__}}
+        results[name] = {
+            "energy_meV_per_atom": high["energy"]["mae"],
+            "forces_meV_per_A": high["forces"]["mae"],
+            "stress_GPa": high["stress"]["mae"],
+            "seconds_per_step": trainer.step_seconds / summary["steps"],
+            "steps": summary["steps"],
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "total_seconds": total,
+        }
+    return {
+        "data": f"LMFP small seed 0: {args.n_low} low + {args.n_high} high training, {args.n_val} high validation, "
+        f"{len(test)} high test frames",
+        "options": vars(args),
+        "results": results,
+        "machine": {"cpu": platform.machine(), "threads": args.threads, "torch": torch.__version__},
+    }
 
 
 def main() -> None:
@@ -149,8 +185,10 @@ def main() -> None:
     print(result["data"])
     print(f"{'model':<14}{'E meV/atom':>12}{'F meV/Å':>10}{'σ GPa':>8}{'s/step':>9}{'params':>9}")
     for name, r in result["results"].items():
-        print(f"{name:<14}{r['energy_meV_per_atom']:>12.1f}{r['forces_meV_per_A']:>10.1f}{r['stress_GPa']:>8.3f}"
-              f"{r['seconds_per_step']:>9.3f}{r['parameters']:>9d}")
+        print(
+            f"{name:<14}{r['energy_meV_per_atom']:>12.1f}{r['forces_meV_per_A']:>10.1f}{r['stress_GPa']:>8.3f}"
+            f"{r['seconds_per_step']:>9.3f}{r['parameters']:>9d}"
+        )
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def main() -> None:
         times = {"bare": [], "control": [], "wrapped": []}
         for repeat in range(args.repeats * (SINGLE_REPEAT_FACTOR if case == "single" else 1)):
             order = [("bare", bare, bare_batch), ("control", control, bare_batch), ("wrapped", wrapped, wrapped_batch)]
-            for name, model, batch in order[repeat % 3:] + order[: repeat % 3]:
+            for name, model, batch in order[repeat % 3 :] + order[: repeat % 3]:
                 times[name].append(time_once(model, batch))
         medians = {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
@@ -109,9 +109,14 @@ def main() -> None:
     report = {
         "benchmark": "overhead_mf",
         "what": "E+F+S, CHGNet 0.3.0 bare vs MultiFidelity(ECMR, 2 fidelities), LiFePO4 1x1x2 (56 atoms)",
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                    "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "repeats": {case: args.repeats * (SINGLE_REPEAT_FACTOR if case == "single" else 1) for case in results},
         "statistic": "process CPU time; overhead = median of per-repeat wrapped/bare ratios - 1",
         "target_overhead": TARGET,
@@ -124,10 +129,14 @@ def main() -> None:
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'case':<15}{'atoms':>6}{'bare ms':>10}{'wrapped ms':>12}{'overhead':>10}{'of minima':>11}{'control':>9}")
     for case, r in results.items():
-        print(f"{case:<15}{r['atoms']:>6}{r['bare_ms']:>10.1f}{r['wrapped_ms']:>12.1f}{100 * r['overhead']:>9.1f}%"
-              f"{100 * r['overhead_of_minima']:>10.1f}%{100 * r['control_bare_vs_bare']:>8.1f}%")
-    print(f"target ≤ {100 * TARGET:.0f} % on {', '.join(TARGET_CASES)}: {'met' if report['meets_target'] else 'NOT met'}; "
-          f"wrote {RESULTS}")
+        print(
+            f"{case:<15}{r['atoms']:>6}{r['bare_ms']:>10.1f}{r['wrapped_ms']:>12.1f}{100 * r['overhead']:>9.1f}%"
+            f"{100 * r['overhead_of_minima']:>10.1f}%{100 * r['control_bare_vs_bare']:>8.1f}%"
+        )
+    print(
+        f"target ≤ {100 * TARGET:.0f} % on {', '.join(TARGET_CASES)}: {'met' if report['meets_target'] else 'NOT met'}; "
+        f"wrote {RESULTS}"
+    )
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 import torch
+from timed_trainer import TimedTrainer
 
 from backbones.sevenn import MultiModalSevenNet, SevenNet
 from mfwrap import MultiFidelity
@@ -53,7 +54,6 @@ from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec
 from mfwrap.data.readers import to_graphs
 from mfwrap.train import TrainConfig
-from timed_trainer import TimedTrainer
 
 FIDELITIES = ["low", "high"]
 ELEMENTS = ["Li", "Mn", "Fe", "P", "O"]
@@ -72,57 +72,96 @@ def statistics(graphs) -> tuple[float, float]:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
-    spec = RunSpec("sevenn_mf", "multi_fidelity", args.n_high, args.n_low, "equal_compute", args.seed, backbone="sevenn")
+    spec = RunSpec(
+        "sevenn_mf", "multi_fidelity", args.n_high, args.n_low, "equal_compute", args.seed, backbone="sevenn"
+    )
     splits = make_splits(spec, dataclasses.replace(LEVELS["medium"], n_val=args.n_val))
     graphs = lambda records: to_graphs(records, GraphSpec(cutoff=args.cutoff), FIDELITIES)  # noqa: E731
-    high, low, val, test = (graphs(r) for r in (splits.train_high, splits.train_low, splits.val, splits.test[: args.n_test]))
+    high, low, val, test = (
+        graphs(r) for r in (splits.train_high, splits.train_low, splits.val, splits.test[: args.n_test])
+    )
     neighbours, force_rms = statistics(high)
-    sizes = {"chemical_species": ELEMENTS, "channel": args.channel, "lmax": args.lmax, "num_convolution_layer": args.layers,
-             "cutoff": args.cutoff, "weight_nn_hidden_neurons": [args.radial_hidden] * 2,
-             "conv_denominator": neighbours, "scale": force_rms}
+    sizes = {
+        "chemical_species": ELEMENTS,
+        "channel": args.channel,
+        "lmax": args.lmax,
+        "num_convolution_layer": args.layers,
+        "cutoff": args.cutoff,
+        "weight_nn_hidden_neurons": [args.radial_hidden] * 2,
+        "conv_denominator": neighbours,
+        "scale": force_rms,
+    }
     mf_steps = math.ceil((len(high) + len(low)) / BATCH_SIZE)
     sf_steps = math.ceil(len(high) / BATCH_SIZE)
     sf_epochs = max(1, round(args.epochs * mf_steps / sf_steps))
     weights = {"fidelity_loss_weights": {"high": args.high_weight}} if args.high_weight != 1.0 else {}
     runs = {  # name: (build, training graphs, epochs, extra TrainConfig options)
-        "sevenn_multimodal": (lambda: MultiModalSevenNet(**sizes, modalities=FIDELITIES, shift=0.0), low + high,
-                              args.epochs, weights),
+        "sevenn_multimodal": (
+            lambda: MultiModalSevenNet(**sizes, modalities=FIDELITIES, shift=0.0),
+            low + high,
+            args.epochs,
+            weights,
+        ),
         "mfwrap_ECMR": (lambda: MultiFidelity(SevenNet(**sizes), FIDELITIES, "ECMR"), low + high, args.epochs, weights),
         "single_fidelity": (lambda: SevenNet(**sizes, shift=[0.0] * len(ELEMENTS)), high, sf_epochs, {}),
     }
-    print(f"{len(high)} high + {len(low)} low training, {len(val)} validation, {len(test)} test frames; "
-          f"{args.epochs} epochs x {mf_steps} steps (multi-fidelity) vs {sf_epochs} x {sf_steps} (single); "
-          f"{neighbours:.1f} neighbours/atom, force RMS {force_rms:.3f} eV/Å", flush=True)
+    print(
+        f"{len(high)} high + {len(low)} low training, {len(val)} validation, {len(test)} test frames; "
+        f"{args.epochs} epochs x {mf_steps} steps (multi-fidelity) vs {sf_epochs} x {sf_steps} (single); "
+        f"{neighbours:.1f} neighbours/atom, force RMS {force_rms:.3f} eV/Å",
+        flush=True,
+    )
     results = {}
     for name, (build, train, epochs, options) in runs.items():
         torch.manual_seed(args.seed)
         model = build()
         with tempfile.TemporaryDirectory() as out:
-            config = TrainConfig(targets="efs", epochs=epochs, batch_size=BATCH_SIZE, lr=args.lr, seed=args.seed,
-                                 output_dir=out, progress=False, **options)
+            config = TrainConfig(
+                targets="efs",
+                epochs=epochs,
+                batch_size=BATCH_SIZE,
+                lr=args.lr,
+                seed=args.seed,
+                output_dir=out,
+                progress=False,
+                **options,
+            )
             trainer = TimedTrainer(model, config, fidelity_names=FIDELITIES)
             start = time.perf_counter()
             summary = trainer.fit(train, val, test)
             total = time.perf_counter() - start
         metrics = summary["test"]["high"]
-        results[name] = {**{f"{t}_{kind}": metrics[t][kind] for t in UNITS for kind in ("mae", "rmse")},
-                         "seconds_per_step": trainer.step_seconds / summary["steps"], "steps": summary["steps"],
-                         "epochs": epochs, "best_epoch": summary["best"]["epoch"],
-                         "parameters": sum(p.numel() for p in model.parameters()), "total_seconds": total}
+        results[name] = {
+            **{f"{t}_{kind}": metrics[t][kind] for t in UNITS for kind in ("mae", "rmse")},
+            "seconds_per_step": trainer.step_seconds / summary["steps"],
+            "steps": summary["steps"],
+            "epochs": epochs,
+            "best_epoch": summary["best"]["epoch"],
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "total_seconds": total,
+        }
         print(f"{name}: {results[name]}", flush=True)
     load_end = os.getloadavg()
     cores = os.cpu_count() or 1
-    return {"data": f"LMFP small seed 0 (make_splits, seed {args.seed}): {len(low)} low + {len(high)} high training, "
-                    f"{len(val)} high validation, {len(test)} high test frames",
-            "protocol": f"same optimiser steps: {args.epochs} epochs of {mf_steps} steps (multi-fidelity models) vs "
-                        f"{sf_epochs} epochs of {sf_steps} steps (single-fidelity); batch {BATCH_SIZE}, lr {args.lr} cosine",
-            "architecture": {**sizes, "conv_denominator": round(neighbours, 3), "scale": round(force_rms, 4)},
-            "options": vars(args), "results": results,
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": cores, "threads": torch.get_num_threads(),
-                        "torch": torch.__version__, "sevenn": _version("sevenn"),
-                        "load_average_start": [round(x, 2) for x in load_start],
-                        "load_average_end": [round(x, 2) for x in load_end],
-                        "cpu_shared": max(load_start[0], load_end[0]) > 1.5 * args.threads}}
+    return {
+        "data": f"LMFP small seed 0 (make_splits, seed {args.seed}): {len(low)} low + {len(high)} high training, "
+        f"{len(val)} high validation, {len(test)} high test frames",
+        "protocol": f"same optimiser steps: {args.epochs} epochs of {mf_steps} steps (multi-fidelity models) vs "
+        f"{sf_epochs} epochs of {sf_steps} steps (single-fidelity); batch {BATCH_SIZE}, lr {args.lr} cosine",
+        "architecture": {**sizes, "conv_denominator": round(neighbours, 3), "scale": round(force_rms, 4)},
+        "options": vars(args),
+        "results": results,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": cores,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "sevenn": _version("sevenn"),
+            "load_average_start": [round(x, 2) for x in load_start],
+            "load_average_end": [round(x, 2) for x in load_end],
+            "cpu_shared": max(load_start[0], load_end[0]) > 1.5 * args.threads,
+        },
+    }
 
 
 def _version(package: str) -> str:
@@ -133,11 +172,15 @@ def _version(package: str) -> str:
 
 def table(result: dict) -> str:
     """The markdown table of the high-fidelity test errors, MAE (RMSE), speed and size."""
-    lines = ["| model | energy (meV/atom) | forces (meV/Å) | stress (GPa) | s/step | parameters | steps |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| model | energy (meV/atom) | forces (meV/Å) | stress (GPa) | s/step | parameters | steps |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in result["results"].items():
-        errors = " | ".join(f"{r[f'{t}_mae']:.{3 if t == 'stress' else 1}f} ({r[f'{t}_rmse']:.{3 if t == 'stress' else 1}f})"
-                            for t in UNITS)
+        errors = " | ".join(
+            f"{r[f'{t}_mae']:.{3 if t == 'stress' else 1}f} ({r[f'{t}_rmse']:.{3 if t == 'stress' else 1}f})"
+            for t in UNITS
+        )
         lines.append(f"| {name} | {errors} | {r['seconds_per_step']:.3f} | {r['parameters']:,} | {r['steps']} |")
     return "\n".join(lines)
 
@@ -148,9 +191,13 @@ def main() -> None:
     parser.add_argument("--n-low", type=int, default=None, help="low-fidelity training frames (default: all 300)")
     parser.add_argument("--n-val", type=int, default=10)
     parser.add_argument("--n-test", type=int, default=50)
-    parser.add_argument("--epochs", type=int, default=8, help="multi-fidelity epochs; single-fidelity gets the same steps")
+    parser.add_argument(
+        "--epochs", type=int, default=8, help="multi-fidelity epochs; single-fidelity gets the same steps"
+    )
     parser.add_argument("--lr", type=float, default=0.005)
-    parser.add_argument("--high-weight", type=float, default=1.0, help="loss weight of high-fidelity frames (MF models)")
+    parser.add_argument(
+        "--high-weight", type=float, default=1.0, help="loss weight of high-fidelity frames (MF models)"
+    )
     parser.add_argument("--channel", type=int, default=32)
     parser.add_argument("--lmax", type=int, default=1)
     parser.add_argument("--layers", type=int, default=3)
@@ -158,7 +205,9 @@ def main() -> None:
     parser.add_argument("--cutoff", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke test: 4 + 8 frames, 8 channels, 1 epoch, 4 test frames")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 4 + 8 frames, 8 channels, 1 epoch, 4 test frames"
+    )
     parser.add_argument("--out", default="benchmarks/results/sevenn_mf.json")
     args = parser.parse_args()
     if args.quick:
@@ -170,9 +219,11 @@ def main() -> None:
     machine = result["machine"]
     print(result["data"])
     print(result["protocol"])
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} thread(s), torch {machine['torch']}, "
-          f"sevenn {machine['sevenn']}; load average {machine['load_average_start'][0]} -> {machine['load_average_end'][0]}"
-          + (" (CPU shared with other jobs: speeds are indicative)" if machine["cpu_shared"] else ""))
+    print(
+        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} thread(s), torch {machine['torch']}, "
+        f"sevenn {machine['sevenn']}; load average {machine['load_average_start'][0]} -> {machine['load_average_end'][0]}"
+        + (" (CPU shared with other jobs: speeds are indicative)" if machine["cpu_shared"] else "")
+    )
     print(table(result))
 
 

@@ -85,8 +85,12 @@ def rattled_copies(structure, count: int, sigma: float = 0.02) -> list:
 
     rng = np.random.default_rng(0)
     return [
-        Structure(structure.lattice, structure.species, structure.cart_coords + rng.normal(0.0, sigma, (len(structure), 3)),
-                  coords_are_cartesian=True)
+        Structure(
+            structure.lattice,
+            structure.species,
+            structure.cart_coords + rng.normal(0.0, sigma, (len(structure), 3)),
+            coords_are_cartesian=True,
+        )
         for _ in range(count)
     ]
 
@@ -109,7 +113,13 @@ def interleaved(native: Callable[[], object], official: Callable[[], object], re
     result = {"repeats": repeats}
     for label, times in (("", wall), ("cpu_", cpu)):
         native_ms, official_ms = statistics.median(times["native"]), statistics.median(times["official"])
-        result.update({f"native_{label}ms": native_ms, f"official_{label}ms": official_ms, f"{label}speedup": official_ms / native_ms})
+        result.update(
+            {
+                f"native_{label}ms": native_ms,
+                f"official_{label}ms": official_ms,
+                f"{label}speedup": official_ms / native_ms,
+            }
+        )
     return result
 
 
@@ -157,8 +167,12 @@ def measure_speed(model, official, repeats: int, threads: list[int], results: di
 def max_differences(native_out: dict, official_out: list[dict], atoms_per_structure: int) -> dict:
     """Largest |native − official| per output over a batch of equal-sized structures (eV/atom, eV/Å, GPa, μB)."""
     official_cat = {key: np.concatenate([np.ravel(o[key]) for o in official_out]) for key in ("e", "f", "s", "m")}
-    native_cat = {"e": native_out[K.ENERGY].ravel() / atoms_per_structure, "f": native_out[K.FORCES].ravel(),
-                  "s": native_out[K.STRESS].ravel(), "m": native_out[K.MAGMOMS].ravel()}
+    native_cat = {
+        "e": native_out[K.ENERGY].ravel() / atoms_per_structure,
+        "f": native_out[K.FORCES].ravel(),
+        "s": native_out[K.STRESS].ravel(),
+        "m": native_out[K.MAGMOMS].ravel(),
+    }
     names = {"e": "energy_eV_per_atom", "f": "forces_eV_per_A", "s": "stress_GPa", "m": "magmoms_muB"}
     return {names[k]: float(np.abs(native_cat[k] - official_cat[k]).max()) for k in names}
 
@@ -178,11 +192,18 @@ def measure_compiled(model, official, repeats: int, results: dict) -> None:
         first_call_s = time.perf_counter() - start
         official_out = official.predict_graph(crystal_graphs, task="efsm", batch_size=OFFICIAL_BATCH)
         official_out = official_out if isinstance(official_out, list) else [official_out]
-        cell = interleaved(native_model_call(compiled, batch, "efsm"),
-                           lambda: official.predict_graph(crystal_graphs, task="efsm", batch_size=OFFICIAL_BATCH),
-                           repeats)
-        cell.update(first_call_s=first_call_s, max_difference_from_official=max_differences(native_out, official_out, len(single)),
-                    eager_max_difference_from_official=max_differences(native_model_call(model, batch, "efsm")(), official_out, len(single)))
+        cell = interleaved(
+            native_model_call(compiled, batch, "efsm"),
+            lambda: official.predict_graph(crystal_graphs, task="efsm", batch_size=OFFICIAL_BATCH),
+            repeats,
+        )
+        cell.update(
+            first_call_s=first_call_s,
+            max_difference_from_official=max_differences(native_out, official_out, len(single)),
+            eager_max_difference_from_official=max_differences(
+                native_model_call(model, batch, "efsm")(), official_out, len(single)
+            ),
+        )
         results["compiled"][f"{group}/efsm/1t"] = cell
         save(results)
         print(f"compiled {group}/efsm/1t: {cell['speedup']:.2f}x (first call {first_call_s:.0f} s)", flush=True)
@@ -205,13 +226,19 @@ def flop_counts(model, official) -> dict:
     batch = Batch.from_data_list([to_graph(structure, model.graph_spec)])
     graph = official.graph_converter(structure)
     counts = {}
-    for name, fn in (("native", native_model_call(model, batch, "efsm")),
-                     ("official", lambda: official.predict_graph(graph, task="efsm"))):
+    for name, fn in (
+        ("native", native_model_call(model, batch, "efsm")),
+        ("official", lambda: official.predict_graph(graph, task="efsm")),
+    ):
         with FlopCounterMode(display=False) as counter:
             fn()
         counts[name] = counter.get_total_flops()
-    sizes = {"atoms": batch.num_nodes, "directed_edges": batch.edge_index.shape[1],
-             "undirected_bonds": int(batch.num_undirected.sum()), "angles": batch.angle_edges.shape[1]}
+    sizes = {
+        "atoms": batch.num_nodes,
+        "directed_edges": batch.edge_index.shape[1],
+        "undirected_bonds": int(batch.num_undirected.sum()),
+        "angles": batch.angle_edges.shape[1],
+    }
     return {"efsm_matmul_flops": counts, "graph_sizes": sizes}
 
 
@@ -219,13 +246,41 @@ def flop_counts(model, official) -> dict:
 OP_KINDS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"),
     "gather": ("aten::index_select", "aten::index", "aten::gather", "aten::embedding"),
-    "scatter": ("aten::index_add", "aten::index_add_", "aten::scatter_add_", "aten::scatter_add",
-                "aten::index_put_", "aten::_index_put_impl_", "aten::embedding_dense_backward"),
+    "scatter": (
+        "aten::index_add",
+        "aten::index_add_",
+        "aten::scatter_add_",
+        "aten::scatter_add",
+        "aten::index_put_",
+        "aten::_index_put_impl_",
+        "aten::embedding_dense_backward",
+    ),
     "layernorm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
-    "activations": ("aten::silu", "aten::silu_backward", "aten::sigmoid", "aten::sigmoid_backward", "aten::abs",
-                    "aten::sgn", "aten::sin", "aten::cos"),
-    "elementwise": ("aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::div", "aten::sub", "aten::neg",
-                    "aten::pow", "aten::sum", "aten::where", "aten::copy_", "aten::fill_", "aten::zero_"),
+    "activations": (
+        "aten::silu",
+        "aten::silu_backward",
+        "aten::sigmoid",
+        "aten::sigmoid_backward",
+        "aten::abs",
+        "aten::sgn",
+        "aten::sin",
+        "aten::cos",
+    ),
+    "elementwise": (
+        "aten::add",
+        "aten::add_",
+        "aten::mul",
+        "aten::mul_",
+        "aten::div",
+        "aten::sub",
+        "aten::neg",
+        "aten::pow",
+        "aten::sum",
+        "aten::where",
+        "aten::copy_",
+        "aten::fill_",
+        "aten::zero_",
+    ),
 }
 
 
@@ -269,8 +324,13 @@ def scaling_worker(implementation: str, cell: tuple[int, int, int], repeats: int
         start = time.perf_counter()
         run()
         times.append((time.perf_counter() - start) * 1e3)
-    return {"atoms": len(structure), "ms": statistics.median(times), "repeats": repeats,
-            "peak_MiB_above_baseline": peak_mib, "peak_memory_method": method}
+    return {
+        "atoms": len(structure),
+        "ms": statistics.median(times),
+        "repeats": repeats,
+        "peak_MiB_above_baseline": peak_mib,
+        "peak_memory_method": method,
+    }
 
 
 def peak_rss_above_baseline(fn: Callable[[], object]) -> tuple[float, str]:
@@ -281,6 +341,7 @@ def peak_rss_above_baseline(fn: Callable[[], object]) -> tuple[float, str]:
     ``ru_maxrss`` exists, which stays at 0 above baseline when an earlier phase (model loading)
     peaked higher; the method used is returned with the figure.
     """
+
     def status_kib(field: str) -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -297,7 +358,9 @@ def peak_rss_above_baseline(fn: Callable[[], object]) -> tuple[float, str]:
         scale = 2**20 if sys.platform == "darwin" else 2**10
         return (peak - before) / scale, "ru_maxrss (lifetime peak; 0 when an earlier phase peaked higher)"
     fn()
-    return (status_kib("VmHWM") - before) / 1024, "VmHWM after resetting it via /proc/self/clear_refs, minus VmRSS before"
+    return (
+        status_kib("VmHWM") - before
+    ) / 1024, "VmHWM after resetting it via /proc/self/clear_refs, minus VmRSS before"
 
 
 def measure_scaling(cells: list, repeats: int, report: dict) -> None:
@@ -319,7 +382,14 @@ def measure_scaling(cells: list, repeats: int, report: dict) -> None:
                 row[implementation] = {"skipped": f"needs ~{predicted:.0f} MiB, {available:.0f} MiB available"}
                 continue
             reps = repeats if atoms <= 500 else max(2, repeats // 4)
-            command = [sys.executable, __file__, "--scaling-worker", implementation, ",".join(map(str, cell)), str(reps)]
+            command = [
+                sys.executable,
+                __file__,
+                "--scaling-worker",
+                implementation,
+                ",".join(map(str, cell)),
+                str(reps),
+            ]
             env = dict(os.environ, PYTHONWARNINGS="ignore")
             done = subprocess.run(command, capture_output=True, text=True, env=env)
             if done.returncode != 0:
@@ -339,14 +409,18 @@ def save(report: dict) -> None:
 
 
 def print_tables(report: dict) -> None:
-    print("\n| workload | threads | native ms | official ms | speedup (wall) | speedup (CPU time) |\n|---|---|---|---|---|---|")
+    print(
+        "\n| workload | threads | native ms | official ms | speedup (wall) | speedup (CPU time) |\n|---|---|---|---|---|---|"
+    )
     rows = [(f"{k.split('/')[0]} {k.split('/')[1].upper()}", k.split("/")[2], c) for k, c in report["model"].items()]
     rows += [(f"{k.split('/')[0]} EFSM end to end", k.split("/")[2], c) for k, c in report["end_to_end"].items()]
     rows += [(f"{k.split('/')[0]} EFSM compiled", k.split("/")[2], c) for k, c in report.get("compiled", {}).items()]
     rows += [(f"{k.split('/')[0]} graph construction", k.split("/")[1], c) for k, c in report["graph"].items()]
     for label, threads, cell in rows:
-        print(f"| {label} | {threads[:-1]} | {cell['native_ms']:.1f} | {cell['official_ms']:.1f} | "
-              f"{cell['speedup']:.2f}x | {cell['cpu_speedup']:.2f}x |")
+        print(
+            f"| {label} | {threads[:-1]} | {cell['native_ms']:.1f} | {cell['official_ms']:.1f} | "
+            f"{cell['speedup']:.2f}x | {cell['cpu_speedup']:.2f}x |"
+        )
     print("\n| atoms | native ms | native MiB | official ms | official MiB |\n|---|---|---|---|---|")
     for row in report["scaling"]:
         cells = [
@@ -355,9 +429,11 @@ def print_tables(report: dict) -> None:
         ]
         print(f"| {row['atoms']} | {cells[0]} | {cells[1]} |")
     flops = report["flops"]
-    print(f"\nE+F+S+M matmul FLOPs (56 atoms): native {flops['efsm_matmul_flops']['native'] / 1e9:.2f} G, "
-          f"official {flops['efsm_matmul_flops']['official'] / 1e9:.2f} G; sgemm peak {flops['sgemm_gflops_1t']:.0f} GFLOP/s "
-          f"(1 thread); native reaches {flops['native_gflops_1t']:.1f} GFLOP/s on single E+F+S+M")
+    print(
+        f"\nE+F+S+M matmul FLOPs (56 atoms): native {flops['efsm_matmul_flops']['native'] / 1e9:.2f} G, "
+        f"official {flops['efsm_matmul_flops']['official'] / 1e9:.2f} G; sgemm peak {flops['sgemm_gflops_1t']:.0f} GFLOP/s "
+        f"(1 thread); native reaches {flops['native_gflops_1t']:.1f} GFLOP/s on single E+F+S+M"
+    )
     print("\nwhere the native model's time goes (self CPU time, 1 thread, 56 atoms):")
     for task, shares in report.get("time_breakdown_1t", {}).items():
         print(f"  {task.upper():<5}" + ", ".join(f"{kind} {share:.0%}" for kind, share in shares.items()))
@@ -367,10 +443,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 thread only and cells up to 1,008 atoms")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--no-compiled", action="store_true", help="skip the torch.compile rows (compiling takes minutes)")
+    parser.add_argument(
+        "--no-compiled", action="store_true", help="skip the torch.compile rows (compiling takes minutes)"
+    )
     parser.add_argument("--breakdown", action="store_true", help="only print where the native model's time goes")
-    parser.add_argument("--only-model", action="store_true",
-                        help="re-measure only the model/end-to-end/graph rows (1 and 2 threads) and update them in the results")
+    parser.add_argument(
+        "--only-model",
+        action="store_true",
+        help="re-measure only the model/end-to-end/graph rows (1 and 2 threads) and update them in the results",
+    )
     parser.add_argument("--malloc", choices=("tuned", "default"), default="tuned", help="glibc allocator settings")
     parser.add_argument("--scaling-worker", nargs=3, metavar=("IMPL", "CELL", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -390,8 +471,12 @@ def main() -> None:
         return
     official = quiet_official()
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
         "allocator": {k: os.environ[k] for k in TUNED_MALLOC} if args.malloc == "tuned" else "glibc defaults",
         "structure": "LiFePO4 1x1x2 (56 atoms); batch16 = 16 copies rattled by 0.02 Å",
         "targets": TARGETS,

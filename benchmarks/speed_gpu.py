@@ -98,27 +98,38 @@ def bench_scatter(device: torch.device, quick: bool) -> dict:
     }
     target = torch.zeros(num_segments, features, device=device)
     table: dict[str, dict] = {
-        "torch.index_add_": {"index_add_": median_ms(
-            lambda: target.zero_().index_add_(0, w["index"], w["src"]), device, repeats)},
+        "torch.index_add_": {
+            "index_add_": median_ms(lambda: target.zero_().index_add_(0, w["index"], w["src"]), device, repeats)
+        },
     }
     for backend in available_backends():
         if backend == "triton" and device.type == "cpu":
             continue  # interpreted: see bench_triton_interpreted
         with ops.use_backend(backend):
-            table[backend] = {"scatter_sum": median_ms(
-                lambda: ops.scatter_sum(w["src"], w["index"], num_segments), device, repeats)}
+            table[backend] = {
+                "scatter_sum": median_ms(lambda: ops.scatter_sum(w["src"], w["index"], num_segments), device, repeats)
+            }
     baseline = table["torch.index_add_"]["index_add_"]
     for backend, times in table.items():
         table[backend] = {
-            name: {"ms": ms, "GB/s": minimal_bytes[name] / ms / 1e6,
-                   "fraction_of_copy_bandwidth": minimal_bytes[name] / ms / 1e6 / bandwidth,
-                   "speedup_vs_index_add_": baseline / ms}
+            name: {
+                "ms": ms,
+                "GB/s": minimal_bytes[name] / ms / 1e6,
+                "fraction_of_copy_bandwidth": minimal_bytes[name] / ms / 1e6 / bandwidth,
+                "speedup_vs_index_add_": baseline / ms,
+            }
             for name, ms in times.items()
         }
     return {
-        "device": device_name(device), "copy_bandwidth_GBs": bandwidth,
-        "problem": {"segments": num_segments, "rows": num_rows, "features": features, "dtype": "float32",
-                    "index": "shuffled destinations, degree 32"},
+        "device": device_name(device),
+        "copy_bandwidth_GBs": bandwidth,
+        "problem": {
+            "segments": num_segments,
+            "rows": num_rows,
+            "features": features,
+            "dtype": "float32",
+            "index": "shuffled destinations, degree 32",
+        },
         "backends": table,
     }
 
@@ -132,8 +143,12 @@ def bench_triton_interpreted() -> dict:
     with ops.use_backend("triton"):
         error = (scatter() - reference).abs().max().item()
         times = {"scatter_sum": median_ms(scatter, torch.device("cpu"), 3, 1)}
-    return {"problem": {"segments": 64, "rows": 512, "features": 16}, "ms": times,
-            "max_abs_error_vs_torch": error, "note": "TRITON_INTERPRET=1 on CPU: correctness only"}
+    return {
+        "problem": {"segments": 64, "rows": 512, "features": 16},
+        "ms": times,
+        "max_abs_error_vs_torch": error,
+        "note": "TRITON_INTERPRET=1 on CPU: correctness only",
+    }
 
 
 def lmfp_cells(count: int, supercell: tuple[int, int, int], seed: int) -> list:
@@ -159,8 +174,12 @@ def lmfp_cells(count: int, supercell: tuple[int, int, int], seed: int) -> list:
 
 def _loss(energy_per_atom, forces, stress, magmoms):
     """A training loss on all four outputs (zero targets: only its cost matters here)."""
-    return (energy_per_atom.square().mean() + forces.square().mean()
-            + 0.1 * stress.square().mean() + 0.1 * magmoms.square().mean())
+    return (
+        energy_per_atom.square().mean()
+        + forces.square().mean()
+        + 0.1 * stress.square().mean()
+        + 0.1 * magmoms.square().mean()
+    )
 
 
 def _max_abs_errors(mine: dict, theirs: dict, atoms: torch.Tensor) -> dict[str, float]:
@@ -196,11 +215,20 @@ def bench_end_to_end(device: torch.device, quick: bool, on_case: Callable[[dict]
     repeats = 5 if quick else 10
     native = CHGNet.from_pretrained("0.3.0").to(device).eval()
     official = OfficialCHGNet.load(model_name="0.3.0", use_device=str(device), verbose=False).eval()
-    cases = {"batch 4 x 56 atoms": lmfp_cells(4, (1, 1, 2), 0), "batch 32 x 56 atoms": lmfp_cells(32, (1, 1, 2), 1),
-             "1 x 5040 atoms": lmfp_cells(1, (5, 6, 6), 2)}
+    cases = {
+        "batch 4 x 56 atoms": lmfp_cells(4, (1, 1, 2), 0),
+        "batch 32 x 56 atoms": lmfp_cells(32, (1, 1, 2), 1),
+        "1 x 5040 atoms": lmfp_cells(1, (5, 6, 6), 2),
+    }
     results = {}
-    report = {"measured": True, "device": device_name(device), "weights": "0.3.0", "dtype": "float32",
-              "tolerances": TOLERANCES, "cases": results}
+    report = {
+        "measured": True,
+        "device": device_name(device),
+        "weights": "0.3.0",
+        "dtype": "float32",
+        "tolerances": TOLERANCES,
+        "cases": results,
+    }
     for case, structures in cases.items():
         t0 = time.perf_counter()
         batch = Batch.from_data_list(structures_to_graphs(structures, native.graph_spec)).to(device)
@@ -232,12 +260,16 @@ def bench_end_to_end(device: torch.device, quick: bool, on_case: Callable[[dict]
         trainable = copy.deepcopy(official).train()
         adam = torch.optim.Adam(trainable.parameters(), lr=1e-7)
         entry = {
-            "structures": len(structures), "atoms": int(atoms.sum()), "edges": int(batch.edge_index.shape[1]),
+            "structures": len(structures),
+            "atoms": int(atoms.sum()),
+            "edges": int(batch.edge_index.shape[1]),
             "graph_construction_s": {"native": native_graph_s, "official": official_graph_s},
-            "official": {"inference_ms": median_ms(official_infer, device, repeats),
-                         "inference_peak_MB": _peak_mb(official_infer, device),
-                         "train_step_ms": median_ms(lambda: official_step(trainable, adam), device, repeats),
-                         "train_peak_MB": _peak_mb(lambda: official_step(trainable, adam), device)},
+            "official": {
+                "inference_ms": median_ms(official_infer, device, repeats),
+                "inference_peak_MB": _peak_mb(official_infer, device),
+                "train_step_ms": median_ms(lambda: official_step(trainable, adam), device, repeats),
+                "train_peak_MB": _peak_mb(lambda: official_step(trainable, adam), device),
+            },
             "native": {},
         }
         for backend in available_backends():
@@ -246,10 +278,12 @@ def bench_end_to_end(device: torch.device, quick: bool, on_case: Callable[[dict]
                     errors = _max_abs_errors(native_infer(), theirs, atoms)
                     model = copy.deepcopy(native).train()
                     adam = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-7)
-                    timing = {"inference_ms": median_ms(native_infer, device, repeats),
-                              "inference_peak_MB": _peak_mb(native_infer, device),
-                              "train_step_ms": median_ms(lambda: native_step(model, adam), device, repeats),
-                              "train_peak_MB": _peak_mb(lambda: native_step(model, adam), device)}
+                    timing = {
+                        "inference_ms": median_ms(native_infer, device, repeats),
+                        "inference_peak_MB": _peak_mb(native_infer, device),
+                        "train_step_ms": median_ms(lambda: native_step(model, adam), device, repeats),
+                        "train_peak_MB": _peak_mb(lambda: native_step(model, adam), device),
+                    }
             except Exception as error:  # noqa: BLE001 - e.g. a CPU-only torch_scatter build
                 entry["native"][backend] = {"error": repr(error)}
                 continue
@@ -267,9 +301,12 @@ def bench_end_to_end(device: torch.device, quick: bool, on_case: Callable[[dict]
             compiled_train = mfwrap.compile_model(model)
             adam = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-7)
             native_step(compiled_train, adam)
-            timing = {"inference_ms": median_ms(lambda: native_infer(compiled), device, repeats),
-                      "train_step_ms": median_ms(lambda: native_step(compiled_train, adam), device, repeats),
-                      "max_abs_error": errors, "within_tolerance": all(errors[k] <= TOLERANCES[k] for k in TOLERANCES)}
+            timing = {
+                "inference_ms": median_ms(lambda: native_infer(compiled), device, repeats),
+                "train_step_ms": median_ms(lambda: native_step(compiled_train, adam), device, repeats),
+                "max_abs_error": errors,
+                "within_tolerance": all(errors[k] <= TOLERANCES[k] for k in TOLERANCES),
+            }
             timing["inference_speedup_vs_official"] = entry["official"]["inference_ms"] / timing["inference_ms"]
             timing["train_speedup_vs_official"] = entry["official"]["train_step_ms"] / timing["train_step_ms"]
             entry["native"]["compiled"] = timing
@@ -290,9 +327,11 @@ def print_end_to_end(result: dict) -> None:
             if "error" in r:
                 print(f"{case:22s} {backend:14s} failed: {r['error'][:60]}")
                 continue
-            print(f"{case:22s} {backend:14s} {r['inference_ms']:9.2f} {r['inference_speedup_vs_official']:5.1f}x "
-                  f"{r['train_step_ms']:9.2f} {r['train_speedup_vs_official']:5.1f}x  "
-                  + ", ".join(f"{k} {v:.1e}" for k, v in r["max_abs_error"].items()))
+            print(
+                f"{case:22s} {backend:14s} {r['inference_ms']:9.2f} {r['inference_speedup_vs_official']:5.1f}x "
+                f"{r['train_step_ms']:9.2f} {r['train_speedup_vs_official']:5.1f}x  "
+                + ", ".join(f"{k} {v:.1e}" for k, v in r["max_abs_error"].items())
+            )
 
 
 def device_name(device: torch.device) -> str:
@@ -302,13 +341,17 @@ def device_name(device: torch.device) -> str:
 
 
 def print_scatter(result: dict) -> None:
-    print(f"\nscatter alone on {result['device']}: copy bandwidth {result['copy_bandwidth_GBs']:.1f} GB/s, "
-          f"{result['problem']}")
+    print(
+        f"\nscatter alone on {result['device']}: copy bandwidth {result['copy_bandwidth_GBs']:.1f} GB/s, "
+        f"{result['problem']}"
+    )
     print(f"{'backend':18s} {'op':24s} {'ms':>9s} {'GB/s':>8s} {'of copy':>8s} {'vs index_add_':>13s}")
     for backend, ops_ in result["backends"].items():
         for name, r in ops_.items():
-            print(f"{backend:18s} {name:24s} {r['ms']:9.3f} {r['GB/s']:8.1f} "
-                  f"{r['fraction_of_copy_bandwidth']:8.0%} {r['speedup_vs_index_add_']:12.2f}x")
+            print(
+                f"{backend:18s} {name:24s} {r['ms']:9.3f} {r['GB/s']:8.1f} "
+                f"{r['fraction_of_copy_bandwidth']:8.0%} {r['speedup_vs_index_add_']:12.2f}x"
+            )
 
 
 def main() -> None:
@@ -319,14 +362,19 @@ def main() -> None:
     device = torch.device("cuda" if cuda else "cpu")
     if not cuda:
         torch.set_num_threads(1)
-    result: dict = {"torch": torch.__version__, "backends_available": available_backends(), "targets": TARGETS,
-                    "scatter": bench_scatter(device, args.quick)}
+    result: dict = {
+        "torch": torch.__version__,
+        "backends_available": available_backends(),
+        "targets": TARGETS,
+        "scatter": bench_scatter(device, args.quick),
+    }
     print_scatter(result["scatter"])
     write(result)
     if not cuda and triton_interpreted():
         result["triton_interpreted_cpu"] = bench_triton_interpreted()
         print("\ntriton (interpreted, CPU):", result["triton_interpreted_cpu"])
     if cuda:
+
         def on_case(partial: dict) -> None:
             result["end_to_end"] = partial
             print_end_to_end({**partial, "cases": dict(list(partial["cases"].items())[-1:])})

@@ -30,22 +30,35 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_RESULTS = REPO / "benchmarks" / "results" / "suite" / "learning_curve.json"
-RUN_ONE = ("import json, sys, torch; torch.set_num_threads(1); from mfwrap.bench.grid import RunSpec; "
-           "from mfwrap.bench.runner import run_one; "
-           "run_one(RunSpec(**json.loads(sys.argv[1])), 'medium', sys.argv[2], eager=sys.argv[3] == 'eager')")
+RUN_ONE = (
+    "import json, sys, torch; torch.set_num_threads(1); from mfwrap.bench.grid import RunSpec; "
+    "from mfwrap.bench.runner import run_one; "
+    "run_one(RunSpec(**json.loads(sys.argv[1])), 'medium', sys.argv[2], eager=sys.argv[3] == 'eager')"
+)
 TARGETS = ("energy", "forces", "stress", "magmoms")
 
 
 def spec(method: str, protocol: str, seed: int) -> dict:
-    return {"experiment": "learning_curve", "method": method, "n_high": 25, "n_low": None, "protocol": protocol,
-            "seed": seed, "mechanisms": "ECMR", "dataset": "lmfp", "backbone": "chgnet", "region": None}
+    return {
+        "experiment": "learning_curve",
+        "method": method,
+        "n_high": 25,
+        "n_low": None,
+        "protocol": protocol,
+        "seed": seed,
+        "mechanisms": "ECMR",
+        "dataset": "lmfp",
+        "backbone": "chgnet",
+        "region": None,
+    }
 
 
 def start(run: dict, root: Path, mode: str) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     log = open(root / f"{run['method']}_s{run['seed']}_{time.monotonic_ns()}.log", "w")  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-c", RUN_ONE, json.dumps(run), str(root), mode], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN_ONE, json.dumps(run), str(root), mode], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def summary(run: dict, root: Path, cpu: dict) -> dict:
@@ -60,14 +73,23 @@ def summary(run: dict, root: Path, cpu: dict) -> dict:
     compile_s = 0.0
     for metrics in path.glob("*/metrics.csv"):
         with metrics.open() as f:
-            compile_s += max((float(r["mae"]) for r in csv.DictReader(f) if r["target"] == "compile_seconds"), default=0.0)
+            compile_s += max(
+                (float(r["mae"]) for r in csv.DictReader(f) if r["target"] == "compile_seconds"), default=0.0
+            )
     steps, wall = result["steps"], result["wall_s"]
     mine = {t: result["test"]["high"][t]["mae"] for t in TARGETS}
     theirs = cpu.get(name)
-    return {"name": name, "steps": steps, "wall_s": wall, "compile_s": compile_s, "s_per_step": wall / steps,
-            "s_per_step_without_compile": (wall - compile_s) / steps, "gpu": result["machine"].get("gpu"),
-            "test_mae_gpu": mine,
-            "test_mae_cpu": {t: theirs["test"]["high"][t]["mae"] for t in TARGETS} if theirs else None}
+    return {
+        "name": name,
+        "steps": steps,
+        "wall_s": wall,
+        "compile_s": compile_s,
+        "s_per_step": wall / steps,
+        "s_per_step_without_compile": (wall - compile_s) / steps,
+        "gpu": result["machine"].get("gpu"),
+        "test_mae_gpu": mine,
+        "test_mae_cpu": {t: theirs["test"]["high"][t]["mae"] for t in TARGETS} if theirs else None,
+    }
 
 
 def phase(runs: list[dict], roots: list[Path], cpu: dict, mode: str) -> dict:
@@ -96,8 +118,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/suite_gpu", help="where the runs go (fresh: nothing is resumed)")
     parser.add_argument("--at-once", type=int, default=4, help="runs side by side in the second phase")
-    parser.add_argument("--eager", action="store_true",
-                        help="eager training steps (the medium level compiles them; the CPU runs compared were compiled)")
+    parser.add_argument(
+        "--eager",
+        action="store_true",
+        help="eager training steps (the medium level compiles them; the CPU runs compared were compiled)",
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "suite_gpu.json"))
     args = parser.parse_args()
     out = Path(args.out)
@@ -107,9 +132,14 @@ def main() -> None:
     root = Path(args.root)
     mode = "eager" if args.eager else "compiled"
     cpu = {r["name"]: r for r in json.loads(CPU_RESULTS.read_text())["runs"]}
-    report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cpu_cores": os.cpu_count(),
-                    "level": "medium", "training_steps": mode, "note": "each run one process, one CPU thread; wall includes data, graphs, "
-                    "compilation and evaluation"}
+    report: dict = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cpu_cores": os.cpu_count(),
+        "level": "medium",
+        "training_steps": mode,
+        "note": "each run one process, one CPU thread; wall includes data, graphs, compilation and evaluation",
+    }
 
     def save() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)

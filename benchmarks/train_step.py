@@ -77,10 +77,17 @@ def official_setup(data, labels, batch_size: int) -> Callable[[int], None]:
 
     with contextlib.redirect_stdout(io.StringIO()):
         model = OfficialCHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
-        dataset = StructureData(structures=data, energies=[l["e"] for l in labels], forces=[l["f"] for l in labels],
-                                stresses=[l["s"] for l in labels], magmoms=[l["m"] for l in labels], shuffle=False)
-        trainer = OfficialTrainer(model, targets="efsm", criterion="Huber", learning_rate=0.005, epochs=1,
-                                  use_device="cpu", print_freq=10**9)
+        dataset = StructureData(
+            structures=data,
+            energies=[l["e"] for l in labels],
+            forces=[l["f"] for l in labels],
+            stresses=[l["s"] for l in labels],
+            magmoms=[l["m"] for l in labels],
+            shuffle=False,
+        )
+        trainer = OfficialTrainer(
+            model, targets="efsm", criterion="Huber", learning_rate=0.005, epochs=1, use_device="cpu", print_freq=10**9
+        )
     items = [dataset[i] for i in range(len(data))]
     batches = [collate_graphs(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
 
@@ -92,14 +99,33 @@ def official_setup(data, labels, batch_size: int) -> Callable[[int], None]:
 
 
 def labelled_graphs(data, labels, spec, fidelities: list[int]):
-    return [to_graph(s, spec, fidelity=f, name=str(i), labels={
-        K.ENERGY: float(l["e"]) * len(s), K.FORCES: l["f"], K.STRESS: l["s"], K.MAGMOMS: np.ravel(l["m"])})
-        for i, (s, l, f) in enumerate(zip(data, labels, fidelities))]
+    return [
+        to_graph(
+            s,
+            spec,
+            fidelity=f,
+            name=str(i),
+            labels={K.ENERGY: float(l["e"]) * len(s), K.FORCES: l["f"], K.STRESS: l["s"], K.MAGMOMS: np.ravel(l["m"])},
+        )
+        for i, (s, l, f) in enumerate(zip(data, labels, fidelities))
+    ]
 
 
-def mfwrap_setup(model, graphs, batch_size: int, compile_mode: bool, out: Path) -> tuple[Callable[[int], None], Trainer]:
-    trainer = Trainer(model, TrainConfig(targets="efsm", batch_size=batch_size, lr=0.005, epochs=1, output_dir=str(out),
-                                         progress=False, compile=compile_mode))
+def mfwrap_setup(
+    model, graphs, batch_size: int, compile_mode: bool, out: Path
+) -> tuple[Callable[[int], None], Trainer]:
+    trainer = Trainer(
+        model,
+        TrainConfig(
+            targets="efsm",
+            batch_size=batch_size,
+            lr=0.005,
+            epochs=1,
+            output_dir=str(out),
+            progress=False,
+            compile=compile_mode,
+        ),
+    )
     trainer.setup_optimiser(steps_total=10**6)
     batches = [torch.arange(i, i + batch_size) for i in range(0, len(graphs) - batch_size + 1, batch_size)]
 
@@ -122,13 +148,18 @@ def implementations(data, labels, batch_size: int, compile_too: bool, official: 
         found["official chgnet"] = (official_setup(data, labels, batch_size), None)
     found["native eager"] = mfwrap_setup(CHGNet.from_pretrained("0.3.0"), high, batch_size, False, tmp / "n")
     found["MF eager, one fidelity"] = mfwrap_setup(mf, high, batch_size, False, tmp / "m1")
-    found["MF eager, mixed"] = (mfwrap_setup(mf, mixed, batch_size, False, tmp / "m2")[0], found["MF eager, one fidelity"][1])
+    found["MF eager, mixed"] = (
+        mfwrap_setup(mf, mixed, batch_size, False, tmp / "m2")[0],
+        found["MF eager, one fidelity"][1],
+    )
     if compile_too:
         found["native compiled"] = mfwrap_setup(CHGNet.from_pretrained("0.3.0"), high, batch_size, True, tmp / "nc")
         step, trainer = mfwrap_setup(mf_compiled, high, batch_size, True, tmp / "mc")
         found["MF compiled, one fidelity"] = (step, trainer)
-        found["MF compiled, mixed"] = (lambda i, t=trainer: t.train_step(mixed, torch.arange(0, batch_size) + batch_size * (i % 2)),
-                                       trainer)
+        found["MF compiled, mixed"] = (
+            lambda i, t=trainer: t.train_step(mixed, torch.arange(0, batch_size) + batch_size * (i % 2)),
+            trainer,
+        )
     return found
 
 
@@ -150,8 +181,12 @@ def measure_block(found: dict, steps: int, atoms_per_batch: int, batch_size: int
         step(1)
         release_freed_memory()
         memory, _ = peak_rss_above_baseline(lambda: step(2))
-        rows[name] = {"first_step_s": first, "peak_mib_per_atom": memory / atoms_per_batch,
-                      "compile_s": getattr(trainer, "compile_seconds", None) if "compiled" in name else None, "times": []}
+        rows[name] = {
+            "first_step_s": first,
+            "peak_mib_per_atom": memory / atoms_per_batch,
+            "compile_s": getattr(trainer, "compile_seconds", None) if "compiled" in name else None,
+            "times": [],
+        }
     for i in range(steps):
         for name, (step, _) in found.items():
             start = time.perf_counter()
@@ -196,18 +231,42 @@ def measure_ddp(data, labels, batch_size: int, steps: int, tmp: Path) -> dict:
     torch.save(graphs, tmp / "graphs.pt")
     script = tmp / "ddp_worker.py"
     result = tmp / "ddp.json"
-    script.write_text(_DDP_WORKER.format(root=str(Path(__file__).resolve().parents[1]), graphs=str(tmp / "graphs.pt"),
-                                         batch=batch_size, out=str(tmp / "ddp"), steps=steps, result=str(result)))
+    script.write_text(
+        _DDP_WORKER.format(
+            root=str(Path(__file__).resolve().parents[1]),
+            graphs=str(tmp / "graphs.pt"),
+            batch=batch_size,
+            out=str(tmp / "ddp"),
+            steps=steps,
+            result=str(result),
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--nproc-per-node=2", "--master-port=29533", str(script)], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        [str(torchrun), "--nproc-per-node=2", "--master-port=29533", str(script)],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     times = json.loads(result.read_text())
-    return {"median_s_per_step": statistics.median(times), "structures_per_s": batch_size / statistics.median(times),
-            "times": times}
+    return {
+        "median_s_per_step": statistics.median(times),
+        "structures_per_s": batch_size / statistics.median(times),
+        "times": times,
+    }
 
 
-SCALE_CELLS = [(1, 1, 2), (2, 1, 2), (2, 2, 2), (2, 2, 4), (3, 3, 3), (3, 3, 4), (4, 4, 4), (4, 4, 5)]  # 56 … 2,240 atoms
+SCALE_CELLS = [
+    (1, 1, 2),
+    (2, 1, 2),
+    (2, 2, 2),
+    (2, 2, 4),
+    (3, 3, 3),
+    (3, 3, 4),
+    (4, 4, 4),
+    (4, 4, 5),
+]  # 56 … 2,240 atoms
 
 
 def scale_worker(cell: tuple[int, int, int]) -> dict:
@@ -228,8 +287,14 @@ def scale_worker(cell: tuple[int, int, int]) -> dict:
         start = time.perf_counter()
         memory, method = peak_rss_above_baseline(lambda: step(1))
         seconds = time.perf_counter() - start
-    return {"atoms": n, "seconds": seconds, "peak_mib": memory, "ms_per_atom": 1000 * seconds / n,
-            "mib_per_atom": memory / n, "memory_method": method}
+    return {
+        "atoms": n,
+        "seconds": seconds,
+        "peak_mib": memory,
+        "ms_per_atom": 1000 * seconds / n,
+        "mib_per_atom": memory / n,
+        "memory_method": method,
+    }
 
 
 def measure_scale(limit_gib: float) -> list[dict]:
@@ -241,10 +306,19 @@ def measure_scale(limit_gib: float) -> list[dict]:
     for cell in SCALE_CELLS:
         atoms = 28 * int(np.prod(cell))
         if rows and rows[-1]["mib_per_atom"] * atoms / 1024 > limit_gib:
-            rows.append({"atoms": atoms, "skipped": f"predicted {rows[-1]['mib_per_atom'] * atoms / 1024:.1f} GiB > {limit_gib}"})
+            rows.append(
+                {
+                    "atoms": atoms,
+                    "skipped": f"predicted {rows[-1]['mib_per_atom'] * atoms / 1024:.1f} GiB > {limit_gib}",
+                }
+            )
             break
-        done = subprocess.run([sys.executable, __file__, "--scale-worker", ",".join(map(str, cell))], capture_output=True,
-                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        done = subprocess.run(
+            [sys.executable, __file__, "--scale-worker", ",".join(map(str, cell))],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         if done.returncode != 0:
             rows.append({"atoms": atoms, "failed": done.stderr[-500:]})
             break
@@ -262,8 +336,13 @@ def main() -> None:
     parser.add_argument("--no-official", action="store_true")
     parser.add_argument("--no-ddp", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "train_step.json")
-    parser.add_argument("--scale", type=float, default=None, metavar="GIB",
-                        help="only the scaling of one training step with supercell size, up to this much memory")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="only the scaling of one training step with supercell size, up to this much memory",
+    )
     parser.add_argument("--scale-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scale_worker:
@@ -271,8 +350,14 @@ def main() -> None:
         return
     if args.scale is not None:
         rows = measure_scale(args.scale)
-        save({"what": "one MultiFidelity(ECMR) eager training step on one LMFP supercell, 1 thread", "rows": rows,
-              "torch": torch.__version__}, args.out.with_name("train_step_scaling.json"))
+        save(
+            {
+                "what": "one MultiFidelity(ECMR) eager training step on one LMFP supercell, 1 thread",
+                "rows": rows,
+                "torch": torch.__version__,
+            },
+            args.out.with_name("train_step_scaling.json"),
+        )
         return
     warnings.filterwarnings("ignore")
     from chgnet.model import CHGNet as OfficialCHGNet
@@ -282,8 +367,13 @@ def main() -> None:
         teacher = OfficialCHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
         labels = [teacher.predict_structure(s, task="efsm") for s in data]
     atoms = [len(s) for s in data]
-    report = {"what": __doc__.split("\n\n")[0], "torch": torch.__version__, "cpu_count": os.cpu_count(),
-              "steps": args.steps, "blocks": []}
+    report = {
+        "what": __doc__.split("\n\n")[0],
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "steps": args.steps,
+        "blocks": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for batch_size in args.batch_sizes:
             found = implementations(data, labels, batch_size, not args.no_compile, not args.no_official, Path(tmp))
@@ -299,10 +389,14 @@ def main() -> None:
             if not args.no_ddp and 2 in args.threads:
                 ddp = measure_ddp(data, labels, batch_size, args.steps, Path(tmp))
                 single = next(b for b in report["blocks"] if b["threads"] == 2 and b["batch_size"] == batch_size)
-                ddp["speedup_vs_1_process_2_threads"] = single["rows"]["MF eager, mixed"]["median_s_per_step"] / ddp["median_s_per_step"]
+                ddp["speedup_vs_1_process_2_threads"] = (
+                    single["rows"]["MF eager, mixed"]["median_s_per_step"] / ddp["median_s_per_step"]
+                )
                 report.setdefault("ddp", {})[str(batch_size)] = ddp
-                print(f"  DDP 2 processes x 1 thread, MF eager mixed, batch {batch_size}: {ddp['median_s_per_step']:.3f} s/step "
-                      f"({ddp['speedup_vs_1_process_2_threads']:.2f}x one process with 2 threads)")
+                print(
+                    f"  DDP 2 processes x 1 thread, MF eager mixed, batch {batch_size}: {ddp['median_s_per_step']:.3f} s/step "
+                    f"({ddp['speedup_vs_1_process_2_threads']:.2f}x one process with 2 threads)"
+                )
                 save(report, args.out)
 
 
@@ -317,8 +411,10 @@ def print_block(threads: int, batch_size: int, rows: dict) -> None:
     for name, row in rows.items():
         ratio = f"{row['speedup_vs_official']:.2f}x" if row["speedup_vs_official"] else "-"
         compiled = f"{row['compile_s']:.0f}" if row["compile_s"] else "-"
-        print(f"{name:<28}{row['median_s_per_step']:>9.3f}{row['structures_per_s']:>10.2f}{ratio:>13}"
-              f"{row['peak_mib_per_atom']:>10.2f}{compiled:>11}")
+        print(
+            f"{name:<28}{row['median_s_per_step']:>9.3f}{row['structures_per_s']:>10.2f}{ratio:>13}"
+            f"{row['peak_mib_per_atom']:>10.2f}{compiled:>11}"
+        )
 
 
 if __name__ == "__main__":

@@ -107,9 +107,13 @@ def check_outputs(model: nn.Module, out: Any, structures: int) -> None:
     "energy" of shape (structures,)."""
     name = type(model).__name__
     if not isinstance(out, Mapping) or "energy" not in out:
-        raise TypeError(f"{name}.forward must return a dict with 'energy' ((B,) total eV); it returned {type(out).__name__}"
-                        + (f" with keys {sorted(out)}" if isinstance(out, Mapping) else ""))
+        raise TypeError(
+            f"{name}.forward must return a dict with 'energy' ((B,) total eV); it returned {type(out).__name__}"
+            + (f" with keys {sorted(out)}" if isinstance(out, Mapping) else "")
+        )
     energy = out["energy"]
     if not isinstance(energy, Tensor) or tuple(energy.shape) != (structures,):
         shape = tuple(energy.shape) if isinstance(energy, Tensor) else type(energy).__name__
-        raise TypeError(f"{name}.forward returned 'energy' of shape {shape}; expected ({structures},): one total per structure")
+        raise TypeError(
+            f"{name}.forward returned 'energy' of shape {shape}; expected ({structures},): one total per structure"
+        )

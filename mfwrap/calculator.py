@@ -32,7 +32,9 @@ class Calculator(AseCalculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "magmoms"]
 
-    def __init__(self, model: nn.Module, fidelity: str | None = None, device: str | torch.device | None = None, **kwargs) -> None:
+    def __init__(
+        self, model: nn.Module, fidelity: str | None = None, device: str | torch.device | None = None, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.fidelity_index = resolve_fidelity(model, fidelity)
         self.fidelity = fidelity
@@ -43,7 +45,9 @@ class Calculator(AseCalculator):
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        graph = to_graph(self.atoms, self.model.graph_spec, fidelity=self.fidelity_index, dtype=self.dtype, name="atoms")
+        graph = to_graph(
+            self.atoms, self.model.graph_spec, fidelity=self.fidelity_index, dtype=self.dtype, name="atoms"
+        )
         batch = Batch.from_data_list([graph]).to(self.device)
         periodic = bool(self.atoms.pbc.all())
         was_training = self.model.training

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import yaml
 
+
 def _yaml(value: Any) -> str:
     """A default as YAML writes it, on one line."""
     return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).removesuffix("\n...\n").strip()
@@ -64,12 +65,19 @@ def config_help() -> str:
     from mfwrap.train.config import TrainConfig
     from mfwrap.train.data import DataConfig, Source
 
-    lines = ["CONFIG.yaml sections (all optional but data), each option as", "",
-             "  name: default                         (type) what it is", ""]
+    lines = [
+        "CONFIG.yaml sections (all optional but data), each option as",
+        "",
+        "  name: default                         (type) what it is",
+        "",
+    ]
     lines += _entry("data:", f"(DataConfig) {DataConfig.__doc__.splitlines()[0]}")
     lines += _describe(DataConfig, 2, skip=("dataset", "split"))
-    lines += _entry("  <dataset>: {<options>}", "instead of sources, a registered dataset (mfwrap.datasets.registry: "
-                    f"{', '.join(DATASETS)}), split as the benchmark suite splits it; the options:")
+    lines += _entry(
+        "  <dataset>: {<options>}",
+        "instead of sources, a registered dataset (mfwrap.datasets.registry: "
+        f"{', '.join(DATASETS)}), split as the benchmark suite splits it; the options:",
+    )
     lines += _describe(Split, 4)
     lines += _entry("  each source of train / val / test:", "a mapping of")
     lines += _describe(Source, 4)
@@ -134,16 +142,17 @@ def _fidelity(model: Any, checkpoint: dict, requested: str | None) -> tuple[str 
     except ValueError as error:
         raise SystemExit(str(error)) from None
     if not multi and names[index] != target:
-        raise SystemExit(f"this is a single-fidelity model of fidelity {target!r}; "
-                         f"it does not predict {names[index]!r}")
+        raise SystemExit(
+            f"this is a single-fidelity model of fidelity {target!r}; it does not predict {names[index]!r}"
+        )
     return (requested if multi else None), names[index], index
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mfwrap.data.readers import DEFAULT_KEYS, read_dataset, to_graphs
+    from mfwrap.model_file import read_model_file
     from mfwrap.train.config import TrainConfig
     from mfwrap.train.metrics import format_table
-    from mfwrap.model_file import read_model_file
     from mfwrap.train.trainer import Trainer
 
     model, checkpoint = read_model_file(args.checkpoint)
@@ -153,8 +162,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     keys = {target: None if key.lower() == "none" else key for target, key in keys.items()}
     records = read_dataset(args.data, name, keys, strict=False)
     graphs = to_graphs(records, model.graph_spec, {name: index})
-    config = TrainConfig(targets=checkpoint.get("targets", "efsm"), eval_batch_size=args.batch_size, device=args.device,
-                         progress=False, output_dir=str(Path(args.checkpoint).parent))
+    config = TrainConfig(
+        targets=checkpoint.get("targets", "efsm"),
+        eval_batch_size=args.batch_size,
+        device=args.device,
+        progress=False,
+        output_dir=str(Path(args.checkpoint).parent),
+    )
     metrics = Trainer(model, config, fidelity_names=names).evaluate(graphs)
     print(f"{len(graphs)} structures from {args.data} at fidelity {name!r}:")
     print(format_table({Path(args.checkpoint).name: metrics}, name))
@@ -171,13 +185,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ase.stress import full_3x3_to_voigt_6_stress
 
     from mfwrap.data.graph import EV_PER_A3_TO_GPA
-    from mfwrap.predict import predict
     from mfwrap.model_file import read_model_file
+    from mfwrap.predict import predict
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model, checkpoint = read_model_file(args.checkpoint, map_location=device)
     frames = _read_frames(args.structures)
-    results = predict(model, frames, fidelity=_fidelity(model, checkpoint, args.fidelity)[0], batch_size=args.batch_size)
+    results = predict(
+        model, frames, fidelity=_fidelity(model, checkpoint, args.fidelity)[0], batch_size=args.batch_size
+    )
     for atoms, result in zip(frames, results):
         stress = result.get("stress")
         labels = {"energy": result["energy"], "forces": result["forces"]}
@@ -189,8 +205,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.output:
         ase.io.write(args.output, frames, format="extxyz")
     for i, (atoms, result) in enumerate(zip(frames, results)):
-        print(f"{i:>5} {atoms.get_chemical_formula():<20} E = {result['energy']:.6f} eV "
-              f"({result['energy'] / len(atoms):.6f} eV/atom)  max|F| = {np.abs(result['forces']).max():.4f} eV/Å")
+        print(
+            f"{i:>5} {atoms.get_chemical_formula():<20} E = {result['energy']:.6f} eV "
+            f"({result['energy'] / len(atoms):.6f} eV/atom)  max|F| = {np.abs(result['forces']).max():.4f} eV/Å"
+        )
     return 0
 
 
@@ -207,10 +225,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plan:
         from mfwrap.bench.runner import plan_suite
 
-        rows = plan_suite(experiments, args.level, args.seeds, backbone=args.backbone, root=args.root,
-                          seconds_per_step=args.seconds_per_step)
-        print(f"{'experiment':<20}{'runs':>6}{'trained':>9}{'steps':>10}{'pre-train':>11}{'s/step':>8}{'hours':>7}"
-              f"{'done':>6}{'done h':>8}{'left h':>8}")
+        rows = plan_suite(
+            experiments,
+            args.level,
+            args.seeds,
+            backbone=args.backbone,
+            root=args.root,
+            seconds_per_step=args.seconds_per_step,
+        )
+        print(
+            f"{'experiment':<20}{'runs':>6}{'trained':>9}{'steps':>10}{'pre-train':>11}{'s/step':>8}{'hours':>7}"
+            f"{'done':>6}{'done h':>8}{'left h':>8}"
+        )
         total_hours = done_hours = left_hours = 0.0
         for name, r in rows.items():
             wall_hours = lambda steps: steps * r["seconds_per_step"] / max(args.jobs, 1) / 3600  # noqa: B023, E731
@@ -219,46 +245,76 @@ def cmd_bench(args: argparse.Namespace) -> int:
             left_hours += left
             done_hours += r["done_wall_s"] / 3600
             rate = f"{r['seconds_per_step']:.2f}" + ("" if r["measured"] else "*")
-            print(f"{name:<20}{r['runs']:>6}{r['trained']:>9}{r['steps']:>10}{r['pretrain_steps']:>11}{rate:>8}"
-                  f"{hours:>7.1f}{r['done']:>6}{r['done_wall_s'] / 3600:>8.1f}{left:>8.1f}")
-        print(f"total {total_hours:.1f} h with {args.jobs} run(s) at once, finished runs included; s/step measured on "
-              f"the finished runs under {args.root} (* not measured: --seconds-per-step); done: runs finished there, "
-              f"{done_hours:.1f} run-hours of wall time (one run's own; runs side by side overlap); left: at most "
-              f"{left_hours:.1f} h for the runs not finished, with {args.jobs} at once (killed runs resume part-way)")
+            print(
+                f"{name:<20}{r['runs']:>6}{r['trained']:>9}{r['steps']:>10}{r['pretrain_steps']:>11}{rate:>8}"
+                f"{hours:>7.1f}{r['done']:>6}{r['done_wall_s'] / 3600:>8.1f}{left:>8.1f}"
+            )
+        print(
+            f"total {total_hours:.1f} h with {args.jobs} run(s) at once, finished runs included; s/step measured on "
+            f"the finished runs under {args.root} (* not measured: --seconds-per-step); done: runs finished there, "
+            f"{done_hours:.1f} run-hours of wall time (one run's own; runs side by side overlap); left: at most "
+            f"{left_hours:.1f} h for the runs not finished, with {args.jobs} at once (killed runs resume part-way)"
+        )
         return 0
-    outcome = run_suite(experiments, args.level, args.seeds, args.root, jobs=args.jobs, backbone=args.backbone,
-                        report=args.out, eager=args.eager)
+    outcome = run_suite(
+        experiments,
+        args.level,
+        args.seeds,
+        args.root,
+        jobs=args.jobs,
+        backbone=args.backbone,
+        report=args.out,
+        eager=args.eager,
+    )
     write_report(args.root, args.out)
     return 1 if outcome["failed"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mfwrap", description="Multi-fidelity interatomic potentials: train, evaluate, predict.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="mfwrap",
+        description="Multi-fidelity interatomic potentials: train, evaluate, predict.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a model from a YAML config", description=config_help(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    train = commands.add_parser(
+        "train",
+        help="train a model from a YAML config",
+        description=config_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     train.add_argument("config", help="YAML run config (sections described above)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from OUTPUT_DIR/<method>/last.pt if it exists (same config required); "
-                            "the result equals an uninterrupted run")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR/<method>/last.pt if it exists (same config required); "
+        "the result equals an uninterrupted run",
+    )
     train.add_argument("--output-dir", default=None, help="overrides train.output_dir of the config")
     train.set_defaults(func=cmd_train)
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("checkpoint", help="an mfwrap model file: a checkpoint of mfwrap train (best.pt, last.pt) or MultiFidelity.save")
+        sub.add_argument(
+            "checkpoint",
+            help="an mfwrap model file: a checkpoint of mfwrap train (best.pt, last.pt) or MultiFidelity.save",
+        )
         sub.add_argument("--fidelity", default=None, help="fidelity name; required for models with several fidelities")
         sub.add_argument("--batch-size", type=int, default=16, help="structures per forward pass (default 16)")
-        sub.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ... (default auto)")
+        sub.add_argument(
+            "--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ... (default auto)"
+        )
 
     evaluate = commands.add_parser("evaluate", help="MAE / RMSE of a checkpoint on labelled structures")
     common(evaluate)
     evaluate.add_argument("data", help="labelled structures, any file ase.io.read reads (extxyz, ASE db, ...)")
     for target in ("energy", "forces", "stress", "magmoms"):
-        evaluate.add_argument(f"--{target}-key", default=target,
-                              help=f"calculator result / info / arrays key of the {target} label, 'none' if "
-                                   f"unlabelled (default {target!r})")
+        evaluate.add_argument(
+            f"--{target}-key",
+            default=target,
+            help=f"calculator result / info / arrays key of the {target} label, 'none' if "
+            f"unlabelled (default {target!r})",
+        )
     evaluate.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -272,29 +328,49 @@ def build_parser() -> argparse.ArgumentParser:
     from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 
     bench = commands.add_parser(
-        "bench", help="the benchmark suite: run an experiment (resumable) or write the report",
+        "bench",
+        help="the benchmark suite: run an experiment (resumable) or write the report",
         description="Runs the seed paper's experiments (mfwrap.bench.grid) as one directory per run under --root, "
-                    "skipping finished runs and resuming killed ones, then writes the report (mean ± sd over seeds, "
-                    "tables, plots) to --out.")
+        "skipping finished runs and resuming killed ones, then writes the report (mean ± sd over seeds, "
+        "tables, plots) to --out.",
+    )
     bench.add_argument("experiment", choices=[*EXPERIMENTS, "all", "report"])
-    bench.add_argument("--level", choices=list(LEVELS), default="quick",
-                       help="quick: pipeline check, minutes; medium: paper CHGNet on the shipped LMFP set, hours on a "
-                            "2-core CPU; full: the paper's settings (a GPU)")
+    bench.add_argument(
+        "--level",
+        choices=list(LEVELS),
+        default="quick",
+        help="quick: pipeline check, minutes; medium: paper CHGNet on the shipped LMFP set, hours on a "
+        "2-core CPU; full: the paper's settings (a GPU)",
+    )
     bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="data subset and initialisation seeds")
     needs = "".join(f"; {b.name} {b.note}" for b in BACKBONES.values() if b.note)
-    bench.add_argument("--backbone", choices=list(BACKBONES), default=None,
-                       help=f"override the experiment's backbone (mfwrap.bench.backbones{needs})")
+    bench.add_argument(
+        "--backbone",
+        choices=list(BACKBONES),
+        default=None,
+        help=f"override the experiment's backbone (mfwrap.bench.backbones{needs})",
+    )
     bench.add_argument("--jobs", type=int, default=1, help="runs at once, one process and one thread each")
-    bench.add_argument("--plan", action="store_true",
-                       help="print the runs and optimiser steps the experiment(s) take at this level, and the time "
-                            "they take at --seconds-per-step; run nothing")
-    bench.add_argument("--seconds-per-step", type=float, default=1.0,
-                       help="for --plan, where no finished run measures it: wall seconds per optimiser step of one "
-                            "run (1.0: paper CHGNet on LMFP, batch 4, compiled, one CPU thread, with evaluation, two "
-                            "runs at once)")
-    bench.add_argument("--eager", action="store_true",
-                       help="eager training steps where the level compiles them (medium, full): for a torch on which "
-                            "torch.compile of the training step fails (2.11 does; 2.13 is tested); results record it")
+    bench.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the runs and optimiser steps the experiment(s) take at this level, and the time "
+        "they take at --seconds-per-step; run nothing",
+    )
+    bench.add_argument(
+        "--seconds-per-step",
+        type=float,
+        default=1.0,
+        help="for --plan, where no finished run measures it: wall seconds per optimiser step of one "
+        "run (1.0: paper CHGNet on LMFP, batch 4, compiled, one CPU thread, with evaluation, two "
+        "runs at once)",
+    )
+    bench.add_argument(
+        "--eager",
+        action="store_true",
+        help="eager training steps where the level compiles them (medium, full): for a torch on which "
+        "torch.compile of the training step fails (2.11 does; 2.13 is tested); results record it",
+    )
     bench.add_argument("--root", default="runs/suite", help="where the runs go (default runs/suite)")
     bench.add_argument("--out", default="benchmarks/results/suite", help="where the report goes")
     bench.set_defaults(func=cmd_bench)

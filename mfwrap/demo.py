@@ -43,11 +43,11 @@ from mfwrap.data import keys as K
 from mfwrap.data.readers import to_graphs
 from mfwrap.datasets.registry import Split, Splits, get_dataset
 from mfwrap.files import write_text
+from mfwrap.model_file import read_model_file
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train.baselines import Experiment, ModelConfig, initial_backbone, run_experiment
 from mfwrap.train.config import TrainConfig
 from mfwrap.train.metrics import format_table
-from mfwrap.model_file import read_model_file
 
 FIDELITIES = ["low", "high"]  # graph fidelity index = position here
 RUNS = {"multi-fidelity": "multi_fidelity", "single-fidelity": "single_fidelity"}
@@ -90,7 +90,9 @@ def parity_plot(predictions: dict[str, dict[str, np.ndarray]], path: Path) -> No
     for (name, p), colour in zip(predictions.items(), ("tab:orange", "tab:blue")):
         e_mae = 1000 * np.abs(p["pred_e"] - p["true_e"]).mean()
         f_mae = 1000 * np.abs(p["pred_f"] - p["true_f"]).mean()
-        axes[0].scatter(p["true_e"], p["pred_e"], s=12, alpha=0.7, color=colour, label=f"{name} (MAE {e_mae:.0f} meV/atom)")
+        axes[0].scatter(
+            p["true_e"], p["pred_e"], s=12, alpha=0.7, color=colour, label=f"{name} (MAE {e_mae:.0f} meV/atom)"
+        )
         axes[1].scatter(p["true_f"], p["pred_f"], s=3, alpha=0.3, color=colour, label=f"{name} (MAE {f_mae:.0f} meV/Å)")
     for ax, (label, unit) in zip(axes, (("energy", "eV/atom"), ("force component", "eV/Å"))):
         low, high = ax.get_xlim()
@@ -109,50 +111,87 @@ def _train(method: str, args: argparse.Namespace, threads: int) -> tuple[dict, f
     torch.set_num_threads(threads)
     start = time.perf_counter()
     epochs = args.single_epochs if method == "single_fidelity" else args.epochs
-    sampling = ({"low": 1.0 - args.high_share, "high": args.high_share}
-                if method == "multi_fidelity" and args.high_share is not None else {})
-    config = TrainConfig(epochs=epochs, seed=args.seed, val_fraction=0.0, output_dir=str(args.out),
-                         progress=args.jobs == 1, compile=args.compile, fidelity_sampling=sampling)
-    experiment = Experiment(method=method, model=ModelConfig(backbone="backbones.chgnet:CHGNet", mechanisms="ECMR"),
-                            train=config)
+    sampling = (
+        {"low": 1.0 - args.high_share, "high": args.high_share}
+        if method == "multi_fidelity" and args.high_share is not None
+        else {}
+    )
+    config = TrainConfig(
+        epochs=epochs,
+        seed=args.seed,
+        val_fraction=0.0,
+        output_dir=str(args.out),
+        progress=args.jobs == 1,
+        compile=args.compile,
+        fidelity_sampling=sampling,
+    )
+    experiment = Experiment(
+        method=method, model=ModelConfig(backbone="backbones.chgnet:CHGNet", mechanisms="ECMR"), train=config
+    )
     backbone = initial_backbone(experiment)
     splits = _splits(args)
     high = splits.train_high * (args.high_repeat if method == "multi_fidelity" else 1)  # each k times per epoch
     graphs = lambda records: to_graphs(records, backbone.graph_spec, FIDELITIES)  # noqa: E731
-    summary = run_experiment(experiment, FIDELITIES, graphs(splits.train_low + high), None, graphs(splits.test),
-                             backbone=backbone)
+    summary = run_experiment(
+        experiment, FIDELITIES, graphs(splits.train_low + high), None, graphs(splits.test), backbone=backbone
+    )
     return summary["test"], time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2, help="training epochs of each model (default 2)")
-    parser.add_argument("--protocol", choices=("equal-compute", "paper"), default="equal-compute",
-                        help="equal-compute (default): single-fidelity trains for as many optimiser steps as "
-                             "multi-fidelity takes in --epochs; paper: both train --epochs epochs (multi-fidelity then "
-                             "takes (N_high + N_low) / N_high times the steps)")
-    parser.add_argument("--single-epochs", type=int, default=None,
-                        help="epochs of the single-fidelity model, overriding --protocol")
-    parser.add_argument("--high-repeat", type=int, default=1,
-                        help="multi-fidelity only: each high-fidelity training frame appears this many times per "
-                             "epoch (default 1), so that a budget of few epochs still sees the scarce frames often")
-    parser.add_argument("--high-share", type=float, default=None,
-                        help="multi-fidelity only: share of each epoch's draws from the high fidelity (train option "
-                             "fidelity_sampling; default: the data's own share). 0.5 helped on LMFP in the suite's "
-                             "mf_options experiment at no extra compute")
+    parser.add_argument(
+        "--protocol",
+        choices=("equal-compute", "paper"),
+        default="equal-compute",
+        help="equal-compute (default): single-fidelity trains for as many optimiser steps as "
+        "multi-fidelity takes in --epochs; paper: both train --epochs epochs (multi-fidelity then "
+        "takes (N_high + N_low) / N_high times the steps)",
+    )
+    parser.add_argument(
+        "--single-epochs", type=int, default=None, help="epochs of the single-fidelity model, overriding --protocol"
+    )
+    parser.add_argument(
+        "--high-repeat",
+        type=int,
+        default=1,
+        help="multi-fidelity only: each high-fidelity training frame appears this many times per "
+        "epoch (default 1), so that a budget of few epochs still sees the scarce frames often",
+    )
+    parser.add_argument(
+        "--high-share",
+        type=float,
+        default=None,
+        help="multi-fidelity only: share of each epoch's draws from the high fidelity (train option "
+        "fidelity_sampling; default: the data's own share). 0.5 helped on LMFP in the suite's "
+        "mf_options experiment at no extra compute",
+    )
     parser.add_argument("--n-high", type=int, default=100, help="high-fidelity training frames (default 100)")
     parser.add_argument("--n-low", type=int, default=None, help="low-fidelity training frames (default: all)")
     parser.add_argument("--n-test", type=int, default=None, help="high-fidelity test frames (default: all)")
     parser.add_argument("--size", default="small", help="LMFP variant: small (default) or full")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the frames drawn (the suite's split rule) and of training (default 0)")
-    parser.add_argument("--jobs", type=int, default=2, choices=(1, 2),
-                        help="2 (default): train both models at once, one process and one thread each; "
-                             "1: one after the other with --threads threads")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the frames drawn (the suite's split rule) and of training (default 0)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        choices=(1, 2),
+        help="2 (default): train both models at once, one process and one thread each; "
+        "1: one after the other with --threads threads",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads with --jobs 1 (default 1)")
-    parser.add_argument("--compile", action="store_true",
-                        help="compiled training steps (torch.compile): 1.6-1.7x the step rate on one thread, after a compile of a few "
-                             "minutes on a fresh machine (seconds once inductor's cache is warm)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compiled training steps (torch.compile): 1.6-1.7x the step rate on one thread, after a compile of a few "
+        "minutes on a fresh machine (seconds once inductor's cache is warm)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
     args = parser.parse_args(argv)
     if args.high_share is not None and not 0.0 < args.high_share < 1.0:
@@ -170,9 +209,11 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         args.protocol = "custom"
     steps_sf = args.single_epochs * math.ceil(n_high / BATCH)
-    protocol = (f"protocol {args.protocol}: multi-fidelity {args.epochs} epoch(s) over {n_mf} frames = {steps_mf} "
-                f"optimiser steps; single-fidelity {args.single_epochs} epoch(s) over {n_high} frames = "
-                f"{steps_sf} steps")
+    protocol = (
+        f"protocol {args.protocol}: multi-fidelity {args.epochs} epoch(s) over {n_mf} frames = {steps_mf} "
+        f"optimiser steps; single-fidelity {args.single_epochs} epoch(s) over {n_high} frames = "
+        f"{steps_sf} steps"
+    )
     if args.high_share is not None:
         protocol += f"; multi-fidelity draws {args.high_share:.0%} of each epoch from the high fidelity"
     print(f"  ready after {time.perf_counter() - start:.0f} s; training both models ({protocol}) ...", flush=True)
@@ -192,13 +233,24 @@ def main(argv: list[str] | None = None) -> dict:
     predictions = {name: _predictions(args.out / method / "best.pt", test) for name, method in RUNS.items()}
     plot = args.out / "parity.png"
     parity_plot(predictions, plot)
-    summary = {"protocol": args.protocol, "steps": {"multi-fidelity": steps_mf, "single-fidelity": steps_sf},
-               "epochs": args.epochs, "single_fidelity_epochs": args.single_epochs,
-               "multi_fidelity_high_repeat": args.high_repeat, "multi_fidelity_high_share": args.high_share,
-               "seed": args.seed,
-               "size": args.size, "n_high": args.n_high, "n_low": args.n_low,
-               "n_test": len(test), "test": results, "train_seconds": timings,
-               "total_seconds": time.perf_counter() - start, "jobs": args.jobs, "compile": args.compile}
+    summary = {
+        "protocol": args.protocol,
+        "steps": {"multi-fidelity": steps_mf, "single-fidelity": steps_sf},
+        "epochs": args.epochs,
+        "single_fidelity_epochs": args.single_epochs,
+        "multi_fidelity_high_repeat": args.high_repeat,
+        "multi_fidelity_high_share": args.high_share,
+        "seed": args.seed,
+        "size": args.size,
+        "n_high": args.n_high,
+        "n_low": args.n_low,
+        "n_test": len(test),
+        "test": results,
+        "train_seconds": timings,
+        "total_seconds": time.perf_counter() - start,
+        "jobs": args.jobs,
+        "compile": args.compile,
+    }
     write_text(args.out / "demo.json", json.dumps(summary, indent=1))
     print(f"\nparity plot: {plot}\nsummary: {args.out / 'demo.json'}  (total {summary['total_seconds']:.0f} s)")
     return summary

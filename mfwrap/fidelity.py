@@ -67,8 +67,9 @@ def fidelity_names_of(model: nn.Module) -> tuple[str, ...]:
     return tuple(str(n) for n in model.fidelity_names) if is_multi_fidelity(model) else (DEFAULT_FIDELITY,)
 
 
-def resolve_fidelity(model: nn.Module | Sequence[str], name: str | None, *, default: str | None = None,
-                     option: str = "fidelity=") -> int:
+def resolve_fidelity(
+    model: nn.Module | Sequence[str], name: str | None, *, default: str | None = None, option: str = "fidelity="
+) -> int:
     """Index of fidelity ``name`` among those of ``model`` (a model, or its fidelity names in index order).
 
     A model without ``fidelity_names`` (single-fidelity) accepts only None, index 0. Otherwise None
@@ -84,8 +85,10 @@ def resolve_fidelity(model: nn.Module | Sequence[str], name: str | None, *, defa
     if isinstance(model, nn.Module):
         if not is_multi_fidelity(model):
             if name is not None:
-                raise ValueError(f"fidelity {name!r} given, but {type(model).__name__} is a single-fidelity model: "
-                                 "leave the fidelity out")
+                raise ValueError(
+                    f"fidelity {name!r} given, but {type(model).__name__} is a single-fidelity model: "
+                    "leave the fidelity out"
+                )
             return 0
         names = tuple(model.fidelity_names)
     else:
@@ -112,16 +115,20 @@ def check_batch_fidelities(batch: Data, names: Sequence[str], *, asynchronous: b
         ValueError: an index is out of range (the message names the indices and the fidelities).
     """
     if K.FIDELITY not in batch:
-        raise KeyError(f"the batch has no '{K.FIDELITY}' (per-structure fidelity index); "
-                       "build graphs with to_graph(..., fidelity=)")
+        raise KeyError(
+            f"the batch has no '{K.FIDELITY}' (per-structure fidelity index); "
+            "build graphs with to_graph(..., fidelity=)"
+        )
     fidelity = batch[K.FIDELITY].reshape(-1)
     if asynchronous:
         torch._assert_async(((fidelity >= 0) & (fidelity < len(names))).all())
         return None
     lowest, highest = torch.stack(torch.aminmax(fidelity)).tolist()
     if lowest < 0 or highest >= len(names):
-        raise ValueError(f"batch fidelity indices {sorted(set(fidelity.tolist()))} out of range for the fidelities "
-                         f"{list(names)}; build graphs with to_graph(..., fidelity=) at an index among these")
+        raise ValueError(
+            f"batch fidelity indices {sorted(set(fidelity.tolist()))} out of range for the fidelities "
+            f"{list(names)}; build graphs with to_graph(..., fidelity=) at an index among these"
+        )
     return lowest if lowest == highest else None
 
 

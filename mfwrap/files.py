@@ -115,5 +115,7 @@ def read_torch(path: str | os.PathLike, map_location: str | torch.device | None 
 def _first_line(error: Exception) -> str:
     """The informative line of torch's message (its weights-only messages start with general advice)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    detail = [line for line in lines if not line.startswith(("Weights only load failed", "(1)", "(2)", "Check the", "Please"))]
+    detail = [
+        line for line in lines if not line.startswith(("Weights only load failed", "(1)", "(2)", "Check the", "Please"))
+    ]
     return (detail or lines or [type(error).__name__])[0]

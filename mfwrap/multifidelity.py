@@ -80,9 +80,19 @@ class MultiFidelity(nn.Module):
         self.context = FidelityContext(len(self.fidelity_names))
         resolved, source = resolve_spec(self.backbone, spec)
         self.surgery: SurgeryReport
-        self.surgery, self.composition = operate(self.backbone, self.mechanisms, self.context, resolved, source, row_kinds,
-                                                 refuse_rotating=check_symmetry, readout=readout)
-        self.surgery.symmetry = check_wrapped_model(self) if check_symmetry else "symmetry not checked (check_symmetry=False)"
+        self.surgery, self.composition = operate(
+            self.backbone,
+            self.mechanisms,
+            self.context,
+            resolved,
+            source,
+            row_kinds,
+            refuse_rotating=check_symmetry,
+            readout=readout,
+        )
+        self.surgery.symmetry = (
+            check_wrapped_model(self) if check_symmetry else "symmetry not checked (check_symmetry=False)"
+        )
 
     @property
     def graph_spec(self) -> GraphSpec:
@@ -95,9 +105,14 @@ class MultiFidelity(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this architecture (:mod:`mfwrap.model_file`)."""
-        return {"backbone": self.backbone, "fidelities": list(self.fidelity_names), "mechanisms": self.mechanisms,
-                "spec": self.spec.as_dict(), "row_kinds": {path: kind for _, path, _, kind in self.surgery.places},
-                "readout": self.readout}
+        return {
+            "backbone": self.backbone,
+            "fidelities": list(self.fidelity_names),
+            "mechanisms": self.mechanisms,
+            "spec": self.spec.as_dict(),
+            "row_kinds": {path: kind for _, path, _, kind in self.surgery.places},
+            "readout": self.readout,
+        }
 
     def forward(self, batch: Data) -> dict[str, Tensor]:
         """batch (with ``fidelity`` per structure) → the backbone's dict, each structure at its fidelity."""

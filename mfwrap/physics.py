@@ -103,8 +103,6 @@ def _autograd_derivatives(
             strained[K.POSITIONS] = pos
         out = dict(model(strained))
         if inputs:
-            grads = torch.autograd.grad(
-                out[K.ENERGY].sum(), inputs, create_graph=create_graph, allow_unused=True
-            )
+            grads = torch.autograd.grad(out[K.ENERGY].sum(), inputs, create_graph=create_graph, allow_unused=True)
             grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
     return out, grads

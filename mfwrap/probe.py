@@ -52,8 +52,10 @@ def probe_structures(spec: GraphSpec, elements: Sequence[int] = DEFAULT_PROBE_EL
     tetrahedron = np.vstack([triangle, [d / 2, d * np.sqrt(3) / 6, d * np.sqrt(2.0 / 3.0)]])
     box = np.eye(3) * (3 * spec.cutoff + 2 * d)
     a, b, c, d_ = elements
-    return [Atoms(numbers, positions=positions + rng.normal(0, 0.08 * d, positions.shape) + 1.0, cell=box, pbc=True)
-            for numbers, positions in (([a, b, c], triangle), ([d_, a, a, b], tetrahedron))]
+    return [
+        Atoms(numbers, positions=positions + rng.normal(0, 0.08 * d, positions.shape) + 1.0, cell=box, pbc=True)
+        for numbers, positions in (([a, b, c], triangle), ([d_, a, a, b], tetrahedron))
+    ]
 
 
 def batch_for(model: nn.Module, structures: Sequence[Atoms]) -> Batch:
@@ -79,6 +81,7 @@ def layer_outputs(model: nn.Module, paths: Sequence[str], batch: Batch) -> tuple
     def recorder(path: str):
         def record(module: nn.Module, args: Any, out: Any) -> None:
             outputs[path].append(out.detach().clone() if isinstance(out, Tensor) else None)
+
         return record
 
     handles = [modules[path].register_forward_hook(recorder(path)) for path in paths]

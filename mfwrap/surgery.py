@@ -30,8 +30,8 @@ from mfwrap.data import keys as K
 from mfwrap.data.graph import MAX_ATOMIC_NUMBER, GraphSpec
 from mfwrap.fidelity import ATOM, ROW_KINDS, STRUCTURE, FidelityContext, row_counts
 from mfwrap.mechanisms import FidelityComposition, FidelityEmbedding, FidelityLinear
-from mfwrap.mechanisms.readout import READOUTS
 from mfwrap.mechanisms.composition import read_element_energies
+from mfwrap.mechanisms.readout import READOUTS
 from mfwrap.probe import layer_outputs, probe_batch
 from mfwrap.symmetry import declares_non_scalars, rotating_places, scalar_columns
 
@@ -98,8 +98,10 @@ class FidelitySpec:
         return cls(**{**dict(value), **fields})
 
     def as_dict(self) -> dict[str, Any]:
-        return {key: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v
-                for key, v in asdict(self).items()}
+        return {
+            key: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v
+            for key, v in asdict(self).items()
+        }
 
 
 _MESSAGE_NAME = re.compile(r"interaction|conv|message|layers|blocks", re.IGNORECASE)
@@ -137,39 +139,58 @@ def _atom_embeddings(backbone: nn.Module, paths: list[str]) -> list[str]:
 def _propose(backbone: nn.Module) -> tuple[FidelitySpec, list[str]]:
     modules = dict(backbone.named_modules())
     undecided = []
-    embeddings = [p for p, m in modules.items() if isinstance(m, nn.Embedding) and m.num_embeddings >= 84 and m.embedding_dim > 1]
+    embeddings = [
+        p for p, m in modules.items() if isinstance(m, nn.Embedding) and m.num_embeddings >= 84 and m.embedding_dim > 1
+    ]
     if len(embeddings) > 1 and isinstance(getattr(backbone, "graph_spec", None), GraphSpec):
         called = _atom_embeddings(backbone, embeddings)
         if len(called) == 1:
             embeddings = called
     if len(embeddings) != 1:
-        undecided.append(f"embedding: {len(embeddings)} candidate element embeddings (nn.Embedding with >= 84 entries, "
-                         f"called on atoms){f' {embeddings}' if embeddings else ''}; none chosen")
+        undecided.append(
+            f"embedding: {len(embeddings)} candidate element embeddings (nn.Embedding with >= 84 entries, "
+            f"called on atoms){f' {embeddings}' if embeddings else ''}; none chosen"
+        )
     compositions = [
-        p for p, m in modules.items()
-        if (isinstance(m, nn.Embedding) and m.embedding_dim == 1) or isinstance(getattr(m, "element_energies", None), torch.Tensor)
+        p
+        for p, m in modules.items()
+        if (isinstance(m, nn.Embedding) and m.embedding_dim == 1)
+        or isinstance(getattr(m, "element_energies", None), torch.Tensor)
     ]
     if len(compositions) > 1:
-        undecided.append(f"composition: {len(compositions)} per-element energy tables {compositions}; none chosen "
-                         "(C then adds its own)")
+        undecided.append(
+            f"composition: {len(compositions)} per-element energy tables {compositions}; none chosen "
+            "(C then adds its own)"
+        )
     stacks = [
-        p for p, m in modules.items()
+        p
+        for p, m in modules.items()
         if isinstance(m, nn.ModuleList) and _MESSAGE_NAME.search(p.rsplit(".", 1)[-1]) and not _READOUT_NAME.search(p)
     ]
     if not stacks:
-        undecided.append("message: no nn.ModuleList named interaction/conv/message/layers/blocks holds the message "
-                         "functions")
+        undecided.append(
+            "message: no nn.ModuleList named interaction/conv/message/layers/blocks holds the message functions"
+        )
+
     def is_readout(path: str) -> bool:
         name = path.rsplit(".", 1)[-1]
-        return (bool(_READOUT_NAME.search(name)) and not _OTHER_HEAD_NAME.search(name) and path not in stacks
-                and next(modules[path].parameters(), None) is not None)  # not a dropout or an activation
+        return (
+            bool(_READOUT_NAME.search(name))
+            and not _OTHER_HEAD_NAME.search(name)
+            and path not in stacks
+            and next(modules[path].parameters(), None) is not None
+        )  # not a dropout or an activation
 
     heads = [name for name, _ in backbone.named_children() if is_readout(name)]
     if not heads:  # e.g. a wrapped network's final layer, one level down
-        heads = _outermost([p for p in modules if p and is_readout(p) and not any(p.startswith(q + ".") for q in stacks)])
+        heads = _outermost(
+            [p for p in modules if p and is_readout(p) and not any(p.startswith(q + ".") for q in stacks)]
+        )
     if not heads:
-        undecided.append("readout: no module named readout/output/head/energy/final (other than heads of other "
-                         "targets such as site-wise magmoms)")
+        undecided.append(
+            "readout: no module named readout/output/head/energy/final (other than heads of other "
+            "targets such as site-wise magmoms)"
+        )
     spec = FidelitySpec(
         embedding=embeddings[0] if len(embeddings) == 1 else None,
         message=tuple(f"{p}.*" for p in stacks),
@@ -206,7 +227,9 @@ def find_places(backbone: nn.Module, spec: FidelitySpec, mechanisms: str) -> dic
     name = type(backbone).__name__
 
     def matching(patterns: tuple[str, ...], accept) -> list[str]:
-        return _outermost([p for p, m in modules.items() if p and accept(m) and any(fnmatch(p, pat) for pat in patterns)])
+        return _outermost(
+            [p for p, m in modules.items() if p and accept(m) and any(fnmatch(p, pat) for pat in patterns)]
+        )
 
     def single(path: str | None, what: str) -> list[str]:
         if path is None:
@@ -222,14 +245,21 @@ def find_places(backbone: nn.Module, spec: FidelitySpec, mechanisms: str) -> dic
         "R": matching(spec.readout, lambda m: True),
     }
     chosen = [p for letter in mechanisms for p in places[letter]]
-    nested = [(p, q) for p in chosen for q in chosen if q.startswith(p + ".")] + [(p, p) for p in set(chosen) if chosen.count(p) > 1]
+    nested = [(p, q) for p in chosen for q in chosen if q.startswith(p + ".")] + [
+        (p, p) for p in set(chosen) if chosen.count(p) > 1
+    ]
     if nested:
         raise ValueError(f"places of different mechanisms are nested in {name}: {nested[:3]}; fix the spec")
-    what = {"E": "an atomic-number embedding (spec.embedding)", "M": "message linear layers (spec.message)",
-            "R": "a readout (spec.readout)"}
+    what = {
+        "E": "an atomic-number embedding (spec.embedding)",
+        "M": "message linear layers (spec.message)",
+        "R": "a readout (spec.readout)",
+    }
     for letter in mechanisms:
         if letter != "C" and not places[letter]:
-            raise ValueError(f"mechanism {letter} has no place in {name}: its spec names no {what[letter]}; spec = {spec.as_dict()}")
+            raise ValueError(
+                f"mechanism {letter} has no place in {name}: its spec names no {what[letter]}; spec = {spec.as_dict()}"
+            )
     return {letter: places[letter] for letter in mechanisms}
 
 
@@ -243,8 +273,12 @@ def probe_shapes(backbone: nn.Module, paths: list[str]) -> tuple[Batch, dict[str
     return batch, {path: [() if o is None else tuple(o.shape) for o in outs] for path, outs in outputs.items()}
 
 
-def row_kinds_from_probe(calls: Mapping[str, list[tuple[int, ...]]], counts: Mapping[str, int],
-                         overrides: Mapping[str, str], backbone_name: str) -> dict[str, str]:
+def row_kinds_from_probe(
+    calls: Mapping[str, list[tuple[int, ...]]],
+    counts: Mapping[str, int],
+    overrides: Mapping[str, str],
+    backbone_name: str,
+) -> dict[str, str]:
     """Row kind of each probed path (see module docstring); ``overrides``: pattern → kind.
 
     Paths that were not called (and have no override) are left out: the forward does not use them.
@@ -301,11 +335,15 @@ class SurgeryReport:
         if self.skipped:
             lines.append(f"not called by the forward, left unchanged: {self.skipped}")
         if self.restricted:
-            lines.append("outputs mix scalars and rotating components: fidelity term on the 0e columns only: "
-                         + ", ".join(f"{p} ({n} of {total})" for p, (n, total) in self.restricted.items()))
+            lines.append(
+                "outputs mix scalars and rotating components: fidelity term on the 0e columns only: "
+                + ", ".join(f"{p} ({n} of {total})" for p, (n, total) in self.restricted.items())
+            )
         if self.refused:
-            lines.append(f"outputs rotate with the structure (or carry components), so no fidelity term was put there: "
-                         f"{self.refused}")
+            lines.append(
+                f"outputs rotate with the structure (or carry components), so no fidelity term was put there: "
+                f"{self.refused}"
+            )
         if self.symmetry:
             lines.append(self.symmetry)
         return "\n".join(lines)
@@ -314,12 +352,18 @@ class SurgeryReport:
 def declared_restrictions(backbone: nn.Module, places: dict[str, list[str]]) -> dict[str, torch.Tensor]:
     """{E or M place whose declared ``irreps_out`` has non-scalar parts: its 0e columns} (no probe)."""
     modules = dict(backbone.named_modules())
-    found = {p: scalar_columns(modules[p]) for letter in "EM" for p in places.get(letter, []) if declares_non_scalars(modules[p])}
+    found = {
+        p: scalar_columns(modules[p])
+        for letter in "EM"
+        for p in places.get(letter, [])
+        if declares_non_scalars(modules[p])
+    }
     return {p: columns for p, columns in found.items() if len(columns) > 0}
 
 
-def _refuse_rotating(backbone: nn.Module, places: dict[str, list[str]], spec_source: str,
-                     calls: Mapping[str, list[tuple[int, ...]]]) -> tuple[list[str], dict[str, torch.Tensor]]:
+def _refuse_rotating(
+    backbone: nn.Module, places: dict[str, list[str]], spec_source: str, calls: Mapping[str, list[tuple[int, ...]]]
+) -> tuple[list[str], dict[str, torch.Tensor]]:
     """E and M add a vector per row: a place whose outputs rotate with the structure (on the probe,
     or by its declared e3nn ``irreps_out``) takes the term on its declared scalar columns only (e3nn
     ``0e``, :func:`~mfwrap.symmetry.scalar_columns`), or is refused: an error for a given or declared
@@ -334,9 +378,12 @@ def _refuse_rotating(backbone: nn.Module, places: dict[str, list[str]], spec_sou
     refused = [p for p in rotating if p not in restricted] + components
     if refused and spec_source != "heuristic":
         place = refused[0]
-        why = (f"its outputs {sorted(set(calls[place]))} have components between rows and channels" if place in components
-               else "its outputs rotate with the structure (vector or tensor features) and it declares no scalar (0e) "
-                    "output columns")
+        why = (
+            f"its outputs {sorted(set(calls[place]))} have components between rows and channels"
+            if place in components
+            else "its outputs rotate with the structure (vector or tensor features) and it declares no scalar (0e) "
+            "output columns"
+        )
         raise ValueError(
             f"{type(backbone).__name__}.{place}: {why}; a fidelity term there (mechanism E or M) would "
             f"break rotational symmetry. Name only layers with invariant (scalar) outputs, rows × channels, in the "
@@ -346,8 +393,10 @@ def _refuse_rotating(backbone: nn.Module, places: dict[str, list[str]], spec_sou
         if letter in places:
             places[letter] = [p for p in places[letter] if p not in refused]
             if not places[letter]:
-                raise ValueError(f"mechanism {letter} has no place with invariant outputs in {type(backbone).__name__}; "
-                                 f"refused as rotating: {refused}")
+                raise ValueError(
+                    f"mechanism {letter} has no place with invariant outputs in {type(backbone).__name__}; "
+                    f"refused as rotating: {refused}"
+                )
     return refused, restricted
 
 
@@ -356,9 +405,16 @@ def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
-def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec: FidelitySpec, spec_source: str,
-            row_kinds: Mapping[str, str] | None = None,
-            refuse_rotating: bool = True, readout: str = "copies") -> tuple[SurgeryReport, FidelityComposition | None]:
+def operate(
+    backbone: nn.Module,
+    mechanisms: str,
+    context: FidelityContext,
+    spec: FidelitySpec,
+    spec_source: str,
+    row_kinds: Mapping[str, str] | None = None,
+    refuse_rotating: bool = True,
+    readout: str = "copies",
+) -> tuple[SurgeryReport, FidelityComposition | None]:
     """Insert the mechanisms into ``backbone`` in place (E and M only where outputs are invariant,
     unless ``refuse_rotating`` is False); R as independent copies (``readout`` "copies") or as a
     shared readout with per-fidelity residuals ("residual").
@@ -376,7 +432,9 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
     paths = [p for letter in places for p in places[letter]]
     unused = [pattern for pattern in overrides if not any(fnmatch(p, pattern) for p in paths)]
     if unused:
-        raise ValueError(f"row_kinds pattern(s) {unused} match no place of mechanisms {mechanisms!r}; places are {paths}")
+        raise ValueError(
+            f"row_kinds pattern(s) {unused} match no place of mechanisms {mechanisms!r}; places are {paths}"
+        )
     parameter = next(backbone.parameters())
     batch, calls = probe_shapes(backbone, paths)
     kinds = row_kinds_from_probe(calls, row_counts(batch), overrides, type(backbone).__name__)
@@ -384,14 +442,24 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
     places = {letter: [p for p in found if p in kinds] for letter, found in places.items()}
     for letter, found in places.items():
         if letter != "C" and not found:
-            raise ValueError(f"mechanism {letter} has no place in {type(backbone).__name__}: none of {skipped} is called by its forward")
+            raise ValueError(
+                f"mechanism {letter} has no place in {type(backbone).__name__}: none of {skipped} is called by its forward"
+            )
     # declared irreps restrict the terms even without the probe-based refusal (a file rebuilds the same widths)
-    refused, restricted = (_refuse_rotating(backbone, places, spec_source, calls) if refuse_rotating
-                           else ([], declared_restrictions(backbone, places)))
+    refused, restricted = (
+        _refuse_rotating(backbone, places, spec_source, calls)
+        if refuse_rotating
+        else ([], declared_restrictions(backbone, places))
+    )
     context.kinds = set(kinds.values()) | {ATOM, STRUCTURE}
     modules = dict(backbone.named_modules())
-    report = SurgeryReport(spec, spec_source, [(letter, p, type(modules[p]).__name__, kinds[p])
-                                               for letter in places for p in places[letter]], skipped, refused=refused)
+    report = SurgeryReport(
+        spec,
+        spec_source,
+        [(letter, p, type(modules[p]).__name__, kinds[p]) for letter in places for p in places[letter]],
+        skipped,
+        refused=refused,
+    )
 
     def width(path: str) -> int:
         module = modules[path]
@@ -405,12 +473,26 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
     report.restricted = {p: (len(columns), width(p)) for p, columns in restricted.items()}
     for path in places.get("M", []):
         module = modules[path]
-        bias = "bias" if isinstance(module, nn.Linear) and module.bias is not None else spec.linear_types.get(type(module).__name__)
-        _replace(backbone, path, FidelityLinear(module, context, kinds[path], width(path), name=path, bias_path=bias,
-                                                channels=restricted.get(path)))
+        bias = (
+            "bias"
+            if isinstance(module, nn.Linear) and module.bias is not None
+            else spec.linear_types.get(type(module).__name__)
+        )
+        _replace(
+            backbone,
+            path,
+            FidelityLinear(
+                module, context, kinds[path], width(path), name=path, bias_path=bias, channels=restricted.get(path)
+            ),
+        )
     for path in places.get("E", []):
-        _replace(backbone, path, FidelityEmbedding(modules[path], context, kinds[path], width(path), name=path,
-                                                   channels=restricted.get(path)))
+        _replace(
+            backbone,
+            path,
+            FidelityEmbedding(
+                modules[path], context, kinds[path], width(path), name=path, channels=restricted.get(path)
+            ),
+        )
     for path in places.get("R", []):
         _replace(backbone, path, READOUTS[readout](modules[path], context, kinds[path], name=path))
     added = None
@@ -419,10 +501,18 @@ def operate(backbone: nn.Module, mechanisms: str, context: FidelityContext, spec
             path = places["C"][0]
             if kinds[path] not in (ATOM, STRUCTURE) or not calls[path]:
                 raise ValueError(f"composition module {path} must return per-atom or per-structure energies")
-            module = FidelityComposition(context, read_element_energies(modules[path]), kinds[path], calls[path][0][1:],
-                                         parameter.dtype, name=path)
+            module = FidelityComposition(
+                context,
+                read_element_energies(modules[path]),
+                kinds[path],
+                calls[path][0][1:],
+                parameter.dtype,
+                name=path,
+            )
             _replace(backbone, path, module.to(parameter.device))
         else:
             initial = torch.zeros(MAX_ATOMIC_NUMBER + 1, dtype=torch.float64)
-            added = FidelityComposition(context, initial, STRUCTURE, (), parameter.dtype, name="composition").to(parameter.device)
+            added = FidelityComposition(context, initial, STRUCTURE, (), parameter.dtype, name="composition").to(
+                parameter.device
+            )
     return report, added

@@ -66,8 +66,12 @@ def rotating_places(backbone: nn.Module, paths: Sequence[str], tolerance: float 
     found = []
     for path in paths:
         for a, b in zip(before[path], after[path]):
-            if a is not None and b is not None and a.shape == b.shape and (
-                    (a - b).abs().max() > tolerance * max(float(a.abs().max()), 1e-12)):
+            if (
+                a is not None
+                and b is not None
+                and a.shape == b.shape
+                and ((a - b).abs().max() > tolerance * max(float(a.abs().max()), 1e-12))
+            ):
                 found.append(path)
                 break
     return found
@@ -127,7 +131,9 @@ def randomise_fidelity_parameters(model: nn.Module, scale: float = 0.5, seed: in
                 p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
 
 
-def symmetry_violations(model: nn.Module, structures: Sequence[Atoms], tolerance: float = 1e-6, seed: int = 0) -> list[str]:
+def symmetry_violations(
+    model: nn.Module, structures: Sequence[Atoms], tolerance: float = 1e-6, seed: int = 0
+) -> list[str]:
     """Descriptions of the symmetries ``model`` (a float64 multi-fidelity model) breaks; [] if none."""
     rng = np.random.default_rng(seed)
     failures = []
@@ -135,18 +141,23 @@ def symmetry_violations(model: nn.Module, structures: Sequence[Atoms], tolerance
     for fidelity in range(len(model.fidelity_names)):
         for atoms in structures:
             moved, rotation, order = _moved(atoms, rng)
-            graphs = [to_graph(s, model.graph_spec, fidelity=fidelity, dtype=dtype, name="probe", on_isolated_atoms="ignore")
-                      for s in [atoms, *moved]]
+            graphs = [
+                to_graph(s, model.graph_spec, fidelity=fidelity, dtype=dtype, name="probe", on_isolated_atoms="ignore")
+                for s in [atoms, *moved]
+            ]
             out = energy_and_derivatives(model, Batch.from_data_list(graphs), stress=False)
             energy = out[K.ENERGY].detach().numpy()
             forces = out[K.FORCES].detach().numpy().reshape(4, len(atoms), 3)
             scale = max(1.0, float(np.abs(energy[0])))
             expected_forces = [forces[0] @ rotation.T, forces[0], forces[0][order]]
-            for name, e, f, f_expected in zip(("rotation", "translation", "permutation"), energy[1:], forces[1:],
-                                              expected_forces):
+            for name, e, f, f_expected in zip(
+                ("rotation", "translation", "permutation"), energy[1:], forces[1:], expected_forces
+            ):
                 if abs(e - energy[0]) > tolerance * scale or np.abs(f - f_expected).max() > tolerance * scale:
-                    failures.append(f"{name} at fidelity {model.fidelity_names[fidelity]!r}: energy changes by "
-                                    f"{abs(e - energy[0]):.2e} eV, forces by {np.abs(f - f_expected).max():.2e} eV/Å")
+                    failures.append(
+                        f"{name} at fidelity {model.fidelity_names[fidelity]!r}: energy changes by "
+                        f"{abs(e - energy[0]):.2e} eV, forces by {np.abs(f - f_expected).max():.2e} eV/Å"
+                    )
     return failures
 
 
@@ -165,17 +176,28 @@ def continuity_violations(model: nn.Module, tolerance: float = 1e-6) -> list[str
     failures, delta = [], 1e-7
     for fidelity in range(len(model.fidelity_names)):
         for cutoff in cutoffs:
-            cells = [Atoms([elements[2], elements[0], elements[1]], positions=[a, b, a + direction * (cutoff + sign * delta)], cell=box, pbc=True)
-                     for sign in (-1, 1)]
-            graphs = [to_graph(s, spec, fidelity=fidelity, dtype=dtype, name="probe", on_isolated_atoms="ignore")
-                      for s in cells]
+            cells = [
+                Atoms(
+                    [elements[2], elements[0], elements[1]],
+                    positions=[a, b, a + direction * (cutoff + sign * delta)],
+                    cell=box,
+                    pbc=True,
+                )
+                for sign in (-1, 1)
+            ]
+            graphs = [
+                to_graph(s, spec, fidelity=fidelity, dtype=dtype, name="probe", on_isolated_atoms="ignore")
+                for s in cells
+            ]
             out = energy_and_derivatives(model, Batch.from_data_list(graphs), stress=False)
             energy, forces = out[K.ENERGY].detach().numpy(), out[K.FORCES].detach().numpy()
             work = -float(forces[2] @ direction) * 2 * delta
             jump = abs(energy[1] - energy[0] - work)
             if jump > tolerance * max(1.0, abs(float(energy[0]))):
-                failures.append(f"energy jumps by {jump:.2e} eV as a neighbour crosses the {cutoff} Å cutoff at fidelity "
-                                f"{model.fidelity_names[fidelity]!r}")
+                failures.append(
+                    f"energy jumps by {jump:.2e} eV as a neighbour crosses the {cutoff} Å cutoff at fidelity "
+                    f"{model.fidelity_names[fidelity]!r}"
+                )
     return failures
 
 
@@ -230,8 +252,10 @@ def check_wrapped_model(model: nn.Module, tolerance: float = 1e-6) -> str:
     failures = _all_violations(trial, structures, tolerance)
     own = _all_violations(_without_fidelity_terms(trial), structures, tolerance) if failures else []
     if own:
-        message = (f"symmetry not established: {type(model.backbone).__name__} itself fails the checks without fidelity "
-                   f"terms ({own[0]}); nothing is attributed to the wrapper")
+        message = (
+            f"symmetry not established: {type(model.backbone).__name__} itself fails the checks without fidelity "
+            f"terms ({own[0]}); nothing is attributed to the wrapper"
+        )
         warnings.warn(message, stacklevel=3)
         return message
     if failures:
@@ -244,6 +268,8 @@ def check_wrapped_model(model: nn.Module, tolerance: float = 1e-6) -> str:
             "cutoff; choose other places in the spec "
             "(or pass check_symmetry=False to MultiFidelity to skip this check)"
         )
-    return (f"symmetry checked: energy invariant and forces equivariant under rotation, translation and permutation, "
-            f"energy continuous at every cutoff, at all {len(model.fidelity_names)} fidelities, fidelity parameters "
-            f"randomised (float64, tolerance {tolerance:g})")
+    return (
+        f"symmetry checked: energy invariant and forces equivariant under rotation, translation and permutation, "
+        f"energy continuous at every cutoff, at all {len(model.fidelity_names)} fidelities, fidelity parameters "
+        f"randomised (float64, tolerance {tolerance:g})"
+    )

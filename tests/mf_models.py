@@ -12,12 +12,12 @@ from torch_geometric.data import Batch
 
 from backbones.chgnet import CHGNet
 from backbones.pyg import DimeNetPlusPlus, SchNet
-from mfwrap.mechanisms.composition import FidelityComposition
 from mfwrap.data.graph import to_graph
+from mfwrap.mechanisms.composition import FidelityComposition
 from mfwrap.mechanisms.embedding import FidelityEmbedding
 from mfwrap.mechanisms.linear import FidelityLinear
-from mfwrap.physics import energy_and_derivatives
 from mfwrap.mechanisms.readout import FidelityReadout, ResidualFidelityReadout
+from mfwrap.physics import energy_and_derivatives
 
 ELEMENTS = (3, 8, 15, 26)
 
@@ -33,12 +33,31 @@ def _prototype(name: str, seed: int):
     if name == "schnet":
         return SchNet(hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=12, cutoff=4.0)
     if name == "dimenet":
-        return DimeNetPlusPlus(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4, out_emb_channels=16,
-                               num_spherical=3, num_radial=4, cutoff=3.0, output_initializer="glorot_orthogonal")
+        return DimeNetPlusPlus(
+            hidden_channels=16,
+            num_blocks=2,
+            int_emb_size=8,
+            basis_emb_size=4,
+            out_emb_channels=16,
+            num_spherical=3,
+            num_radial=4,
+            cutoff=3.0,
+            output_initializer="glorot_orthogonal",
+        )
     if name == "chgnet":
-        model = CHGNet(atom_fea_dim=16, bond_fea_dim=16, angle_fea_dim=16, num_radial=7, num_angular=7, n_conv=3,
-                       atom_conv_hidden_dim=16, bond_conv_hidden_dim=16, mlp_hidden_dims=(16,),
-                       atom_graph_cutoff=4.0, bond_graph_cutoff=2.5)
+        model = CHGNet(
+            atom_fea_dim=16,
+            bond_fea_dim=16,
+            angle_fea_dim=16,
+            num_radial=7,
+            num_angular=7,
+            n_conv=3,
+            atom_conv_hidden_dim=16,
+            bond_conv_hidden_dim=16,
+            mlp_hidden_dims=(16,),
+            atom_graph_cutoff=4.0,
+            bond_graph_cutoff=2.5,
+        )
         with torch.no_grad():
             model.composition.element_energies.uniform_(-5.0, -1.0)
         return model
@@ -61,7 +80,9 @@ def random_crystal(rng: np.random.Generator, max_atoms: int = 5) -> Atoms:
 
 
 def batch_of(structures, spec, fidelities, dtype=torch.float32) -> Batch:
-    graphs = [to_graph(s, spec, fidelity=f, dtype=dtype, on_isolated_atoms="ignore") for s, f in zip(structures, fidelities)]
+    graphs = [
+        to_graph(s, spec, fidelity=f, dtype=dtype, on_isolated_atoms="ignore") for s, f in zip(structures, fidelities)
+    ]
     return Batch.from_data_list(graphs)
 
 
@@ -73,7 +94,12 @@ def evaluate(model, batch) -> dict[str, np.ndarray]:
 def perturb(model, mechanisms: str, scale: float = 0.3, seed: int = 1) -> None:
     """Randomise the fidelity parameters of the given mechanisms (readout: copies 1.. only)."""
     generator = torch.Generator().manual_seed(seed)
-    owners = {"E": FidelityEmbedding, "M": FidelityLinear, "R": (FidelityReadout, ResidualFidelityReadout), "C": FidelityComposition}
+    owners = {
+        "E": FidelityEmbedding,
+        "M": FidelityLinear,
+        "R": (FidelityReadout, ResidualFidelityReadout),
+        "C": FidelityComposition,
+    }
     with torch.no_grad():
         for module in model.modules():
             letter = next((m for m, cls in owners.items() if isinstance(module, cls)), None)
@@ -119,7 +145,9 @@ def rigidly_moved(atoms: Atoms, seed: int) -> tuple[list[Atoms], np.ndarray, np.
     return [deformed(atoms, matrix.T), moved, atoms[order]], matrix, order
 
 
-def assert_invariant_energy_covariant_forces(base: dict, moved: list[dict], matrix: np.ndarray, order: np.ndarray) -> None:
+def assert_invariant_energy_covariant_forces(
+    base: dict, moved: list[dict], matrix: np.ndarray, order: np.ndarray
+) -> None:
     """Energies equal and forces rotated / unchanged / permuted for :func:`rigidly_moved`'s copies."""
     rot, trans, perm = moved
     scale = max(1.0, abs(base["energy"]))
@@ -128,4 +156,3 @@ def assert_invariant_energy_covariant_forces(base: dict, moved: list[dict], matr
     np.testing.assert_allclose(rot["forces"], base["forces"] @ matrix.T, atol=1e-9 * scale)
     np.testing.assert_allclose(trans["forces"], base["forces"], atol=1e-9 * scale)
     np.testing.assert_allclose(perm["forces"], base["forces"][order], atol=1e-9 * scale)
-

@@ -54,8 +54,11 @@ def imported_modules(source: str, relative: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, f"{base}.{alias.name}" if base else alias.name) for alias in node.names]
         elif isinstance(node, ast.Call):
             called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
-            name = _literal(node.args[0]) if node.args else _literal(next(
-                (k.value for k in node.keywords if k.arg == "name"), None))
+            name = (
+                _literal(node.args[0])
+                if node.args
+                else _literal(next((k.value for k in node.keywords if k.arg == "name"), None))
+            )
             if called in IMPORT_FUNCTIONS and name is not None:
                 anchor = _literal(next((k.value for k in node.keywords if k.arg == "package"), None))
                 if called == "import_module" and len(node.args) > 1:
@@ -68,7 +71,7 @@ def imported_modules(source: str, relative: Path) -> list[tuple[int, str]]:
 
 
 def forbidden_imports(source: str, relative: Path) -> list[str]:
-    """"file:line imports module" for each import of ``backbones`` (or a submodule) in ``source``."""
+    """ "file:line imports module" for each import of ``backbones`` (or a submodule) in ``source``."""
     first: dict[int, str] = {}  # one offence per line: its shortest forbidden name
     for line, name in imported_modules(source, relative):
         if (name == FORBIDDEN or name.startswith(FORBIDDEN + ".")) and len(name) < len(first.get(line, name + ".")):
@@ -83,22 +86,25 @@ def test_mfwrap_never_imports_backbones():
     assert not offences, "mfwrap must not import backbones (move the code into mfwrap):\n" + "\n".join(offences)
 
 
-@pytest.mark.parametrize("source", [
-    "import backbones",
-    "import backbones.chgnet as chgnet",
-    "import os, backbones.pyg",
-    "from backbones import pyg",
-    "from backbones.chgnet.model import CHGNet",
-    "def build():\n    from backbones.sevenn import SevenNet\n    return SevenNet",
-    "class A:\n    if True:\n        try:\n            import backbones.matgl\n"
-    "        except ImportError:\n            pass",
-    "from .. import backbones",
-    "import importlib\nmodule = importlib.import_module('backbones.chgnet')",
-    "from importlib import import_module\nimport_module(name='backbones')",
-    "import importlib\nimportlib.import_module('.chgnet', 'backbones')",
-    "import importlib\nimportlib.import_module('.pyg', package='backbones')",
-    "__import__('backbones.pyg')",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import backbones",
+        "import backbones.chgnet as chgnet",
+        "import os, backbones.pyg",
+        "from backbones import pyg",
+        "from backbones.chgnet.model import CHGNet",
+        "def build():\n    from backbones.sevenn import SevenNet\n    return SevenNet",
+        "class A:\n    if True:\n        try:\n            import backbones.matgl\n"
+        "        except ImportError:\n            pass",
+        "from .. import backbones",
+        "import importlib\nmodule = importlib.import_module('backbones.chgnet')",
+        "from importlib import import_module\nimport_module(name='backbones')",
+        "import importlib\nimportlib.import_module('.chgnet', 'backbones')",
+        "import importlib\nimportlib.import_module('.pyg', package='backbones')",
+        "__import__('backbones.pyg')",
+    ],
+)
 def test_scanner_flags_every_form_of_import(source):
     offences = forbidden_imports(source, Path("mfwrap/example.py"))
     assert offences and all(o.startswith("mfwrap/example.py:") for o in offences), offences
@@ -109,14 +115,17 @@ def test_scanner_names_the_line():
     assert forbidden_imports(source, Path("mfwrap/sub/example.py")) == ["mfwrap/sub/example.py:5 imports backbones.pyg"]
 
 
-@pytest.mark.parametrize("source", [
-    "import mfwrap.ops",
-    "from mfwrap.ops import scatter_sum",
-    "from . import backbone",
-    "from .backbone import check_backbone",
-    "BACKBONE = 'backbones.chgnet:CHGNet'",
-    "import backbones_extra",
-    "import importlib\nimportlib.import_module(path)",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import mfwrap.ops",
+        "from mfwrap.ops import scatter_sum",
+        "from . import backbone",
+        "from .backbone import check_backbone",
+        "BACKBONE = 'backbones.chgnet:CHGNet'",
+        "import backbones_extra",
+        "import importlib\nimportlib.import_module(path)",
+    ],
+)
 def test_scanner_passes_what_is_not_an_import_of_backbones(source):
     assert forbidden_imports(source, Path("mfwrap/example.py")) == []

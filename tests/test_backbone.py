@@ -52,7 +52,9 @@ def test_the_worked_example_wraps_trains_saves_and_loads(tmp_path):
         graph["energy"], graph["energy_mask"] = torch.tensor([energy]), torch.tensor([True])
         for target, size in (("forces", (graph.num_nodes, 3)), ("stress", (1, 3, 3)), ("magmoms", (graph.num_nodes,))):
             graph[target], graph[f"{target}_mask"] = torch.zeros(size), torch.zeros(size[0], dtype=torch.bool)
-    config = TrainConfig(epochs=1, batch_size=2, val_fraction=0.0, output_dir=str(tmp_path / "run"), progress=False, targets="e")
+    config = TrainConfig(
+        epochs=1, batch_size=2, val_fraction=0.0, output_dir=str(tmp_path / "run"), progress=False, targets="e"
+    )
     Trainer(mf, config).fit(graphs)
     assert (tmp_path / "run" / "best.pt").is_file()
 

@@ -87,8 +87,12 @@ def test_stress_is_the_strain_derivative_in_ase_units():
     np.testing.assert_allclose(stress, expected, rtol=1e-5, atol=1e-8)
     voigt = atoms.get_stress()
     assert voigt.shape == (6,)
-    np.testing.assert_allclose(voigt, [expected[0, 0], expected[1, 1], expected[2, 2],
-                                       expected[1, 2], expected[0, 2], expected[0, 1]], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(
+        voigt,
+        [expected[0, 0], expected[1, 1], expected[2, 2], expected[1, 2], expected[0, 2], expected[0, 1]],
+        rtol=1e-5,
+        atol=1e-8,
+    )
     reference = mfwrap.predict(mf, atoms, fidelity="r2scan")[0]["stress"]
     np.testing.assert_allclose(stress * 160.21766208, reference, rtol=1e-9, atol=1e-9)
 
@@ -105,11 +109,14 @@ def test_fidelity_is_required_and_changes_the_result():
     assert abs(energies[0] - energies[1]) > 1e-3
 
 
-@pytest.mark.parametrize("name, mechanisms, differ", [
-    ("tiny", "R", True),      # TinyBackbone lists its magmom head as a readout: R gives one per fidelity
-    ("chgnet", "R", False),   # CHGNet's magmom head is shared (a "heads" entry), R copies only the readout
-    ("chgnet", "E", True),    # ... but the atom features it reads depend on the fidelity through E
-])
+@pytest.mark.parametrize(
+    "name, mechanisms, differ",
+    [
+        ("tiny", "R", True),  # TinyBackbone lists its magmom head as a readout: R gives one per fidelity
+        ("chgnet", "R", False),  # CHGNet's magmom head is shared (a "heads" entry), R copies only the readout
+        ("chgnet", "E", True),  # ... but the atom features it reads depend on the fidelity through E
+    ],
+)
 def test_magmoms_equal_predict_at_each_fidelity(name, mechanisms, differ):
     mf = _model(name, mechanisms)
     atoms = random_crystal(np.random.default_rng(3))

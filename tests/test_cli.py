@@ -33,8 +33,10 @@ def _write(path, count, seed, fidelity, energy_key="energy", magmoms=True):
     graphs = labelled_graphs(count, seed, fidelity, TinyBackbone().graph_spec, magmoms=magmoms)
     frames = random_structures(count, seed)
     for atoms, graph in zip(frames, graphs):
-        results = {"forces": graph.forces.numpy(),
-                   "stress": full_3x3_to_voigt_6_stress(graph.stress[0].numpy() / EV_PER_A3_TO_GPA)}
+        results = {
+            "forces": graph.forces.numpy(),
+            "stress": full_3x3_to_voigt_6_stress(graph.stress[0].numpy() / EV_PER_A3_TO_GPA),
+        }
         if magmoms:
             results["magmoms"] = graph.magmoms.numpy()
         if energy_key == "energy":
@@ -62,10 +64,10 @@ model: {TINY}
 data:
   fidelities: {fidelities}
   train:
-    - {{path: {directory / 'low.xyz'}, fidelity: pbe, keys: {{energy: pbe_energy, forces: forces, stress: stress}}}}
-    - {{path: {directory / 'high.xyz'}, fidelity: r2scan, limit: 6}}
-  test: [{{path: {directory / 'test.xyz'}, fidelity: r2scan}}]
-train: {{epochs: 2, output_dir: {directory / 'out'}, progress: false{train}}}
+    - {{path: {directory / "low.xyz"}, fidelity: pbe, keys: {{energy: pbe_energy, forces: forces, stress: stress}}}}
+    - {{path: {directory / "high.xyz"}, fidelity: r2scan, limit: 6}}
+  test: [{{path: {directory / "test.xyz"}, fidelity: r2scan}}]
+train: {{epochs: 2, output_dir: {directory / "out"}, progress: false{train}}}
 {extra}
 """)
     return config
@@ -79,8 +81,10 @@ def test_train_evaluate_predict(data, capsys):
     history = json.loads((best.parent / "metrics.json").read_text())
     assert history["config"]["epochs"] == 2
 
-    assert main(["evaluate", str(best), str(data / "test.xyz"), "--fidelity", "r2scan",
-                 "--json", str(data / "m.json")]) == 0
+    assert (
+        main(["evaluate", str(best), str(data / "test.xyz"), "--fidelity", "r2scan", "--json", str(data / "m.json")])
+        == 0
+    )
     metrics = json.loads((data / "m.json").read_text())
     assert metrics["r2scan"]["forces"]["mae"] == pytest.approx(history["test"]["r2scan"]["forces"]["mae"], rel=1e-5)
     assert metrics["r2scan"]["energy"]["count"] == 4
@@ -97,8 +101,10 @@ def test_predict_writes_what_mfwrap_predict_returns_in_ase_units(data, capsys):
     structures = [*random_structures(3, 7), molecule]
     ase.io.write(data / "in.xyz", structures, format="extxyz")
     capsys.readouterr()
-    assert main(["predict", str(best), str(data / "in.xyz"), "--fidelity", "r2scan",
-                 "--output", str(data / "pred.xyz")]) == 0
+    assert (
+        main(["predict", str(best), str(data / "in.xyz"), "--fidelity", "r2scan", "--output", str(data / "pred.xyz")])
+        == 0
+    )
     printed = capsys.readouterr().out
     written = ase.io.read(data / "pred.xyz", index=":")
 
@@ -136,8 +142,11 @@ def test_output_dir_overrides_the_config_and_resume_continues_an_interrupted_run
     config = _config(data)
     steps = []
     real_step, real_fit = trainer_module.Trainer.train_step, trainer_module.Trainer.fit
-    monkeypatch.setattr(trainer_module.Trainer, "train_step",
-                        lambda self, *args, **kwargs: steps.append(1) or real_step(self, *args, **kwargs))
+    monkeypatch.setattr(
+        trainer_module.Trainer,
+        "train_step",
+        lambda self, *args, **kwargs: steps.append(1) or real_step(self, *args, **kwargs),
+    )
 
     whole, parts = data / "whole", data / "parts"
     assert main(["train", str(config), "--output-dir", str(whole), "--resume"]) == 0  # nothing to resume: a fresh run
@@ -146,8 +155,11 @@ def test_output_dir_overrides_the_config_and_resume_continues_an_interrupted_run
     assert total > 3 and (whole / "multi_fidelity" / "best.pt").is_file()
 
     with monkeypatch.context() as patch:  # interrupted after 3 optimiser steps (in epoch 0)
-        patch.setattr(trainer_module.Trainer, "fit",
-                      lambda self, *args, **kwargs: real_fit(self, *args, stop_after_steps=3, **kwargs))
+        patch.setattr(
+            trainer_module.Trainer,
+            "fit",
+            lambda self, *args, **kwargs: real_fit(self, *args, stop_after_steps=3, **kwargs),
+        )
         assert main(["train", str(config), "--output-dir", str(parts)]) == 0
     assert len(steps) == 3 and read_payload(parts / "multi_fidelity" / "last.pt")["global_step"] == 3
     assert not (parts / "multi_fidelity" / "best.pt").exists()
@@ -179,14 +191,16 @@ def test_lmfp_data_section(tmp_path, monkeypatch, capsys):
     config.write_text(f"""
 model: {TINY}
 data: {{lmfp: {{size: small, n_low: 6, n_high: 4, n_val: 2}}}}
-train: {{epochs: 1, output_dir: {tmp_path / 'out'}, progress: false}}
+train: {{epochs: 1, output_dir: {tmp_path / "out"}, progress: false}}
 """)
     assert main(["train", str(config)]) == 0
     assert "test errors at fidelity 'high'" in capsys.readouterr().out
     assert (tmp_path / "cache" / "lmfp" / "v1-small-seed0" / "manifest.json").is_file()
     run = tmp_path / "out" / "multi_fidelity"
     last = read_payload(run / "last.pt")
-    assert last["num_train"] == 6 + 4 and last["fidelity_names"] == ["low", "high"] and last["target_fidelity"] == "high"
+    assert (
+        last["num_train"] == 6 + 4 and last["fidelity_names"] == ["low", "high"] and last["target_fidelity"] == "high"
+    )
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["val"]["high"]["energy"]["count"] == 2 and set(summary["val"]) == {"high"}
     assert summary["test"]["high"]["energy"]["count"] == 50 and "magmoms" in summary["test"]["high"]
@@ -206,7 +220,7 @@ def test_a_pretrained_backbone_is_read_once_per_train(data, monkeypatch):
 
     monkeypatch.setattr(TinyBackbone, "from_pretrained", classmethod(from_pretrained), raising=False)
     config = _config(data, method="single_fidelity")
-    config.write_text(config.read_text().replace('kwargs: {features: 8}', f'pretrained: "{weights}"'))
+    config.write_text(config.read_text().replace("kwargs: {features: 8}", f'pretrained: "{weights}"'))
     assert "pretrained:" in config.read_text()
     assert main(["train", str(config)]) == 0
     assert reads == [str(weights)]
@@ -218,7 +232,7 @@ def test_li3ps4_data_section(tmp_path, capsys):
     config.write_text(f"""
 model: {TINY}
 data: {{li3ps4: {{seed: 1, n_high: 5, n_low: 12}}}}
-train: {{epochs: 1, targets: ef, output_dir: {tmp_path / 'out'}, progress: false}}
+train: {{epochs: 1, targets: ef, output_dir: {tmp_path / "out"}, progress: false}}
 """)
     assert main(["train", str(config)]) == 0
     assert "test errors at fidelity 'r2scan'" in capsys.readouterr().out
@@ -232,13 +246,17 @@ train: {{epochs: 1, targets: ef, output_dir: {tmp_path / 'out'}, progress: false
     _refused(["train", str(config)], r"data: unknown key\(s\) \['li3ps5'\]; known are .* or a dataset of \['li3ps4'")
 
 
-@pytest.mark.parametrize("method, fidelities, train, extra", [
-    # the target (r2scan, set in train) is not the last name, so the default must come from the checkpoint
-    ("single_fidelity", "[r2scan, pbe]", ", target_fidelity: r2scan", ""),
-    ("delta", "[pbe, r2scan]", "", "delta_reference: model\npretrain: {epochs: 1}"),
-])
-def test_single_fidelity_and_delta_checkpoints_default_to_their_target_fidelity(data, capsys, method, fidelities, train,
-                                                                                 extra):
+@pytest.mark.parametrize(
+    "method, fidelities, train, extra",
+    [
+        # the target (r2scan, set in train) is not the last name, so the default must come from the checkpoint
+        ("single_fidelity", "[r2scan, pbe]", ", target_fidelity: r2scan", ""),
+        ("delta", "[pbe, r2scan]", "", "delta_reference: model\npretrain: {epochs: 1}"),
+    ],
+)
+def test_single_fidelity_and_delta_checkpoints_default_to_their_target_fidelity(
+    data, capsys, method, fidelities, train, extra
+):
     config = _config(data, method=method, fidelities=fidelities, train=train, extra=extra)
     assert main(["train", str(config)]) == 0
     best = data / "out" / method / "best.pt"
@@ -353,8 +371,26 @@ def test_a_config_field_without_a_description_is_refused():
 
 
 def test_bench_plan_prints_steps_and_hours_and_runs_nothing(tmp_path, capsys):
-    assert main(["bench", "learning_curve", "--level", "medium", "--seeds", "0", "--plan", "--jobs", "2",
-                 "--seconds-per-step", "2.0", "--root", str(tmp_path / "runs")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "learning_curve",
+                "--level",
+                "medium",
+                "--seeds",
+                "0",
+                "--plan",
+                "--jobs",
+                "2",
+                "--seconds-per-step",
+                "2.0",
+                "--root",
+                str(tmp_path / "runs"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     row = next(line for line in printed.splitlines() if line.startswith("learning_curve"))
     runs, trained, steps, pretrain, rate, hours, done, done_hours, left_hours = row.split()[1:]

@@ -49,21 +49,33 @@ def predictions(model_path: Path, structures: list[Atoms]) -> list[dict[str, lis
     """Predictions of the model in ``model_path`` for ``structures``, as JSON-ready lists."""
     model = mfwrap.load(model_path)
     fidelity = FIDELITY if len(getattr(model, "fidelity_names", ())) > 1 else None
-    return [{key: np.asarray(value).tolist() for key, value in result.items()}
-            for result in mfwrap.predict(model, structures, fidelity=fidelity)]
+    return [
+        {key: np.asarray(value).tolist() for key, value in result.items()}
+        for result in mfwrap.predict(model, structures, fidelity=fidelity)
+    ]
 
 
 def record_predictions() -> None:
     """Write the JSON record: three frames of the packaged LMFP high-fidelity test split, every committed model."""
     with gzip.open(HIGH_TEST, "rt") as handle:
         frames = ase.io.read(handle, index=":3", format="extxyz")
-    structures = [{"source": f"{HIGH_TEST.relative_to(ROOT)} frame {i}", "numbers": frame.numbers.tolist(),
-                   "positions": frame.positions.tolist(), "cell": np.asarray(frame.cell).tolist()}
-                  for i, frame in enumerate(frames)]
+    structures = [
+        {
+            "source": f"{HIGH_TEST.relative_to(ROOT)} frame {i}",
+            "numbers": frame.numbers.tolist(),
+            "positions": frame.positions.tolist(),
+            "cell": np.asarray(frame.cell).tolist(),
+        }
+        for i, frame in enumerate(frames)
+    ]
     atoms = [structure_from_record(entry) for entry in structures]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-    record = {"commit": commit.stdout.strip(), "fidelity": FIDELITY, "structures": structures,
-              "models": {path: predictions(ROOT / path, atoms) for path in committed_model_files()}}
+    record = {
+        "commit": commit.stdout.strip(),
+        "fidelity": FIDELITY,
+        "structures": structures,
+        "models": {path: predictions(ROOT / path, atoms) for path in committed_model_files()},
+    }
     text = json.dumps(record, indent=1)
     for _ in range(2):  # one line per innermost list of numbers, then per list of those
         text = re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda match: "[" + " ".join(match.group(1).split()) + "]", text)
@@ -86,8 +98,9 @@ def test_committed_model_file_predicts_as_recorded(path):
     for index, (new, old) in enumerate(zip(got, expected)):
         assert sorted(new) == sorted(old), f"{path}, structure {index}: predicted quantities changed"
         for key in old:
-            np.testing.assert_allclose(new[key], old[key], rtol=RTOL, atol=ATOL[key],
-                                       err_msg=f"{path}, structure {index}: {key}")
+            np.testing.assert_allclose(
+                new[key], old[key], rtol=RTOL, atol=ATOL[key], err_msg=f"{path}, structure {index}: {key}"
+            )
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def test_predict_at_each_fidelity_equals_eager():
     compiled = mfwrap.compile_model(model, backend="eager")
     structures = [random_crystal(np.random.default_rng(s), 4) for s in range(3)]
     for fidelity in ("low", "high"):
-        for got, want in zip(mfwrap.predict(compiled, structures, fidelity), mfwrap.predict(model, structures, fidelity)):
+        for got, want in zip(
+            mfwrap.predict(compiled, structures, fidelity), mfwrap.predict(model, structures, fidelity)
+        ):
             assert got["energy"] == pytest.approx(want["energy"], abs=1e-4)
             np.testing.assert_allclose(got["forces"], want["forces"], atol=1e-4)
             np.testing.assert_allclose(got["magmoms"], want["magmoms"], atol=1e-5)
@@ -94,7 +96,11 @@ def test_training_loss_gradients_equal_eager(readout):
             # a fidelity's readout that sees no row: no gradient eagerly, a zero one compiled (dense)
             g, w = (torch.zeros_like(param) if x is None else x for x in (g, w))
             torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-11, msg=name)
-        fidelity_grads = [g for (name, _), g in zip(named, got_grads) if "fidelity" in name or "copies.1." in name or "residuals.1." in name]
+        fidelity_grads = [
+            g
+            for (name, _), g in zip(named, got_grads)
+            if "fidelity" in name or "copies.1." in name or "residuals.1." in name
+        ]
         assert fidelity_grads and all(g is not None and g.abs().max() > 0 for g in fidelity_grads)
     assert counters["stats"]["unique_graphs"] <= 1  # batches of several structures: one training graph
     assert not counters["graph_break"]
@@ -122,15 +128,20 @@ def test_the_trainer_takes_compiled_steps(tmp_path):
     for i in range(8):
         atoms = random_crystal(rng, 3)
         n = len(atoms)
-        labels = {K.ENERGY: -5.0 * n + rng.normal(), K.FORCES: rng.normal(size=(n, 3)), K.STRESS: rng.normal(size=(3, 3)),
-                  K.MAGMOMS: rng.uniform(0, 2, n)}
+        labels = {
+            K.ENERGY: -5.0 * n + rng.normal(),
+            K.FORCES: rng.normal(size=(n, 3)),
+            K.STRESS: rng.normal(size=(3, 3)),
+            K.MAGMOMS: rng.uniform(0, 2, n),
+        }
         graphs.append(to_graph(atoms, spec, fidelity=i % 2, labels=labels, dtype=torch.float64))
     steps = {}
     for mode in (False, "aot_eager"):
         torch.manual_seed(0)
         model = _wrapped()
-        config = TrainConfig(epochs=1, batch_size=2, val_fraction=0.0, output_dir=str(tmp_path / str(mode)), progress=False,
-                             compile=mode)
+        config = TrainConfig(
+            epochs=1, batch_size=2, val_fraction=0.0, output_dir=str(tmp_path / str(mode)), progress=False, compile=mode
+        )
         trainer = Trainer(model, config)
         trainer.setup_optimiser(10)
         trainer.train_step(graphs, torch.tensor([0, 1]))  # one structure of each fidelity
@@ -157,10 +168,19 @@ def test_a_failing_compilation_names_torch_and_the_way_out(tmp_path):
     from mfwrap.train import TrainConfig, Trainer
 
     rng, spec = np.random.default_rng(3), small_backbone("chgnet").graph_spec
-    graphs = [to_graph(random_crystal(rng, 3), spec, fidelity=1, labels={K.ENERGY: -15.0}, dtype=torch.float64)
-              for _ in range(2)]
-    config = TrainConfig(epochs=1, batch_size=2, val_fraction=0.0, targets="e", output_dir=str(tmp_path), progress=False,
-                         compile="aot_eager")
+    graphs = [
+        to_graph(random_crystal(rng, 3), spec, fidelity=1, labels={K.ENERGY: -15.0}, dtype=torch.float64)
+        for _ in range(2)
+    ]
+    config = TrainConfig(
+        epochs=1,
+        batch_size=2,
+        val_fraction=0.0,
+        targets="e",
+        output_dir=str(tmp_path),
+        progress=False,
+        compile="aot_eager",
+    )
     trainer = Trainer(_wrapped(), config)
     trainer.setup_optimiser(10)
 

@@ -14,15 +14,37 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_runs_end_to_end(tmp_path):
     env = {**os.environ, "MFWRAP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "CI": "1"}
     out = tmp_path / "demo"
-    command = [sys.executable, "-m", "mfwrap.demo", "--epochs", "1", "--n-high", "8", "--n-low", "16", "--n-test", "6",
-               "--jobs", "1", "--high-share", "0.5", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "mfwrap.demo",
+        "--epochs",
+        "1",
+        "--n-high",
+        "8",
+        "--n-low",
+        "16",
+        "--n-test",
+        "6",
+        "--jobs",
+        "1",
+        "--high-share",
+        "0.5",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "high-fidelity test errors (6 frames" in done.stdout and "multi-fidelity" in done.stdout
-    assert "protocol equal-compute: multi-fidelity 1 epoch(s) over 24 frames = 6 optimiser steps; single-fidelity 3 epoch(s) over 8 frames = 6 steps" in done.stdout
+    assert (
+        "protocol equal-compute: multi-fidelity 1 epoch(s) over 24 frames = 6 optimiser steps; single-fidelity 3 epoch(s) over 8 frames = 6 steps"
+        in done.stdout
+    )
     summary = json.loads((out / "demo.json").read_text())
     assert summary["n_test"] == 6 and set(summary["test"]) == {"multi-fidelity", "single-fidelity"}
-    assert summary["multi_fidelity_high_share"] == 0.5 and "draws 50% of each epoch from the high fidelity" in done.stdout
+    assert (
+        summary["multi_fidelity_high_share"] == 0.5 and "draws 50% of each epoch from the high fidelity" in done.stdout
+    )
     from mfwrap.model_file import read_payload
 
     assert read_payload(out / "multi_fidelity" / "last.pt")["config"]["fidelity_sampling"] == {"low": 0.5, "high": 0.5}

@@ -22,8 +22,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "docs" / "tutorials").glob("*.md"))
-FENCE = re.compile(r'^```(?P<language>\w*)(?:[ \t]+title="(?P<title>[^"]+)")?[^\n]*\n(?P<code>.*?)^```[ \t]*$',
-                   re.MULTILINE | re.DOTALL)
+FENCE = re.compile(
+    r'^```(?P<language>\w*)(?:[ \t]+title="(?P<title>[^"]+)")?[^\n]*\n(?P<code>.*?)^```[ \t]*$',
+    re.MULTILINE | re.DOTALL,
+)
 NOT_RUN = re.compile(r"<!-- not run: (?P<reason>.+?) -->\s*$")
 
 
@@ -47,8 +49,15 @@ def blocks_of(text: str) -> list[Block]:
     for match in FENCE.finditer(text):
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         marker = NOT_RUN.search(before)
-        found.append(Block(match["language"], match["title"], match["code"], text.count("\n", 0, match.start()) + 1,
-                           marker["reason"] if marker else None))
+        found.append(
+            Block(
+                match["language"],
+                match["title"],
+                match["code"],
+                text.count("\n", 0, match.start()) + 1,
+                marker["reason"] if marker else None,
+            )
+        )
     return found
 
 
@@ -90,7 +99,7 @@ def test_the_readme_api_in_ten_lines_runs(tmp_path, monkeypatch):
     from mfwrap.data.graph import to_graph
 
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("[start:api]"): readme.index("[end:api]")]
+    section = readme[readme.index("[start:api]") : readme.index("[end:api]")]
     (code,) = [b.code for b in blocks_of(section) if b.language == "python"]
     structures = []
     for seed in range(3):
@@ -98,8 +107,11 @@ def test_the_readme_api_in_ten_lines_runs(tmp_path, monkeypatch):
         cell.rattle(0.05, seed=seed)
         structures.append(cell)
     spec = CHGNet().graph_spec
-    train_graphs = [to_graph(cell, spec, fidelity=f, labels={"energy": -3.7 * len(cell) - 0.1 * f})
-                    for cell in structures for f in (0, 1)]
+    train_graphs = [
+        to_graph(cell, spec, fidelity=f, labels={"energy": -3.7 * len(cell) - 0.1 * f})
+        for cell in structures
+        for f in (0, 1)
+    ]
     monkeypatch.chdir(tmp_path)
     namespace = {"train_graphs": train_graphs, "structures": structures, "atoms": structures[0].copy()}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
@@ -116,24 +128,35 @@ def test_every_tutorial_block_is_run_or_says_why_not():
             runnable = block.language in ("python", "shell") or block.title is not None
             assert runnable or block.language == "text" or block.not_run, (
                 f"{where}: a ```{block.language} block without title is neither run nor marked "
-                "<!-- not run: REASON -->; use ```text for output shown to the reader")
+                "<!-- not run: REASON -->; use ```text for output shown to the reader"
+            )
 
 
 def test_the_block_reader_sees_titles_markers_and_order(tmp_path):
-    page = "intro\n```python\nx = 1\n```\n<!-- not run: needs a GPU -->\n```shell\nmfwrap x\n```\n" \
-           '```yaml title="run.yaml"\na: 1\n```\n'
+    page = (
+        "intro\n```python\nx = 1\n```\n<!-- not run: needs a GPU -->\n```shell\nmfwrap x\n```\n"
+        '```yaml title="run.yaml"\na: 1\n```\n'
+    )
     path = tmp_path / "page.md"
     path.write_text(page)
     found = blocks(path)
     assert [(b.language, b.title, b.code, b.line, b.not_run) for b in found] == [
-        ("python", None, "x = 1\n", 2, None), ("shell", None, "mfwrap x\n", 6, "needs a GPU"),
-        ("yaml", "run.yaml", "a: 1\n", 9, None)]
+        ("python", None, "x = 1\n", 2, None),
+        ("shell", None, "mfwrap x\n", 6, "needs a GPU"),
+        ("yaml", "run.yaml", "a: 1\n", 9, None),
+    ]
 
 
 def test_site_builds_strictly(tmp_path):
     """``mkdocs build --strict``: a broken link, a missing page or a docstring mkdocstrings cannot
     read is an error."""
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "site" / "reference" / "mfwrap" / "index.html").is_file()

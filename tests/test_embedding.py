@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch_geometric.data import Data
 
-from mfwrap.mechanisms.embedding import FidelityEmbedding
 from mfwrap.fidelity import FidelityContext
+from mfwrap.mechanisms.embedding import FidelityEmbedding
 
 
 def test_adds_the_vector_of_each_atoms_fidelity():
@@ -16,8 +16,13 @@ def test_adds_the_vector_of_each_atoms_fidelity():
     context = FidelityContext(2)
     embedding = FidelityEmbedding(table, context, "atom", 4, name="emb")
     numbers = torch.tensor([1, 5, 5, 9])
-    batch = Data(atomic_numbers=numbers, fidelity=torch.tensor([0, 1]), batch=torch.tensor([0, 0, 1, 1]),
-                 cell=torch.zeros(2, 3, 3), edge_index=torch.zeros(2, 0, dtype=torch.long))
+    batch = Data(
+        atomic_numbers=numbers,
+        fidelity=torch.tensor([0, 1]),
+        batch=torch.tensor([0, 0, 1, 1]),
+        cell=torch.zeros(2, 3, 3),
+        edge_index=torch.zeros(2, 0, dtype=torch.long),
+    )
     with context.bound(batch):
         assert torch.equal(embedding(numbers), table(numbers))
         with torch.no_grad():

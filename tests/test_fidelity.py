@@ -45,7 +45,10 @@ def test_context_is_empty_outside_a_forward_and_checks_row_counts():
     with pytest.raises(RuntimeError, match="outside MultiFidelity.forward"):
         context.rows("atom", 3, "layer")
     with context.bound(batch):
-        assert torch.equal(context.rows("edge", batch[K.EDGE_INDEX].shape[1], "layer"), torch.ones(batch[K.EDGE_INDEX].shape[1], dtype=torch.long))
+        assert torch.equal(
+            context.rows("edge", batch[K.EDGE_INDEX].shape[1], "layer"),
+            torch.ones(batch[K.EDGE_INDEX].shape[1], dtype=torch.long),
+        )
         with pytest.raises(RuntimeError, match="'layer'.*one row per atom"):
             context.rows("atom", 999, "layer")
         order, counts = context.groups("atom", batch.num_nodes, "readout")
@@ -101,8 +104,11 @@ def test_batch_fidelities_are_checked_against_the_fidelities():
     assert check_batch_fidelities(batch_of(crystals, spec, [0, 1]), ["a", "b"], asynchronous=True) is None
     for bad in ([2, 0], [-1, 1]):
         batch = batch_of(crystals, spec, bad)
-        with pytest.raises(ValueError, match=rf"batch fidelity indices \[{min(bad)}, {max(bad)}\] out of range for the "
-                                             r"fidelities \['a', 'b'\]; build graphs with to_graph"):
+        with pytest.raises(
+            ValueError,
+            match=rf"batch fidelity indices \[{min(bad)}, {max(bad)}\] out of range for the "
+            r"fidelities \['a', 'b'\]; build graphs with to_graph",
+        ):
             check_batch_fidelities(batch, ["a", "b"])
         with pytest.raises(RuntimeError):  # on the CPU the queued assertion fails at once
             check_batch_fidelities(batch, ["a", "b"], asynchronous=True)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch_geometric.data import Data
 
-from mfwrap.mechanisms.composition import FidelityComposition, read_element_energies, write_element_energies
 from mfwrap.fidelity import FidelityContext
+from mfwrap.mechanisms.composition import FidelityComposition, read_element_energies, write_element_energies
 
 
 class ElementTable(nn.Module):
@@ -38,8 +38,13 @@ def test_energy_is_the_sum_of_per_fidelity_element_weights(rows, shape):
     composition = FidelityComposition(context, initial, row_kind=rows, shape=shape)
     with torch.no_grad():
         composition.element_energies[1, 8] = -7.0
-    batch = Data(atomic_numbers=torch.tensor([3, 8, 8, 3, 8]), fidelity=torch.tensor([0, 1]),
-                 batch=torch.tensor([0, 0, 0, 1, 1]), cell=torch.zeros(2, 3, 3), edge_index=torch.zeros(2, 0, dtype=torch.long))
+    batch = Data(
+        atomic_numbers=torch.tensor([3, 8, 8, 3, 8]),
+        fidelity=torch.tensor([0, 1]),
+        batch=torch.tensor([0, 0, 0, 1, 1]),
+        cell=torch.zeros(2, 3, 3),
+        edge_index=torch.zeros(2, 0, dtype=torch.long),
+    )
     with context.bound(batch):
         out = composition("ignored argument")
     if rows == "structure":

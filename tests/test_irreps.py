@@ -40,7 +40,9 @@ class IrrepsPotential(nn.Module):
         vectors = edge_vectors(batch)
         r = vectors.norm(dim=-1, keepdim=True)
         basis = torch.exp(-((r - torch.linspace(1.0, 4.0, 4, dtype=r.dtype)) ** 2))
-        envelope = 0.5 * (torch.cos(math.pi * r / 4.0) + 1)  # after the filter: a bias there still vanishes at the cutoff
+        envelope = 0.5 * (
+            torch.cos(math.pi * r / 4.0) + 1
+        )  # after the filter: a bias there still vanishes at the cutoff
         onehot = nn.functional.one_hot(batch[K.ATOMIC_NUMBERS], 95).to(r.dtype)
         embedded = self.embed(onehot)
         x = embedded[:, :8] + embedded[:, 8:].pow(2).sum(-1, keepdim=True)
@@ -70,7 +72,11 @@ def test_terms_on_mixed_layers_touch_only_their_scalar_columns_and_keep_symmetry
     assert mf.surgery.restricted == {"embed": (8, 14), "mix": (8, 20)}
     assert "0e columns only" in str(mf.surgery) and mf.surgery.symmetry.startswith("symmetry checked")
     mix, embed = mf.backbone.mix, mf.backbone.embed
-    assert isinstance(mix, FidelityLinear) and mix.fidelity_weight.shape == (8, 2) and mix.channels.tolist() == list(range(8))
+    assert (
+        isinstance(mix, FidelityLinear)
+        and mix.fidelity_weight.shape == (8, 2)
+        and mix.channels.tolist() == list(range(8))
+    )
     assert isinstance(embed, FidelityEmbedding) and embed.fidelity_vectors.shape == (2, 8)
     assert mf.backbone.radial.channels is None  # an invariant layer keeps its term on every column
     structure = bulk("Si", "diamond", a=5.43, cubic=True)
@@ -84,12 +90,20 @@ def test_terms_on_mixed_layers_touch_only_their_scalar_columns_and_keep_symmetry
 
 def test_declared_irreps_restrict_the_terms_even_when_the_checks_are_skipped():
     mf = MultiFidelity(IrrepsPotential(), ["low", "high"], "EM", spec=SPEC, check_symmetry=False)
-    assert mf.surgery.restricted == {"embed": (8, 14), "mix": (8, 20)} and mf.backbone.mix.fidelity_weight.shape == (8, 2)
+    assert mf.surgery.restricted == {"embed": (8, 14), "mix": (8, 20)} and mf.backbone.mix.fidelity_weight.shape == (
+        8,
+        2,
+    )
 
 
 def test_a_term_on_every_column_of_a_mixed_layer_is_caught_by_the_check():
-    mf = MultiFidelity(IrrepsPotential(), ["low", "high"], "M", spec={"message": ["mix"], "linear_types": {"Linear": None}},
-                       check_symmetry=False)
+    mf = MultiFidelity(
+        IrrepsPotential(),
+        ["low", "high"],
+        "M",
+        spec={"message": ["mix"], "linear_types": {"Linear": None}},
+        check_symmetry=False,
+    )
     mf.backbone.mix.channels = None  # as if the surgery ignored the irreps: vector components get a bias
     with torch.no_grad():
         mf.backbone.mix.fidelity_weight.data = torch.zeros(20, 2)
@@ -103,5 +117,7 @@ def test_a_mixed_layer_without_declared_irreps_is_still_refused():
             super().__init__()
             self.mix = nn.Linear(20, 20, bias=False)  # mixes scalars and vector components, declares no irreps
 
-    with pytest.raises(ValueError, match=r"Undeclared.mix: its outputs rotate .* declares no scalar \(0e\) output columns"):
+    with pytest.raises(
+        ValueError, match=r"Undeclared.mix: its outputs rotate .* declares no scalar \(0e\) output columns"
+    ):
         MultiFidelity(Undeclared(), ["low", "high"], "M", spec={"message": ["mix"]})

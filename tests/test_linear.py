@@ -13,8 +13,13 @@ from mfwrap.mechanisms.linear import FidelityLinear
 
 def _context(fidelity_of_atoms: list[int], num_fidelities: int = 3):
     atoms = torch.tensor(fidelity_of_atoms)
-    batch = Data(atomic_numbers=torch.ones(len(atoms), dtype=torch.long), fidelity=atoms, batch=torch.arange(len(atoms)),
-                 cell=torch.zeros(len(atoms), 3, 3), edge_index=torch.zeros(2, 0, dtype=torch.long))
+    batch = Data(
+        atomic_numbers=torch.ones(len(atoms), dtype=torch.long),
+        fidelity=atoms,
+        batch=torch.arange(len(atoms)),
+        cell=torch.zeros(len(atoms), 3, 3),
+        edge_index=torch.zeros(2, 0, dtype=torch.long),
+    )
     context = FidelityContext(num_fidelities)
     context.kinds = {"atom"}
     return context, batch
@@ -36,7 +41,9 @@ def test_equals_linear_on_input_concatenated_with_one_hot(bias):
         expected = concatenated @ weight.t() + (linear.bias if bias else 0)
         torch.testing.assert_close(layer(a), expected)
         three_d = torch.randn(4, 2, 5)  # extra middle dimension: one fidelity per leading row
-        torch.testing.assert_close(layer(three_d), linear(three_d) + layer.fidelity_weight.t()[batch.fidelity].unsqueeze(1))
+        torch.testing.assert_close(
+            layer(three_d), linear(three_d) + layer.fidelity_weight.t()[batch.fidelity].unsqueeze(1)
+        )
 
 
 def test_add_fidelity_copies_a_column():
@@ -45,7 +52,9 @@ def test_add_fidelity_copies_a_column():
     with torch.no_grad():
         layer.fidelity_weight.normal_()
     layer.add_fidelity(1)
-    assert layer.fidelity_weight.shape == (3, 4) and torch.equal(layer.fidelity_weight[:, 3], layer.fidelity_weight[:, 1])
+    assert layer.fidelity_weight.shape == (3, 4) and torch.equal(
+        layer.fidelity_weight[:, 3], layer.fidelity_weight[:, 1]
+    )
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -63,7 +72,10 @@ def test_one_fidelity_batch_folds_w_f_into_the_bias(bias):
         gathered = layer(a)
     torch.testing.assert_close(folded, gathered)
     folded.sum().backward()  # the folded bias still trains W_F[:, 1] only
-    assert float(layer.fidelity_weight.grad[:, 1].abs().sum()) > 0 and float(layer.fidelity_weight.grad[:, [0, 2]].abs().sum()) == 0
+    assert (
+        float(layer.fidelity_weight.grad[:, 1].abs().sum()) > 0
+        and float(layer.fidelity_weight.grad[:, [0, 2]].abs().sum()) == 0
+    )
     assert linear.bias is None or torch.equal(linear.bias, layer.linear.bias)  # the module's own bias is untouched
 
 

@@ -145,7 +145,9 @@ def test_single_fidelity_model_needs_no_name():
     backbone = small_backbone("schnet")
     mf = MultiFidelity(backbone, ["only"], "EMR")
     structure = random_crystal(np.random.default_rng(2))
-    np.testing.assert_allclose(mfwrap.predict(mf, structure)[0][K.ENERGY], mfwrap.predict(backbone, structure)[0][K.ENERGY], rtol=1e-6)
+    np.testing.assert_allclose(
+        mfwrap.predict(mf, structure)[0][K.ENERGY], mfwrap.predict(backbone, structure)[0][K.ENERGY], rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -164,7 +166,7 @@ def test_drawn_fidelity_parameters_follow_a_from_scratch_start(name):
     layers = [m for m in mf.fidelity_modules() if isinstance(m, FidelityLinear)]
     for layer in layers:  # one nn.Linear over [a, onehot(f)]: U(-1/sqrt(n), 1/sqrt(n)), n its input width
         width = sum(p.shape[-1] for p in layer.linear.parameters() if p.dim() == 2) + len(NAMES)
-        assert width ** -0.5 / 2 < float(layer.fidelity_weight.detach().abs().max()) <= width ** -0.5
+        assert width**-0.5 / 2 < float(layer.fidelity_weight.detach().abs().max()) <= width**-0.5
     for readout in (m for m in mf.fidelity_modules() if isinstance(m, FidelityReadout)):
         first, *others = [flat(c.parameters()) for c in readout.copies]
         assert others and all(not torch.equal(first, other) for other in others)

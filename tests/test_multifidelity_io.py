@@ -37,11 +37,21 @@ def test_save_load_round_trip(tmp_path, name, readout):
 def test_schnet_with_mean_std_and_atomref_under_c_round_trips(tmp_path):
     atomref = torch.linspace(-3.0, -1.0, 100).tolist()
     torch.manual_seed(0)
-    backbone = SchNet(hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=12, cutoff=4.0,
-                      mean=-0.7, std=2.5, atomref=atomref)
+    backbone = SchNet(
+        hidden_channels=16,
+        num_filters=16,
+        num_interactions=2,
+        num_gaussians=12,
+        cutoff=4.0,
+        mean=-0.7,
+        std=2.5,
+        atomref=atomref,
+    )
     mf = MultiFidelity(backbone, ["low", "high"], "ECMR")
     table = next(m for m in mf.fidelity_modules() if isinstance(m, FidelityComposition))
-    np.testing.assert_allclose(table.element_energies[1, [3, 8]].numpy(), [atomref[3], atomref[8]], rtol=1e-6)  # C starts at atomref
+    np.testing.assert_allclose(
+        table.element_energies[1, [3, 8]].numpy(), [atomref[3], atomref[8]], rtol=1e-6
+    )  # C starts at atomref
     perturb(mf, "ECMR")
     mf.save(tmp_path / "schnet.pt")
     loaded = mfwrap.load(tmp_path / "schnet.pt")
@@ -50,8 +60,20 @@ def test_schnet_with_mean_std_and_atomref_under_c_round_trips(tmp_path):
     for key, value in evaluate(mf, batch).items():
         np.testing.assert_array_equal(evaluate(loaded, batch)[key], value)
     # mean and std act: the same weights with other values predict other energies
-    other = MultiFidelity(SchNet(hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=12, cutoff=4.0,
-                                 mean=0.0, std=1.0, atomref=atomref), ["low", "high"], "ECMR")
+    other = MultiFidelity(
+        SchNet(
+            hidden_channels=16,
+            num_filters=16,
+            num_interactions=2,
+            num_gaussians=12,
+            cutoff=4.0,
+            mean=0.0,
+            std=1.0,
+            atomref=atomref,
+        ),
+        ["low", "high"],
+        "ECMR",
+    )
     other.load_state_dict(mf.state_dict())
     assert not np.allclose(evaluate(other, batch)[K.ENERGY], evaluate(mf, batch)[K.ENERGY])
 
@@ -77,7 +99,7 @@ def test_corrupt_and_mismatched_files_are_clear_errors(tmp_path):
     path = tmp_path / "model.pt"
     mf.save(path)
     truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(path.read_bytes()[: 2000])
+    truncated.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(ValueError, match="truncated.pt: not a readable torch file"):
         mfwrap.load(truncated)
     other = tmp_path / "other.pt"
@@ -104,10 +126,17 @@ def test_version_1_files_still_load(tmp_path):
     """A file written by MultiFidelity.save before the one model-file format reads as it was."""
     mf = MultiFidelity(small_backbone("chgnet"), ["low", "high"], "ECMR")
     perturb(mf, "ECMR")
-    legacy = {"format": "mfwrap.MultiFidelity", "version": 1, "backbone_class": "backbones.chgnet.model:CHGNet",
-              "backbone_config": dict(mf.backbone.config), "spec": mf.spec.as_dict(), "fidelities": ["low", "high"],
-              "mechanisms": "ECMR", "row_kinds": {path: kind for _, path, _, kind in mf.surgery.places},
-              "state_dict": mf.state_dict()}
+    legacy = {
+        "format": "mfwrap.MultiFidelity",
+        "version": 1,
+        "backbone_class": "backbones.chgnet.model:CHGNet",
+        "backbone_config": dict(mf.backbone.config),
+        "spec": mf.spec.as_dict(),
+        "fidelities": ["low", "high"],
+        "mechanisms": "ECMR",
+        "row_kinds": {path: kind for _, path, _, kind in mf.surgery.places},
+        "state_dict": mf.state_dict(),
+    }
     torch.save(legacy, tmp_path / "v1.pt")
     loaded = mfwrap.load(tmp_path / "v1.pt")
     batch = batch_of([random_crystal(np.random.default_rng(5)) for _ in range(2)], mf.graph_spec, [1, 0])
@@ -116,8 +145,12 @@ def test_version_1_files_still_load(tmp_path):
 
 
 def _graph(numbers, energy, fidelity):
-    return Data(atomic_numbers=torch.tensor(numbers), energy=torch.tensor([energy]), energy_mask=torch.tensor([True]),
-                fidelity=torch.tensor([fidelity]))
+    return Data(
+        atomic_numbers=torch.tensor(numbers),
+        energy=torch.tensor([energy]),
+        energy_mask=torch.tensor([True]),
+        fidelity=torch.tensor([fidelity]),
+    )
 
 
 def _energy_graphs():

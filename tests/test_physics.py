@@ -21,8 +21,9 @@ from torch import nn
 
 import mfwrap
 from backbones.chgnet import CHGNet
-from mfwrap.data import GraphSpec, edge_vectors, keys as K
 from mf_models import assert_invariant_energy_covariant_forces, deformed, rigidly_moved, strain
+from mfwrap.data import GraphSpec, edge_vectors
+from mfwrap.data import keys as K
 from mfwrap.data.graph import EV_PER_A3_TO_GPA
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*no neighbour within")
@@ -51,7 +52,12 @@ class PairPotential(nn.Module):
         z = batch[K.ATOMIC_NUMBERS]
         x = r - 1.8
         envelope = (1 - (r / self.graph_spec.cutoff) ** 2).clamp(min=0) ** 3
-        pair = 0.5 * self.pair_strength[z[centre]] * self.pair_strength[z[neighbour]] * (torch.exp(-2 * x) - 2 * torch.exp(-x))
+        pair = (
+            0.5
+            * self.pair_strength[z[centre]]
+            * self.pair_strength[z[neighbour]]
+            * (torch.exp(-2 * x) - 2 * torch.exp(-x))
+        )
         per_atom = self.atom_energy[z].index_add(0, centre, pair * envelope)
         structure = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(z)
         return {K.ENERGY: torch.zeros(batch[K.CELL].shape[0], dtype=r.dtype).index_add(0, structure, per_atom)}
@@ -204,13 +210,18 @@ def test_energy_and_forces_continuous_across_each_cutoff(backbone):
 def test_grad_mode_energy_only_follows_caller_and_derivatives_survive_no_grad():
     """Energy alone builds no graph under no_grad (what predict does); with parameter gradients on
     it stays differentiable (energy-only training); forces and stress are computed under no_grad."""
-    from mfwrap.data.graph import to_graph
-    from mfwrap.physics import energy_and_derivatives
     from torch_geometric.data import Batch
 
+    from mfwrap.data.graph import to_graph
+    from mfwrap.physics import energy_and_derivatives
+
     model = _chgnet()
-    atoms = Atoms("LiFeO2", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], [0.75, 0.75, 0.75]],
-                  cell=np.eye(3) * 4.1, pbc=True)
+    atoms = Atoms(
+        "LiFeO2",
+        scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], [0.75, 0.75, 0.75]],
+        cell=np.eye(3) * 4.1,
+        pbc=True,
+    )
     batch = Batch.from_data_list([to_graph(atoms, model.graph_spec, dtype=torch.float64)])
     with torch.no_grad():
         energy_only = energy_and_derivatives(model, batch, forces=False, stress=False)

@@ -22,8 +22,16 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import mfwrap
-from mf_models import (assert_invariant_energy_covariant_forces, batch_of, deformed, perturb, random_crystal, rigidly_moved,
-                       small_backbone, strain)
+from mf_models import (
+    assert_invariant_energy_covariant_forces,
+    batch_of,
+    deformed,
+    perturb,
+    random_crystal,
+    rigidly_moved,
+    small_backbone,
+    strain,
+)
 from mfwrap import MultiFidelity
 from mfwrap.data import keys as K
 from mfwrap.data.graph import EV_PER_A3_TO_GPA
@@ -37,6 +45,7 @@ FIDELITIES = ("low", "high")
 
 def for_every_model(**strategies):
     """A hypothesis test (25 examples) per wrapped model, drawing a seed, a fidelity and ``strategies``."""
+
     def decorate(test):
         examples = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
         drawn = given(seed=st.integers(0, 2**32 - 1), fidelity=st.integers(0, 1), **strategies)
@@ -96,7 +105,9 @@ def test_stress_is_strain_derivative(name, seed, fidelity):
     atoms, decoy, (f, g) = _case(seed, fidelity)
     stress = run(model, [atoms, decoy], [f, g], forces=False)[0][K.STRESS]
     strained = [deformed(atoms, strain(a, b, sign * h)) for a in range(3) for b in range(3) for sign in (1, -1)]
-    energies = np.array([r[K.ENERGY] for r in run(model, strained + [decoy], [f] * 18 + [g], forces=False, stress=False)])
+    energies = np.array(
+        [r[K.ENERGY] for r in run(model, strained + [decoy], [f] * 18 + [g], forces=False, stress=False)]
+    )
     expected = (energies[0:18:2] - energies[1:18:2]).reshape(3, 3) / (2 * h) / atoms.get_volume() * EV_PER_A3_TO_GPA
     np.testing.assert_allclose(stress, expected, rtol=1e-5, atol=1e-5)
 

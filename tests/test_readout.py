@@ -25,8 +25,13 @@ class CountingMLP(nn.Sequential):
 
 def _bound_batch(fidelities):
     f = torch.tensor(fidelities)
-    return Data(atomic_numbers=torch.ones(len(f), dtype=torch.long), fidelity=f, batch=torch.arange(len(f)),
-                cell=torch.zeros(len(f), 3, 3), edge_index=torch.zeros(2, 0, dtype=torch.long))
+    return Data(
+        atomic_numbers=torch.ones(len(f), dtype=torch.long),
+        fidelity=f,
+        batch=torch.arange(len(f)),
+        cell=torch.zeros(len(f), 3, 3),
+        edge_index=torch.zeros(2, 0, dtype=torch.long),
+    )
 
 
 def _bound(context, fidelities):
@@ -102,8 +107,10 @@ def test_residual_readout_starts_as_the_shared_one_and_computes_theta_plus_delta
     readout, context = _residual_readout(3)
     with _bound(context, fidelities):
         out = readout(x)
-    plain = [_with_parameters(readout.shared, [p + d for p, d in zip(readout.shared.parameters(), readout.residuals[f])])
-             for f in range(3)]
+    plain = [
+        _with_parameters(readout.shared, [p + d for p, d in zip(readout.shared.parameters(), readout.residuals[f])])
+        for f in range(3)
+    ]
     expected = torch.stack([plain[f](x[i : i + 1])[0] for i, f in enumerate(fidelities)])
     torch.testing.assert_close(out, expected)
     with context.bound(_bound_batch(fidelities), dense=True):  # the compiled models' dense mode: same values

@@ -50,7 +50,7 @@ class ToyPotential(nn.Module):
 
     def forward(self, batch):
         distance = torch.linalg.vector_norm(edge_vectors(batch), dim=-1, keepdim=True)
-        rbf = torch.exp(-(distance - torch.arange(1.0, 5.0)) ** 2)
+        rbf = torch.exp(-((distance - torch.arange(1.0, 5.0)) ** 2))
         h = self.species(batch[K.ATOMIC_NUMBERS])
         for layer in self.layers:
             h = layer(h, batch[K.EDGE_INDEX], rbf)
@@ -88,8 +88,9 @@ def test_layer_whose_rows_match_no_kind_is_an_error_and_a_wrong_override_fails_a
         MultiFidelity(ToyPotential("halves"), ["a", "b"], "M", spec=spec)
     with pytest.raises(RuntimeError, match="layers.0.extra.*row kind varies"):  # the symmetry check's forward finds it
         MultiFidelity(ToyPotential("halves"), ["a", "b"], "M", spec=spec, row_kinds={"layers.*.extra": "atom"})
-    mf = MultiFidelity(ToyPotential("halves"), ["a", "b"], "M", spec=spec, row_kinds={"layers.*.extra": "atom"},
-                       check_symmetry=False)
+    mf = MultiFidelity(
+        ToyPotential("halves"), ["a", "b"], "M", spec=spec, row_kinds={"layers.*.extra": "atom"}, check_symmetry=False
+    )
     batch = batch_of([random_crystal(np.random.default_rng(0))], mf.graph_spec, [0])
     with pytest.raises(RuntimeError, match="layers.0.extra.*row kind varies"):
         mf(batch)
@@ -120,8 +121,11 @@ def test_parse_mechanisms():
 
 def test_surgery_places_of_the_shipped_backbones():
     """Which layers each shipped spec touches (the numbers quoted in the closing note)."""
-    expected = {"schnet": (1, 10, 1, "edge", "atom"), "dimenet": (1, 22, 3, "edge"),  # not the basis filters lin_rbf*, lin_sbf*
-                "chgnet": (1, 6, 1, "edge", "angle")}  # n_conv = 3: 3 atom, 2 bond, 1 angle
+    expected = {
+        "schnet": (1, 10, 1, "edge", "atom"),
+        "dimenet": (1, 22, 3, "edge"),  # not the basis filters lin_rbf*, lin_sbf*
+        "chgnet": (1, 6, 1, "edge", "angle"),
+    }  # n_conv = 3: 3 atom, 2 bond, 1 angle
     for name, (e, m, r, *row_kinds) in expected.items():
         report = MultiFidelity(small_backbone(name), ["a", "b"], "ECMR").surgery
         assert (report.count("E"), report.count("M"), report.count("R")) == (e, m, r), name
@@ -148,13 +152,19 @@ class TwoEmbeddingPotential(ToyPotential):
 def test_heuristics_pick_the_embedding_called_on_atoms_and_say_what_they_could_not_decide():
     from mfwrap.surgery import propose_spec, undecided_places
 
-    assert propose_spec(TwoEmbeddingPotential()).embedding == "species" and undecided_places(TwoEmbeddingPotential()) == []
+    assert (
+        propose_spec(TwoEmbeddingPotential()).embedding == "species" and undecided_places(TwoEmbeddingPotential()) == []
+    )
     both = TwoEmbeddingPotential(pair=True)
     assert propose_spec(both).embedding is None
-    assert undecided_places(both) == ["embedding: 2 candidate element embeddings (nn.Embedding with >= 84 entries, called "
-                                      "on atoms) ['species', 'state']; none chosen"]
-    with pytest.warns(UserWarning, match=r"could not decide: embedding: 2 candidate"), \
-            pytest.raises(ValueError, match="mechanism E has no place"):
+    assert undecided_places(both) == [
+        "embedding: 2 candidate element embeddings (nn.Embedding with >= 84 entries, called "
+        "on atoms) ['species', 'state']; none chosen"
+    ]
+    with (
+        pytest.warns(UserWarning, match=r"could not decide: embedding: 2 candidate"),
+        pytest.raises(ValueError, match="mechanism E has no place"),
+    ):
         MultiFidelity(both, ["a", "b"], "ECMR")
     plain = nn.Module()
     plain.graph_spec = GraphSpec(cutoff=3.0)

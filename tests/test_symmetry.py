@@ -40,7 +40,9 @@ class VectorPotential(nn.Module):
         x = self.embedding(batch[K.ATOMIC_NUMBERS])
         messages = (vectors / r).unsqueeze(-1) * (self.radial(basis) * x[neighbour]).unsqueeze(1)
         v = self.mix(scatter_sum(messages, centre, x.shape[0]))
-        per_atom = self.readout(x + self.scalar((v * v).sum(1))).squeeze(-1) + self.reference(batch[K.ATOMIC_NUMBERS]).squeeze(-1)
+        per_atom = self.readout(x + self.scalar((v * v).sum(1))).squeeze(-1) + self.reference(
+            batch[K.ATOMIC_NUMBERS]
+        ).squeeze(-1)
         return {K.ENERGY: scatter_sum(per_atom, structure_index(batch), batch[K.CELL].shape[0])}
 
 
@@ -75,13 +77,20 @@ def test_heuristics_skip_rotating_places_and_say_so():
 
 def test_the_randomised_check_names_the_place_that_breaks_symmetry():
     mf = MultiFidelity(VectorPotential(), ["a", "b"], "M", spec={"message": ["mix", "scalar"]}, check_symmetry=False)
-    with pytest.raises(ValueError, match=r"break the symmetry or smoothness of VectorPotential: rotation .*places responsible \(together\): \['mix'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"break the symmetry or smoothness of VectorPotential: rotation .*places responsible \(together\): \['mix'\]",
+    ):
         check_wrapped_model(mf)
 
 
 def test_fidelity_terms_on_invariant_features_pass_and_are_reported():
-    mf = MultiFidelity(VectorPotential(), ["a", "b"], "EMR",
-                       spec={"embedding": "embedding", "message": ["scalar"], "readout": ["readout"]})
+    mf = MultiFidelity(
+        VectorPotential(),
+        ["a", "b"],
+        "EMR",
+        spec={"embedding": "embedding", "message": ["scalar"], "readout": ["readout"]},
+    )
     assert mf.surgery.symmetry.startswith("symmetry checked") and "symmetry checked" in str(mf.surgery)
     skipped = MultiFidelity(VectorPotential(), ["a", "b"], "M", spec={"message": ["mix"]}, check_symmetry=False)
     assert "not checked" in skipped.surgery.symmetry
@@ -97,7 +106,9 @@ def test_a_fidelity_term_on_a_radial_filter_is_found_by_the_continuity_check():
     before the property tests found the 4.7 meV jump): refused, naming a minimal set of places that
     includes a basis filter (a bias there survives the envelope; e.g. lin_sbf2 with lin_down)."""
     spec = {"embedding": "emb.emb", "message": ["interaction_blocks.*"], "readout": ["output_heads.*"]}
-    with pytest.raises(ValueError, match=r"energy jumps .* cutoff.*places responsible \(together\): \[[^]]*lin_(rbf|sbf)"):
+    with pytest.raises(
+        ValueError, match=r"energy jumps .* cutoff.*places responsible \(together\): \[[^]]*lin_(rbf|sbf)"
+    ):
         MultiFidelity(small_backbone("dimenet"), ["a", "b"], "M", spec=spec)
 
 
@@ -132,7 +143,9 @@ class IsotropicPotential(VectorPotential):
         x = self.embedding(batch[K.ATOMIC_NUMBERS])
         basis = torch.exp(-((r - torch.linspace(1.0, 4.0, 4)) ** 2))
         weights = self.radial(basis) * envelope * x[neighbour]
-        tensor = scatter_sum((unit[:, :, None] * unit[:, None, :])[..., None] * weights[:, None, None, :], centre, x.shape[0])
+        tensor = scatter_sum(
+            (unit[:, :, None] * unit[:, None, :])[..., None] * weights[:, None, None, :], centre, x.shape[0]
+        )
         trace = tensor.diagonal(dim1=1, dim2=2).sum(-1) / 3
         isotropic = self.iso(torch.eye(3)[None, :, :, None] * trace[:, None, None, :])
         invariants = isotropic.pow(2).sum((1, 2))
@@ -141,7 +154,9 @@ class IsotropicPotential(VectorPotential):
 
 
 def test_a_place_with_components_between_rows_and_channels_is_refused_even_if_its_values_are_invariant():
-    with pytest.raises(ValueError, match=r"IsotropicPotential.iso: its outputs \[\(7, 3, 3, 8\)\] have components between rows"):
+    with pytest.raises(
+        ValueError, match=r"IsotropicPotential.iso: its outputs \[\(7, 3, 3, 8\)\] have components between rows"
+    ):
         MultiFidelity(IsotropicPotential(), ["a", "b"], "M", spec={"message": ["iso", "scalar"]})
     mf = MultiFidelity(IsotropicPotential(), ["a", "b"], "M", spec={"message": ["scalar"]})
     assert mf.surgery.symmetry.startswith("symmetry checked")
@@ -154,5 +169,7 @@ def test_probe_elements_come_from_the_backbone_when_it_lists_them():
     assert probe_elements(backbone) == DEFAULT_PROBE_ELEMENTS == (8, 3, 26, 15)
     backbone.supported_numbers = [6, 1]
     assert probe_elements(backbone) == (1, 6, 1, 6)
-    mf = MultiFidelity(backbone, ["a", "b"], "EMR", spec={"embedding": "embedding", "message": ["scalar"], "readout": ["readout"]})
+    mf = MultiFidelity(
+        backbone, ["a", "b"], "EMR", spec={"embedding": "embedding", "message": ["scalar"], "readout": ["readout"]}
+    )
     assert probe_elements(mf) == (1, 6, 1, 6) and mf.surgery.symmetry.startswith("symmetry checked")

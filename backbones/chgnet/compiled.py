@@ -50,8 +50,9 @@ from mfwrap.ops import get_backend
 from mfwrap.physics import deform
 
 # The dimension of each input that is a per-batch count (marked dynamic).
-_GEOMETRY_DIMS = Geometry(positions=0, cell=0, edge_shift=0, edge_index=1, structure=0, atomic_numbers=0,
-                          undirected_to_edge=0, angle_edges=1)
+_GEOMETRY_DIMS = Geometry(
+    positions=0, cell=0, edge_shift=0, edge_index=1, structure=0, atomic_numbers=0, undirected_to_edge=0, angle_edges=1
+)
 _NUM_INDICES = len(Topology._fields) - 2  # the index tensors, (E,), (A,) or (S,); then n and U (ints)
 
 
@@ -65,7 +66,9 @@ def _mark_dynamic(geometry: Geometry, indices: tuple[Tensor, ...]) -> None:
 
 def _topology(geometry: Geometry, indices: tuple[Tensor, ...]) -> Topology:
     """Topology with the counts n and U taken from tensor shapes (symbolic when traced)."""
-    return Topology(*indices, num_atoms=geometry.atomic_numbers.shape[0], num_bonds=geometry.undirected_to_edge.shape[0])
+    return Topology(
+        *indices, num_atoms=geometry.atomic_numbers.shape[0], num_bonds=geometry.undirected_to_edge.shape[0]
+    )
 
 
 class CompiledCHGNet(nn.Module):
@@ -91,7 +94,9 @@ class CompiledCHGNet(nn.Module):
     def _network_eager(self, geometry: Geometry, indices: tuple[Tensor, ...]) -> dict[str, Tensor]:
         return self.model.network(geometry, _topology(geometry, indices))
 
-    def _gradients_eager(self, geometry: Geometry, indices: tuple[Tensor, ...]) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    def _gradients_eager(
+        self, geometry: Geometry, indices: tuple[Tensor, ...]
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         topo = _topology(geometry, indices)
 
         def energy(pos: Tensor, strain: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -47,8 +47,16 @@ class Geometry(NamedTuple):
 
     @classmethod
     def of(cls, batch) -> "Geometry":
-        return cls(batch[K.POSITIONS], batch[K.CELL], batch[K.EDGE_SHIFT], batch[K.EDGE_INDEX], structure_index(batch),
-                   batch[K.ATOMIC_NUMBERS], batch[K.UNDIRECTED_TO_EDGE], batch[K.ANGLE_EDGES])
+        return cls(
+            batch[K.POSITIONS],
+            batch[K.CELL],
+            batch[K.EDGE_SHIFT],
+            batch[K.EDGE_INDEX],
+            structure_index(batch),
+            batch[K.ATOMIC_NUMBERS],
+            batch[K.UNDIRECTED_TO_EDGE],
+            batch[K.ANGLE_EDGES],
+        )
 
 
 class Topology(NamedTuple):
@@ -77,8 +85,16 @@ class Topology(NamedTuple):
 class AtomConv(nn.Module):
     """Atom update from directed-edge messages (formula in the module docstring); (n, F_a) → (n, F_a)."""
 
-    def __init__(self, atom_dim: int, bond_dim: int, hidden: list[int], act: str, gmlp_norm: str | None,
-                 norm: str | None, out_bias: bool) -> None:
+    def __init__(
+        self,
+        atom_dim: int,
+        bond_dim: int,
+        hidden: list[int],
+        act: str,
+        gmlp_norm: str | None,
+        norm: str | None,
+        out_bias: bool,
+    ) -> None:
         super().__init__()
         self.message = GatedMLP([atom_dim, bond_dim, atom_dim], atom_dim, hidden, act, gmlp_norm)
         self.mlp_out = nn.Linear(atom_dim, atom_dim, bias=out_bias)
@@ -93,8 +109,17 @@ class AtomConv(nn.Module):
 class BondConv(nn.Module):
     """Bond update from angle messages (formula in the module docstring); (U, F_b) → (U, F_b)."""
 
-    def __init__(self, atom_dim: int, bond_dim: int, angle_dim: int, hidden: list[int], act: str,
-                 gmlp_norm: str | None, norm: str | None, out_bias: bool) -> None:
+    def __init__(
+        self,
+        atom_dim: int,
+        bond_dim: int,
+        angle_dim: int,
+        hidden: list[int],
+        act: str,
+        gmlp_norm: str | None,
+        norm: str | None,
+        out_bias: bool,
+    ) -> None:
         super().__init__()
         self.message = GatedMLP([bond_dim, bond_dim, angle_dim, atom_dim], bond_dim, hidden, act, gmlp_norm)
         self.mlp_out = nn.Linear(bond_dim, bond_dim, bias=out_bias)
@@ -113,8 +138,16 @@ class BondConv(nn.Module):
 class AngleUpdate(nn.Module):
     """Angle update (formula in the module docstring); (A, F_t) → (A, F_t)."""
 
-    def __init__(self, atom_dim: int, bond_dim: int, angle_dim: int, hidden: list[int], act: str,
-                 gmlp_norm: str | None, norm: str | None) -> None:
+    def __init__(
+        self,
+        atom_dim: int,
+        bond_dim: int,
+        angle_dim: int,
+        hidden: list[int],
+        act: str,
+        gmlp_norm: str | None,
+        norm: str | None,
+    ) -> None:
         super().__init__()
         self.message = GatedMLP([bond_dim, bond_dim, angle_dim, atom_dim], angle_dim, hidden, act, gmlp_norm)
         self.norm = normalization(norm, angle_dim)

@@ -153,17 +153,34 @@ class CHGNet(nn.Module):
 
         act, n_bond_layers = non_linearity, (n_conv - 1) if update_bond else 0
         self.atom_convs = nn.ModuleList(
-            AtomConv(atom_fea_dim, bond_fea_dim, hidden_dims(atom_conv_hidden_dim), act, gmlp_norm, conv_norm, mlp_out_bias)
+            AtomConv(
+                atom_fea_dim, bond_fea_dim, hidden_dims(atom_conv_hidden_dim), act, gmlp_norm, conv_norm, mlp_out_bias
+            )
             for _ in range(n_conv)
         )
         self.bond_convs = nn.ModuleList(
-            BondConv(atom_fea_dim, bond_fea_dim, angle_fea_dim, hidden_dims(bond_conv_hidden_dim), act, gmlp_norm,
-                     conv_norm, mlp_out_bias)
+            BondConv(
+                atom_fea_dim,
+                bond_fea_dim,
+                angle_fea_dim,
+                hidden_dims(bond_conv_hidden_dim),
+                act,
+                gmlp_norm,
+                conv_norm,
+                mlp_out_bias,
+            )
             for _ in range(n_bond_layers)
         )
         self.angle_updates = nn.ModuleList(
-            AngleUpdate(atom_fea_dim, bond_fea_dim, angle_fea_dim, hidden_dims(angle_layer_hidden_dim), act,
-                        gmlp_norm, conv_norm)
+            AngleUpdate(
+                atom_fea_dim,
+                bond_fea_dim,
+                angle_fea_dim,
+                hidden_dims(angle_layer_hidden_dim),
+                act,
+                gmlp_norm,
+                conv_norm,
+            )
             for _ in range(n_bond_layers if update_angle else 0)
         )
         self.readout = Readout(atom_fea_dim, hidden_dims(mlp_hidden_dims), act, readout_norm)

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from backbones.chgnet.model import CHGNet
     from backbones.chgnet.mlp import GatedMLP
+    from backbones.chgnet.model import CHGNet
 
 VERSIONS = ("0.3.0", "0.2.0", "r2scan")
 
@@ -106,8 +106,13 @@ def _gated_mlp(state: dict, out: dict, theirs: str, ours: str, gated: "GatedMLP"
             if key in state:
                 out[f"{ours}.{branch}_norm.{name}"] = state.pop(key)
     layers = {b: _linear_indices(state, f"{theirs}.mlp_{b}") for b in ("core", "gate")}
-    first = {b: (state.pop(f"{theirs}.mlp_{b}.layers.{layers[b][0]}.weight"),
-                 state.pop(f"{theirs}.mlp_{b}.layers.{layers[b][0]}.bias")) for b in layers}
+    first = {
+        b: (
+            state.pop(f"{theirs}.mlp_{b}.layers.{layers[b][0]}.weight"),
+            state.pop(f"{theirs}.mlp_{b}.layers.{layers[b][0]}.bias"),
+        )
+        for b in layers
+    }
     start = 0
     for k, block in enumerate(gated.first.blocks):
         stop = start + block.in_features
@@ -123,7 +128,7 @@ def _gated_mlp(state: dict, out: dict, theirs: str, ours: str, gated: "GatedMLP"
 def _move(state: dict, out: dict, theirs: str, ours: str) -> None:
     """Rename every official tensor under ``theirs.`` to ``ours.``."""
     for key in [k for k in state if k.startswith(theirs + ".")]:
-        out[ours + key[len(theirs):]] = state.pop(key)
+        out[ours + key[len(theirs) :]] = state.pop(key)
 
 
 def convert_state_dict(state_dict: dict[str, Tensor], model: "CHGNet") -> dict[str, Tensor]:

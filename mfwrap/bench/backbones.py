@@ -53,20 +53,45 @@ class SuiteBackbone:
         return callable(getattr(self.load(), "compiled", None))
 
 
-TINY_CHGNET = {"atom_fea_dim": 16, "bond_fea_dim": 16, "angle_fea_dim": 16, "num_radial": 9, "num_angular": 9,
-               "n_conv": 2, "atom_conv_hidden_dim": 16, "bond_conv_hidden_dim": 16, "mlp_hidden_dims": [16]}
+TINY_CHGNET = {
+    "atom_fea_dim": 16,
+    "bond_fea_dim": 16,
+    "angle_fea_dim": 16,
+    "num_radial": 9,
+    "num_angular": 9,
+    "n_conv": 2,
+    "atom_conv_hidden_dim": 16,
+    "bond_conv_hidden_dim": 16,
+    "mlp_hidden_dims": [16],
+}
 TINY_SCHNET = {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_gaussians": 16, "cutoff": 5.0}
 PAPER_SCHNET = {"hidden_channels": 64, "num_filters": 64, "num_interactions": 3, "num_gaussians": 50, "cutoff": 5.0}
-TINY_M3GNET = {"dim_node_embedding": 16, "dim_edge_embedding": 16, "units": 16, "nblocks": 2, "cutoff": 5.0,
-               "threebody_cutoff": 4.0}
+TINY_M3GNET = {
+    "dim_node_embedding": 16,
+    "dim_edge_embedding": 16,
+    "units": 16,
+    "nblocks": 2,
+    "cutoff": 5.0,
+    "threebody_cutoff": 4.0,
+}
 M3GNET = {"cutoff": 5.0, "threebody_cutoff": 4.0}  # matgl's defaults otherwise (64 units, 3 blocks)
 
 # quick: tiny networks (a test of the pipeline); medium and full: CHGNet at its class defaults (the
 # seed paper's), SchNet at 64 features and 3 interactions, M3GNet at matgl's defaults.
-BACKBONES: Mapping[str, SuiteBackbone] = MappingProxyType({backbone.name: backbone for backbone in (
-    SuiteBackbone("chgnet", "backbones.chgnet:CHGNet", {"quick": TINY_CHGNET, "medium": {}, "full": {}}),
-    SuiteBackbone("schnet", "backbones.pyg:SchNet",
-                  {"quick": TINY_SCHNET, "medium": PAPER_SCHNET, "full": PAPER_SCHNET}),
-    SuiteBackbone("m3gnet", "backbones.matgl:MatglM3GNet", {"quick": TINY_M3GNET, "medium": M3GNET, "full": M3GNET},
-                  note="needs mfwrap[matgl]"),
-)})
+BACKBONES: Mapping[str, SuiteBackbone] = MappingProxyType(
+    {
+        backbone.name: backbone
+        for backbone in (
+            SuiteBackbone("chgnet", "backbones.chgnet:CHGNet", {"quick": TINY_CHGNET, "medium": {}, "full": {}}),
+            SuiteBackbone(
+                "schnet", "backbones.pyg:SchNet", {"quick": TINY_SCHNET, "medium": PAPER_SCHNET, "full": PAPER_SCHNET}
+            ),
+            SuiteBackbone(
+                "m3gnet",
+                "backbones.matgl:MatglM3GNet",
+                {"quick": TINY_M3GNET, "medium": M3GNET, "full": M3GNET},
+                note="needs mfwrap[matgl]",
+            ),
+        )
+    }
+)

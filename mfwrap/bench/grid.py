@@ -39,8 +39,18 @@ ALL = None  # every frame of a split
 MF_OPTIONS = tuple(name for name, method in METHODS.items() if method.mf_option)  # the mf_options experiment's
 
 # Ablations of seed paper Fig. 4: N none, F all four, one mechanism alone, all but one (the bar).
-ABLATIONS = {"N": "", "F": "ECMR", "C": "C", "E": "E", "M": "M", "R": "R",
-             "C̄": "EMR", "Ē": "CMR", "M̄": "ECR", "R̄": "ECM"}
+ABLATIONS = {
+    "N": "",
+    "F": "ECMR",
+    "C": "C",
+    "E": "E",
+    "M": "M",
+    "R": "R",
+    "C̄": "EMR",
+    "Ē": "CMR",
+    "M̄": "ECR",
+    "R̄": "ECM",
+}
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,10 @@ class RunSpec:
         size = lambda n: "all" if n is None else str(n)  # noqa: E731
         method = self.method + (f"-{self.mechanisms or 'none'}" if self.method == "multi_fidelity" else "")
         region = f"_{self.region}" if self.region else ""
-        return (f"{self.dataset}_{self.backbone}_{method}_nh{size(self.n_high)}_nl{size(self.n_low)}{region}"
-                f"_{self.protocol}_s{self.seed}")
+        return (
+            f"{self.dataset}_{self.backbone}_{method}_nh{size(self.n_high)}_nl{size(self.n_low)}{region}"
+            f"_{self.protocol}_s{self.seed}"
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -100,18 +112,56 @@ class Level:
 
 LEVELS = {
     # A test of the pipeline (files, shapes, bookkeeping), not of accuracy.
-    "quick": Level("quick", "small", n_high=(10, 25), n_low=(20, ALL), low_size_high=(10,), ablation_high=10,
-                   li3ps4_high=(10,), epochs=1, max_epochs=2, patience=1, n_val=5, protocols=("paper",),
-                   n_low_all=40),
+    "quick": Level(
+        "quick",
+        "small",
+        n_high=(10, 25),
+        n_low=(20, ALL),
+        low_size_high=(10,),
+        ablation_high=10,
+        li3ps4_high=(10,),
+        epochs=1,
+        max_epochs=2,
+        patience=1,
+        n_val=5,
+        protocols=("paper",),
+        n_low_all=40,
+    ),
     # The paper's CHGNet on the shipped LMFP set (100 high + 300 low training frames, 50 test) on a
     # 2-core CPU: N_high <= 90 (10 held out for validation), 10 epochs instead of 60.
-    "medium": Level("medium", "small", n_high=(25, 50, 90), n_low=(0, 100, 200, ALL), low_size_high=(25, 90),
-                    ablation_high=50, li3ps4_high=(5, 10, 20, 40, 80), epochs=10, max_epochs=40, patience=5, n_val=10,
-                    protocols=("paper", "equal_compute"), compile=True, converged_high=(25, 90)),
+    "medium": Level(
+        "medium",
+        "small",
+        n_high=(25, 50, 90),
+        n_low=(0, 100, 200, ALL),
+        low_size_high=(25, 90),
+        ablation_high=50,
+        li3ps4_high=(5, 10, 20, 40, 80),
+        epochs=10,
+        max_epochs=40,
+        patience=5,
+        n_val=10,
+        protocols=("paper", "equal_compute"),
+        compile=True,
+        converged_high=(25, 90),
+    ),
     # The paper's settings on the full LMFP set; for a GPU.
-    "full": Level("full", "full", n_high=(25, 50, 100, 200, 400, 800, ALL), n_low=(0, 200, 500, 1000, ALL),
-                  low_size_high=(50, 400), ablation_high=100, li3ps4_high=(5, 10, 20, 40, 80), epochs=60,
-                  max_epochs=200, patience=15, plateau_patience=5, n_val=100, protocols=PROTOCOLS, compile=True),
+    "full": Level(
+        "full",
+        "full",
+        n_high=(25, 50, 100, 200, 400, 800, ALL),
+        n_low=(0, 200, 500, 1000, ALL),
+        low_size_high=(50, 400),
+        ablation_high=100,
+        li3ps4_high=(5, 10, 20, 40, 80),
+        epochs=60,
+        max_epochs=200,
+        patience=15,
+        plateau_patience=5,
+        n_val=100,
+        protocols=PROTOCOLS,
+        compile=True,
+    ),
 }
 
 
@@ -122,36 +172,56 @@ def _unique(specs: list[RunSpec]) -> list[RunSpec]:
 
 def learning_curve(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     """Fig. 2: MF (ECMR) vs single-fidelity over N_high, all low-fidelity frames."""
-    runs = [RunSpec("learning_curve", method, n, ALL, protocol, seed, backbone=backbone)
-            for protocol in level.protocols for n in level.n_high for seed in seeds
-            for method in ("multi_fidelity", "single_fidelity")]
+    runs = [
+        RunSpec("learning_curve", method, n, ALL, protocol, seed, backbone=backbone)
+        for protocol in level.protocols
+        for n in level.n_high
+        for seed in seeds
+        for method in ("multi_fidelity", "single_fidelity")
+    ]
     if "converged" not in level.protocols:
-        runs += [RunSpec("learning_curve", method, n, ALL, "converged", seed, backbone=backbone)
-                 for n in level.converged_high for seed in seeds for method in ("multi_fidelity", "single_fidelity")]
+        runs += [
+            RunSpec("learning_curve", method, n, ALL, "converged", seed, backbone=backbone)
+            for n in level.converged_high
+            for seed in seeds
+            for method in ("multi_fidelity", "single_fidelity")
+        ]
     return _unique(runs)
 
 
 def low_fidelity_size(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     """Fig. 3: MF error against the number of low-fidelity frames, at two N_high."""
-    return [RunSpec("low_fidelity_size", "multi_fidelity", n, n_low, "paper", seed, backbone=backbone)
-            for n in level.low_size_high for n_low in level.n_low for seed in seeds]
+    return [
+        RunSpec("low_fidelity_size", "multi_fidelity", n, n_low, "paper", seed, backbone=backbone)
+        for n in level.low_size_high
+        for n_low in level.n_low
+        for seed in seeds
+    ]
 
 
 def ablations(level: Level, seeds, backbone="chgnet", experiment="ablations") -> list[RunSpec]:
     """Fig. 4: each mechanism alone and all but one, at one N_high; and F with a shared readout plus
     per-fidelity residuals in place of R's independent copies (``mf_residual_readout``)."""
     n = level.ablation_high
-    return [RunSpec(experiment, "multi_fidelity", n, ALL, "paper", seed, mechanisms=m, backbone=backbone)
-            for m in ABLATIONS.values() for seed in seeds] + [
-        RunSpec(experiment, "mf_residual_readout", n, ALL, "paper", seed, backbone=backbone) for seed in seeds]
+    return [
+        RunSpec(experiment, "multi_fidelity", n, ALL, "paper", seed, mechanisms=m, backbone=backbone)
+        for m in ABLATIONS.values()
+        for seed in seeds
+    ] + [RunSpec(experiment, "mf_residual_readout", n, ALL, "paper", seed, backbone=backbone) for seed in seeds]
 
 
 def transfer_delta(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     """Fig. 5: MF against transfer learning and Δ-learning on a low-fidelity model's predictions, and
     MF warm-started from the low-fidelity model (``mf_warm_start``)."""
-    return _unique([RunSpec("transfer_delta", method, n, ALL, protocol, seed, backbone=backbone)
-                    for protocol in level.protocols for n in level.n_high for seed in seeds
-                    for method in ("multi_fidelity", "mf_warm_start", "single_fidelity", "transfer", "delta_model")])
+    return _unique(
+        [
+            RunSpec("transfer_delta", method, n, ALL, protocol, seed, backbone=backbone)
+            for protocol in level.protocols
+            for n in level.n_high
+            for seed in seeds
+            for method in ("multi_fidelity", "mf_warm_start", "single_fidelity", "transfer", "delta_model")
+        ]
+    )
 
 
 def mf_options(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
@@ -159,8 +229,12 @@ def mf_options(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     ``mf_option``), each at MF's own compute (paper protocol; warm start's pre-training extra), at the
     smallest and largest N_high; among them MF with its fidelity parameters drawn at random
     (``mf_random_init``), to measure what the identity start is worth."""
-    return [RunSpec("mf_options", method, n, ALL, "paper", seed, backbone=backbone)
-            for n in dict.fromkeys((level.n_high[0], level.n_high[-1])) for seed in seeds for method in MF_OPTIONS]
+    return [
+        RunSpec("mf_options", method, n, ALL, "paper", seed, backbone=backbone)
+        for n in dict.fromkeys((level.n_high[0], level.n_high[-1]))
+        for seed in seeds
+        for method in MF_OPTIONS
+    ]
 
 
 def coverage(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
@@ -168,27 +242,53 @@ def coverage(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     low-fidelity frames everywhere; tested on the high-fidelity test frames with Mn fraction > 0.5
     (SevenNet-MF's argument). MF, single-fidelity and transfer under the paper protocol, and
     single-fidelity at MF's steps where the level has the equal-compute protocol."""
-    protocols = {"multi_fidelity": ("paper",), "transfer": ("paper",),
-                 "single_fidelity": ("paper",) + (("equal_compute",) if "equal_compute" in level.protocols else ())}
-    return [RunSpec("coverage", method, ALL, ALL, protocol, seed, region="mn_le_half", backbone=backbone)
-            for seed in seeds for method, chosen in protocols.items() for protocol in chosen]
+    protocols = {
+        "multi_fidelity": ("paper",),
+        "transfer": ("paper",),
+        "single_fidelity": ("paper",) + (("equal_compute",) if "equal_compute" in level.protocols else ()),
+    }
+    return [
+        RunSpec("coverage", method, ALL, ALL, protocol, seed, region="mn_le_half", backbone=backbone)
+        for seed in seeds
+        for method, chosen in protocols.items()
+        for protocol in chosen
+    ]
 
 
 def li3ps4(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     """Real DFT: PBEsol (energy, forces) low, r2SCAN (energy only) high; paired structures. Every
     method, and MF with each trainer option of ``mf_options``."""
-    return _unique([RunSpec("li3ps4", method, n, ALL, protocol, seed, dataset="li3ps4", backbone=backbone)
-                    for protocol in level.protocols for n in level.li3ps4_high for seed in seeds
-                    for method in ("multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "single_fidelity",
-                                   "transfer", "delta_model", "delta_labels")])
+    return _unique(
+        [
+            RunSpec("li3ps4", method, n, ALL, protocol, seed, dataset="li3ps4", backbone=backbone)
+            for protocol in level.protocols
+            for n in level.li3ps4_high
+            for seed in seeds
+            for method in (
+                "multi_fidelity",
+                "mf_warm_start",
+                "mf_balanced",
+                "mf_reweighted",
+                "single_fidelity",
+                "transfer",
+                "delta_model",
+                "delta_labels",
+            )
+        ]
+    )
 
 
 def second_backbone(level: Level, seeds, backbone="schnet") -> list[RunSpec]:
     """Experiments 1 (three N_high; paper and, where the level has it, equal compute) and 3 with PyG
     SchNet through the wrapper."""
-    curve = [RunSpec("second_backbone", method, n, ALL, protocol, seed, backbone=backbone)
-             for protocol in level.protocols if protocol != "converged" for n in level.n_high[-3:] for seed in seeds
-             for method in ("multi_fidelity", "single_fidelity")]
+    curve = [
+        RunSpec("second_backbone", method, n, ALL, protocol, seed, backbone=backbone)
+        for protocol in level.protocols
+        if protocol != "converged"
+        for n in level.n_high[-3:]
+        for seed in seeds
+        for method in ("multi_fidelity", "single_fidelity")
+    ]
     return list(dict.fromkeys(_unique(curve) + ablations(level, seeds, backbone, experiment="second_backbone")))
 
 
@@ -205,21 +305,49 @@ def fidelity_gap(level: Level, seeds, backbone="chgnet") -> list[RunSpec]:
     to tell what the gap costs from what the share of the steps costs."""
     sf_protocol = "equal_compute" if "equal_compute" in level.protocols else "paper"
     smallest = level.n_high[0]
-    specs = [spec for n in dict.fromkeys((smallest, level.n_high[-1])) for seed in seeds for spec in
-             [RunSpec("fidelity_gap", "multi_fidelity", n, ALL, "paper", seed, dataset=d, backbone=backbone)
-              for d in GAP_DATASETS]
-             + [RunSpec("fidelity_gap", "single_fidelity", n, ALL, sf_protocol, seed, backbone=backbone)]]
-    return specs + [spec for seed in seeds for spec in (
-        RunSpec("fidelity_gap", "multi_fidelity", smallest, ALL, "paper", seed, mechanisms="ECM", dataset="lmfp-gap0",
-                backbone=backbone),
-        RunSpec("fidelity_gap", "mf_balanced", smallest, ALL, "paper", seed, dataset="lmfp-gap0", backbone=backbone),
-        RunSpec("fidelity_gap", "mf_balanced", smallest, ALL, "paper", seed, dataset="lmfp", backbone=backbone))]
+    specs = [
+        spec
+        for n in dict.fromkeys((smallest, level.n_high[-1]))
+        for seed in seeds
+        for spec in [
+            RunSpec("fidelity_gap", "multi_fidelity", n, ALL, "paper", seed, dataset=d, backbone=backbone)
+            for d in GAP_DATASETS
+        ]
+        + [RunSpec("fidelity_gap", "single_fidelity", n, ALL, sf_protocol, seed, backbone=backbone)]
+    ]
+    return specs + [
+        spec
+        for seed in seeds
+        for spec in (
+            RunSpec(
+                "fidelity_gap",
+                "multi_fidelity",
+                smallest,
+                ALL,
+                "paper",
+                seed,
+                mechanisms="ECM",
+                dataset="lmfp-gap0",
+                backbone=backbone,
+            ),
+            RunSpec(
+                "fidelity_gap", "mf_balanced", smallest, ALL, "paper", seed, dataset="lmfp-gap0", backbone=backbone
+            ),
+            RunSpec("fidelity_gap", "mf_balanced", smallest, ALL, "paper", seed, dataset="lmfp", backbone=backbone),
+        )
+    ]
 
 
 EXPERIMENTS: dict[str, Callable[..., list[RunSpec]]] = {
-    "learning_curve": learning_curve, "low_fidelity_size": low_fidelity_size, "ablations": ablations,
-    "transfer_delta": transfer_delta, "mf_options": mf_options, "coverage": coverage, "li3ps4": li3ps4,
-    "second_backbone": second_backbone, "fidelity_gap": fidelity_gap,
+    "learning_curve": learning_curve,
+    "low_fidelity_size": low_fidelity_size,
+    "ablations": ablations,
+    "transfer_delta": transfer_delta,
+    "mf_options": mf_options,
+    "coverage": coverage,
+    "li3ps4": li3ps4,
+    "second_backbone": second_backbone,
+    "fidelity_gap": fidelity_gap,
 }
 
 
@@ -244,5 +372,8 @@ def convergence_options(spec: RunSpec, level: Level, n_mf_train: int, n_own_trai
     if spec.protocol != "converged":
         return {}
     own_epochs = lambda mf_epochs: in_own_epochs(mf_epochs, n_mf_train, n_own_train, batch_size)  # noqa: E731
-    return {"scheduler": "plateau", "plateau_patience": own_epochs(level.plateau_patience),
-            "patience": own_epochs(level.patience)}
+    return {
+        "scheduler": "plateau",
+        "plateau_patience": own_epochs(level.plateau_patience),
+        "patience": own_epochs(level.patience),
+    }

@@ -74,8 +74,15 @@ def aggregate(results: list[RunResult]) -> list[dict]:
         row["wall_s"] = statistics.fmean(m.wall_s for m in members)
         rows.append(row)
     order, methods = list(ABLATIONS.values()), list(METHODS)
-    rows.sort(key=lambda r: (r["protocol"], r["n_high"], r["n_low"], methods.index(r["method"]),
-                             order.index(r["mechanisms"]) if r["mechanisms"] in order else len(order)))
+    rows.sort(
+        key=lambda r: (
+            r["protocol"],
+            r["n_high"],
+            r["n_low"],
+            methods.index(r["method"]),
+            order.index(r["mechanisms"]) if r["mechanisms"] in order else len(order),
+        )
+    )
     return rows
 
 
@@ -87,14 +94,26 @@ def markdown(experiment: str, rows: list[dict]) -> str:
 
     datasets = {row["dataset"] for row in rows}
     name_data = len(datasets) > 1 or any(family(d) != d for d in datasets)  # then every row names it (gap: α)
-    header = (["data"] * name_data + ["backbone"] * several_backbones
-              + ["method", "N_high", "N_low", "protocol", "steps", "seeds"]
-              + [f"{t} MAE ({UNITS[t]})" for t in targets])
+    header = (
+        ["data"] * name_data
+        + ["backbone"] * several_backbones
+        + ["method", "N_high", "N_low", "protocol", "steps", "seeds"]
+        + [f"{t} MAE ({UNITS[t]})" for t in targets]
+    )
     lines = [f"### {experiment}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [data_label(row["dataset"])] * name_data + [row["backbone"]] * several_backbones + [
-            label(row, ablation), str(row["n_high"]), str(row["n_low"]), row["protocol"],
-            f"{row['steps']:.0f}" if row["steps"] is not None else "–", str(len(row["seeds"]))]
+        cells = (
+            [data_label(row["dataset"])] * name_data
+            + [row["backbone"]] * several_backbones
+            + [
+                label(row, ablation),
+                str(row["n_high"]),
+                str(row["n_low"]),
+                row["protocol"],
+                f"{row['steps']:.0f}" if row["steps"] is not None else "–",
+                str(len(row["seeds"])),
+            ]
+        )
         for target in targets:
             stats = row["test"].get(target)
             cells.append(f"{stats['mae']:.3g} ± {stats['mae_sd']:.2g}" if stats else "–")
@@ -118,8 +137,13 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
         return gap_alpha(r["dataset"]) if x_key == "alpha" else r[x_key]
 
     def series_name(r):
-        name = f"{label(r, ablation)}, N_high = {r['n_high']}" if x_key == "alpha" else \
-            f"N_high = {r['n_high']}" if x_key == "n_low" else label(r, ablation)
+        name = (
+            f"{label(r, ablation)}, N_high = {r['n_high']}"
+            if x_key == "alpha"
+            else f"N_high = {r['n_high']}"
+            if x_key == "n_low"
+            else label(r, ablation)
+        )
         return f"{name}, {r['protocol']}, {r['backbone']}"
 
     every_series = list(dict.fromkeys(series_name(r) for r in rows))  # one colour per series in every panel
@@ -142,13 +166,24 @@ def plot(experiment: str, rows: list[dict], path: Path) -> None:
                 xs = [x_of(r) for r in members]
                 if x_key == "alpha" and members[0]["method"] == "single_fidelity":  # no low fidelity: a level line
                     xs, members = [0.0, 1.0], members * 2
-                ax.errorbar(xs, [r["test"][target]["mae"] for r in members],
-                            yerr=[r["test"][target]["mae_sd"] for r in members],
-                            marker="o", capsize=3, label=name, color=colours[name])
+                ax.errorbar(
+                    xs,
+                    [r["test"][target]["mae"] for r in members],
+                    yerr=[r["test"][target]["mae_sd"] for r in members],
+                    marker="o",
+                    capsize=3,
+                    label=name,
+                    color=colours[name],
+                )
             if x_key == "n_high":  # N_low includes 0, α too: linear axes
                 ax.set_xscale("log")
-            ax.set_xlabel({"n_low": "low-fidelity training frames", "n_high": "high-fidelity training frames",
-                           "alpha": "fidelity gap α (low labels = high + α (low − high))"}[x_key])
+            ax.set_xlabel(
+                {
+                    "n_low": "low-fidelity training frames",
+                    "n_high": "high-fidelity training frames",
+                    "alpha": "fidelity gap α (low labels = high + α (low − high))",
+                }[x_key]
+            )
             ax.legend(fontsize=6)
         ax.set_ylabel(f"{target} test MAE ({UNITS[target]})")
     fig.suptitle(f"{experiment}: high-fidelity test error (mean ± sd over seeds)")

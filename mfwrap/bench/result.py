@@ -111,8 +111,11 @@ class RunResult:
 
     def with_experiment(self, experiment: str, reused_from: str) -> RunResult:
         """A copy of this result for the same run in ``experiment``, marked as reused."""
-        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, experiment=experiment),
-                                   reused_from=self.reused_from or reused_from)
+        return dataclasses.replace(
+            self,
+            spec=dataclasses.replace(self.spec, experiment=experiment),
+            reused_from=self.reused_from or reused_from,
+        )
 
 
 def read_runs(path: str | Path) -> list[RunResult]:

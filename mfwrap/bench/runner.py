@@ -50,6 +50,7 @@ def targets_of(dataset: str) -> str:
     """The targets the dataset labels ("efsm": energy, forces, stress, magmoms)."""
     return get_dataset(dataset).targets
 
+
 BATCH_SIZE = 4
 
 
@@ -60,8 +61,16 @@ def make_splits(spec: RunSpec, level: Level) -> Splits:
     dataset = get_dataset(spec.dataset)
     n_low = level.n_low_all if spec.n_low is None else spec.n_low
     n_val = None if dataset.ships_validation else level.n_val
-    return dataset.split(Split(size=level.lmfp_size if dataset.sizes else None, seed=spec.seed, n_high=spec.n_high,
-                               n_low=n_low, n_val=n_val, region=spec.region))
+    return dataset.split(
+        Split(
+            size=level.lmfp_size if dataset.sizes else None,
+            seed=spec.seed,
+            n_high=spec.n_high,
+            n_low=n_low,
+            n_val=n_val,
+            region=spec.region,
+        )
+    )
 
 
 def train_options(spec: RunSpec, splits: Splits) -> dict:
@@ -80,21 +89,38 @@ def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path, eager: b
     own = n_mf if method.multi_fidelity else len(splits.train_high)
     epochs = epochs_for(spec, level, n_mf, own, BATCH_SIZE)
     targets = targets_of(spec.dataset) if backbone.predicts_magmoms else targets_of(spec.dataset).replace("m", "")
-    config = TrainConfig(targets=targets, epochs=epochs, batch_size=BATCH_SIZE, lr=0.005, seed=spec.seed,
-                         output_dir=str(out), progress=False, checkpoint_every=50,
-                         compile=level.compile and backbone.compilable and not eager,
-                         **convergence_options(spec, level, n_mf, own, BATCH_SIZE),
-                         **train_options(spec, splits))
-    model = {"backbone": backbone.class_path, "kwargs": backbone.kwargs_at(level.name), "mechanisms": spec.mechanisms,
-             **method.model}
-    return Experiment(method=method.trains, model=model, train=config, pretrain={"epochs": level.epochs},
-                      **method.experiment), epochs
+    config = TrainConfig(
+        targets=targets,
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        lr=0.005,
+        seed=spec.seed,
+        output_dir=str(out),
+        progress=False,
+        checkpoint_every=50,
+        compile=level.compile and backbone.compilable and not eager,
+        **convergence_options(spec, level, n_mf, own, BATCH_SIZE),
+        **train_options(spec, splits),
+    )
+    model = {
+        "backbone": backbone.class_path,
+        "kwargs": backbone.kwargs_at(level.name),
+        "mechanisms": spec.mechanisms,
+        **method.model,
+    }
+    return Experiment(
+        method=method.trains, model=model, train=config, pretrain={"epochs": level.epochs}, **method.experiment
+    ), epochs
 
 
 def schedule_of(config) -> dict:
     """The learning-rate schedule and early stopping of a run's final stage, for its result."""
-    schedule = {"scheduler": config.scheduler, "lr": config.lr, "lr_min_fraction": config.lr_min_fraction,
-                "patience": config.patience}
+    schedule = {
+        "scheduler": config.scheduler,
+        "lr": config.lr,
+        "lr_min_fraction": config.lr_min_fraction,
+        "patience": config.patience,
+    }
     if config.scheduler == "plateau":
         schedule.update(plateau_patience=config.plateau_patience, plateau_factor=config.plateau_factor)
     return schedule
@@ -117,16 +143,32 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> R
     low = splits.train_low if METHODS[spec.method].uses_low_fidelity else []
     train = graphs(low + splits.train_high)
     pretrain_source = share_pretraining(spec, experiment, out, Path(root))
-    summary = run_experiment(experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True,
-                             backbone=backbone)
-    result = RunResult(spec=spec, name=spec.name, level=level.name, protocol=spec.protocol, epochs=epochs,
-                       epochs_run=summary.get("epochs_run"), steps=summary.get("steps"),
-                       wall_s=time.perf_counter() - start, n_train={"high": len(splits.train_high), "low": len(low)},
-                       train_options=train_options(spec, splits), fidelity_init=experiment.model.fidelity_init,
-                       compiled_steps=experiment.train.compile is not False,
-                       schedule=schedule_of(experiment.train), n_val=len(splits.val), n_test=len(splits.test),
-                       target_fidelity=names[-1], best=summary["best"], val=summary["val"], test=summary["test"],
-                       machine=machine(), pretrain_reused_from=pretrain_source)
+    summary = run_experiment(
+        experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True, backbone=backbone
+    )
+    result = RunResult(
+        spec=spec,
+        name=spec.name,
+        level=level.name,
+        protocol=spec.protocol,
+        epochs=epochs,
+        epochs_run=summary.get("epochs_run"),
+        steps=summary.get("steps"),
+        wall_s=time.perf_counter() - start,
+        n_train={"high": len(splits.train_high), "low": len(low)},
+        train_options=train_options(spec, splits),
+        fidelity_init=experiment.model.fidelity_init,
+        compiled_steps=experiment.train.compile is not False,
+        schedule=schedule_of(experiment.train),
+        n_val=len(splits.val),
+        n_test=len(splits.test),
+        target_fidelity=names[-1],
+        best=summary["best"],
+        val=summary["val"],
+        test=summary["test"],
+        machine=machine(),
+        pretrain_reused_from=pretrain_source,
+    )
     result.write(out / "result.json")
     (out / "error.json").unlink(missing_ok=True)
     return result
@@ -158,8 +200,11 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
         if source == out / "pretrain" or not (source / "metrics.json").is_file() or not (source / "last.pt").is_file():
             continue
         other = RunResult.read(result_path)
-        if other.reused_from or not METHODS[other.spec.method].pretrains or any(
-                getattr(other.spec, key) != getattr(spec, key) for key in ("dataset", "backbone", "seed", "n_low")):
+        if (
+            other.reused_from
+            or not METHODS[other.spec.method].pretrains
+            or any(getattr(other.spec, key) != getattr(spec, key) for key in ("dataset", "backbone", "seed", "n_low"))
+        ):
             continue
         if resume_conflicts(json.loads((source / "metrics.json").read_text()).get("config", {}), wanted):
             continue
@@ -173,8 +218,13 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
 def machine() -> dict:
     """Where a run ran: CPU, cores, torch version, torch threads, GPU (None without one)."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "gpu": gpu}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": gpu,
+    }
 
 
 def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) -> tuple[RunSpec, str | None]:
@@ -227,8 +277,17 @@ def reuse_finished(specs: Sequence[RunSpec], level: str, root: Path) -> int:
     return copied
 
 
-def run_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], root: str | Path, *, jobs: int = 1,
-              backbone: str | None = None, report: str | Path | None = None, eager: bool = False) -> dict:
+def run_suite(
+    experiments: Sequence[str],
+    level: str,
+    seeds: Sequence[int],
+    root: str | Path,
+    *,
+    jobs: int = 1,
+    backbone: str | None = None,
+    report: str | Path | None = None,
+    eager: bool = False,
+) -> dict:
     """Run every missing run of ``experiments`` at ``level`` (runs in ``report``'s committed results
     count as done; ``eager``: see :func:`run_one`); returns {"total", "ran", "failed"}."""
     specs = []
@@ -300,8 +359,14 @@ def measured_seconds_per_step(root: Path, experiment: str, level: str) -> float 
     return float(np.median(rates)) if rates else None
 
 
-def plan_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], backbone: str | None = None,
-               root: str | Path | None = None, seconds_per_step: float = 1.0) -> dict:
+def plan_suite(
+    experiments: Sequence[str],
+    level: str,
+    seeds: Sequence[int],
+    backbone: str | None = None,
+    root: str | Path | None = None,
+    seconds_per_step: float = 1.0,
+) -> dict:
     """What running ``experiments`` costs: runs and optimiser steps (batch size BATCH_SIZE) per
     experiment, a run two experiments share and a shared pre-training stage counted once; under
     ``converged`` the ceiling of steps (early stopping only lowers it). ``seconds_per_step`` per
@@ -319,9 +384,17 @@ def plan_suite(experiments: Sequence[str], level: str, seeds: Sequence[int], bac
     for name in experiments:
         specs = EXPERIMENTS[name](lvl, list(seeds), **extra)
         measured = measured_seconds_per_step(Path(root), name, level) if root is not None else None
-        row = rows[name] = {"runs": len(specs), "trained": 0, "steps": 0, "pretrain_steps": 0,
-                            "seconds_per_step": measured or seconds_per_step, "measured": measured is not None,
-                            "done": 0, "done_wall_s": 0.0, "left_steps": 0}
+        row = rows[name] = {
+            "runs": len(specs),
+            "trained": 0,
+            "steps": 0,
+            "pretrain_steps": 0,
+            "seconds_per_step": measured or seconds_per_step,
+            "measured": measured is not None,
+            "done": 0,
+            "done_wall_s": 0.0,
+            "left_steps": 0,
+        }
         for spec in specs:
             if spec.name in seen:
                 continue

@@ -76,7 +76,9 @@ def _as_arrays(structure: Any, name: str) -> tuple[np.ndarray, np.ndarray, np.nd
         if not all(len(c) == 1 and c.num_atoms == 1 for c in compositions):
             raise StructureError(f"{name}: disordered structure (partial occupancies) cannot be a graph")
         numbers = np.fromiter(  # Z = 0, an unknown element, for a dummy species
-            (0 if isinstance(sp, DummySpecies) else sp.Z for c in compositions for sp in c), dtype=np.int64, count=len(compositions)
+            (0 if isinstance(sp, DummySpecies) else sp.Z for c in compositions for sp in c),
+            dtype=np.int64,
+            count=len(compositions),
         )
         if hasattr(structure, "lattice"):
             lattice = structure.lattice
@@ -147,7 +149,9 @@ def to_graph(
     if len(length) and length.min() < MIN_DISTANCE:
         e = int(length.argmin())
         i, j = int(edge_index[1, e]), int(edge_index[0, e])
-        raise StructureError(f"{name}: atoms {i} and {j} (or its periodic image) coincide (distance {float(length[e]):.2g} Å)")
+        raise StructureError(
+            f"{name}: atoms {i} and {j} (or its periodic image) coincide (distance {float(length[e]):.2g} Å)"
+        )
     lonely = np.flatnonzero(np.bincount(edge_index[1], minlength=n_atoms) == 0)
     if lonely.size and on_isolated_atoms != "ignore":
         msg = f"{name}: atom(s) {lonely[:10].tolist()} have no neighbour within the {spec.cutoff} Å cutoff"
@@ -177,7 +181,12 @@ def to_graph(
     return graph
 
 
-_LABEL_SHAPES = {K.ENERGY: lambda n: (1,), K.FORCES: lambda n: (n, 3), K.STRESS: lambda n: (1, 3, 3), K.MAGMOMS: lambda n: (n,)}
+_LABEL_SHAPES = {
+    K.ENERGY: lambda n: (1,),
+    K.FORCES: lambda n: (n, 3),
+    K.STRESS: lambda n: (1, 3, 3),
+    K.MAGMOMS: lambda n: (n,),
+}
 _MASK_SHAPES = {K.ENERGY: lambda n: (1,), K.FORCES: lambda n: (n,), K.STRESS: lambda n: (1,), K.MAGMOMS: lambda n: (n,)}
 
 
@@ -196,7 +205,12 @@ def attach_labels(graph: Data, labels: Mapping[str, Any], name: str, dtype: torc
             continue
         array = np.asarray(value, dtype=np.float64)
         if array.size != int(np.prod(shape)) or (array.ndim > 0 and array.shape[0] != shape[0] and target != K.STRESS):
-            expected = {K.ENERGY: "a scalar", K.FORCES: f"({n_atoms}, 3)", K.STRESS: "(3, 3)", K.MAGMOMS: f"({n_atoms},)"}
+            expected = {
+                K.ENERGY: "a scalar",
+                K.FORCES: f"({n_atoms}, 3)",
+                K.STRESS: "(3, 3)",
+                K.MAGMOMS: f"({n_atoms},)",
+            }
             raise StructureError(
                 f"{name}: label '{target}' has shape {array.shape}, expected {expected[target]} for {n_atoms} atoms"
             )
@@ -224,7 +238,9 @@ def edge_vectors(data: Data) -> Tensor:
 
     Differentiable in ``data.pos`` and ``data.cell`` (so a strained cell gives stress).
     """
-    return edge_vectors_of(data[K.POSITIONS], data[K.CELL], data[K.EDGE_SHIFT], data[K.EDGE_INDEX], structure_index(data))
+    return edge_vectors_of(
+        data[K.POSITIONS], data[K.CELL], data[K.EDGE_SHIFT], data[K.EDGE_INDEX], structure_index(data)
+    )
 
 
 def edge_vectors_of(pos: Tensor, cell: Tensor, edge_shift: Tensor, edge_index: Tensor, structure: Tensor) -> Tensor:

@@ -90,7 +90,9 @@ def _squared_distance(r_j: Sequence[np.ndarray], r_i: Sequence[np.ndarray], offs
     return total.numpy()
 
 
-def _pairs_all(pos: np.ndarray, ghost_atom: np.ndarray, ghost_offset: np.ndarray, self_ghost: np.ndarray, cutoff: float):
+def _pairs_all(
+    pos: np.ndarray, ghost_atom: np.ndarray, ghost_offset: np.ndarray, self_ghost: np.ndarray, cutoff: float
+):
     """(centre, ghost, squared distance) of every centre–ghost pair closer than ``cutoff``.
 
     Ghost g is atom ``ghost_atom[g]`` displaced by ``ghost_offset[g]`` (Cartesian);
@@ -106,7 +108,9 @@ def _pairs_all(pos: np.ndarray, ghost_atom: np.ndarray, ghost_offset: np.ndarray
     return centre, ghost, d2.reshape(-1)[pair]
 
 
-def _pairs_cell_list(pos: np.ndarray, ghost_atom: np.ndarray, ghost_offset: np.ndarray, self_ghost: np.ndarray, cutoff: float):
+def _pairs_cell_list(
+    pos: np.ndarray, ghost_atom: np.ndarray, ghost_offset: np.ndarray, self_ghost: np.ndarray, cutoff: float
+):
     """Same as :func:`_pairs_all`, O(N) with sparse cubic bins (edge slightly above ``cutoff``)."""
     n_centres, n_ghosts = len(pos), len(ghost_atom)
     pos_t, offset_t = np.ascontiguousarray(pos.T), np.ascontiguousarray(ghost_offset.T)
@@ -131,7 +135,9 @@ def _pairs_cell_list(pos: np.ndarray, ghost_atom: np.ndarray, ghost_offset: np.n
     within = np.arange(len(centre)) - np.repeat(first_of_probe, counts)
     ghost = order[np.repeat(bin_starts[slot], counts) + within]
 
-    d2 = _squared_distance(pos_t.take(ghost_atom[ghost], axis=1), pos_t.take(centre, axis=1), offset_t.take(ghost, axis=1))
+    d2 = _squared_distance(
+        pos_t.take(ghost_atom[ghost], axis=1), pos_t.take(centre, axis=1), offset_t.take(ghost, axis=1)
+    )
     keep = np.flatnonzero((d2 < cutoff * cutoff) & (ghost != self_ghost[centre]))
     keep = keep[np.argsort(centre[keep] * n_ghosts + ghost[keep])]
     return centre[keep], ghost[keep], d2[keep]
@@ -193,4 +199,3 @@ def neighbour_arrays(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, c
     # times faster here, as the reverse keys come in runs (one per centre).
     reverse = np.argsort((neighbour * n_atoms + centre) * n_shifts + (n_shifts - 1 - shift_id), kind="stable")
     return NeighbourList(np.stack([neighbour, centre]), shift, np.sqrt(d2), reverse)
-

@@ -84,12 +84,20 @@ class LabelledStructure:
     labels: dict[str, Any] = field(default_factory=dict)
     name: str = "structure"
 
-    def to_graph(self, spec: GraphSpec, fidelities: Mapping[str, int], dtype: torch.dtype = torch.float32, **kwargs) -> AtomicGraph:
+    def to_graph(
+        self, spec: GraphSpec, fidelities: Mapping[str, int], dtype: torch.dtype = torch.float32, **kwargs
+    ) -> AtomicGraph:
         """The frame as a graph for ``spec``, with fidelity index ``fidelities[self.fidelity]``."""
         if self.fidelity not in fidelities:
             raise KeyError(f"{self.name}: fidelity {self.fidelity!r} is not one of {list(fidelities)}")
         return to_graph(
-            self.atoms, spec, fidelity=fidelities[self.fidelity], labels=self.labels, name=self.name, dtype=dtype, **kwargs
+            self.atoms,
+            spec,
+            fidelity=fidelities[self.fidelity],
+            labels=self.labels,
+            name=self.name,
+            dtype=dtype,
+            **kwargs,
         )
 
 
@@ -157,7 +165,11 @@ def _parse_extxyz(path: Path, frame: int, line_number: int, text: str) -> Atoms:
     except Exception as error:  # ase raises XYZError, ValueError, TypeError, IndexError, ...
         lines = text.splitlines()
         counts = [line_number + i for i, line in enumerate(lines[2:], 2) if line.strip().isdigit()]
-        hint = f" (line {counts[0]} looks like the next frame's count: fewer atom lines than {lines[0].strip()}?)" if counts else ""
+        hint = (
+            f" (line {counts[0]} looks like the next frame's count: fewer atom lines than {lines[0].strip()}?)"
+            if counts
+            else ""
+        )
         raise StructureError(f"{path.name}: frame {frame} (line {line_number}): {error}{hint}") from error
 
 
@@ -213,8 +225,12 @@ def _convert(target: str, value: Any, n_atoms: int, name: str) -> Any:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise StructureError(f"{name}: {target} is not numeric: {str(value)[:60]!r}") from None
-    expected = {K.ENERGY: "a scalar (total eV)", K.FORCES: f"({n_atoms}, 3)", K.MAGMOMS: f"({n_atoms},)",
-                K.STRESS: "Voigt (6,) or (3, 3)"}[target]
+    expected = {
+        K.ENERGY: "a scalar (total eV)",
+        K.FORCES: f"({n_atoms}, 3)",
+        K.MAGMOMS: f"({n_atoms},)",
+        K.STRESS: "Voigt (6,) or (3, 3)",
+    }[target]
     if target == K.ENERGY:
         ok = array.size == 1
     elif target == K.STRESS:
@@ -279,7 +295,9 @@ def read_fidelities(
     for fidelity, key_map in key_maps.items():
         unknown = set(key_map) - set(K.TARGETS)
         if unknown:
-            raise ValueError(f"key map of fidelity {fidelity!r}: unknown target(s) {sorted(unknown)}; known are {list(K.TARGETS)}")
+            raise ValueError(
+                f"key map of fidelity {fidelity!r}: unknown target(s) {sorted(unknown)}; known are {list(K.TARGETS)}"
+            )
     requested = [(f, t) for f, key_map in key_maps.items() for t, key in key_map.items() if key is not None]
     frames = _frames(path, index)
     records = []
@@ -296,12 +314,23 @@ def read_fidelities(
         raise ValueError(f"{path}: no frame has {', '.join(missing)}; check the key names")
     for fidelity in key_maps:
         if kept[fidelity] < len(frames):
-            LOG.warning("%s (fidelity %r): no label in %d of %d frames (skipped)", path.name, fidelity,
-                        len(frames) - kept[fidelity], len(frames))
+            LOG.warning(
+                "%s (fidelity %r): no label in %d of %d frames (skipped)",
+                path.name,
+                fidelity,
+                len(frames) - kept[fidelity],
+                len(frames),
+            )
     for fidelity, target in requested:
         if 0 < labelled[fidelity, target] < kept[fidelity]:
-            LOG.warning("%s (fidelity %r): %s absent in %d of %d frames (masked)", path.name, fidelity, target,
-                        kept[fidelity] - labelled[fidelity, target], kept[fidelity])
+            LOG.warning(
+                "%s (fidelity %r): %s absent in %d of %d frames (masked)",
+                path.name,
+                fidelity,
+                target,
+                kept[fidelity] - labelled[fidelity, target],
+                kept[fidelity],
+            )
     return records
 
 

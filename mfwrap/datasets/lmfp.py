@@ -42,9 +42,9 @@ from pathlib import Path
 
 import ase.io
 
-from mfwrap.files import default_cache_dir
 from mfwrap.data.readers import LabelledStructure, read_dataset
 from mfwrap.datasets.lmfp_frames import SIZES, SPLITS, TEACHERS, LMFPRecipe, build_shard, shard_sizes, split_frames
+from mfwrap.files import default_cache_dir
 
 LOG = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -64,7 +64,9 @@ def _build_shard_file(path: Path, log_level: int | None, *args) -> None:
 def _partial_dir(out: Path, key: dict) -> Path:
     """Where finished shards of the build of ``out`` wait; emptied if they were made for another ``key``."""
     partial, key = out.parent / f".{out.name}.partial", json.loads(json.dumps(key))  # tuples as JSON lists
-    if partial.exists() and (not (partial / "key.json").exists() or json.loads((partial / "key.json").read_text()) != key):
+    if partial.exists() and (
+        not (partial / "key.json").exists() or json.loads((partial / "key.json").read_text()) != key
+    ):
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "key.json").write_text(json.dumps(key))
@@ -99,8 +101,15 @@ def _recipe(size: str | LMFPRecipe) -> tuple[str, LMFPRecipe]:
     return size, SIZES[size]
 
 
-def build_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, out_dir: str | os.PathLike | None = None,
-               *, device: str = "cpu", workers: int = 1, threads: int = 1) -> Path:
+def build_lmfp(
+    size: str | LMFPRecipe = "small",
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    device: str = "cpu",
+    workers: int = 1,
+    threads: int = 1,
+) -> Path:
     """Build the dataset into ``out_dir`` (created atomically; must not exist yet) and return it.
 
     Finished shards are kept next to ``out_dir`` until the build completes, so running the same
@@ -123,15 +132,29 @@ def build_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, out_dir: str | o
     if workers > 1 and len(todo) > 1:  # largest shards first, so the workers finish together
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
-            futures = [pool.submit(_build_shard_file, partial / f"{f}-{k}.pkl", LOG.getEffectiveLevel(), f, k, recipe,
-                                   seed, device, threads) for f, k in todo]
+            futures = [
+                pool.submit(
+                    _build_shard_file,
+                    partial / f"{f}-{k}.pkl",
+                    LOG.getEffectiveLevel(),
+                    f,
+                    k,
+                    recipe,
+                    seed,
+                    device,
+                    threads,
+                )
+                for f, k in todo
+            ]
             for future in futures:
                 future.result()
     else:
         for f, k in todo:
             _build_shard_file(partial / f"{f}-{k}.pkl", None, f, k, recipe, seed, device, threads)
-    high, low = ([a for k in range(recipe.shards) for a in pickle.loads((partial / f"{f}-{k}.pkl").read_bytes())]
-                 for f in ("high", "low"))
+    high, low = (
+        [a for k in range(recipe.shards) for a in pickle.loads((partial / f"{f}-{k}.pkl").read_bytes())]
+        for f in ("high", "low")
+    )
     splits = split_frames(high, low, recipe, seed)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,13 +163,25 @@ def build_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, out_dir: str | o
         for split, frames in splits.items():
             ase.io.write(staging / f"{split}.xyz", frames, format="extxyz")
         manifest = {
-            "dataset": "lmfp", "format_version": FORMAT_VERSION, "size": name, "seed": seed,
-            "recipe": dataclasses.asdict(recipe), "teachers": {f: f"chgnet {m}" for f, m in TEACHERS.items()},
-            "units": {"energy": "eV (total)", "forces": "eV/Å", "stress": "eV/Å^3 (ASE units; GPa = this / ase.units.GPa)",
-                      "magmoms": "μB (high only)"},
-            "files": {f"{split}.xyz": {"frames": len(frames), "sha256": _sha256(staging / f"{split}.xyz")}
-                      for split, frames in splits.items()},
-            "build_seconds": round(time.perf_counter() - start, 1), "workers": workers, "device": device,
+            "dataset": "lmfp",
+            "format_version": FORMAT_VERSION,
+            "size": name,
+            "seed": seed,
+            "recipe": dataclasses.asdict(recipe),
+            "teachers": {f: f"chgnet {m}" for f, m in TEACHERS.items()},
+            "units": {
+                "energy": "eV (total)",
+                "forces": "eV/Å",
+                "stress": "eV/Å^3 (ASE units; GPa = this / ase.units.GPa)",
+                "magmoms": "μB (high only)",
+            },
+            "files": {
+                f"{split}.xyz": {"frames": len(frames), "sha256": _sha256(staging / f"{split}.xyz")}
+                for split, frames in splits.items()
+            },
+            "build_seconds": round(time.perf_counter() - start, 1),
+            "workers": workers,
+            "device": device,
             **_provenance(),
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
@@ -207,8 +242,10 @@ def install_prebuilt(size: str | LMFPRecipe, seed: int, directory: Path) -> bool
         for name, entry in manifest["files"].items():
             data = gzip.decompress((source / f"{name}.gz").read_bytes())
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                raise ValueError(f"packaged {source / name}.gz does not match its manifest (damaged installation?); "
-                                 f"reinstall mfwrap, or build with python -m mfwrap.datasets.lmfp --size {manifest['size']}")
+                raise ValueError(
+                    f"packaged {source / name}.gz does not match its manifest (damaged installation?); "
+                    f"reinstall mfwrap, or build with python -m mfwrap.datasets.lmfp --size {manifest['size']}"
+                )
             (staging / name).write_bytes(data)
         shutil.copyfile(source / "manifest.json", staging / "manifest.json")
         try:
@@ -221,8 +258,14 @@ def install_prebuilt(size: str | LMFPRecipe, seed: int, directory: Path) -> bool
     return True
 
 
-def load_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, cache_dir: str | os.PathLike | None = None,
-              *, device: str = "cpu", workers: int = 2) -> dict[str, list[LabelledStructure]]:
+def load_lmfp(
+    size: str | LMFPRecipe = "small",
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    device: str = "cpu",
+    workers: int = 2,
+) -> dict[str, list[LabelledStructure]]:
     """The LMFP splits ``{"high_train", "high_test", "low_train"}``, built on first use, then cached.
 
     Each split is a list of :class:`~mfwrap.data.readers.LabelledStructure` (fidelity "high" or
@@ -250,11 +293,17 @@ def load_lmfp(size: str | LMFPRecipe = "small", seed: int = 0, cache_dir: str | 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build the two-fidelity LMFP dataset (CHGNet r2SCAN = high, 0.3.0 = low).")
+    parser = argparse.ArgumentParser(
+        description="Build the two-fidelity LMFP dataset (CHGNet r2SCAN = high, 0.3.0 = low)."
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="small", help="variant to build (default: small)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="directory to create (default: the cache directory load_lmfp reads, see MFWRAP_CACHE)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="directory to create (default: the cache directory load_lmfp reads, see MFWRAP_CACHE)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device of the teachers (default: cpu)")
     parser.add_argument("--workers", type=int, default=2, help="processes labelling shards in parallel (default: 2)")
     args = parser.parse_args(argv)

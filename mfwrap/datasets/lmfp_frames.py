@@ -83,8 +83,12 @@ SIZES = {
 def _reference_cell() -> Atoms:
     """Fully lithiated LiFePO4 1x1x2 (56 atoms); callers copy it."""
     structure = lifepo4((1, 1, 2))
-    return Atoms(numbers=[site.specie.Z for site in structure], positions=structure.cart_coords,
-                 cell=structure.lattice.matrix, pbc=True)
+    return Atoms(
+        numbers=[site.specie.Z for site in structure],
+        positions=structure.cart_coords,
+        cell=structure.lattice.matrix,
+        pbc=True,
+    )
 
 
 def random_configuration(rng: np.random.Generator, recipe: LMFPRecipe, displacement: float) -> Atoms:
@@ -108,8 +112,9 @@ def shard_sizes(n_frames: int, shards: int) -> list[int]:
     return [n_frames // shards + (k < n_frames % shards) for k in range(shards)]
 
 
-def build_shard(fidelity: str, shard: int, recipe: LMFPRecipe, seed: int, device: str = "cpu",
-                threads: int = 1) -> list[Atoms]:
+def build_shard(
+    fidelity: str, shard: int, recipe: LMFPRecipe, seed: int, device: str = "cpu", threads: int = 1
+) -> list[Atoms]:
     """Labelled frames of one shard of one fidelity (its own random stream), each with a ``group``
     id "<shard>-<i>" (one static frame, or all snapshots of one trajectory)."""
     n_frames = shard_sizes(recipe.n_high if fidelity == "high" else recipe.n_low, recipe.shards)[shard]
@@ -135,11 +140,22 @@ def _build_shard(fidelity: str, shard: int, n_frames: int, recipe: LMFPRecipe, s
         frames += map(teachers.store_prediction, chunk, teacher(chunk, _LABEL_TASK[fidelity]))
         LOG.info("%s shard %d: labelled %d / %d static frames", fidelity, shard, len(frames), n_static)
     LOG.info("%s shard %d: %d md trajectories x %d snapshots", fidelity, shard, n_traj, recipe.md_snapshots)
-    trajectories = teachers.langevin_snapshots(
-        teacher, starts, temperatures, rng, timestep_fs=recipe.timestep_fs, friction_per_fs=recipe.friction_per_fs,
-        interval=recipe.md_interval, snapshots=recipe.md_snapshots, task=_LABEL_TASK[fidelity],
-        log=lambda step, n: LOG.info("%s shard %d: md step %d / %d", fidelity, shard, step, n),
-    ) if n_traj else []
+    trajectories = (
+        teachers.langevin_snapshots(
+            teacher,
+            starts,
+            temperatures,
+            rng,
+            timestep_fs=recipe.timestep_fs,
+            friction_per_fs=recipe.friction_per_fs,
+            interval=recipe.md_interval,
+            snapshots=recipe.md_snapshots,
+            task=_LABEL_TASK[fidelity],
+            log=lambda step, n: LOG.info("%s shard %d: md step %d / %d", fidelity, shard, step, n),
+        )
+        if n_traj
+        else []
+    )
     for group, members in enumerate([[a] for a in frames] + trajectories):
         for atoms in members:
             atoms.info.update(fidelity=fidelity, teacher=f"chgnet-{TEACHERS[fidelity]}", group=f"{shard}-{group}")

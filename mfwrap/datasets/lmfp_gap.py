@@ -46,9 +46,9 @@ GAP_PREFIX = "lmfp-gap"
 
 def gap_of(dataset: str) -> float:
     """α of a dataset name ``"lmfp-gap<percent>"`` (e.g. "lmfp-gap50" → 0.5)."""
-    if not dataset.startswith(GAP_PREFIX) or not dataset[len(GAP_PREFIX):].isdigit():
+    if not dataset.startswith(GAP_PREFIX) or not dataset[len(GAP_PREFIX) :].isdigit():
         raise ValueError(f"{dataset!r} is not a gap-dial dataset name ('{GAP_PREFIX}<percent>', e.g. '{GAP_PREFIX}50')")
-    return int(dataset[len(GAP_PREFIX):]) / 100
+    return int(dataset[len(GAP_PREFIX) :]) / 100
 
 
 def label_low_with_high_teacher(low_train: list[LabelledStructure], path: Path) -> None:
@@ -65,7 +65,9 @@ def label_low_with_high_teacher(low_train: list[LabelledStructure], path: Path) 
     write_text(path, text.getvalue())
 
 
-def high_teacher_labels(size: str = "small", seed: int = 0, cache_dir: str | os.PathLike | None = None) -> list[LabelledStructure]:
+def high_teacher_labels(
+    size: str = "small", seed: int = 0, cache_dir: str | os.PathLike | None = None
+) -> list[LabelledStructure]:
     """The high teacher's labels of the LMFP low-fidelity training frames (fidelity "high"), in
     the order of ``load_lmfp(size, seed)["low_train"]``: from the cache, else the packaged copy,
     else labelled now."""
@@ -85,13 +87,18 @@ def high_teacher_labels(size: str = "small", seed: int = 0, cache_dir: str | os.
         write_text(stamp, json.dumps({"low_train_sha256": low_sha}))
     relabelled = read_dataset(path, fidelity="high")
     if len(relabelled) != len(low_train) or any(
-            (a.atoms.numbers != b.atoms.numbers).any() or abs(a.atoms.positions - b.atoms.positions).max() > 1e-6
-            for a, b in zip(relabelled, low_train)):
-        raise ValueError(f"{path}: the high teacher's labels do not match the low-fidelity frames of lmfp {size} seed {seed}")
+        (a.atoms.numbers != b.atoms.numbers).any() or abs(a.atoms.positions - b.atoms.positions).max() > 1e-6
+        for a, b in zip(relabelled, low_train)
+    ):
+        raise ValueError(
+            f"{path}: the high teacher's labels do not match the low-fidelity frames of lmfp {size} seed {seed}"
+        )
     return relabelled
 
 
-def with_gap(low_train: list[LabelledStructure], by_high: list[LabelledStructure], alpha: float) -> list[LabelledStructure]:
+def with_gap(
+    low_train: list[LabelledStructure], by_high: list[LabelledStructure], alpha: float
+) -> list[LabelledStructure]:
     """Low-fidelity frames labelled y_high + α (y_low − y_high) (energy, forces, stress; module docstring)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"the gap dial α must be in [0, 1], got {alpha}")
@@ -104,8 +111,9 @@ def with_gap(low_train: list[LabelledStructure], by_high: list[LabelledStructure
     return moved
 
 
-def load_lmfp_gap(alpha: float, size: str = "small", seed: int = 0,
-                  cache_dir: str | os.PathLike | None = None) -> dict[str, list[LabelledStructure]]:
+def load_lmfp_gap(
+    alpha: float, size: str = "small", seed: int = 0, cache_dir: str | os.PathLike | None = None
+) -> dict[str, list[LabelledStructure]]:
     """``load_lmfp(size, seed)`` with the low-fidelity labels at gap α (module docstring)."""
     data = dict(load_lmfp(size, seed, cache_dir))
     data["low_train"] = with_gap(data["low_train"], high_teacher_labels(size, seed, cache_dir), alpha)

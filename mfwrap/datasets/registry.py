@@ -169,22 +169,32 @@ def _lmfp(size: str | None, cache_dir: str | os.PathLike | None, gap: float | No
 
 def _li3ps4(size: str | None, cache_dir: str | os.PathLike | None) -> Pools:
     keys = {"pbesol": {"energy": "energy", "forces": "forces"}, "r2scan": {"energy": "mtt::r2scan_energy"}}
+
     def high_only(name: str) -> Records:
         return [r for r in read_fidelities(LI3PS4_DIR / name, keys) if r.fidelity == "r2scan"]
 
     train = read_fidelities(LI3PS4_DIR / "train.xyz", keys)  # each frame at both fidelities, read once
-    return Pools(high=[r for r in train if r.fidelity == "r2scan"], low=[r for r in train if r.fidelity == "pbesol"],
-                 test=high_only("test.xyz"), val=high_only("val.xyz"))
+    return Pools(
+        high=[r for r in train if r.fidelity == "r2scan"],
+        low=[r for r in train if r.fidelity == "pbesol"],
+        test=high_only("test.xyz"),
+        val=high_only("val.xyz"),
+    )
 
 
 def _lmfp_entry(gap: float | None) -> Dataset:
     from mfwrap.datasets.lmfp_frames import SIZES
 
     name = "lmfp" if gap is None else f"lmfp-gap{round(100 * gap)}"
-    return Dataset(name, ("low", "high"), "efsm", functools.partial(_lmfp, gap=gap),
-                   sizes=("small", *sorted(s for s in SIZES if s != "small")),
-                   regions={"mn_le_half": lambda record: mn_fraction(record) <= 0.5},
-                   variant_of=None if gap is None else "lmfp")
+    return Dataset(
+        name,
+        ("low", "high"),
+        "efsm",
+        functools.partial(_lmfp, gap=gap),
+        sizes=("small", *sorted(s for s in SIZES if s != "small")),
+        regions={"mn_le_half": lambda record: mn_fraction(record) <= 0.5},
+        variant_of=None if gap is None else "lmfp",
+    )
 
 
 DATASETS: dict[str, Dataset] = {

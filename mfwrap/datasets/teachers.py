@@ -52,7 +52,9 @@ class CHGNetTeacher:
         self.batch_size = batch_size
 
     def __call__(self, frames: list[Atoms], task: str) -> list[Prediction]:
-        structures = [Structure(Lattice(a.cell.array), a.numbers, a.positions, coords_are_cartesian=True) for a in frames]
+        structures = [
+            Structure(Lattice(a.cell.array), a.numbers, a.positions, coords_are_cartesian=True) for a in frames
+        ]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # chgnet's own tensor-to-scalar warning
             out = self.model.predict_structure(structures, task=task, batch_size=self.batch_size)

@@ -68,8 +68,15 @@ class FidelityComposition(nn.Module):
     (n, ...) with ``shape`` as the trailing dimensions) or is added to the total energy.
     """
 
-    def __init__(self, context: FidelityContext, initial: torch.Tensor, row_kind: str = STRUCTURE, shape: tuple[int, ...] = (),
-                 dtype: torch.dtype | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        context: FidelityContext,
+        initial: torch.Tensor,
+        row_kind: str = STRUCTURE,
+        shape: tuple[int, ...] = (),
+        dtype: torch.dtype | None = None,
+        name: str = "",
+    ) -> None:
         super().__init__()
         table = initial.to(dtype or torch.get_default_dtype()).unsqueeze(0).repeat(context.num_fidelities, 1)
         self.element_energies = nn.Parameter(table, requires_grad=False)

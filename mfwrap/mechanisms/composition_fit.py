@@ -68,11 +68,16 @@ def fit_linear_composition(
         ValueError: if no graph carries an energy label, or a label is NaN or inf.
     """
     labelled = [g for g in graphs if bool(g[K.mask_key(K.ENERGY)].all())]
-    bad = [i for i, g in enumerate(graphs)
-           if bool(g[K.mask_key(K.ENERGY)].all()) and not bool(torch.isfinite(g[K.ENERGY]).all())]
+    bad = [
+        i
+        for i, g in enumerate(graphs)
+        if bool(g[K.mask_key(K.ENERGY)].all()) and not bool(torch.isfinite(g[K.ENERGY]).all())
+    ]
     if bad:
-        raise ValueError(f"cannot fit a composition model: non-finite energy label in structure(s) {bad[:10]} "
-                         f"of the {len(graphs)} given")
+        raise ValueError(
+            f"cannot fit a composition model: non-finite energy label in structure(s) {bad[:10]} "
+            f"of the {len(graphs)} given"
+        )
     if not labelled:
         raise ValueError("cannot fit a composition model: no structure has an energy label")
     prior_np = np.zeros(num_elements) if prior is None else np.asarray(torch.as_tensor(prior).cpu(), dtype=np.float64)

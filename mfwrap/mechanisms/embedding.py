@@ -22,8 +22,15 @@ class FidelityEmbedding(nn.Module):
     (n_F, len(channels)).
     """
 
-    def __init__(self, embedding: nn.Module, context: FidelityContext, row_kind: str, features: int, name: str = "",
-                 channels: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        embedding: nn.Module,
+        context: FidelityContext,
+        row_kind: str,
+        features: int,
+        name: str = "",
+        channels: Tensor | None = None,
+    ) -> None:
         super().__init__()
         reference = next(embedding.parameters(), None)
         self.embedding = embedding

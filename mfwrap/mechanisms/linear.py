@@ -10,7 +10,6 @@ from torch.func import functional_call
 
 from mfwrap.fidelity import FidelityContext
 
-
 # Producers of a fresh output whose backward does not read that output: adding to it in place is safe.
 _IN_PLACE_SAFE = {"AddmmBackward0", "AddBackward0", "MmBackward0", "IndexSelectBackward0", "IndexAddBackward0"}
 
@@ -70,8 +69,16 @@ class FidelityLinear(nn.Module):
     would break rotational symmetry); W_F is then (len(channels), n_F).
     """
 
-    def __init__(self, linear: nn.Module, context: FidelityContext, row_kind: str, out_features: int, name: str = "",
-                 bias_path: str | None = None, channels: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        linear: nn.Module,
+        context: FidelityContext,
+        row_kind: str,
+        out_features: int,
+        name: str = "",
+        bias_path: str | None = None,
+        channels: Tensor | None = None,
+    ) -> None:
         super().__init__()
         reference = next(linear.parameters())
         self.linear = linear
@@ -93,7 +100,9 @@ class FidelityLinear(nn.Module):
             term = self._spread(per_row_term(self.fidelity_weight.t(), rows))
             return out + term.view(-1, *([1] * (out.dim() - 2)), out.shape[-1])
         uniform = self.context.uniform
-        base, other, other_fidelity = (uniform, None, None) if uniform is not None else self.context.majority(self.row_kind)
+        base, other, other_fidelity = (
+            (uniform, None, None) if uniform is not None else self.context.majority(self.row_kind)
+        )
         if self.bias_path is not None:
             bias = reduce(getattr, self.bias_path.split("."), self.linear) + self.fidelity_weight[:, base]
             out = functional_call(self.linear, {self.bias_path: bias}, args, kwargs)
@@ -104,7 +113,9 @@ class FidelityLinear(nn.Module):
         self.context.rows(self.row_kind, out.shape[0], self.name)
         if other is None:
             return out
-        delta = self._spread((self.fidelity_weight - self.fidelity_weight[:, base : base + 1]).t().index_select(0, other_fidelity))
+        delta = self._spread(
+            (self.fidelity_weight - self.fidelity_weight[:, base : base + 1]).t().index_select(0, other_fidelity)
+        )
         delta = delta.view(-1, *([1] * (out.dim() - 2)), out.shape[-1]).expand(-1, *out.shape[1:])
         return out.index_add_(0, other, delta) if owned else out.index_add(0, other, delta)
 

@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from mfwrap.fidelity import FidelityContext
 
+
 class _RoutedReadout(nn.Module, abc.ABC):
     """Routing shared by the readouts: each row i goes through ``apply_fidelity(f_i, rows)``.
 
@@ -36,7 +37,9 @@ class _RoutedReadout(nn.Module, abc.ABC):
         if self.context.dense:
             rows = self.context.rows(self.row_kind, x.shape[0], self.name)
             out = self.apply_fidelity(0, x)
-            for f in range(1, self.context.num_fidelities):  # where(), not a gather: inductor mis-strides gather's backward
+            for f in range(
+                1, self.context.num_fidelities
+            ):  # where(), not a gather: inductor mis-strides gather's backward
                 mine = (rows == f).view(-1, *([1] * (out.dim() - 1)))
                 out = torch.where(mine, self.apply_fidelity(f, x), out)
             return out
@@ -111,8 +114,12 @@ class ResidualFidelityReadout(_RoutedReadout):
     def __init__(self, readout: nn.Module, context: FidelityContext, row_kind: str, name: str = "") -> None:
         super().__init__(context, row_kind, name)
         self.shared = readout
-        self.residuals = nn.ModuleList([nn.ParameterList([nn.Parameter(torch.zeros_like(p)) for p in readout.parameters()])
-                                        for _ in range(context.num_fidelities)])
+        self.residuals = nn.ModuleList(
+            [
+                nn.ParameterList([nn.Parameter(torch.zeros_like(p)) for p in readout.parameters()])
+                for _ in range(context.num_fidelities)
+            ]
+        )
 
     def apply_fidelity(self, fidelity: int, x: Tensor) -> Tensor:
         parameters = {name: p + d for (name, p), d in zip(self.shared.named_parameters(), self.residuals[fidelity])}

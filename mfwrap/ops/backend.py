@@ -138,8 +138,9 @@ def get_backend(device: torch.device | str = "cpu") -> str:
     if (device_type, name) not in _logged:
         _logged.add((device_type, name))
         how = "automatic choice" if requested == "auto" else "requested"
-        logger.info("scatter backend for %s tensors: %s (%s; installed: %s)", device_type, name, how,
-                    ", ".join(_installed()))
+        logger.info(
+            "scatter backend for %s tensors: %s (%s; installed: %s)", device_type, name, how, ", ".join(_installed())
+        )
     return name
 
 

@@ -68,8 +68,9 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     ``torch.use_deterministic_algorithms(True)``, when it sorts the rows by destination instead.
     """
     if src.dim() == 0 or index.dim() != 1 or src.shape[0] != index.shape[0]:
-        raise ValueError(f"scatter_sum: need src (E, ...) and index (E,), "
-                         f"got {tuple(src.shape)} and {tuple(index.shape)}")
+        raise ValueError(
+            f"scatter_sum: need src (E, ...) and index (E,), got {tuple(src.shape)} and {tuple(index.shape)}"
+        )
     backend = get_backend(src.device)
     if backend == "torch":
         return src.new_zeros((dim_size, *src.shape[1:])).index_add(0, index, src)

@@ -34,8 +34,14 @@ _OPTIONS = {"enable_fp_fusion": False}
 
 @triton.jit
 def _sorted_segment_kernel(
-    src_ptr, out_ptr, seg_ptr, perm_ptr, num_features,
-    ACC_DTYPE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr,
+    src_ptr,
+    out_ptr,
+    seg_ptr,
+    perm_ptr,
+    num_features,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_F: tl.constexpr,
 ):
     segment = tl.program_id(0).to(tl.int64)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
@@ -55,8 +61,14 @@ def _sorted_segment_kernel(
 
 @triton.jit
 def _scatter_atomic_kernel(
-    src_ptr, index_ptr, out_ptr, num_rows, num_features, dim_size,
-    BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr,
+    src_ptr,
+    index_ptr,
+    out_ptr,
+    num_rows,
+    num_features,
+    dim_size,
+    BLOCK_E: tl.constexpr,
+    BLOCK_F: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
@@ -100,8 +112,17 @@ def _sorted_scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     block_e, block_f = _blocks(num_features)
     grid = (dim_size, triton.cdiv(num_features, block_f))
     acc_dtype = tl.float64 if src.dtype == torch.float64 else tl.float32
-    _sorted_segment_kernel[grid](src.contiguous(), out, ptr, perm, num_features,
-                                 ACC_DTYPE=acc_dtype, BLOCK_E=block_e, BLOCK_F=block_f, **_OPTIONS)
+    _sorted_segment_kernel[grid](
+        src.contiguous(),
+        out,
+        ptr,
+        perm,
+        num_features,
+        ACC_DTYPE=acc_dtype,
+        BLOCK_E=block_e,
+        BLOCK_F=block_f,
+        **_OPTIONS,
+    )
     return out
 
 
@@ -121,6 +142,7 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
         return out.to(src.dtype)
     block_e, block_f = _blocks(num_features)
     grid = (triton.cdiv(num_rows, block_e), triton.cdiv(num_features, block_f))
-    _scatter_atomic_kernel[grid](src.contiguous(), index, out, num_rows, num_features, dim_size,
-                                 BLOCK_E=block_e, BLOCK_F=block_f, **_OPTIONS)
+    _scatter_atomic_kernel[grid](
+        src.contiguous(), index, out, num_rows, num_features, dim_size, BLOCK_E=block_e, BLOCK_F=block_f, **_OPTIONS
+    )
     return out.to(src.dtype)

@@ -6,5 +6,12 @@ from mfwrap.train.loss import LossWeights, MultiTargetLoss
 from mfwrap.train.metrics import ErrorAccumulator, format_table
 from mfwrap.train.trainer import Trainer
 
-__all__ = ["TrainConfig", "LossWeights", "MultiTargetLoss", "ErrorAccumulator", "format_table", "Trainer",
-           "fit_composition"]
+__all__ = [
+    "TrainConfig",
+    "LossWeights",
+    "MultiTargetLoss",
+    "ErrorAccumulator",
+    "format_table",
+    "Trainer",
+    "fit_composition",
+]

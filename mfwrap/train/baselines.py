@@ -173,8 +173,9 @@ def initial_backbone(experiment: Experiment) -> nn.Module:
     return experiment.model.build_backbone()
 
 
-def _pretrain(experiment: Experiment, fidelities: Sequence[str], target: int, train, val, resume: bool,
-              base: nn.Module) -> tuple[nn.Module, dict]:
+def _pretrain(
+    experiment: Experiment, fidelities: Sequence[str], target: int, train, val, resume: bool, base: nn.Module
+) -> tuple[nn.Module, dict]:
     """Stage one of transfer / delta / warm start: the plain backbone ``base`` on every fidelity but the target."""
     others = set(range(len(fidelities))) - {target}
     low_train = _of_fidelity(train, others)
@@ -192,6 +193,7 @@ def paired_differences(high: Sequence[Data], low: Sequence[Data], tolerance: flo
     Structures match when species, positions and cell agree within ``tolerance`` Å. A label is
     present in the result where both fidelities have it. ValueError if any structure has no twin.
     """
+
     def key(graph: Data) -> tuple:
         rounded = torch.cat([graph[K.POSITIONS].flatten(), graph[K.CELL].flatten()]).double() / tolerance
         return tuple(graph[K.ATOMIC_NUMBERS].tolist()), tuple(torch.round(rounded).long().tolist())
@@ -214,9 +216,16 @@ def paired_differences(high: Sequence[Data], low: Sequence[Data], tolerance: flo
     return result
 
 
-def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Sequence[Data],
-                   val: Sequence[Data] | None = None, test: Sequence[Data] | None = None, *,
-                   resume: bool = False, backbone: nn.Module | None = None) -> dict[str, Any]:
+def run_experiment(
+    experiment: Experiment,
+    fidelities: Sequence[str],
+    train: Sequence[Data],
+    val: Sequence[Data] | None = None,
+    test: Sequence[Data] | None = None,
+    *,
+    resume: bool = False,
+    backbone: nn.Module | None = None,
+) -> dict[str, Any]:
     """Train ``experiment.method``; returns the final stage's summary (best epoch, val and test metrics).
 
     Graphs carry fidelity indices into ``fidelities`` and must be built with the backbone's
@@ -258,10 +267,16 @@ def run_experiment(experiment: Experiment, fidelities: Sequence[str], train: Seq
         return Trainer(model, final, fidelity_names=fidelities).fit(high_train, high_val, high_test, resume=resume)
     others = _of_fidelity(train, set(range(len(fidelities))) - {target})
     fitted = Trainer(correction, _stage(final, "correction"), fidelity_names=fidelities).fit(
-        paired_differences(high_train, others), resume=resume)
+        paired_differences(high_train, others), resume=resume
+    )
     evaluator = Trainer(model, final, fidelity_names=fidelities)
-    summary = {"best": None, "val": evaluator.evaluate(high_val) if high_val else None,
-               "test": evaluator.evaluate(high_test) if high_test else None, "stopped": False,
-               "steps": fitted.get("steps"), "epochs_run": fitted.get("epochs_run")}
+    summary = {
+        "best": None,
+        "val": evaluator.evaluate(high_val) if high_val else None,
+        "test": evaluator.evaluate(high_test) if high_test else None,
+        "stopped": False,
+        "steps": fitted.get("steps"),
+        "epochs_run": fitted.get("epochs_run"),
+    }
     evaluator.save_model(Path(final.output_dir) / "best.pt", {"epoch": None, **summary})
     return summary

@@ -23,8 +23,11 @@ from mfwrap.data import keys as K
 def rng_state() -> dict[str, Any]:
     """States of Python's, numpy's and torch's (CPU and CUDA) global generators, as plain values and tensors."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))}
+    state = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -42,14 +45,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def require_finite(model: nn.Module, path: str | Path) -> None:
     """RuntimeError naming the first parameters or buffers with NaN or inf: such weights are never written."""
-    bad = [name for name, value in model.state_dict().items()
-           if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    bad = [
+        name
+        for name, value in model.state_dict().items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
     if bad:
         raise RuntimeError(f"refusing to write {path}: non-finite values in {bad[:5]}{' ...' if len(bad) > 5 else ''}")
 
 
 def describe_structures(graphs: Sequence[Data], indices: Sequence[int], fidelity_names: Sequence[str]) -> str:
-    """"#index formula (fidelity name)" of each graph, for error messages."""
+    """ "#index formula (fidelity name)" of each graph, for error messages."""
     return ", ".join(
         f"#{i} {Symbols(g[K.ATOMIC_NUMBERS].cpu().numpy()).get_chemical_formula()} "
         f"(fidelity {fidelity_names[int(g[K.FIDELITY])] if int(g[K.FIDELITY]) < len(fidelity_names) else int(g[K.FIDELITY])!r})"

@@ -118,14 +118,19 @@ class TrainConfig:
         if self.scheduler not in ("cos", "constant", "plateau"):
             raise ValueError(f"scheduler must be 'cos', 'constant' or 'plateau', got {self.scheduler!r}")
         if self.plateau_patience < 1 or not 0.0 < self.plateau_factor < 1.0:
-            raise ValueError(f"plateau_patience must be >= 1 and plateau_factor in (0, 1), got {self.plateau_patience} "
-                             f"and {self.plateau_factor}")
+            raise ValueError(
+                f"plateau_patience must be >= 1 and plateau_factor in (0, 1), got {self.plateau_patience} "
+                f"and {self.plateau_factor}"
+            )
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for option in ("fidelity_loss_weights", "fidelity_sampling"):
-            bad = {name: value for name, value in getattr(self, option).items()
-                   if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0)}
+            bad = {
+                name: value
+                for name, value in getattr(self, option).items()
+                if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0)
+            }
             if bad:
                 raise ValueError(f"{option} must be finite and positive, got {bad}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -170,8 +175,12 @@ def _first_sentence(text: str) -> str:
     depth = 0
     for i, char in enumerate(text):
         depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "." and depth == 0 and (i + 1 == len(text) or text[i + 1] == " ") \
-                and not text[: i + 1].endswith(("e.g.", "i.e.")):
+        if (
+            char == "."
+            and depth == 0
+            and (i + 1 == len(text) or text[i + 1] == " ")
+            and not text[: i + 1].endswith(("e.g.", "i.e."))
+        ):
             return text[: i + 1]
     return text
 
@@ -184,7 +193,7 @@ def field_docs(cls: type) -> list[FieldDoc]:
     entries: dict[str, str] = {}
     if "Attributes:" in lines:
         name = None
-        for line in lines[lines.index("Attributes:") + 1:]:
+        for line in lines[lines.index("Attributes:") + 1 :]:
             entry = re.match(r"^ {4}(\w+): (.*)$", line)
             if entry:
                 name, entries[entry.group(1)] = entry.group(1), entry.group(2)

@@ -98,15 +98,18 @@ class DataConfig:
         if self.dataset is not None:
             names = get_dataset(self.dataset).fidelities
             if self.train or self.val or self.test:
-                raise ValueError(f"data: give either sources (train, val, test) or the dataset {self.dataset!r}, "
-                                 "not both")
+                raise ValueError(
+                    f"data: give either sources (train, val, test) or the dataset {self.dataset!r}, not both"
+                )
             missing = [name for name in names if name not in self.fidelities]
             if self.fidelities and missing:
                 raise ValueError(f"data: fidelities {self.fidelities} lack {missing} of the dataset {self.dataset!r}")
             self.fidelities = self.fidelities or list(names)
         elif not self.train:
-            raise ValueError("data: give training sources (data.train) or a registered dataset, e.g. data: {lmfp: {}}; "
-                             f"known datasets are {sorted(DATASETS)}")
+            raise ValueError(
+                "data: give training sources (data.train) or a registered dataset, e.g. data: {lmfp: {}}; "
+                f"known datasets are {sorted(DATASETS)}"
+            )
         used = {s.fidelity for split in (self.train, self.val, self.test) for s in split}
         self.fidelities = self.fidelities or sorted(used)
         unknown = used - set(self.fidelities)
@@ -120,8 +123,9 @@ class DataConfig:
         named = [key for key in values if key in DATASETS]
         unknown = [key for key in values if key not in fields and key not in DATASETS]
         if unknown:
-            raise ValueError(f"data: unknown key(s) {unknown}; known are {sorted(fields)} or a dataset of "
-                             f"{sorted(DATASETS)}")
+            raise ValueError(
+                f"data: unknown key(s) {unknown}; known are {sorted(fields)} or a dataset of {sorted(DATASETS)}"
+            )
         if len(named) > 1:
             raise ValueError(f"data: one dataset at a time, got {named}")
         kept = {key: value for key, value in values.items() if key in fields}
@@ -140,6 +144,8 @@ def load_data(config: DataConfig, spec: GraphSpec) -> tuple[list[Data], list[Dat
         splits = get_dataset(config.dataset).split(config.split)
         graphs = lambda records: to_graphs(records, spec, config.fidelities)  # noqa: E731
         return graphs(splits.train_low + splits.train_high), graphs(splits.val) or None, graphs(splits.test) or None
-    splits = [[g for source in sources for g in source.read(config.fidelities, spec)]
-              for sources in (config.train, config.val, config.test)]
+    splits = [
+        [g for source in sources for g in source.read(config.fidelities, spec)]
+        for sources in (config.train, config.val, config.test)
+    ]
     return splits[0], splits[1] or None, splits[2] or None

@@ -41,10 +41,12 @@ class DistributedContext:
         if not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             dist.init_process_group(backend=backend)
-        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(
+            rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0"))
+        )
 
     def device(self, requested: str) -> torch.device:
-        """"auto" → this process's GPU (cuda:LOCAL_RANK) if any, else CPU; otherwise as given."""
+        """ "auto" → this process's GPU (cuda:LOCAL_RANK) if any, else CPU; otherwise as given."""
         if requested == "auto":
             return torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
         return torch.device(requested)

@@ -86,8 +86,13 @@ def targets_to_compute(batch: Batch, targets: tuple[str, ...]) -> dict[str, bool
 class MultiTargetLoss(torch.nn.Module):
     """Weighted sum of masked Huber losses; see the module docstring for the formula."""
 
-    def __init__(self, targets: str = "efsm", weights: LossWeights | None = None, delta: float = 0.1,
-                 fidelity_weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        targets: str = "efsm",
+        weights: LossWeights | None = None,
+        delta: float = 0.1,
+        fidelity_weights: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
         self.targets = parse_targets(targets)
         self.weights = weights or LossWeights()
@@ -129,8 +134,11 @@ class MultiTargetLoss(torch.nn.Module):
             prediction, label = pred[target], batch[target]
             if target == K.ENERGY:
                 prediction, label = per_atom_energy(prediction, batch), per_atom_energy(label, batch)
-            weight = None if per_structure is None else (
-                per_structure.index_select(0, batch.batch) if target in K.PER_ATOM_TARGETS else per_structure)
+            weight = (
+                None
+                if per_structure is None
+                else (per_structure.index_select(0, batch.batch) if target in K.PER_ATOM_TARGETS else per_structure)
+            )
             summed = _masked_huber(prediction, label, mask, self.delta, weight)
             terms[target] = scale * summed / (counts[target] * _COMPONENTS[target])
             total = total + getattr(self.weights, target) * terms[target]

@@ -18,7 +18,12 @@ from mfwrap.data import keys as K
 from mfwrap.train.loss import per_atom_energy
 
 # Factor from mfwrap units (eV/atom, eV/Å, GPa, μB) to the reported ones.
-REPORT_UNITS = {K.ENERGY: ("meV/atom", 1000.0), K.FORCES: ("meV/Å", 1000.0), K.STRESS: ("GPa", 1.0), K.MAGMOMS: ("μB", 1.0)}
+REPORT_UNITS = {
+    K.ENERGY: ("meV/atom", 1000.0),
+    K.FORCES: ("meV/Å", 1000.0),
+    K.STRESS: ("GPa", 1.0),
+    K.MAGMOMS: ("μB", 1.0),
+}
 
 
 class ErrorAccumulator:
@@ -80,7 +85,9 @@ def format_table(columns: dict[str, dict[str, dict[str, dict[str, float]]]], fid
         for name in names:
             stats = columns[name].get(fidelity, {}).get(target)
             present |= stats is not None
-            row += f"{stats['mae']:>{width}.4g}{stats['rmse']:>{width}.4g}" if stats else f"{'-':>{width}}{'-':>{width}}"
+            row += (
+                f"{stats['mae']:>{width}.4g}{stats['rmse']:>{width}.4g}" if stats else f"{'-':>{width}}{'-':>{width}}"
+            )
         if present:
             lines.append(row)
     return "\n".join(lines)

@@ -79,8 +79,14 @@ class Trainer:
             :func:`mfwrap.model_file.describe_model`, or None when the model cannot be described.
     """
 
-    def __init__(self, model: nn.Module, config: TrainConfig, *, fidelity_names: Sequence[str] | None = None,
-                 architecture: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        *,
+        fidelity_names: Sequence[str] | None = None,
+        architecture: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.ctx = DistributedContext.from_env()
         self.device = self.ctx.device(config.device)
@@ -92,8 +98,12 @@ class Trainer:
             if unknown:
                 raise ValueError(f"{option} name {unknown}, not among the fidelities {self.fidelity_names}")
         weights = [float(config.fidelity_loss_weights.get(name, 1.0)) for name in self.fidelity_names]
-        self.criterion = MultiTargetLoss(config.targets, config.loss_weights, config.huber_delta,
-                                         fidelity_weights=weights if config.fidelity_loss_weights else None)
+        self.criterion = MultiTargetLoss(
+            config.targets,
+            config.loss_weights,
+            config.huber_delta,
+            fidelity_weights=weights if config.fidelity_loss_weights else None,
+        )
         self.targets = self.criterion.targets
         self.target_fidelity = config.target_fidelity or self.fidelity_names[-1]
         if self.target_fidelity not in self.fidelity_names:
@@ -139,12 +149,17 @@ class Trainer:
         ``len(fidelity)`` draws, ``round(share_f * n)`` of fidelity f (largest remainders), shuffled."""
         n = len(fidelity)
         present = fidelity.unique().tolist()
-        missing = [self.fidelity_names[f] for f in present if self.fidelity_names[f] not in self.config.fidelity_sampling]
+        missing = [
+            self.fidelity_names[f] for f in present if self.fidelity_names[f] not in self.config.fidelity_sampling
+        ]
         if missing:
-            raise ValueError(f"fidelity_sampling names no share for {missing}, which the training set has; "
-                             f"give a share to each of {[self.fidelity_names[f] for f in present]}")
-        shares = torch.tensor([float(self.config.fidelity_sampling[self.fidelity_names[f]]) for f in present],
-                              dtype=torch.float64)
+            raise ValueError(
+                f"fidelity_sampling names no share for {missing}, which the training set has; "
+                f"give a share to each of {[self.fidelity_names[f] for f in present]}"
+            )
+        shares = torch.tensor(
+            [float(self.config.fidelity_sampling[self.fidelity_names[f]]) for f in present], dtype=torch.float64
+        )
         exact = shares / shares.sum() * n
         counts = exact.floor().long()
         counts[torch.argsort(exact - counts, descending=True)[: n - int(counts.sum())]] += 1
@@ -165,7 +180,9 @@ class Trainer:
         for name, param in self.model.named_parameters():
             if any(name.startswith(prefix) for prefix in self.config.freeze):
                 param.requires_grad_(False)
-        unmatched = [p for p in self.config.freeze if not any(n.startswith(p) for n, _ in self.model.named_parameters())]
+        unmatched = [
+            p for p in self.config.freeze if not any(n.startswith(p) for n, _ in self.model.named_parameters())
+        ]
         if unmatched:
             raise ValueError(f"freeze prefixes {unmatched} match no parameter of {type(self.model).__name__}")
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -179,8 +196,14 @@ class Trainer:
 
         if self.config.scheduler == "plateau":  # stepped once per epoch on the validation metric
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, mode="min", factor=self.config.plateau_factor, patience=self.config.plateau_patience - 1,
-                threshold=0.0, min_lr=self.config.lr * floor, eps=0.0)
+                self.optimizer,
+                mode="min",
+                factor=self.config.plateau_factor,
+                patience=self.config.plateau_patience - 1,
+                threshold=0.0,
+                min_lr=self.config.lr * floor,
+                eps=0.0,
+            )
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
         selected = self.selected = _SelectOutputs(self.model, (K.ENERGY,))
@@ -191,8 +214,10 @@ class Trainer:
         self.step_model: nn.Module = selected
         if self.config.compile:
             if self.ctx.enabled:
-                raise ValueError("train.compile takes its derivatives inside the compiled graph, past DistributedDataParallel's "
-                                 "gradient hooks: use it with one process (or compile: false with several)")
+                raise ValueError(
+                    "train.compile takes its derivatives inside the compiled graph, past DistributedDataParallel's "
+                    "gradient hooks: use it with one process (or compile: false with several)"
+                )
             backend = {} if self.config.compile is True else {"backend": self.config.compile}
             self.step_model = compile_model(self.model, **backend)
 
@@ -206,16 +231,21 @@ class Trainer:
             stacked = self.ctx.sum_(torch.stack(list(counts.values())))
             counts = dict(zip(counts, stacked))
         need = targets_to_compute(batch, self.targets)
-        self.selected.keys = (K.ENERGY,) + ((K.MAGMOMS,) if K.MAGMOMS in counts and float(counts[K.MAGMOMS]) > 0 else ())
+        self.selected.keys = (K.ENERGY,) + (
+            (K.MAGMOMS,) if K.MAGMOMS in counts and float(counts[K.MAGMOMS]) > 0 else ()
+        )
         started = time.perf_counter() if self.compile_seconds is None and self.config.compile else None
         try:
-            pred = energy_and_derivatives(self.step_model, batch, forces=need[K.FORCES], stress=need[K.STRESS], create_graph=True)
+            pred = energy_and_derivatives(
+                self.step_model, batch, forces=need[K.FORCES], stress=need[K.STRESS], create_graph=True
+            )
         except torch._dynamo.exc.TorchDynamoException as error:  # compilation, not the data: say what to do
             raise RuntimeError(
                 f"compiling the training step (train.compile: {self.config.compile!r}) failed under torch {torch.__version__}: "
                 f"{str(error).splitlines()[0]}. The compiled path is tested on torch 2.13 and fails inside torch.compile on "
                 f"2.11 (seen on CPU and CUDA); set train.compile: false to train with eager steps "
-                f"(`mfwrap bench ... --eager` in the suite)") from error
+                f"(`mfwrap bench ... --eager` in the suite)"
+            ) from error
         loss, terms = self.criterion(pred, batch, counts, scale=float(self.ctx.world_size))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -231,7 +261,11 @@ class Trainer:
         self._step_schedule()
         if started is not None:  # the first compiled step: compilation + one step
             self.compile_seconds = time.perf_counter() - started
-            log.info("compiled the training step in %.1f s (inductor's cache: %s)", self.compile_seconds, inductor_cache_dir())
+            log.info(
+                "compiled the training step in %.1f s (inductor's cache: %s)",
+                self.compile_seconds,
+                inductor_cache_dir(),
+            )
         return loss.detach()
 
     def _step_schedule(self) -> None:
@@ -246,9 +280,18 @@ class Trainer:
             self.skipped_batches += 1
             return
         bad_terms = [t for t, value in terms.items() if not bool(torch.isfinite(value.detach()))]
-        bad_grads = [n for n, p in self.model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-        where = (f"loss term(s) {bad_terms}" if bad_terms else f"gradient of {bad_grads[:5]}" if bad_grads
-                 else "another process's batch" if bool(torch.isfinite(loss.detach())) else "the loss")
+        bad_grads = [
+            n for n, p in self.model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+        ]
+        where = (
+            f"loss term(s) {bad_terms}"
+            if bad_terms
+            else f"gradient of {bad_grads[:5]}"
+            if bad_grads
+            else "another process's batch"
+            if bool(torch.isfinite(loss.detach()))
+            else "the loss"
+        )
         structures = describe_structures([graphs[i] for i in local.tolist()], local.tolist(), self.fidelity_names)
         raise FloatingPointError(
             f"non-finite value in {where} at optimiser step {self.scheduler.last_epoch + 1}; this process's training "
@@ -278,10 +321,14 @@ class Trainer:
         if not at_target:
             raise ValueError(f"no validation labels at the target fidelity {self.target_fidelity!r}")
         if self.config.best_metric == "weighted_mae":
-            return sum(getattr(self.config.loss_weights, t) * at_target[t]["mae"] / REPORT_UNITS[t][1] for t in at_target)
+            return sum(
+                getattr(self.config.loss_weights, t) * at_target[t]["mae"] / REPORT_UNITS[t][1] for t in at_target
+            )
         target, _, kind = self.config.best_metric.rpartition("_")
         if target not in at_target or kind not in ("mae", "rmse"):
-            raise ValueError(f"best_metric {self.config.best_metric!r} not available; validation has {sorted(at_target)}")
+            raise ValueError(
+                f"best_metric {self.config.best_metric!r} not available; validation has {sorted(at_target)}"
+            )
         return at_target[target][kind]
 
     # ----------------------------------------------------------------- checkpoints and logs
@@ -290,24 +337,45 @@ class Trainer:
         targets) and ``extra`` to ``path``; refuses non-finite weights."""
         if self.ctx.is_main:
             require_finite(self.model, path)
-            save_model(self.model, path, architecture=self.architecture, fidelity_names=self.fidelity_names,
-                       targets=self.config.targets, target_fidelity=self.target_fidelity, **(extra or {}))
+            save_model(
+                self.model,
+                path,
+                architecture=self.architecture,
+                fidelity_names=self.fidelity_names,
+                targets=self.config.targets,
+                target_fidelity=self.target_fidelity,
+                **(extra or {}),
+            )
 
     def _save_last(self, epoch: int, step_in_epoch: int, global_step: int, num_train: int) -> None:
         loss_sums = torch.zeros(self.ctx.world_size, dtype=torch.float64)  # each process's share of the epoch's loss
         loss_sums[self.ctx.rank] = self.epoch_loss_sum
-        self.save_model(self.out_dir / "last.pt", {
-            "config": self.config.to_dict(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "num_train": num_train, "epoch_loss_sum": self.ctx.sum_(loss_sums).tolist(), "skipped_batches": self.skipped_batches,
-            "history": self.history, "best": self.best})
+        self.save_model(
+            self.out_dir / "last.pt",
+            {
+                "config": self.config.to_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(),
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": global_step,
+                "num_train": num_train,
+                "epoch_loss_sum": self.ctx.sum_(loss_sums).tolist(),
+                "skipped_batches": self.skipped_batches,
+                "history": self.history,
+                "best": self.best,
+            },
+        )
         self.ctx.barrier()
 
     def _resume(self, num_train: int) -> tuple[int, int, int]:
         state = read_payload(self.out_dir / "last.pt", map_location=self.device)
         changed = resume_conflicts(state["config"], self.config)
         if changed or state["num_train"] != num_train:
-            raise ValueError(f"cannot resume {self.out_dir / 'last.pt'}: options {changed} or the training set size differ")
+            raise ValueError(
+                f"cannot resume {self.out_dir / 'last.pt'}: options {changed} or the training set size differ"
+            )
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -322,11 +390,29 @@ class Trainer:
     def _log(self, epoch: int, split: str, metrics: dict[str, dict[str, dict[str, float]]], **extra: float) -> None:
         for fidelity, per_target in metrics.items():
             for target, stats in per_target.items():
-                self.history.append({"epoch": epoch, "split": split, "fidelity": fidelity, "target": target,
-                                     "unit": REPORT_UNITS[target][0], **stats})
+                self.history.append(
+                    {
+                        "epoch": epoch,
+                        "split": split,
+                        "fidelity": fidelity,
+                        "target": target,
+                        "unit": REPORT_UNITS[target][0],
+                        **stats,
+                    }
+                )
         for name, value in extra.items():
-            self.history.append({"epoch": epoch, "split": split, "fidelity": "all", "target": name, "unit": "",
-                                 "mae": value, "rmse": math.nan, "count": math.nan})
+            self.history.append(
+                {
+                    "epoch": epoch,
+                    "split": split,
+                    "fidelity": "all",
+                    "target": name,
+                    "unit": "",
+                    "mae": value,
+                    "rmse": math.nan,
+                    "count": math.nan,
+                }
+            )
 
     def _write_logs(self, summary: dict[str, Any] | None = None) -> None:
         if not self.ctx.is_main:
@@ -335,13 +421,25 @@ class Trainer:
         columns = ["epoch", "split", "fidelity", "target", "unit", "mae", "rmse", "count"]
         lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in self.history]
         write_text(self.out_dir / "metrics.csv", "\n".join(lines) + "\n")
-        record = {"config": self.config.to_dict(), "fidelity_names": self.fidelity_names, "best": self.best,
-                  "history": self.history, **(summary or {})}
+        record = {
+            "config": self.config.to_dict(),
+            "fidelity_names": self.fidelity_names,
+            "best": self.best,
+            "history": self.history,
+            **(summary or {}),
+        }
         write_text(self.out_dir / "metrics.json", json.dumps(record, indent=1, default=float))
 
     # ----------------------------------------------------------------- main loop
-    def fit(self, train: Sequence[Data], val: Sequence[Data] | None = None, test: Sequence[Data] | None = None, *,
-            resume: bool = False, stop_after_steps: int | None = None) -> dict[str, Any]:
+    def fit(
+        self,
+        train: Sequence[Data],
+        val: Sequence[Data] | None = None,
+        test: Sequence[Data] | None = None,
+        *,
+        resume: bool = False,
+        stop_after_steps: int | None = None,
+    ) -> dict[str, Any]:
         """Train, validating each epoch; finally evaluate the best checkpoint on ``test``.
 
         Args:
@@ -358,8 +456,10 @@ class Trainer:
         if val is None and self.config.val_fraction > 0:
             train, val = self.split_validation(train)
         if self.config.scheduler == "plateau" and not val:
-            raise ValueError("scheduler 'plateau' lowers the learning rate when the validation error stops improving: "
-                             "give validation frames (val=..., or val_fraction > 0)")
+            raise ValueError(
+                "scheduler 'plateau' lowers the learning rate when the validation error stops improving: "
+                "give validation frames (val=..., or val_fraction > 0)"
+            )
         train = list(train)
         self._train_fidelity = torch.tensor([int(g[K.FIDELITY]) for g in train], dtype=torch.long)
         steps_per_epoch = len(self._batches_of_epoch(len(train), 0))
@@ -376,14 +476,25 @@ class Trainer:
                 fit_composition(self.model, train)
 
         self.model.train()
-        epochs = tqdm(range(start_epoch, self.config.epochs), desc="epochs", disable=not self.show_progress,
-                      initial=start_epoch, total=self.config.epochs)
+        epochs = tqdm(
+            range(start_epoch, self.config.epochs),
+            desc="epochs",
+            disable=not self.show_progress,
+            initial=start_epoch,
+            total=self.config.epochs,
+        )
         for epoch in epochs:
             if val and self.config.patience and epoch - 1 - self.best["epoch"] >= self.config.patience:
                 break  # no improvement on validation for `patience` epochs
             batches = self._batches_of_epoch(len(train), epoch)
-            for step in tqdm(range(start_step, len(batches)), desc=f"epoch {epoch}", leave=False,
-                             disable=not self.show_progress, initial=start_step, total=len(batches)):
+            for step in tqdm(
+                range(start_step, len(batches)),
+                desc=f"epoch {epoch}",
+                leave=False,
+                disable=not self.show_progress,
+                initial=start_step,
+                total=len(batches),
+            ):
                 self.epoch_loss_sum += float(self.train_step(train, batches[step]))
                 global_step += 1
                 done = stop_after_steps is not None and global_step >= stop_after_steps
@@ -407,8 +518,15 @@ class Trainer:
             self.scheduler.step(value)
         extra = {"compile_seconds": self.compile_seconds} if self.compile_seconds is not None else {}
         # lr: what the next step uses (after this epoch's steps, or its plateau reduction)
-        self._log(epoch, "train", {}, loss=mean_loss, lr=self.scheduler.get_last_lr()[0], skipped_batches=self.skipped_batches,
-                  **extra)
+        self._log(
+            epoch,
+            "train",
+            {},
+            loss=mean_loss,
+            lr=self.scheduler.get_last_lr()[0],
+            skipped_batches=self.skipped_batches,
+            **extra,
+        )
         self._log(epoch, "val", metrics)
         if value < self.best["value"]:
             self.best = {"value": value, "epoch": epoch, "metric": self.config.best_metric}
@@ -423,9 +541,16 @@ class Trainer:
         if test_metrics is not None:
             self._log(best["epoch"], "test", test_metrics)
         epochs_run = 1 + max((row["epoch"] for row in self.history if row["split"] == "train"), default=-1)
-        summary = {"best": self.best, "val": best["val"], "test": test_metrics, "stopped": False,
-                   "skipped_batches": self.skipped_batches, "compile_seconds": self.compile_seconds,
-                   "epochs_run": epochs_run, "steps": self.steps_done}
+        summary = {
+            "best": self.best,
+            "val": best["val"],
+            "test": test_metrics,
+            "stopped": False,
+            "skipped_batches": self.skipped_batches,
+            "compile_seconds": self.compile_seconds,
+            "epochs_run": epochs_run,
+            "steps": self.steps_done,
+        }
         self._write_logs(summary)
         return summary
 

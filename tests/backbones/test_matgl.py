@@ -37,12 +37,29 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
 from tiny_backbone import labelled_graphs  # noqa: E402
 
 SMALL = {  # tiny sizes and short cutoffs: a few thousand parameters, tens of edges per atom
-    MatglM3GNet: {"dim_node_embedding": 16, "dim_edge_embedding": 16, "units": 16, "nblocks": 2, "cutoff": 4.0,
-                  "threebody_cutoff": 3.0},
+    MatglM3GNet: {
+        "dim_node_embedding": 16,
+        "dim_edge_embedding": 16,
+        "units": 16,
+        "nblocks": 2,
+        "cutoff": 4.0,
+        "threebody_cutoff": 3.0,
+    },
     MatglTensorNet: {"units": 16, "nblocks": 2, "num_rbf": 8, "cutoff": 4.0},
-    MatglCHGNet: {"dim_atom_embedding": 16, "dim_bond_embedding": 16, "dim_angle_embedding": 16, "num_blocks": 3,
-                  "atom_conv_hidden_dims": [16], "bond_update_hidden_dims": [16], "bond_conv_hidden_dims": [16],
-                  "final_hidden_dims": [16], "max_n": 5, "max_f": 3, "cutoff": 4.5, "threebody_cutoff": 3.0},
+    MatglCHGNet: {
+        "dim_atom_embedding": 16,
+        "dim_bond_embedding": 16,
+        "dim_angle_embedding": 16,
+        "num_blocks": 3,
+        "atom_conv_hidden_dims": [16],
+        "bond_update_hidden_dims": [16],
+        "bond_conv_hidden_dims": [16],
+        "final_hidden_dims": [16],
+        "max_n": 5,
+        "max_f": 3,
+        "cutoff": 4.5,
+        "threebody_cutoff": 3.0,
+    },
 }
 ADAPTERS = list(SMALL)
 IDS = ["m3gnet", "tensornet", "chgnet"]
@@ -70,12 +87,15 @@ def _matgl_graph(network, atoms):
     from pymatgen.core import Molecule, Structure
 
     if atoms.pbc.any():
-        structure = Structure(atoms.cell.array, atoms.get_chemical_symbols(), atoms.positions, coords_are_cartesian=True)
+        structure = Structure(
+            atoms.cell.array, atoms.get_chemical_symbols(), atoms.positions, coords_are_cartesian=True
+        )
         graph, _, _ = Structure2Graph(network.element_types, network.cutoff).get_graph(structure)
         graph.frac_coords = torch.tensor(atoms.get_scaled_positions(wrap=False))
         return graph, torch.tensor(atoms.cell.array).unsqueeze(0)
     graph, _, _ = Molecule2Graph(network.element_types, network.cutoff).get_graph(
-        Molecule(atoms.get_chemical_symbols(), atoms.positions))
+        Molecule(atoms.get_chemical_symbols(), atoms.positions)
+    )
     graph.frac_coords = torch.tensor(atoms.positions)  # molecules: Cartesian, identity lattice
     return graph, torch.eye(3, dtype=torch.float64).unsqueeze(0)
 
@@ -94,8 +114,12 @@ def test_equals_matgl_potential_on_matgl_graph(cls):
     assert type(adapter) is cls and adapter.model is network  # the same modules, not copies
     for name, atoms in _structures().items():
         energy, forces, stress, _ = potential(*_matgl_graph(network, atoms))
-        ours = energy_and_derivatives(adapter, Batch.from_data_list([to_graph(atoms, adapter.graph_spec, dtype=torch.float64)]))
-        torch.testing.assert_close(ours[K.ENERGY].detach(), energy.detach().reshape(1), rtol=1e-10, atol=1e-10, msg=name)
+        ours = energy_and_derivatives(
+            adapter, Batch.from_data_list([to_graph(atoms, adapter.graph_spec, dtype=torch.float64)])
+        )
+        torch.testing.assert_close(
+            ours[K.ENERGY].detach(), energy.detach().reshape(1), rtol=1e-10, atol=1e-10, msg=name
+        )
         scale = float(forces.detach().abs().max())
         torch.testing.assert_close(ours[K.FORCES], forces, rtol=1e-10, atol=1e-10 * scale, msg=name)
         assert scale > 1e-2
@@ -109,8 +133,10 @@ def test_wrapped_equals_bare_at_initialisation_and_keeps_symmetry(cls, tmp_path)
     mf = mfwrap.MultiFidelity(backbone, ["low", "high"], "ECMR")  # runs the symmetry check; a failure raises
     assert mf.surgery.symmetry.startswith("symmetry checked")
     assert {letter: mf.surgery.count(letter) for letter in "ECMR"} == {
-        MatglM3GNet: {"E": 1, "C": 1, "M": 14, "R": 1}, MatglTensorNet: {"E": 1, "C": 1, "M": 4, "R": 1},
-        MatglCHGNet: {"E": 1, "C": 1, "M": 20, "R": 1}}[cls]
+        MatglM3GNet: {"E": 1, "C": 1, "M": 14, "R": 1},
+        MatglTensorNet: {"E": 1, "C": 1, "M": 4, "R": 1},
+        MatglCHGNet: {"E": 1, "C": 1, "M": 20, "R": 1},
+    }[cls]
     structures = list(_structures().values())
     bare = mfwrap.predict(backbone, structures)
     for fidelity in ("low", "high"):
@@ -138,7 +164,9 @@ def test_multi_fidelity_training_reduces_the_error(cls, tmp_path):
     spec = _adapter(cls).graph_spec
     train = labelled_graphs(8, 0, 0, spec, magmoms=False) + labelled_graphs(8, 1, 1, spec, magmoms=False)
     test = labelled_graphs(4, 2, 0, spec, magmoms=False) + labelled_graphs(4, 3, 1, spec, magmoms=False)
-    config = TrainConfig(epochs=4, batch_size=4, lr=0.005, targets="ef", output_dir=str(tmp_path), progress=False, seed=0)
+    config = TrainConfig(
+        epochs=4, batch_size=4, lr=0.005, targets="ef", output_dir=str(tmp_path), progress=False, seed=0
+    )
     untrained = Trainer(mfwrap.MultiFidelity(_adapter(cls), ["low", "high"], "ECMR"), config)
     untrained.model.fit_composition(untrained.split_validation(train)[0])  # as fit does, so only the steps differ
     before = untrained.evaluate(test)
@@ -151,7 +179,9 @@ def test_multi_fidelity_training_reduces_the_error(cls, tmp_path):
 def test_unknown_element_and_unsupported_models_are_clear_errors():
     model = MatglTensorNet(element_types=("Li", "O"), units=8, nblocks=1, num_rbf=4, cutoff=3.0)
     atoms = _structures()["crystal"]
-    with pytest.raises(ValueError, match=r"element Fe \(Z = 26\) is not among the model's element_types \(2 elements: Li, O\)"):
+    with pytest.raises(
+        ValueError, match=r"element Fe \(Z = 26\) is not among the model's element_types \(2 elements: Li, O\)"
+    ):
         mfwrap.predict(model, atoms)
     with pytest.raises(ValueError, match="is_intensive=False"):
         MatglM3GNet(is_intensive=True, units=8, dim_node_embedding=8, dim_edge_embedding=8, nblocks=1)
@@ -164,7 +194,9 @@ def test_unknown_element_and_unsupported_models_are_clear_errors():
 
 
 def test_importing_mfwrap_and_backbones_does_not_import_matgl():
-    code = "import sys, mfwrap, backbones, backbones.matgl, backbones.pyg; assert 'matgl' not in sys.modules, 'imported'"
+    code = (
+        "import sys, mfwrap, backbones, backbones.matgl, backbones.pyg; assert 'matgl' not in sys.modules, 'imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 

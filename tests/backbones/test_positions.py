@@ -54,7 +54,9 @@ def test_equals_the_models_own_call_and_the_periodic_adapter_on_molecules(net):
 
 
 def test_a_crystal_is_refused_naming_the_structure(net):
-    with pytest.raises(ValueError, match=r"structure\(s\) \[1\] .*periodic images of neighbours within 4.0 Å; SchNet's forward"):
+    with pytest.raises(
+        ValueError, match=r"structure\(s\) \[1\] .*periodic images of neighbours within 4.0 Å; SchNet's forward"
+    ):
         mfwrap.predict(PositionsModel.wrap(net), [_molecules()[0], lifepo4()])
 
 
@@ -69,7 +71,9 @@ def test_multi_fidelity_on_it_keeps_identity_and_symmetry_and_saves_when_rebuild
             assert a["energy"] == pytest.approx(b["energy"], abs=1e-5)
     mf.save(tmp_path / "mf.pt")
     again = mfwrap.load(tmp_path / "mf.pt")
-    for a, b in zip(mfwrap.predict(again, structures, fidelity="ccsd"), mfwrap.predict(mf, structures, fidelity="ccsd")):
+    for a, b in zip(
+        mfwrap.predict(again, structures, fidelity="ccsd"), mfwrap.predict(mf, structures, fidelity="ccsd")
+    ):
         assert a["energy"] == pytest.approx(b["energy"], abs=1e-6)
     with pytest.raises(TypeError, match="cannot be rebuilt"):
         mfwrap.MultiFidelity(PositionsModel.wrap(net), ["dft", "ccsd"], "R", spec=SPEC).save(tmp_path / "no.pt")

@@ -46,8 +46,14 @@ def _molecule_graph(spec):
 
 def test_schnet_equals_pyg_forward(pyg_without_extensions):
     torch.manual_seed(0)
-    adapter = SchNet(hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=10, cutoff=4.0,
-                     atomref=torch.linspace(-3, 0, 100))
+    adapter = SchNet(
+        hidden_channels=16,
+        num_filters=16,
+        num_interactions=2,
+        num_gaussians=10,
+        cutoff=4.0,
+        atomref=torch.linspace(-3, 0, 100),
+    )
     reference = pyg_schnet.SchNet(16, 16, 2, 10, 4.0, atomref=torch.zeros(100, 1))
     reference.embedding, reference.interactions = adapter.embedding, adapter.interactions
     reference.lin1, reference.lin2, reference.atomref = adapter.readout[0], adapter.readout[2], adapter.atomref
@@ -59,8 +65,17 @@ def test_schnet_equals_pyg_forward(pyg_without_extensions):
 
 def test_dimenet_equals_pyg_forward(pyg_without_extensions):
     torch.manual_seed(0)
-    adapter = DimeNetPlusPlus(hidden_channels=16, num_blocks=2, int_emb_size=8, basis_emb_size=4, out_emb_channels=16,
-                              num_spherical=3, num_radial=4, cutoff=4.0, output_initializer="glorot_orthogonal")
+    adapter = DimeNetPlusPlus(
+        hidden_channels=16,
+        num_blocks=2,
+        int_emb_size=8,
+        basis_emb_size=4,
+        out_emb_channels=16,
+        num_spherical=3,
+        num_radial=4,
+        cutoff=4.0,
+        output_initializer="glorot_orthogonal",
+    )
     reference = pyg_dimenet.DimeNetPlusPlus(16, 1, 2, 8, 4, 16, 3, 4, cutoff=4.0)
     reference.rbf, reference.sbf, reference.emb = adapter.rbf, adapter.sbf, adapter.emb
     reference.interaction_blocks = adapter.interaction_blocks
@@ -71,11 +86,24 @@ def test_dimenet_equals_pyg_forward(pyg_without_extensions):
     torch.testing.assert_close(adapter(Batch.from_data_list([graph]))[K.ENERGY], expected.reshape(1))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: SchNet(hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=10, cutoff=4.5),
-    lambda: DimeNetPlusPlus(hidden_channels=16, num_blocks=1, int_emb_size=8, basis_emb_size=4, out_emb_channels=16,
-                            num_spherical=3, num_radial=4, cutoff=3.5, output_initializer="glorot_orthogonal"),
-], ids=["schnet", "dimenet"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SchNet(hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=10, cutoff=4.5),
+        lambda: DimeNetPlusPlus(
+            hidden_channels=16,
+            num_blocks=1,
+            int_emb_size=8,
+            basis_emb_size=4,
+            out_emb_channels=16,
+            num_spherical=3,
+            num_radial=4,
+            cutoff=3.5,
+            output_initializer="glorot_orthogonal",
+        ),
+    ],
+    ids=["schnet", "dimenet"],
+)
 def test_periodic_images_make_energy_extensive(make):
     torch.manual_seed(0)
     model = make()
@@ -97,16 +125,24 @@ def test_reverse_edges_pairs_each_edge_with_its_opposite():
 
 
 def test_an_existing_pyg_schnet_is_adapted_with_its_weights(pyg_without_extensions, tmp_path):
-    import mfwrap
     from ase import Atoms
     from torch_geometric.nn import models as pyg_models
 
+    import mfwrap
     from backbones.pyg import adapt
     from mfwrap import MultiFidelity
 
     torch.manual_seed(3)
-    net = pyg_models.SchNet(hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=10, cutoff=4.0,
-                            mean=-0.5, std=2.0, atomref=torch.linspace(-3, -1, 100).view(-1, 1))
+    net = pyg_models.SchNet(
+        hidden_channels=16,
+        num_filters=16,
+        num_interactions=2,
+        num_gaussians=10,
+        cutoff=4.0,
+        mean=-0.5,
+        std=2.0,
+        atomref=torch.linspace(-3, -1, 100).view(-1, 1),
+    )
     molecule = Atoms([8, 1, 1, 6], positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0], [1.2, 1.4, 0.3]])
     own = float(net(torch.tensor(molecule.numbers), torch.tensor(molecule.positions, dtype=torch.float32)))
     backbone = adapt(net)
@@ -115,7 +151,9 @@ def test_an_existing_pyg_schnet_is_adapted_with_its_weights(pyg_without_extensio
     mf = MultiFidelity(backbone, ["pbe", "r2scan"], "ECMR")  # identity at initialisation
     assert mfwrap.predict(mf, molecule, fidelity="r2scan")[0]["energy"] == pytest.approx(own, rel=1e-5)
     mf.save(tmp_path / "adapted.pt")  # rebuilt from the adapter's config, weights from the file
-    assert mfwrap.predict(mfwrap.load(tmp_path / "adapted.pt"), molecule, fidelity="r2scan")[0]["energy"] == pytest.approx(own, rel=1e-5)
+    assert mfwrap.predict(mfwrap.load(tmp_path / "adapted.pt"), molecule, fidelity="r2scan")[0][
+        "energy"
+    ] == pytest.approx(own, rel=1e-5)
     with pytest.raises(TypeError, match="cannot adapt a Linear"):
         adapt(torch.nn.Linear(2, 2))
 
@@ -124,8 +162,22 @@ def test_an_existing_pyg_dimenet_is_adapted_with_its_weights(pyg_without_extensi
     from backbones.pyg import adapt
 
     torch.manual_seed(5)
-    net = pyg_dimenet.DimeNetPlusPlus(16, 1, 2, 8, 4, 16, 3, 4, cutoff=4.0, envelope_exponent=6, num_before_skip=2,
-                                      num_after_skip=1, num_output_layers=2, output_initializer="glorot_orthogonal")
+    net = pyg_dimenet.DimeNetPlusPlus(
+        16,
+        1,
+        2,
+        8,
+        4,
+        16,
+        3,
+        4,
+        cutoff=4.0,
+        envelope_exponent=6,
+        num_before_skip=2,
+        num_after_skip=1,
+        num_output_layers=2,
+        output_initializer="glorot_orthogonal",
+    )
     backbone = adapt(net)
     assert backbone.config["envelope_exponent"] == 6 and backbone.config["num_before_skip"] == 2
     assert backbone.config["num_output_layers"] == 2 and backbone.interaction_blocks is net.interaction_blocks

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk, molecule
-
 from torch_geometric.data import Batch
 
 import mfwrap
@@ -30,8 +29,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:No tensor product accelerator") 
 sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
 from tiny_backbone import labelled_graphs, random_structures  # noqa: E402
 
-SMALL = {"chemical_species": ["Li", "O", "Fe", "P"], "channel": 8, "lmax": 1, "num_convolution_layer": 2,
-         "cutoff": 4.0, "weight_nn_hidden_neurons": [16]}  # Li, O, Fe, P: the elements of mfwrap's probes
+SMALL = {
+    "chemical_species": ["Li", "O", "Fe", "P"],
+    "channel": 8,
+    "lmax": 1,
+    "num_convolution_layer": 2,
+    "cutoff": 4.0,
+    "weight_nn_hidden_neurons": [16],
+}  # Li, O, Fe, P: the elements of mfwrap's probes
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +50,10 @@ def cells():
     silicon = bulk("Si", "diamond", a=5.43) * (2, 1, 1)
     salt = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
     for atoms, strain, seed in ((silicon, 0.01, 1), (salt, -0.02, 2)):
-        atoms.set_cell(atoms.cell.array @ (np.eye(3) + strain * np.array([[1, 0.3, 0], [0.3, -0.5, 0], [0, 0, 0.2]])),
-                       scale_atoms=True)
+        atoms.set_cell(
+            atoms.cell.array @ (np.eye(3) + strain * np.array([[1, 0.3, 0], [0.3, -0.5, 0], [0, 0, 0.2]])),
+            scale_atoms=True,
+        )
         atoms.rattle(0.05, seed=seed)
     ethanol = molecule("CH3CH2OH")
     ethanol.cell, ethanol.pbc = np.eye(3) * 12.0, True
@@ -173,8 +180,16 @@ def test_multifidelity_training_reduces_the_loss(tmp_path):
     mf = mfwrap.MultiFidelity(SevenNet(**SMALL), ["low", "high"], "ECMR")
     spec = mf.graph_spec
     train = labelled_graphs(8, 0, 0, spec, magmoms=False) + labelled_graphs(4, 1, 1, spec, magmoms=False)
-    config = TrainConfig(epochs=4, batch_size=4, lr=0.01, targets="ef", val_fraction=0.0, seed=0,
-                         output_dir=str(tmp_path), progress=False)
+    config = TrainConfig(
+        epochs=4,
+        batch_size=4,
+        lr=0.01,
+        targets="ef",
+        val_fraction=0.0,
+        seed=0,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     trainer = Trainer(mf, config)
     before = trainer.evaluate(train)
     trainer.fit(train)
@@ -237,7 +252,9 @@ def test_a_multi_modal_sevenn_model_equals_sevenn_at_each_modality():
         SevenNet(**config)
     rebuilt = MultiModalSevenNet(**adapter.config)  # the config (sevenn's modal keys) rebuilds it
     rebuilt.load_state_dict(adapter.state_dict())
-    assert mfwrap.predict(rebuilt, structures[0], fidelity="high")[0]["energy"] == pytest.approx(high["energy"], abs=1e-6)
+    assert mfwrap.predict(rebuilt, structures[0], fidelity="high")[0]["energy"] == pytest.approx(
+        high["energy"], abs=1e-6
+    )
 
 
 def test_sevennet_mf_0_equals_sevenn_calculator_at_each_modality(cells):
@@ -262,8 +279,16 @@ def test_fit_composition_sets_the_shift_per_modality_and_the_trainer_trains(tmp_
     model = MultiModalSevenNet(**SMALL, modalities=MODALITIES)
     spec = model.graph_spec
     train = labelled_graphs(6, 0, 0, spec, magmoms=False) + labelled_graphs(4, 1, 1, spec, magmoms=False)
-    config = TrainConfig(epochs=3, batch_size=4, lr=0.01, targets="ef", val_fraction=0.0, seed=0,
-                         output_dir=str(tmp_path), progress=False)
+    config = TrainConfig(
+        epochs=3,
+        batch_size=4,
+        lr=0.01,
+        targets="ef",
+        val_fraction=0.0,
+        seed=0,
+        output_dir=str(tmp_path),
+        progress=False,
+    )
     trainer = Trainer(model, config)
     assert trainer.fidelity_names == MODALITIES
     before = trainer.evaluate(train)

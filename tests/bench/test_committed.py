@@ -39,8 +39,12 @@ def test_restored_runs_rebuild_the_report(tmp_path):
     temporary directory) has the committed claims and the tables of the experiments whose runs all restore."""
     root, out = tmp_path / "runs", tmp_path / "benchmarks" / "results" / "suite"
     shutil.copytree(COMMITTED.parent, out.parent, ignore=shutil.ignore_patterns("suite"))  # the other results
-    specs = [spec for experiment in EXPERIMENTS.values() for backbone in ("chgnet", "schnet")
-             for spec in experiment(LEVELS["medium"], [0, 1, 2], backbone=backbone)]
+    specs = [
+        spec
+        for experiment in EXPERIMENTS.values()
+        for backbone in ("chgnet", "schnet")
+        for spec in experiment(LEVELS["medium"], [0, 1, 2], backbone=backbone)
+    ]
     restored = restore_reported(specs, "medium", root, COMMITTED)
     committed_runs = {p.stem: read_runs(p) for p in EXPERIMENT_FILES}
     assert restored == sum(len(runs) for runs in committed_runs.values())  # every committed run has its spec
@@ -64,13 +68,16 @@ def test_a_result_without_the_later_keys_reads_and_writes_back_unchanged():
     assert result.schedule is None and result.to_json() == run and list(result.to_json()) == list(run)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda run: run.pop("test"), "lacks ['test']"),
-    (lambda run: run.update(extra=1), "unknown key(s) ['extra']"),
-    (lambda run: run["spec"].update(colour="red"), "'spec' must be a dict of"),
-    (lambda run: run["spec"].pop("seed"), "'spec' lacks a field"),
-    (lambda run: run["spec"].update(method="mf_magic"), "unknown method 'mf_magic'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda run: run.pop("test"), "lacks ['test']"),
+        (lambda run: run.update(extra=1), "unknown key(s) ['extra']"),
+        (lambda run: run["spec"].update(colour="red"), "'spec' must be a dict of"),
+        (lambda run: run["spec"].pop("seed"), "'spec' lacks a field"),
+        (lambda run: run["spec"].update(method="mf_magic"), "unknown method 'mf_magic'"),
+    ],
+)
 def test_a_result_with_other_keys_is_refused_with_the_key_named(change, message, tmp_path):
     run = _a_run()
     change(run)

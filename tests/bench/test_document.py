@@ -18,8 +18,11 @@ DOCUMENT = ROOT / "benchmarks" / "README.md"
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _copy_results(tmp_path: Path) -> Path:
@@ -30,8 +33,9 @@ def _copy_results(tmp_path: Path) -> Path:
 
 
 def test_the_committed_document_is_the_generated_one(capsys):
-    assert DOCUMENT.read_text(encoding="utf-8") == render(RESULTS, DOCUMENT), \
+    assert DOCUMENT.read_text(encoding="utf-8") == render(RESULTS, DOCUMENT), (
         "benchmarks/README.md is stale or edited by hand: run python -m mfwrap.bench.document"
+    )
     assert main(["--results", str(RESULTS), "--out", str(DOCUMENT), "--check"]) == 0
 
 
@@ -101,12 +105,19 @@ def test_check_names_a_stale_document_and_writes_nothing(tmp_path, capsys):
 def test_the_noise_floor_is_the_largest_gpu_cpu_difference(tmp_path):
     def run(energy_gpu, energy_cpu):
         maes = lambda e: {"energy": e, "forces": 100.0, "stress": 0.3, "magmoms": 0.02}  # noqa: E731
-        return {"name": "r", "steps": 10, "s_per_step": 0.1, "test_mae_gpu": maes(energy_gpu),
-                "test_mae_cpu": maes(energy_cpu)}
+        return {
+            "name": "r",
+            "steps": 10,
+            "s_per_step": 0.1,
+            "test_mae_gpu": maes(energy_gpu),
+            "test_mae_cpu": maes(energy_cpu),
+        }
 
-    suite_gpu = {"alone": {"count": 1, "runs": [run(12.0, 10.0)], "aggregate_steps_per_s": 9.0},
-                 "at_once": {"count": 2, "runs": [run(7.0, 10.0), run(10.5, 10.0)], "aggregate_steps_per_s": 20.0},
-                 "full_level_hours": {"one_at_a_time": 500.0}}
+    suite_gpu = {
+        "alone": {"count": 1, "runs": [run(12.0, 10.0)], "aggregate_steps_per_s": 9.0},
+        "at_once": {"count": 2, "runs": [run(7.0, 10.0), run(10.5, 10.0)], "aggregate_steps_per_s": 20.0},
+        "full_level_hours": {"one_at_a_time": 500.0},
+    }
     (tmp_path / "suite_gpu.json").write_text(json.dumps(suite_gpu), encoding="utf-8")
     found = figures(tmp_path)
     assert found["noise.runs"] == "3"

@@ -11,8 +11,8 @@ import pytest
 from mfwrap.bench import runner
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS, RunSpec, convergence_options, epochs_for
 from mfwrap.bench.methods import METHODS
-from mfwrap.bench.result import RunResult
 from mfwrap.bench.report import aggregate, label, markdown, write_report
+from mfwrap.bench.result import RunResult
 from mfwrap.datasets.registry import mn_fraction
 from mfwrap.model_file import read_payload
 
@@ -47,7 +47,12 @@ def test_learning_curve_runs_skips_what_is_done_and_reports(tmp_path, lmfp_cache
     assert replan["left_steps"] == json.loads(kept)["steps"] and replan["done"] == 3
     undone.write_text(kept)
     written = write_report(root, out)
-    assert sorted(p.name for p in written) == ["claims.md", "learning_curve.json", "learning_curve.md", "learning_curve.png"]
+    assert sorted(p.name for p in written) == [
+        "claims.md",
+        "learning_curve.json",
+        "learning_curve.md",
+        "learning_curve.png",
+    ]
     assert "MF below single-fidelity for N_high ≤ 400" in (out / "claims.md").read_text()
     table = (out / "learning_curve.md").read_text()
     assert table.count("| paper |") == 4 and "MF (ECMR)" in table and "single-fidelity" in table
@@ -71,7 +76,9 @@ def test_eager_overrides_the_levels_compiled_steps_and_results_say_which(tmp_pat
     """--eager: eager training steps on a level that compiles them (medium, full); quick never compiles."""
     medium, quick = LEVELS["medium"], LEVELS["quick"]
     spec = EXPERIMENTS["learning_curve"](medium, [0])[0]
-    compiled = lambda level, **kw: runner._experiment(spec, level, runner.make_splits(spec, level), tmp_path, **kw)[0].train.compile  # noqa: E731
+    compiled = lambda level, **kw: (
+        runner._experiment(spec, level, runner.make_splits(spec, level), tmp_path, **kw)[0].train.compile
+    )  # noqa: E731
     assert compiled(medium) is True and compiled(medium, eager=True) is False and compiled(quick) is False
     result = runner.run_one(EXPERIMENTS["learning_curve"](quick, [0])[0], "quick", str(tmp_path), eager=True)
     assert result.compiled_steps is False
@@ -81,8 +88,10 @@ def test_mf_options_set_their_trainer_option(tmp_path, lmfp_cache):
     level = LEVELS["quick"]
     specs = {s.method: s for s in EXPERIMENTS["mf_options"](level, [0]) if s.n_high == 10}
     assert set(specs) == {"multi_fidelity", "mf_warm_start", "mf_balanced", "mf_reweighted", "mf_random_init"}
-    assert {m: runner._experiment(specs[m], level, runner.make_splits(specs[m], level), tmp_path)[0].model.fidelity_init
-            for m in ("multi_fidelity", "mf_random_init")} == {"multi_fidelity": "zero", "mf_random_init": "random"}
+    assert {
+        m: runner._experiment(specs[m], level, runner.make_splits(specs[m], level), tmp_path)[0].model.fidelity_init
+        for m in ("multi_fidelity", "mf_random_init")
+    } == {"multi_fidelity": "zero", "mf_random_init": "random"}
     splits = runner.make_splits(specs["mf_reweighted"], level)
     assert runner.train_options(specs["mf_reweighted"], splits) == {"fidelity_loss_weights": {"high": 40 / 10}}
     assert runner.train_options(specs["mf_balanced"], splits) == {"fidelity_sampling": {"low": 1.0, "high": 1.0}}
@@ -96,7 +105,9 @@ def test_mf_options_set_their_trainer_option(tmp_path, lmfp_cache):
 
 def test_li3ps4_runs_every_method_on_real_dft(tmp_path):
     outcome = runner.run_suite(["li3ps4"], "quick", [0], tmp_path)
-    assert outcome["failed"] == [] and outcome["ran"] == 8  # MF (plain, warm start, balanced, reweighted), SF, transfer, Δ x 2
+    assert (
+        outcome["failed"] == [] and outcome["ran"] == 8
+    )  # MF (plain, warm start, balanced, reweighted), SF, transfer, Δ x 2
     for path in (tmp_path / "li3ps4").glob("*/result.json"):
         result = json.loads(path.read_text())
         assert result["target_fidelity"] == "r2scan" and set(result["test"]["r2scan"]) == {"energy"}  # energies only
@@ -120,14 +131,29 @@ def test_a_failing_run_is_recorded_and_the_others_go_on(tmp_path, lmfp_cache, mo
 
 def _result(method, seed, mae, steps, backbone="chgnet"):
     spec = RunSpec("learning_curve", method, 10, None, "paper", seed, backbone=backbone)
-    return RunResult(spec=spec, name=spec.name, level="quick", protocol="paper", epochs=1, epochs_run=1, steps=steps,
-                     wall_s=1.0, n_train={"high": 10, "low": 40 if method == "multi_fidelity" else 0},
-                     target_fidelity="high", test={"high": {"energy": {"mae": mae, "rmse": 2 * mae}}})
+    return RunResult(
+        spec=spec,
+        name=spec.name,
+        level="quick",
+        protocol="paper",
+        epochs=1,
+        epochs_run=1,
+        steps=steps,
+        wall_s=1.0,
+        n_train={"high": 10, "low": 40 if method == "multi_fidelity" else 0},
+        target_fidelity="high",
+        test={"high": {"energy": {"mae": mae, "rmse": 2 * mae}}},
+    )
 
 
 def test_aggregate_is_mean_and_sample_sd_over_seeds():
-    rows = aggregate([_result("multi_fidelity", 0, 1.0, 13), _result("multi_fidelity", 1, 3.0, 13),
-                      _result("single_fidelity", 0, 5.0, 3)])
+    rows = aggregate(
+        [
+            _result("multi_fidelity", 0, 1.0, 13),
+            _result("multi_fidelity", 1, 3.0, 13),
+            _result("single_fidelity", 0, 5.0, 3),
+        ]
+    )
     mf = next(r for r in rows if r["method"] == "multi_fidelity")
     assert mf["seeds"] == [0, 1] and mf["test"]["energy"]["mae"] == 2.0
     assert mf["test"]["energy"]["mae_sd"] == pytest.approx(math.sqrt(2.0)) and mf["test"]["energy"]["rmse"] == 4.0
@@ -156,14 +182,22 @@ def test_protocols_set_the_epochs():
     assert epochs_for(RunSpec("x", "single_fidelity", 50, None, "paper", 0), level, 350, 50, 4) == level.epochs
     mf, sf = (RunSpec("x", m, 50, None, "converged", 0) for m in ("multi_fidelity", "single_fidelity"))
     assert epochs_for(mf, level, 350, 350, 4) == level.max_epochs
-    assert convergence_options(mf, level, 350, 350, 4) == {"scheduler": "plateau", "patience": level.patience,
-                                                            "plateau_patience": level.plateau_patience}
+    assert convergence_options(mf, level, 350, 350, 4) == {
+        "scheduler": "plateau",
+        "patience": level.patience,
+        "plateau_patience": level.plateau_patience,
+    }
     assert epochs_for(sf, level, 350, 50, 4) == round(level.max_epochs * 88 / 13)  # the same ceiling of steps
     assert convergence_options(sf, level, 350, 50, 4) == {  # the same patiences in steps
-        "scheduler": "plateau", "patience": round(level.patience * 88 / 13), "plateau_patience": round(level.plateau_patience * 88 / 13)}
+        "scheduler": "plateau",
+        "patience": round(level.patience * 88 / 13),
+        "plateau_patience": round(level.plateau_patience * 88 / 13),
+    }
     assert convergence_options(RunSpec("x", "single_fidelity", 50, None, "paper", 0), level, 350, 50, 4) == {}
     converged = [s for s in EXPERIMENTS["learning_curve"](level, [0]) if s.protocol == "converged"]
-    assert {(s.method, s.n_high) for s in converged} == {(m, n) for m in ("multi_fidelity", "single_fidelity") for n in (25, 90)}
+    assert {(s.method, s.n_high) for s in converged} == {
+        (m, n) for m in ("multi_fidelity", "single_fidelity") for n in (25, 90)
+    }
 
 
 @pytest.mark.parametrize("level", list(LEVELS))
@@ -198,13 +232,18 @@ def test_low_fidelity_pretraining_is_trained_once_and_is_what_a_run_alone_trains
 
     outcome = runner.run_suite(["transfer_delta"], "quick", [0], tmp_path / "suite")
     assert outcome["failed"] == []
-    results = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "suite").glob("transfer_delta/*/result.json")}
+    results = {
+        p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "suite").glob("transfer_delta/*/result.json")
+    }
     pretrained = {name: r for name, r in results.items() if METHODS[r["spec"]["method"]].pretrains}
     assert len(pretrained) == 6  # transfer, delta_model, mf_warm_start at N_high 10 and 25
     trained_here = [name for name, r in pretrained.items() if "pretrain_reused_from" not in r]
     assert len(trained_here) == 1
-    assert all(r["pretrain_reused_from"] == f"transfer_delta/{trained_here[0]}"
-               for name, r in pretrained.items() if name != trained_here[0])
+    assert all(
+        r["pretrain_reused_from"] == f"transfer_delta/{trained_here[0]}"
+        for name, r in pretrained.items()
+        if name != trained_here[0]
+    )
     assert all("pretrain_reused_from" not in r for r in results.values() if not METHODS[r["spec"]["method"]].pretrains)
 
     copied = next(name for name in pretrained if name != trained_here[0] and "_transfer_" in name)
@@ -227,9 +266,14 @@ def test_a_converged_run_uses_the_plateau_schedule_and_records_it(tmp_path, lmfp
     level = LEVELS["quick"]
     result = runner.run_one(spec, "quick", str(tmp_path))
     options = convergence_options(spec, level, 10 + level.n_low_all, 10, 4)
-    assert result.schedule == {"scheduler": "plateau", "lr": 0.005, "lr_min_fraction": 0.01,
-                                  "patience": options["patience"], "plateau_patience": options["plateau_patience"],
-                                  "plateau_factor": 0.3}
+    assert result.schedule == {
+        "scheduler": "plateau",
+        "lr": 0.005,
+        "lr_min_fraction": 0.01,
+        "patience": options["patience"],
+        "plateau_patience": options["plateau_patience"],
+        "plateau_factor": 0.3,
+    }
     ceiling = epochs_for(spec, level, 10 + level.n_low_all, 10, 4)
     assert result.epochs == ceiling and 1 <= result.epochs_run <= ceiling
     assert result.steps == result.epochs_run * math.ceil(10 / 4)
@@ -241,8 +285,14 @@ def test_a_converged_run_uses_the_plateau_schedule_and_records_it(tmp_path, lmfp
 def test_coverage_trains_on_one_region_and_tests_on_the_other(level_name, lmfp_cache):
     level = LEVELS[level_name]
     specs = EXPERIMENTS["coverage"](level, [0])
-    assert {(s.method, s.protocol) for s in specs} >= {("multi_fidelity", "paper"), ("single_fidelity", "paper"), ("transfer", "paper")}
-    assert (("single_fidelity", "equal_compute") in {(s.method, s.protocol) for s in specs}) == ("equal_compute" in level.protocols)
+    assert {(s.method, s.protocol) for s in specs} >= {
+        ("multi_fidelity", "paper"),
+        ("single_fidelity", "paper"),
+        ("transfer", "paper"),
+    }
+    assert (("single_fidelity", "equal_compute") in {(s.method, s.protocol) for s in specs}) == (
+        "equal_compute" in level.protocols
+    )
     for spec in specs:  # every level's grid must fit the data it has
         splits = runner.make_splits(spec, level)
         assert splits.train_high and all(mn_fraction(r) <= 0.5 for r in splits.train_high + splits.val)
@@ -256,9 +306,14 @@ def test_the_ablations_measure_a_residual_readout_with_each_backbone(tmp_path, l
         (spec,) = [s for s in EXPERIMENTS[experiment](level, [0]) if s.method == "mf_residual_readout"]
         assert spec.backbone == backbone and spec.n_high == level.ablation_high and spec.protocol == "paper"
         built, epochs = runner._experiment(spec, level, runner.make_splits(spec, level), tmp_path)
-        assert built.method == "multi_fidelity" and built.model.mechanisms == "ECMR" and built.model.readout == "residual"
-        plain = next(s for s in EXPERIMENTS[experiment](level, [0]) if s.method == "multi_fidelity" and s.mechanisms == "ECMR"
-                     and s.n_high == spec.n_high)
+        assert (
+            built.method == "multi_fidelity" and built.model.mechanisms == "ECMR" and built.model.readout == "residual"
+        )
+        plain = next(
+            s
+            for s in EXPERIMENTS[experiment](level, [0])
+            if s.method == "multi_fidelity" and s.mechanisms == "ECMR" and s.n_high == spec.n_high
+        )
         assert runner._experiment(plain, level, runner.make_splits(plain, level), tmp_path)[0].model.readout == "copies"
         assert epochs == runner._experiment(plain, level, runner.make_splits(plain, level), tmp_path)[1]  # same steps
         assert label(spec.as_dict(), ablation=True) == "F, R shared + residual"
@@ -266,7 +321,9 @@ def test_the_ablations_measure_a_residual_readout_with_each_backbone(tmp_path, l
 
 def test_the_second_backbone_trains_through_the_wrapper(tmp_path, lmfp_cache):
     medium = {(s.method, s.protocol, s.n_high) for s in EXPERIMENTS["second_backbone"](LEVELS["medium"], [0])}
-    assert {("single_fidelity", "equal_compute", n) for n in LEVELS["medium"].n_high} <= medium  # fair at equal steps too
+    assert {
+        ("single_fidelity", "equal_compute", n) for n in LEVELS["medium"].n_high
+    } <= medium  # fair at equal steps too
     spec = next(s for s in EXPERIMENTS["second_backbone"](LEVELS["quick"], [0]) if s.method == "multi_fidelity")
     result = runner.run_one(spec, "quick", str(tmp_path))
     assert spec.backbone == "schnet" and result.n_train == {"high": spec.n_high, "low": 40}
@@ -280,27 +337,37 @@ def test_the_fidelity_gap_changes_only_the_low_fidelity_labels(tmp_path, lmfp_ca
     assert {(s.method, s.dataset, s.protocol, s.n_high) for s in medium} == {
         *(("multi_fidelity", d, "paper", n) for d in ("lmfp", "lmfp-gap50", "lmfp-gap0") for n in (25, 90)),
         *(("single_fidelity", "lmfp", "equal_compute", n) for n in (25, 90)),  # SF sees no low-fidelity frame
-        ("mf_balanced", "lmfp-gap0", "paper", 25), ("mf_balanced", "lmfp", "paper", 25)}
-    assert {s.mechanisms for s in medium if s.method == "multi_fidelity" and s.dataset == "lmfp-gap0"} == {"ECMR", "ECM"}
+        ("mf_balanced", "lmfp-gap0", "paper", 25),
+        ("mf_balanced", "lmfp", "paper", 25),
+    }
+    assert {s.mechanisms for s in medium if s.method == "multi_fidelity" and s.dataset == "lmfp-gap0"} == {
+        "ECMR",
+        "ECM",
+    }
     level = LEVELS["quick"]
-    splits = {d: runner.make_splits(RunSpec("fidelity_gap", "multi_fidelity", 10, None, "paper", 0, dataset=d), level)
-              for d in ("lmfp", "lmfp-gap50", "lmfp-gap0")}
+    splits = {
+        d: runner.make_splits(RunSpec("fidelity_gap", "multi_fidelity", 10, None, "paper", 0, dataset=d), level)
+        for d in ("lmfp", "lmfp-gap50", "lmfp-gap0")
+    }
     shipped = splits["lmfp"]
     forces = lambda records: np.concatenate([r.labels["forces"] for r in records])  # noqa: E731
     for dataset, split in splits.items():
         for part in ("train_high", "val", "test"):  # the same high-fidelity frames and labels at every α
             assert np.array_equal(forces(getattr(split, part)), forces(getattr(shipped, part)))
-        assert [r.atoms.get_chemical_formula() for r in split.train_low] == \
-            [r.atoms.get_chemical_formula() for r in shipped.train_low]  # the same low-fidelity frames, in order
+        assert [r.atoms.get_chemical_formula() for r in split.train_low] == [
+            r.atoms.get_chemical_formula() for r in shipped.train_low
+        ]  # the same low-fidelity frames, in order
         assert all(r.fidelity == "low" for r in split.train_low)
         if dataset != "lmfp":
             alpha = gap_of(dataset)
             by_high = 2 * forces(splits["lmfp-gap50"].train_low) - forces(shipped.train_low)  # α = 0.5: the mean
-            np.testing.assert_allclose(forces(split.train_low), (1 - alpha) * by_high + alpha * forces(shipped.train_low),
-                                       atol=1e-9)
+            np.testing.assert_allclose(
+                forces(split.train_low), (1 - alpha) * by_high + alpha * forces(shipped.train_low), atol=1e-9
+            )
     assert np.abs(forces(splits["lmfp-gap0"].train_low) - forces(shipped.train_low)).mean() > 0.1
-    result = runner.run_one(RunSpec("fidelity_gap", "multi_fidelity", 10, None, "paper", 0, dataset="lmfp-gap50"), "quick",
-                            str(tmp_path))
+    result = runner.run_one(
+        RunSpec("fidelity_gap", "multi_fidelity", 10, None, "paper", 0, dataset="lmfp-gap50"), "quick", str(tmp_path)
+    )
     assert result.spec.dataset == "lmfp-gap50" and result.n_train == {"high": 10, "low": 40}
     write_report(tmp_path, tmp_path / "report")
     assert "| LMFP, gap α = 0.5 | MF (ECMR) | 10 | 40 |" in (tmp_path / "report" / "fidelity_gap.md").read_text()

@@ -40,7 +40,9 @@ def test_what_the_methods_table_says_about_each_method():
     assert pretrains == {"transfer", "delta_model", "delta_labels", "mf_warm_start"}
     assert {name for name, m in METHODS.items() if m.selectable} == {"multi_fidelity", "mf_balanced", "mf_reweighted"}
     assert [name for name, m in METHODS.items() if not m.uses_low_fidelity] == ["single_fidelity"]
-    assert METHODS["mf_reweighted"].train_options("pbesol", "r2scan", 300, 25) == {"fidelity_loss_weights": {"r2scan": 12.0}}
+    assert METHODS["mf_reweighted"].train_options("pbesol", "r2scan", 300, 25) == {
+        "fidelity_loss_weights": {"r2scan": 12.0}
+    }
     specs = EXPERIMENTS["mf_options"](LEVELS["medium"], [0])
     assert {s.method for s in specs} == set(MF_OPTIONS) == {n for n, m in METHODS.items() if m.mf_option}
     with pytest.raises(ValueError, match="unknown method 'nope' in a run spec"):
@@ -53,8 +55,12 @@ def test_backbone_capabilities_are_read_from_the_class():
     assert not schnet.predicts_magmoms and not schnet.compilable
     plain = SuiteBackbone("plain", "torch.nn:Linear", {"quick": {}})
     assert not plain.predicts_magmoms and not plain.compilable
-    assert runner._experiment(RunSpec("x", "multi_fidelity", 10, None, "paper", 0, backbone="schnet"), LEVELS["medium"],
-                              _splits(), "out")[0].train.targets == "efs"  # no magmoms to train on
+    assert (
+        runner._experiment(
+            RunSpec("x", "multi_fidelity", 10, None, "paper", 0, backbone="schnet"), LEVELS["medium"], _splits(), "out"
+        )[0].train.targets
+        == "efs"
+    )  # no magmoms to train on
 
 
 def test_every_backbone_has_arguments_for_every_level():
@@ -76,7 +82,9 @@ def test_the_cli_offers_the_tables_backbones():
 
 def test_the_suite_imports_no_backbone_until_a_run_needs_one():
     modules = sorted({entry.class_path.partition(":")[0] for entry in BACKBONES.values()})
-    code = ("import sys, mfwrap.cli, mfwrap.bench.runner, mfwrap.bench.report, mfwrap.bench.claims; "
-            f"mfwrap.cli.build_parser(); print([m for m in {modules!r} if m in sys.modules])")
+    code = (
+        "import sys, mfwrap.cli, mfwrap.bench.runner, mfwrap.bench.report, mfwrap.bench.claims; "
+        f"mfwrap.cli.build_parser(); print([m for m in {modules!r} if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

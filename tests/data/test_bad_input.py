@@ -12,7 +12,8 @@ from ase import Atoms
 from ase.build import bulk
 from pymatgen.core import Lattice, Structure
 
-from mfwrap.data import GraphSpec, StructureError, keys as K, structures_to_graphs, to_graph
+from mfwrap.data import GraphSpec, StructureError, structures_to_graphs, to_graph
+from mfwrap.data import keys as K
 
 SPEC = GraphSpec(5.0, 3.0)
 
@@ -29,17 +30,34 @@ def _with(atoms: Atoms, **changes) -> Atoms:
 
 
 BAD = {
-    "unknown element X": (Atoms("X", positions=[[0, 0, 0]], cell=[4, 4, 4], pbc=True), r"unknown element \(atomic number 0 at atom 0\)"),
-    "Z > 94": (Atoms(numbers=[11, 95], positions=[[0, 0, 0], [2, 0, 0]], cell=[5, 5, 5], pbc=True), r"atomic number 95 at atom 1.*1\.\.94"),
-    "NaN coordinate": (_with(_nacl(), positions=[[0, 0, 0], [np.nan, 0, 0]]), r"non-finite \(NaN or inf\) coordinates at atom 1"),
+    "unknown element X": (
+        Atoms("X", positions=[[0, 0, 0]], cell=[4, 4, 4], pbc=True),
+        r"unknown element \(atomic number 0 at atom 0\)",
+    ),
+    "Z > 94": (
+        Atoms(numbers=[11, 95], positions=[[0, 0, 0], [2, 0, 0]], cell=[5, 5, 5], pbc=True),
+        r"atomic number 95 at atom 1.*1\.\.94",
+    ),
+    "NaN coordinate": (
+        _with(_nacl(), positions=[[0, 0, 0], [np.nan, 0, 0]]),
+        r"non-finite \(NaN or inf\) coordinates at atom 1",
+    ),
     "inf coordinate": (_with(_nacl(), positions=[[np.inf, 0, 0], [1, 0, 0]]), "non-finite .* at atom 0"),
     "empty": (Atoms(cell=[3, 3, 3], pbc=True), "empty structure"),
     "zero cell with pbc": (Atoms("Cu2", positions=[[0, 0, 0], [2, 0, 0]], pbc=True), "zero-volume"),
-    "flat cell": (Atoms("Cu2", positions=[[0, 0, 0], [2, 0, 0]], cell=[[3, 0, 0], [0, 3, 0], [3, 3, 0]], pbc=True), "zero-volume"),
+    "flat cell": (
+        Atoms("Cu2", positions=[[0, 0, 0], [2, 0, 0]], cell=[[3, 0, 0], [0, 3, 0], [3, 3, 0]], pbc=True),
+        "zero-volume",
+    ),
     "parallel periodic rows of a slab": (
-        Atoms("Cu", positions=[[0, 0, 0]], cell=[[3, 0, 0], [6, 0, 0], [0, 0, 0]], pbc=[True, True, False]), "zero-volume"),
+        Atoms("Cu", positions=[[0, 0, 0]], cell=[[3, 0, 0], [6, 0, 0], [0, 0, 0]], pbc=[True, True, False]),
+        "zero-volume",
+    ),
     "NaN cell": (_with(_nacl(), cell=[[np.nan, 0, 0], [0, 5, 0], [0, 0, 5]]), "non-finite .*cell"),
-    "coincident atoms": (Atoms("Cu2", positions=[[1, 1, 1], [1, 1, 1]], cell=[4, 4, 4], pbc=True), "atoms 0 and 1 .*coincide"),
+    "coincident atoms": (
+        Atoms("Cu2", positions=[[1, 1, 1], [1, 1, 1]], cell=[4, 4, 4], pbc=True),
+        "atoms 0 and 1 .*coincide",
+    ),
 }
 
 

@@ -9,7 +9,8 @@ from ase.build import bulk, molecule
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
-from mfwrap.data import GraphSpec, StructureError, edge_vectors, keys as K, to_graph
+from mfwrap.data import GraphSpec, StructureError, edge_vectors, to_graph
+from mfwrap.data import keys as K
 from mfwrap.data.graph import attach_labels
 from mfwrap.datasets.structures import lifepo4
 
@@ -51,7 +52,9 @@ def test_batch_offsets_index_tensors():
     undirected = np.cumsum([0] + [g[K.NUM_UNDIRECTED] for g in graphs])
     assert torch.equal(batch[K.EDGE_INDEX], torch.cat([g[K.EDGE_INDEX] + int(o) for g, o in zip(graphs, nodes)], 1))
     assert torch.equal(batch[K.ANGLE_EDGES], torch.cat([g[K.ANGLE_EDGES] + int(o) for g, o in zip(graphs, edges)], 1))
-    assert torch.equal(batch[K.UNDIRECTED_TO_EDGE], torch.cat([g[K.UNDIRECTED_TO_EDGE] + int(o) for g, o in zip(graphs, edges)]))
+    assert torch.equal(
+        batch[K.UNDIRECTED_TO_EDGE], torch.cat([g[K.UNDIRECTED_TO_EDGE] + int(o) for g, o in zip(graphs, edges)])
+    )
     assert torch.equal(
         batch[K.EDGE_TO_UNDIRECTED], torch.cat([g[K.EDGE_TO_UNDIRECTED] + int(o) for g, o in zip(graphs, undirected)])
     )

@@ -35,8 +35,20 @@ def _chgnet_test_structures() -> dict[str, Structure]:
             Lattice.from_parameters(3.87, 3.87, 3.87, 60, 60, 60), ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]]
         ),
         "NaCl rattled": Structure(
-            Lattice.cubic(5.64), ["Na", "Cl"] * 4,
-            np.array([[0, 0, 0], [0.5, 0, 0], [0.5, 0.5, 0], [0, 0.5, 0], [0.5, 0, 0.5], [0, 0, 0.5], [0, 0.5, 0.5], [0.5, 0.5, 0.5]])
+            Lattice.cubic(5.64),
+            ["Na", "Cl"] * 4,
+            np.array(
+                [
+                    [0, 0, 0],
+                    [0.5, 0, 0],
+                    [0.5, 0.5, 0],
+                    [0, 0.5, 0],
+                    [0.5, 0, 0.5],
+                    [0, 0, 0.5],
+                    [0, 0.5, 0.5],
+                    [0.5, 0.5, 0.5],
+                ]
+            )
             + rng.normal(0, 0.02, (8, 3)),
         ),
     }
@@ -72,9 +84,7 @@ def test_bond_graph_equals_chgnet(name):
 
 def _brute_force_angles(edge_index: np.ndarray, length: np.ndarray, cutoff: float) -> list[tuple[int, int]]:
     short = [e for e in range(edge_index.shape[1]) if length[e] < cutoff]
-    return sorted(
-        (a, b) for a, b in itertools.permutations(short, 2) if edge_index[1, a] == edge_index[1, b]
-    )
+    return sorted((a, b) for a, b in itertools.permutations(short, 2) if edge_index[1, a] == edge_index[1, b])
 
 
 @settings(max_examples=60, deadline=None)

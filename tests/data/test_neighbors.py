@@ -55,7 +55,9 @@ def test_random_cells_equal_ase(atoms, cutoff):
 
 
 @settings(max_examples=15, deadline=None)
-@given(atoms=random_atoms(max_atoms=3, pbc=(True, True, True), min_length=0.5, max_length=2.5), cutoff=st.floats(3.0, 6.0))
+@given(
+    atoms=random_atoms(max_atoms=3, pbc=(True, True, True), min_length=0.5, max_length=2.5), cutoff=st.floats(3.0, 6.0)
+)
 def test_cells_much_smaller_than_cutoff(atoms, cutoff):
     assert min(atoms.cell.lengths()) < cutoff
     assert_same_as_ase(atoms, cutoff)
@@ -93,4 +95,3 @@ def test_large_system_uses_cell_list_and_equals_ase():
     atoms = Atoms("Si2000", scaled_positions=rng.uniform(size=(2000, 3)), cell=cell, pbc=True)
     assert 2000 * 2000 > neighbors.BRUTE_FORCE_PAIRS
     assert_same_as_ase(atoms, 5.0)
-

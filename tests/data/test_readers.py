@@ -15,7 +15,8 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from torch_geometric.data import Batch
 
-from mfwrap.data import GraphSpec, StructureError, keys as K
+from mfwrap.data import GraphSpec, StructureError
+from mfwrap.data import keys as K
 from mfwrap.data.graph import EV_PER_A3_TO_GPA
 from mfwrap.data.readers import LabelledStructure, read_dataset, read_fidelities, to_graphs
 
@@ -129,7 +130,9 @@ def test_label_of_wrong_shape_names_the_frame(tmp_path):
     with pytest.raises(StructureError, match=r"^bad.extxyz: frame 0: stress has shape \(4,\)"):
         read_dataset(path, "x", {"stress": "bad_stress"})
     record = LabelledStructure(atoms, "x", {"forces": np.zeros((len(atoms), 2))}, name="bad.extxyz: frame 7")
-    with pytest.raises(StructureError, match=r"bad.extxyz: frame 7: label 'forces' has shape \(8, 2\), expected \(8, 3\)"):
+    with pytest.raises(
+        StructureError, match=r"bad.extxyz: frame 7: label 'forces' has shape \(8, 2\), expected \(8, 3\)"
+    ):
         record.to_graph(GraphSpec(3.0), {"x": 0})
     with pytest.raises(KeyError, match="fidelity 'x' is not one of"):
         record.to_graph(GraphSpec(3.0), {"y": 0})
@@ -178,33 +181,57 @@ def _comment(pattern: str, replacement: str):
     def spoil(lines: list[str]) -> None:
         lines[_line(BAD) + 1], count = re.subn(pattern, replacement, lines[_line(BAD) + 1])
         assert count == 1
+
     return spoil
 
 
 MALFORMED = {  # case: (how frame BAD is spoilt, keys to read, message)
     "count says 5, 4 atom lines": (
-        lambda lines: lines.__setitem__(_line(BAD), "5"), None,
-        rf"frame {BAD} \(line 19\): .*\(line 25 looks like the next frame's count: fewer atom lines than 5\?\)"),
+        lambda lines: lines.__setitem__(_line(BAD), "5"),
+        None,
+        rf"frame {BAD} \(line 19\): .*\(line 25 looks like the next frame's count: fewer atom lines than 5\?\)",
+    ),
     "count says 3, 4 atom lines": (
-        lambda lines: lines.__setitem__(_line(BAD), "3"), None,
-        rf"frame {BAD + 1} \(line 24\): expected the atom count, got 'Cu .*\(does frame {BAD} have more atom lines"),
+        lambda lines: lines.__setitem__(_line(BAD), "3"),
+        None,
+        rf"frame {BAD + 1} \(line 24\): expected the atom count, got 'Cu .*\(does frame {BAD} have more atom lines",
+    ),
     "count line not a number": (
-        lambda lines: lines.__setitem__(_line(BAD), "four"), None, rf"frame {BAD} \(line 19\): expected the atom count, got 'four'"),
+        lambda lines: lines.__setitem__(_line(BAD), "four"),
+        None,
+        rf"frame {BAD} \(line 19\): expected the atom count, got 'four'",
+    ),
     "non-numeric coordinate": (
-        lambda lines: _spoil_token(lines, _line(BAD, 2), 2, "1.2x"), None,
-        rf"frame {BAD} \(line 19\): could not convert string to float: '1.2x'"),
+        lambda lines: _spoil_token(lines, _line(BAD, 2), 2, "1.2x"),
+        None,
+        rf"frame {BAD} \(line 19\): could not convert string to float: '1.2x'",
+    ),
     "atom line one force short": (
-        lambda lines: _spoil_token(lines, _line(BAD, 1), -1, None), None, rf"frame {BAD} \(line 19\): .*tuple of length 6"),
+        lambda lines: _spoil_token(lines, _line(BAD, 1), -1, None),
+        None,
+        rf"frame {BAD} \(line 19\): .*tuple of length 6",
+    ),
     "forces of width 2": (_narrow_forces, None, rf"frame {BAD}: forces has shape \(4, 2\), expected \(4, 3\)"),
-    "energy not a number": (_comment(r"\benergy=\S+", "energy=abc"), None, rf"frame {BAD}: energy is not numeric: 'abc'"),
+    "energy not a number": (
+        _comment(r"\benergy=\S+", "energy=abc"),
+        None,
+        rf"frame {BAD}: energy is not numeric: 'abc'",
+    ),
     "stress of 7 components": (
-        _comment(r'\bstress="[^"]*"', 'stress="1 2 3 4 5 6 7"'), None, rf"frame {BAD} \(line 19\): .*stress.*9-long"),
+        _comment(r'\bstress="[^"]*"', 'stress="1 2 3 4 5 6 7"'),
+        None,
+        rf"frame {BAD} \(line 19\): .*stress.*9-long",
+    ),
     "custom stress of 7 components": (
-        _comment(r"\benergy=", 'my_stress="1 2 3 4 5 6 7" energy='), {"stress": "my_stress"},
-        rf"frame {BAD}: stress has shape \(7,\), expected Voigt \(6,\) or \(3, 3\)"),
+        _comment(r"\benergy=", 'my_stress="1 2 3 4 5 6 7" energy='),
+        {"stress": "my_stress"},
+        rf"frame {BAD}: stress has shape \(7,\), expected Voigt \(6,\) or \(3, 3\)",
+    ),
     "custom magmoms of 3 atoms": (
-        _comment(r"\benergy=", 'my_magmoms="1 2 3" energy='), {"magmoms": "my_magmoms"},
-        rf"frame {BAD}: magmoms has shape \(3,\), expected \(4,\)"),
+        _comment(r"\benergy=", 'my_magmoms="1 2 3" energy='),
+        {"magmoms": "my_magmoms"},
+        rf"frame {BAD}: magmoms has shape \(3,\), expected \(4,\)",
+    ),
 }
 
 
@@ -224,16 +251,24 @@ def test_file_ending_inside_the_last_frame(tmp_path):
     path = tmp_path / "cut.xyz"
     ase.io.write(path, _good_frames(), format="extxyz")
     path.write_text("\n".join(path.read_text().splitlines()[:-1]) + "\n")
-    with pytest.raises(StructureError, match=rf"^cut.xyz: frame {N_FRAMES - 1} \(line 25\): the file ends after 3 of its 4 atom lines"):
+    with pytest.raises(
+        StructureError, match=rf"^cut.xyz: frame {N_FRAMES - 1} \(line 25\): the file ends after 3 of its 4 atom lines"
+    ):
         read_dataset(path, "pbe")
     assert len(read_dataset(path, "pbe", index=slice(None, N_FRAMES - 1))) == N_FRAMES - 1  # a limit stops before it
 
 
 NON_FINITE = {  # target: (spoil the results of frame BAD, message)
     "energy": (lambda r: r.update(energy=np.inf), r"energy has non-finite values \(NaN or inf\)$"),
-    "forces": (lambda r: r["forces"].__setitem__((2, 1), np.nan), r"forces has non-finite values \(NaN or inf\) at atom 2$"),
+    "forces": (
+        lambda r: r["forces"].__setitem__((2, 1), np.nan),
+        r"forces has non-finite values \(NaN or inf\) at atom 2$",
+    ),
     "stress": (lambda r: r["stress"].__setitem__(4, np.nan), r"stress has non-finite values"),
-    "magmoms": (lambda r: r.update(magmoms=np.array([1.0, -np.inf, 0.0, 1.0])), r"magmoms has non-finite values .* at atom 1$"),
+    "magmoms": (
+        lambda r: r.update(magmoms=np.array([1.0, -np.inf, 0.0, 1.0])),
+        r"magmoms has non-finite values .* at atom 1$",
+    ),
 }
 
 
@@ -255,7 +290,9 @@ def test_non_finite_label_in_a_db_names_the_row(tmp_path):
     with ase.db.connect(path) as db:
         for i, atoms in enumerate(_good_frames()[:3]):
             db.write(atoms, data={"scan_forces": np.full((N_ATOMS, 3), np.nan if i == 1 else 0.0)})
-    with pytest.raises(StructureError, match=r"^data.db: row id=2: forces has non-finite values \(NaN or inf\) at atom 0$"):
+    with pytest.raises(
+        StructureError, match=r"^data.db: row id=2: forces has non-finite values \(NaN or inf\) at atom 0$"
+    ):
         read_dataset(path, "scan", {"forces": "scan_forces"})
 
 
@@ -288,7 +325,9 @@ def test_partially_labelled_file_is_masked_per_frame_and_logged(tmp_path, caplog
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mfwrap.data.readers"):
         read_dataset(path, "high", index=slice(None, 2))
-    assert [r.getMessage() for r in caplog.records] == ["part.xyz (fidelity 'high'): forces absent in 1 of 2 frames (masked)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "part.xyz (fidelity 'high'): forces absent in 1 of 2 frames (masked)"
+    ]
 
 
 def test_frames_unlabelled_at_a_fidelity_are_skipped_and_logged(tmp_path, caplog):
@@ -298,7 +337,14 @@ def test_frames_unlabelled_at_a_fidelity_are_skipped_and_logged(tmp_path, caplog
     path = tmp_path / "two.xyz"
     ase.io.write(path, frames, format="extxyz")
     with caplog.at_level(logging.WARNING, logger="mfwrap.data.readers"):
-        records = read_fidelities(path, {"pbe": {"energy": "energy", "forces": "forces"}, "scan": {"energy": "scan_energy"}})
-    assert [(r.name, r.fidelity) for r in records if r.fidelity == "scan"] == [("two.xyz: frame 0", "scan"), ("two.xyz: frame 4", "scan")]
+        records = read_fidelities(
+            path, {"pbe": {"energy": "energy", "forces": "forces"}, "scan": {"energy": "scan_energy"}}
+        )
+    assert [(r.name, r.fidelity) for r in records if r.fidelity == "scan"] == [
+        ("two.xyz: frame 0", "scan"),
+        ("two.xyz: frame 4", "scan"),
+    ]
     assert len(records) == N_FRAMES + 2
-    assert [r.getMessage() for r in caplog.records] == ["two.xyz (fidelity 'scan'): no label in 3 of 5 frames (skipped)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "two.xyz (fidelity 'scan'): no label in 3 of 5 frames (skipped)"
+    ]

@@ -21,8 +21,10 @@ def shipped(tmp_path_factory):
 def test_the_packaged_labels_are_the_high_teacher_on_the_low_fidelity_frames(shipped):
     _, low, by_high = shipped
     assert len(by_high) == len(low) == 300
-    assert all(np.array_equal(a.atoms.numbers, b.atoms.numbers) and np.allclose(a.atoms.positions, b.atoms.positions)
-               for a, b in zip(low, by_high))
+    assert all(
+        np.array_equal(a.atoms.numbers, b.atoms.numbers) and np.allclose(a.atoms.positions, b.atoms.positions)
+        for a, b in zip(low, by_high)
+    )
     picked = [0, 137, 299]
     from mfwrap.datasets.lmfp_frames import TEACHERS
 
@@ -44,7 +46,9 @@ def test_the_dial_moves_every_label_linearly_and_keeps_the_rest(shipped, alpha):
     for m, lo, hi in zip(moved, low, by_high):
         assert m.fidelity == "low" and m.atoms is lo.atoms and K.MAGMOMS not in m.labels
         for target in (K.ENERGY, K.FORCES, K.STRESS):
-            np.testing.assert_allclose(m.labels[target], hi.labels[target] + alpha * (lo.labels[target] - hi.labels[target]))
+            np.testing.assert_allclose(
+                m.labels[target], hi.labels[target] + alpha * (lo.labels[target] - hi.labels[target])
+            )
     if alpha == 1.0:
         assert all(np.array_equal(m.labels[K.FORCES], lo.labels[K.FORCES]) for m, lo in zip(moved, low))
     assert all(lo.labels is not m.labels for m, lo in zip(moved, low))  # the shipped records untouched
@@ -66,9 +70,10 @@ def test_labels_that_do_not_match_the_frames_are_refused(shipped, tmp_path):
     source = lmfp.dataset_dir("small", 0, cache) / lmfp_gap.RELABELLED
     lines = source.read_text().splitlines(keepends=True)
     first = int(lines[0])  # drop the first frame: 300 labels become 299
-    (directory / lmfp_gap.RELABELLED).write_text("".join(lines[first + 2:]))
+    (directory / lmfp_gap.RELABELLED).write_text("".join(lines[first + 2 :]))
     (directory / (lmfp_gap.RELABELLED + ".json")).write_text(
-        json.dumps({"low_train_sha256": lmfp._sha256(directory / "low_train.xyz")}))
+        json.dumps({"low_train_sha256": lmfp._sha256(directory / "low_train.xyz")})
+    )
     with pytest.raises(ValueError, match="do not match the low-fidelity frames"):
         lmfp_gap.high_teacher_labels("small", 0, tmp_path)
 

@@ -37,9 +37,14 @@ def test_packaged_copy_is_the_current_small_recipe():
     assert manifest["recipe"] == json.loads(json.dumps(dataclasses.asdict(lmfp.SIZES["small"])))
     assert (manifest["size"], manifest["seed"], manifest["format_version"]) == ("small", 0, lmfp.FORMAT_VERSION)
     assert sorted(manifest["files"]) == sorted(f"{split}.xyz" for split in lmfp.SPLITS)
-    assert sorted(p.name for p in PACKAGED.iterdir()) == sorted([*(f"{s}.xyz.gz" for s in lmfp.SPLITS), "manifest.json",
-                                                                 "low_train_by_high_teacher.xyz.gz",  # mfwrap.datasets.lmfp_gap
-                                                                 "low_train_by_high_teacher.xyz.json"])
+    assert sorted(p.name for p in PACKAGED.iterdir()) == sorted(
+        [
+            *(f"{s}.xyz.gz" for s in lmfp.SPLITS),
+            "manifest.json",
+            "low_train_by_high_teacher.xyz.gz",  # mfwrap.datasets.lmfp_gap
+            "low_train_by_high_teacher.xyz.json",
+        ]
+    )
 
 
 def test_packaged_copy_was_labelled_by_the_installed_teachers():
@@ -61,9 +66,11 @@ def test_empty_cache_gets_the_packaged_copy(tmp_path, no_build, caplog):
 
 
 def test_loading_the_packaged_copy_never_imports_chgnet(tmp_path):
-    script = ("import json, sys; from mfwrap.datasets.lmfp import load_lmfp; "
-              f"s = load_lmfp('small', 0, {str(tmp_path)!r}); "
-              "print(json.dumps([len(s['high_train']), sorted(m for m in sys.modules if m.startswith('chgnet'))]))")
+    script = (
+        "import json, sys; from mfwrap.datasets.lmfp import load_lmfp; "
+        f"s = load_lmfp('small', 0, {str(tmp_path)!r}); "
+        "print(json.dumps([len(s['high_train']), sorted(m for m in sys.modules if m.startswith('chgnet'))]))"
+    )
     root = Path(lmfp.__file__).parents[2]
     out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
     assert json.loads(out.splitlines()[-1]) == [100, []]

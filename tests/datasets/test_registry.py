@@ -29,36 +29,106 @@ def fingerprint(records) -> str:
 # runner.make_splits chose them before the registry existed (recorded on that code): a change to the
 # split rule would make a rerun train on other data than the results it restores or extends.
 PINNED = [
-    ("quick", RunSpec("x", "multi_fidelity", 10, None, "paper", 0),
-     {"train_high": (10, "a8cc03a038c7"), "train_low": (40, "cafb7e475c26"), "val": (5, "060f7a819af3"),
-      "test": (50, "24b1c68186c1")}),
-    ("quick", RunSpec("x", "multi_fidelity", 25, 20, "paper", 1),
-     {"train_high": (25, "a3cef80285c4"), "train_low": (20, "c7edfcf2e71f"), "val": (5, "1bbb8eedadd3"),
-      "test": (50, "24b1c68186c1")}),
-    ("medium", RunSpec("x", "multi_fidelity", 90, None, "paper", 2),
-     {"train_high": (90, "88aa647b2c81"), "train_low": (300, "be58fe02bff5"), "val": (10, "20993dff44a4"),
-      "test": (50, "24b1c68186c1")}),
-    ("medium", RunSpec("x", "single_fidelity", 25, None, "equal_compute", 0),
-     {"train_high": (25, "e99d356b5556"), "train_low": (300, "590dfe7b4b36"), "val": (10, "9f41062b185d"),
-      "test": (50, "24b1c68186c1")}),
-    ("medium", RunSpec("x", "multi_fidelity", None, None, "paper", 1, region="mn_le_half"),
-     {"train_high": (41, "39369f3cd7a5"), "train_low": (300, "e215320a12da"), "val": (10, "7848b8bdac2d"),
-      "test": (16, "64b5a33cac80")}),
-    ("quick", RunSpec("x", "transfer", None, None, "paper", 0, region="mn_le_half"),
-     {"train_high": (46, "ab191312fb4d"), "train_low": (40, "cafb7e475c26"), "val": (5, "020b9b0c2618"),
-      "test": (16, "64b5a33cac80")}),
-    ("medium", RunSpec("x", "multi_fidelity", 25, None, "paper", 0, dataset="lmfp-gap50"),
-     {"train_high": (25, "e99d356b5556"), "train_low": (300, "872165e98f85"), "val": (10, "9f41062b185d"),
-      "test": (50, "24b1c68186c1")}),
-    ("quick", RunSpec("x", "multi_fidelity", 10, None, "paper", 0, dataset="li3ps4"),
-     {"train_high": (10, "fd9ab3aaf677"), "train_low": (40, "eacd7838b7d1"), "val": (10, "1c03be6ea0ba"),
-      "test": (10, "e34add6c3c31")}),
-    ("medium", RunSpec("x", "delta_labels", 80, None, "paper", 2, dataset="li3ps4"),
-     {"train_high": (80, "0119faa5c8e5"), "train_low": (80, "9726b0fcc05a"), "val": (10, "1c03be6ea0ba"),
-      "test": (10, "e34add6c3c31")}),
-    ("medium", RunSpec("x", "multi_fidelity", 5, 40, "paper", 1, dataset="li3ps4"),
-     {"train_high": (5, "b2b4aa72f784"), "train_low": (40, "0a61d0431fa3"), "val": (10, "1c03be6ea0ba"),
-      "test": (10, "e34add6c3c31")}),
+    (
+        "quick",
+        RunSpec("x", "multi_fidelity", 10, None, "paper", 0),
+        {
+            "train_high": (10, "a8cc03a038c7"),
+            "train_low": (40, "cafb7e475c26"),
+            "val": (5, "060f7a819af3"),
+            "test": (50, "24b1c68186c1"),
+        },
+    ),
+    (
+        "quick",
+        RunSpec("x", "multi_fidelity", 25, 20, "paper", 1),
+        {
+            "train_high": (25, "a3cef80285c4"),
+            "train_low": (20, "c7edfcf2e71f"),
+            "val": (5, "1bbb8eedadd3"),
+            "test": (50, "24b1c68186c1"),
+        },
+    ),
+    (
+        "medium",
+        RunSpec("x", "multi_fidelity", 90, None, "paper", 2),
+        {
+            "train_high": (90, "88aa647b2c81"),
+            "train_low": (300, "be58fe02bff5"),
+            "val": (10, "20993dff44a4"),
+            "test": (50, "24b1c68186c1"),
+        },
+    ),
+    (
+        "medium",
+        RunSpec("x", "single_fidelity", 25, None, "equal_compute", 0),
+        {
+            "train_high": (25, "e99d356b5556"),
+            "train_low": (300, "590dfe7b4b36"),
+            "val": (10, "9f41062b185d"),
+            "test": (50, "24b1c68186c1"),
+        },
+    ),
+    (
+        "medium",
+        RunSpec("x", "multi_fidelity", None, None, "paper", 1, region="mn_le_half"),
+        {
+            "train_high": (41, "39369f3cd7a5"),
+            "train_low": (300, "e215320a12da"),
+            "val": (10, "7848b8bdac2d"),
+            "test": (16, "64b5a33cac80"),
+        },
+    ),
+    (
+        "quick",
+        RunSpec("x", "transfer", None, None, "paper", 0, region="mn_le_half"),
+        {
+            "train_high": (46, "ab191312fb4d"),
+            "train_low": (40, "cafb7e475c26"),
+            "val": (5, "020b9b0c2618"),
+            "test": (16, "64b5a33cac80"),
+        },
+    ),
+    (
+        "medium",
+        RunSpec("x", "multi_fidelity", 25, None, "paper", 0, dataset="lmfp-gap50"),
+        {
+            "train_high": (25, "e99d356b5556"),
+            "train_low": (300, "872165e98f85"),
+            "val": (10, "9f41062b185d"),
+            "test": (50, "24b1c68186c1"),
+        },
+    ),
+    (
+        "quick",
+        RunSpec("x", "multi_fidelity", 10, None, "paper", 0, dataset="li3ps4"),
+        {
+            "train_high": (10, "fd9ab3aaf677"),
+            "train_low": (40, "eacd7838b7d1"),
+            "val": (10, "1c03be6ea0ba"),
+            "test": (10, "e34add6c3c31"),
+        },
+    ),
+    (
+        "medium",
+        RunSpec("x", "delta_labels", 80, None, "paper", 2, dataset="li3ps4"),
+        {
+            "train_high": (80, "0119faa5c8e5"),
+            "train_low": (80, "9726b0fcc05a"),
+            "val": (10, "1c03be6ea0ba"),
+            "test": (10, "e34add6c3c31"),
+        },
+    ),
+    (
+        "medium",
+        RunSpec("x", "multi_fidelity", 5, 40, "paper", 1, dataset="li3ps4"),
+        {
+            "train_high": (5, "b2b4aa72f784"),
+            "train_low": (40, "0a61d0431fa3"),
+            "val": (10, "1c03be6ea0ba"),
+            "test": (10, "e34add6c3c31"),
+        },
+    ),
 ]
 
 
@@ -81,14 +151,17 @@ def test_the_split_rule_pairs_li3ps4_and_keeps_a_region_apart():
     assert {r.name for r in everything.train_high} == {f"high_train.xyz: frame {i}" for i in range(100)}
 
 
-@pytest.mark.parametrize("name, options, message", [
-    ("li3ps4", Split(n_val=5), "dataset 'li3ps4' ships its validation frames; leave n_val out"),
-    ("li3ps4", Split(size="small"), r"dataset 'li3ps4' has no size 'small'; sizes: none: it has one size"),
-    ("lmfp", Split(size="huge"), r"dataset 'lmfp' has no size 'huge'; sizes: one of \['small', 'full', 'tiny'\]"),
-    ("lmfp", Split(region="north"), r"dataset 'lmfp' has no region 'north'; regions: \['mn_le_half'\]"),
-    ("lmfp", Split(n_high=99, n_val=2), "99 high-fidelity training frames requested, 98 exist"),
-    ("lmfp", Split(n_low=301), "301 low-fidelity training frames requested, 300 exist"),
-])
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("li3ps4", Split(n_val=5), "dataset 'li3ps4' ships its validation frames; leave n_val out"),
+        ("li3ps4", Split(size="small"), r"dataset 'li3ps4' has no size 'small'; sizes: none: it has one size"),
+        ("lmfp", Split(size="huge"), r"dataset 'lmfp' has no size 'huge'; sizes: one of \['small', 'full', 'tiny'\]"),
+        ("lmfp", Split(region="north"), r"dataset 'lmfp' has no region 'north'; regions: \['mn_le_half'\]"),
+        ("lmfp", Split(n_high=99, n_val=2), "99 high-fidelity training frames requested, 98 exist"),
+        ("lmfp", Split(n_low=301), "301 low-fidelity training frames requested, 300 exist"),
+    ],
+)
 def test_bad_split_options_are_one_clear_error(name, options, message):
     with pytest.raises(ValueError, match=message):
         DATASETS[name].split(options)

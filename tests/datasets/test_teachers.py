@@ -31,8 +31,15 @@ def test_without_friction_or_temperature_it_is_the_harmonic_oscillator():
     start = atom.copy()
     start.positions += [displacement, 0.0, 0.0]
     (trajectory,) = teachers.langevin_snapshots(
-        harmonic_teacher(k, atom.positions), [start], np.array([0.0]), np.random.default_rng(0),
-        timestep_fs=0.5, friction_per_fs=0.0, interval=4, snapshots=10, task="efs",
+        harmonic_teacher(k, atom.positions),
+        [start],
+        np.array([0.0]),
+        np.random.default_rng(0),
+        timestep_fs=0.5,
+        friction_per_fs=0.0,
+        interval=4,
+        snapshots=10,
+        task="efs",
     )
     omega = np.sqrt(k / atom.get_masses()[0])  # 1 / ASE time unit
     times = np.array([a.info["md_step"] for a in trajectory]) * 0.5 * units.fs
@@ -46,8 +53,15 @@ def test_velocities_start_and_stay_maxwell_boltzmann_at_the_temperature():
     n, temperature, timestep_fs, friction = 3000, 800.0, 1.0, 0.2
     atoms = Atoms(f"Ar{n}", positions=np.zeros((n, 3)) + 50.0, cell=np.eye(3) * 100.0, pbc=True)
     (trajectory,) = teachers.langevin_snapshots(
-        harmonic_teacher(0.0, atoms.positions), [atoms], np.array([temperature]), np.random.default_rng(1),
-        timestep_fs=timestep_fs, friction_per_fs=friction, interval=1, snapshots=30, task="efs",
+        harmonic_teacher(0.0, atoms.positions),
+        [atoms],
+        np.array([temperature]),
+        np.random.default_rng(1),
+        timestep_fs=timestep_fs,
+        friction_per_fs=friction,
+        interval=1,
+        snapshots=30,
+        task="efs",
     )
     # a force-free BAOAB step keeps v ~ N(0, σ²), σ² = k_B T / m, and moves the atoms by
     # Δr = Δt/2 (v + c v + sqrt(1 - c²) σ ξ), so Var Δr = Δt²/4 σ² (2 + 2c), at every step

@@ -29,8 +29,11 @@ def _pretend_missing(monkeypatch, *names):
 
 def test_auto_is_torch_on_cpu_and_prefers_triton_on_cuda(monkeypatch):
     assert ops.get_backend("cpu") == "torch"
-    expected_cuda = "triton" if backend.is_available("triton") else (
-        "torch_scatter" if backend.is_available("torch_scatter") else "torch")
+    expected_cuda = (
+        "triton"
+        if backend.is_available("triton")
+        else ("torch_scatter" if backend.is_available("torch_scatter") else "torch")
+    )
     assert ops.get_backend("cuda") == expected_cuda
     _pretend_missing(monkeypatch, "triton")
     assert ops.get_backend("cuda") == ("torch_scatter" if backend.is_available("torch_scatter") else "torch")

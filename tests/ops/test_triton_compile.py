@@ -39,6 +39,12 @@ if is_available("triton") and not triton_interpreted():
 
     @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
     def test_atomic_scatter_kernel_compiles(dtype):
-        types = {"src_ptr": f"*{dtype}", "index_ptr": "*i64", "out_ptr": f"*{dtype}",
-                 "num_rows": "i32", "num_features": "i32", "dim_size": "i32"}
+        types = {
+            "src_ptr": f"*{dtype}",
+            "index_ptr": "*i64",
+            "out_ptr": f"*{dtype}",
+            "num_rows": "i32",
+            "num_features": "i32",
+            "dim_size": "i32",
+        }
         _compile(triton_kernels._scatter_atomic_kernel, types, {"BLOCK_E": 32, "BLOCK_F": 64}, 90)

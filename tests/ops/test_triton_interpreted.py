@@ -26,8 +26,19 @@ if is_available("triton"):
     def test_triton_cases_pass_under_the_interpreter():
         env = {**os.environ, "TRITON_INTERPRET": "1"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                   str(HERE / "test_scatter_backends.py"), "-k", "triton and cpu"]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            str(HERE / "test_scatter_backends.py"),
+            "-k",
+            "triton and cpu",
+        ]
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         report = result.stdout[-8000:] + result.stderr[-2000:]
         assert result.returncode == 0, report

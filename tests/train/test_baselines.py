@@ -2,18 +2,18 @@
 
 import pytest
 import torch
+from tiny_backbone import TinyBackbone, labelled_graphs
 from torch_geometric.data import Batch
 
 import mfwrap
 from mfwrap.data import keys as K
-from mfwrap.mechanisms.composition_fit import fit_linear_composition
-from mfwrap.physics import energy_and_derivatives
-from mfwrap.train import TrainConfig, Trainer
 from mfwrap.delta import DeltaModel
 from mfwrap.mechanisms import ResidualFidelityReadout
+from mfwrap.mechanisms.composition_fit import fit_linear_composition
 from mfwrap.model_file import read_model_file, read_payload
+from mfwrap.physics import energy_and_derivatives
+from mfwrap.train import TrainConfig, Trainer
 from mfwrap.train.baselines import Experiment, initial_backbone, paired_differences, run_experiment, transfer_freeze
-from tiny_backbone import TinyBackbone, labelled_graphs
 
 SPEC = TinyBackbone().graph_spec
 FIDELITIES = ["low", "high"]
@@ -34,8 +34,12 @@ def _outputs(model, graphs):
 
 @pytest.mark.parametrize("mechanisms", ["ECMR", "M"])
 def test_multi_fidelity_run_and_reload(tmp_path, mechanisms):
-    summary = run_experiment(_experiment(tmp_path, "multi_fidelity", model={"mechanisms": mechanisms}),
-                             FIDELITIES, LOW + HIGH, test=HIGH_TEST)
+    summary = run_experiment(
+        _experiment(tmp_path, "multi_fidelity", model={"mechanisms": mechanisms}),
+        FIDELITIES,
+        LOW + HIGH,
+        test=HIGH_TEST,
+    )
     assert set(summary["test"]) == {"high"} and summary["test"]["high"]["forces"]["count"] == 4 * 4 * 3
     model, checkpoint = read_model_file(tmp_path / "multi_fidelity" / "best.pt")
     assert checkpoint["architecture"]["config"]["mechanisms"] == mechanisms and list(model.fidelity_names) == FIDELITIES
@@ -111,7 +115,9 @@ def test_delta_labels_without_pairs_is_a_clear_error_and_model_reference_works(t
     diff = paired_differences(HIGH, twins)
     assert torch.allclose(diff[0][K.ENERGY], HIGH[0][K.ENERGY] - twins[0][K.ENERGY])
     assert torch.equal(diff[0][K.MAGMOMS], HIGH[0][K.MAGMOMS])
-    summary = run_experiment(_experiment(tmp_path, "delta", delta_reference="model"), FIDELITIES, LOW + HIGH, HIGH[:2], HIGH_TEST)
+    summary = run_experiment(
+        _experiment(tmp_path, "delta", delta_reference="model"), FIDELITIES, LOW + HIGH, HIGH[:2], HIGH_TEST
+    )
     assert summary["best"]["epoch"] >= 0 and "forces" in summary["test"]["high"]
 
 
@@ -123,7 +129,9 @@ def test_multi_fidelity_warm_start_begins_from_the_low_fidelity_model(tmp_path):
     wrapped = read_payload(tmp_path / "multi_fidelity" / "best.pt")["state_dict"]
     for name in ("atom_embedding", "filters.0", "updates.1"):  # under E / M the backbone's layer sits one level down
         inner = "embedding" if name == "atom_embedding" else "linear"
-        torch.testing.assert_close(wrapped[f"backbone.{name}.{inner}.weight"], pretrained[f"{name}.weight"], rtol=0, atol=1e-9)
+        torch.testing.assert_close(
+            wrapped[f"backbone.{name}.{inner}.weight"], pretrained[f"{name}.weight"], rtol=0, atol=1e-9
+        )
     with pytest.raises(ValueError, match="warm_start is an option of multi_fidelity"):
         Experiment(method="transfer", warm_start=True)
 
@@ -158,8 +166,10 @@ def test_multi_fidelity_with_a_residual_readout_trains_its_shared_part_on_every_
     assert model.readout == "residual"
     readouts = {m.name: m for m in model.fidelity_modules() if isinstance(m, ResidualFidelityReadout)}
     assert sorted(readouts) == ["magmom_head", "readout"]
-    trained = {name: [all(float(d.detach().abs().max()) > 0 for d in residual) for residual in r.residuals]
-               for name, r in readouts.items()}
+    trained = {
+        name: [all(float(d.detach().abs().max()) > 0 for d in residual) for residual in r.residuals]
+        for name, r in readouts.items()
+    }
     # residuals start at zero; the energy readout's move for both fidelities, the magmom head's only for the
     # high one: the low fidelity has no magmom labels (masked, so no gradient)
     assert trained == {"readout": [True, True], "magmom_head": [False, True]}
@@ -169,12 +179,15 @@ def test_multi_fidelity_with_a_residual_readout_trains_its_shared_part_on_every_
         Experiment(model=dict(MODEL, readout="shared"))
 
 
-@pytest.mark.parametrize("method, extra", [("multi_fidelity", {"model": {"fidelity_init": "random"}}),
-                                           ("transfer", {"pretrain": {"epochs": 1, "seed": 5}})])
+@pytest.mark.parametrize(
+    "method, extra",
+    [("multi_fidelity", {"model": {"fidelity_init": "random"}}), ("transfer", {"pretrain": {"epochs": 1, "seed": 5}})],
+)
 def test_a_backbone_built_before_the_graphs_gives_the_same_run(tmp_path, method, extra):
     """mfwrap train and the suite build the backbone once, read its graph_spec, then hand it over."""
-    built_here = run_experiment(_experiment(tmp_path / "a", method, **dict(extra)), FIDELITIES, LOW + HIGH,
-                                test=HIGH_TEST)
+    built_here = run_experiment(
+        _experiment(tmp_path / "a", method, **dict(extra)), FIDELITIES, LOW + HIGH, test=HIGH_TEST
+    )
     experiment = _experiment(tmp_path / "b", method, **dict(extra))
     handed = run_experiment(experiment, FIDELITIES, LOW + HIGH, test=HIGH_TEST, backbone=initial_backbone(experiment))
     assert handed["test"] == built_here["test"] and handed["best"] == built_here["best"]

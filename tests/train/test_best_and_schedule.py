@@ -29,8 +29,11 @@ def _fit(tmp_path, **overrides):
 def _logged(tmp_path, fidelity, target, kind):
     """The validation ``kind`` ("mae"/"rmse") of ``target`` at ``fidelity``, per epoch, from metrics.json."""
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
-    rows = sorted((row["epoch"], row[kind]) for row in history
-                  if row["split"] == "val" and row["fidelity"] == fidelity and row["target"] == target)
+    rows = sorted(
+        (row["epoch"], row[kind])
+        for row in history
+        if row["split"] == "val" and row["fidelity"] == fidelity and row["target"] == target
+    )
     assert [epoch for epoch, _ in rows] == list(range(BUMPY["epochs"]))
     return [value for _, value in rows]
 
@@ -51,7 +54,9 @@ def _assert_best_is(trainer, result, tmp_path, epoch, value):
     assert read_payload(tmp_path / "best.pt")["epoch"] == epoch
     # the model ends with the best epoch's weights: its validation errors are those logged then
     assert trainer.evaluate(VAL) == result["val"]
-    assert result["val"]["high"]["forces"]["mae"] == pytest.approx(_logged(tmp_path, "high", "forces", "mae")[epoch], rel=1e-12)
+    assert result["val"]["high"]["forces"]["mae"] == pytest.approx(
+        _logged(tmp_path, "high", "forces", "mae")[epoch], rel=1e-12
+    )
 
 
 METRICS = ["weighted_mae", "energy_mae", "energy_rmse", "forces_mae", "forces_rmse", "stress_mae", "magmoms_rmse"]
@@ -92,10 +97,16 @@ def test_best_epoch_is_chosen_on_the_target_fidelity(tmp_path):
 
 def test_target_fidelity_must_be_known_and_have_validation_labels(tmp_path):
     with pytest.raises(ValueError, match=r"target_fidelity 'pbe' not among \['low', 'high'\]"):
-        Trainer(TinyBackbone(seed=0), TrainConfig(**BUMPY, output_dir=str(tmp_path), target_fidelity="pbe"),
-                fidelity_names=NAMES)
-    trainer = Trainer(TinyBackbone(seed=0), TrainConfig(**{**BUMPY, "epochs": 1}, output_dir=str(tmp_path),
-                                                        target_fidelity="low"), fidelity_names=NAMES)
+        Trainer(
+            TinyBackbone(seed=0),
+            TrainConfig(**BUMPY, output_dir=str(tmp_path), target_fidelity="pbe"),
+            fidelity_names=NAMES,
+        )
+    trainer = Trainer(
+        TinyBackbone(seed=0),
+        TrainConfig(**{**BUMPY, "epochs": 1}, output_dir=str(tmp_path), target_fidelity="low"),
+        fidelity_names=NAMES,
+    )
     with pytest.raises(ValueError, match="no validation labels at the target fidelity 'low'"):
         trainer.fit(TRAIN, VAL[6:])  # validation structures of "high" only
 
@@ -112,8 +123,17 @@ class _RecordingLearningRate(Trainer):
 def test_learning_rate_of_every_step(tmp_path, scheduler):
     """cos: lr · (f + (1 − f) · ½ (1 + cos(π s / S))) at step s of S, from lr down to lr · f at the end."""
     lr, floor, epochs, steps_per_epoch = 0.004, 0.1, 3, 5
-    config = TrainConfig(epochs=epochs, batch_size=4, lr=lr, lr_min_fraction=floor, scheduler=scheduler,
-                         output_dir=str(tmp_path), progress=False, seed=3, val_fraction=0.0)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=4,
+        lr=lr,
+        lr_min_fraction=floor,
+        scheduler=scheduler,
+        output_dir=str(tmp_path),
+        progress=False,
+        seed=3,
+        val_fraction=0.0,
+    )
     trainer = _RecordingLearningRate(TinyBackbone(seed=0), config, fidelity_names=NAMES)
     trainer.fit(TRAIN)
     total = epochs * steps_per_epoch
@@ -138,8 +158,11 @@ def test_learning_rate_of_every_step(tmp_path, scheduler):
 def test_patience_stops_when_validation_stops_improving(tmp_path, patience):
     trainer, result = _fit(tmp_path / "run", epochs=12, patience=patience, best_metric="forces_mae")
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
-    errors = [row["mae"] for row in sorted(history, key=lambda r: r["epoch"])
-              if row["split"] == "val" and row["fidelity"] == "high" and row["target"] == "forces"]
+    errors = [
+        row["mae"]
+        for row in sorted(history, key=lambda r: r["epoch"])
+        if row["split"] == "val" and row["fidelity"] == "high" and row["target"] == "forces"
+    ]
     # stopped after the first run of `patience` epochs without a new minimum (or at the end)
     best_so_far, stop = math.inf, len(errors)
     for epoch, error in enumerate(errors):
@@ -150,9 +173,19 @@ def test_patience_stops_when_validation_stops_improving(tmp_path, patience):
             break
     assert len(errors) == stop == result["epochs_run"] < 12
     assert result["steps"] == stop * 5 and result["best"]["epoch"] == _argmin(errors)
-    again = Trainer(TinyBackbone(seed=0), TrainConfig(**{**BUMPY, "output_dir": str(tmp_path / "run"), "epochs": 12,
-                                                        "patience": patience, "best_metric": "forces_mae"}),
-                    fidelity_names=NAMES).fit(TRAIN, VAL, resume=True)
+    again = Trainer(
+        TinyBackbone(seed=0),
+        TrainConfig(
+            **{
+                **BUMPY,
+                "output_dir": str(tmp_path / "run"),
+                "epochs": 12,
+                "patience": patience,
+                "best_metric": "forces_mae",
+            }
+        ),
+        fidelity_names=NAMES,
+    ).fit(TRAIN, VAL, resume=True)
     assert again["epochs_run"] == stop  # resuming a stopped run trains no further
 
 
@@ -161,14 +194,27 @@ def test_plateau_cuts_the_learning_rate_when_validation_stalls(tmp_path, plateau
     """plateau: lr · factor after ``plateau_patience`` epochs without a new minimum of the validation
     metric (counted since the minimum or the last cut), never below lr · lr_min_fraction."""
     lr, factor, floor, epochs, steps_per_epoch = 0.02, 0.5, 0.2, 10, 5
-    config = TrainConfig(**{**BUMPY, "epochs": epochs, "lr": lr, "scheduler": "plateau", "plateau_patience": plateau_patience,
-                            "plateau_factor": factor, "lr_min_fraction": floor, "best_metric": "forces_mae",
-                            "output_dir": str(tmp_path)})
+    config = TrainConfig(
+        **{
+            **BUMPY,
+            "epochs": epochs,
+            "lr": lr,
+            "scheduler": "plateau",
+            "plateau_patience": plateau_patience,
+            "plateau_factor": factor,
+            "lr_min_fraction": floor,
+            "best_metric": "forces_mae",
+            "output_dir": str(tmp_path),
+        }
+    )
     trainer = _RecordingLearningRate(TinyBackbone(seed=0), config, fidelity_names=NAMES)
     trainer.fit(TRAIN, VAL)
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
-    errors = [row["mae"] for row in sorted(history, key=lambda r: r["epoch"])
-              if row["split"] == "val" and row["fidelity"] == "high" and row["target"] == "forces"]
+    errors = [
+        row["mae"]
+        for row in sorted(history, key=lambda r: r["epoch"])
+        if row["split"] == "val" and row["fidelity"] == "high" and row["target"] == "forces"
+    ]
     expected, current, best, bad = [], lr, math.inf, 0
     for error in errors:
         expected.append(current)  # the lr of every step of this epoch
@@ -177,7 +223,8 @@ def test_plateau_cuts_the_learning_rate_when_validation_stalls(tmp_path, plateau
             current, bad = max(current * factor, lr * floor), 0
     assert len(trainer.used_lr) == epochs * steps_per_epoch
     assert [used[0] for used in trainer.used_lr] == pytest.approx(
-        [value for value in expected for _ in range(steps_per_epoch)], rel=1e-12, abs=0)
+        [value for value in expected for _ in range(steps_per_epoch)], rel=1e-12, abs=0
+    )
     assert len(set(expected)) >= 3  # this bumpy run stalls often enough to cut twice (the test could fail)
     logged = [row["mae"] for row in history if row["target"] == "lr"]
     assert logged == pytest.approx(expected[1:] + [current], rel=1e-12, abs=0)  # the lr after each epoch

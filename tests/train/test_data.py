@@ -12,7 +12,8 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from torch_geometric.data import Batch
 
-from mfwrap.data import GraphSpec, StructureError, keys as K
+from mfwrap.data import GraphSpec, StructureError
+from mfwrap.data import keys as K
 from mfwrap.train.data import DataConfig, Source, load_data
 
 SPEC = GraphSpec(3.0)
@@ -34,13 +35,18 @@ def _write(path, n_frames: int, without_forces: tuple[int, ...] = (), nan_energy
 def test_partial_labels_are_masked_and_logged_per_source(tmp_path, caplog):
     _write(tmp_path / "low.xyz", 6)
     _write(tmp_path / "high.xyz", 8, without_forces=(1, 2, 6))
-    config = DataConfig(fidelities=["low", "high"], train=[
-        {"path": str(tmp_path / "low.xyz"), "fidelity": "low"},
-        {"path": str(tmp_path / "high.xyz"), "fidelity": "high", "limit": 5},
-    ])
+    config = DataConfig(
+        fidelities=["low", "high"],
+        train=[
+            {"path": str(tmp_path / "low.xyz"), "fidelity": "low"},
+            {"path": str(tmp_path / "high.xyz"), "fidelity": "high", "limit": 5},
+        ],
+    )
     with caplog.at_level(logging.WARNING, logger="mfwrap.data"):
         train, val, test = load_data(config, SPEC)
-    assert [r.getMessage() for r in caplog.records] == ["high.xyz (fidelity 'high'): forces absent in 2 of 5 frames (masked)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "high.xyz (fidelity 'high'): forces absent in 2 of 5 frames (masked)"
+    ]
     assert len(train) == 11 and val is None and test is None
     batch = Batch.from_data_list(train)
     per_frame_forces_mask = [bool(g[K.mask_key(K.FORCES)].all()) for g in train]
@@ -55,8 +61,10 @@ def test_malformed_frame_in_a_source_names_file_and_frame(tmp_path):
     lines = (tmp_path / "val.xyz").read_text().splitlines()
     lines[2 * 6] = "7"  # frame 2 says 7 atoms, has 4
     (tmp_path / "val.xyz").write_text("\n".join(lines) + "\n")
-    config = DataConfig(train=[{"path": str(tmp_path / "train.xyz"), "fidelity": "dft"}],
-                        val=[{"path": str(tmp_path / "val.xyz"), "fidelity": "dft"}])
+    config = DataConfig(
+        train=[{"path": str(tmp_path / "train.xyz"), "fidelity": "dft"}],
+        val=[{"path": str(tmp_path / "val.xyz"), "fidelity": "dft"}],
+    )
     with pytest.raises(StructureError, match=r"^val.xyz: frame 2 \(line 13\): .*fewer atom lines than 7"):
         load_data(config, SPEC)
     config.val[0].limit = 2  # reading stops before the bad frame
@@ -98,14 +106,17 @@ def test_a_registered_dataset_gives_the_suites_frames(monkeypatch, tmp_path):
     assert [int(g[K.FIDELITY]) for g in train] == [0] * 40 + [1] * 25
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"lmfp": {}, "li3ps4": {}}, r"one dataset at a time, got \['lmfp', 'li3ps4'\]"),
-    ({"lmfp": {"n_hihg": 3}}, r"lmfp: options must be a mapping of \['size', 'seed', 'n_high'"),
-    ({"lmfp": {}, "train": [{"path": "x.xyz", "fidelity": "low"}]}, "give either sources .* or the dataset 'lmfp'"),
-    ({"li3ps4": {}, "fidelities": ["pbe", "r2scan"]}, r"fidelities \['pbe', 'r2scan'\] lack \['pbesol'\]"),
-    ({"validation": []}, r"unknown key\(s\) \['validation'\]; known are \['fidelities', 'test', 'train', 'val'\]"),
-    ({}, r"give training sources \(data.train\) or a registered dataset"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"lmfp": {}, "li3ps4": {}}, r"one dataset at a time, got \['lmfp', 'li3ps4'\]"),
+        ({"lmfp": {"n_hihg": 3}}, r"lmfp: options must be a mapping of \['size', 'seed', 'n_high'"),
+        ({"lmfp": {}, "train": [{"path": "x.xyz", "fidelity": "low"}]}, "give either sources .* or the dataset 'lmfp'"),
+        ({"li3ps4": {}, "fidelities": ["pbe", "r2scan"]}, r"fidelities \['pbe', 'r2scan'\] lack \['pbesol'\]"),
+        ({"validation": []}, r"unknown key\(s\) \['validation'\]; known are \['fidelities', 'test', 'train', 'val'\]"),
+        ({}, r"give training sources \(data.train\) or a registered dataset"),
+    ],
+)
 def test_bad_data_sections_are_one_clear_error(data, message):
     with pytest.raises(ValueError, match=message):
         DataConfig.from_dict(data)

@@ -62,8 +62,13 @@ SCENARIOS = {
     "uneven": {"model": _WRAPPED, "high": 7, "config": _CONFIG},
     "dropped": {"model": _BACKBONE, "high": 5, "config": _CONFIG},
     # 5 steps per epoch: stops in the middle of the second epoch
-    "resumed": {"model": _WRAPPED, "resume_model": "MultiFidelity(TinyBackbone(seed=4), ['low', 'high'], 'ECMR')",
-                "high": 7, "config": _CONFIG, "stop_after_steps": 7},
+    "resumed": {
+        "model": _WRAPPED,
+        "resume_model": "MultiFidelity(TinyBackbone(seed=4), ['low', 'high'], 'ECMR')",
+        "high": 7,
+        "config": _CONFIG,
+        "stop_after_steps": 7,
+    },
 }
 
 
@@ -74,8 +79,14 @@ def two_processes(tmp_path_factory):
     script = out / "ddp.py"
     script.write_text(_SCRIPT.format(tests=str(Path(__file__).parent), scenarios=SCENARIOS, out=str(out)))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
-                         env=env, capture_output=True, text=True, timeout=300, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return out
 
@@ -138,7 +149,9 @@ def test_resumed_two_process_run_equals_uninterrupted_one(two_processes):
         uninterrupted = torch.load(two_processes / f"uneven.rank{rank}.pt")
         for key, value in uninterrupted.items():
             assert torch.equal(value, resumed[key]), (rank, key)
-    assert json.loads((two_processes / "resumed.json").read_text()) == json.loads((two_processes / "uneven.json").read_text())
+    assert json.loads((two_processes / "resumed.json").read_text()) == json.loads(
+        (two_processes / "uneven.json").read_text()
+    )
     for name in ("resumed", "uneven"):
         assert read_payload(two_processes / name / "last.pt")["global_step"] == 10
     logs = [json.loads((two_processes / name / "metrics.json").read_text()) for name in ("resumed", "uneven")]

@@ -14,7 +14,14 @@ NAMES = ["low", "high"]
 
 
 def _trainer(tmp_path, **options):
-    values = {"epochs": 2, "batch_size": 4, "output_dir": str(tmp_path), "progress": False, "seed": 5, "val_fraction": 0.0}
+    values = {
+        "epochs": 2,
+        "batch_size": 4,
+        "output_dir": str(tmp_path),
+        "progress": False,
+        "seed": 5,
+        "val_fraction": 0.0,
+    }
     return Trainer(TinyBackbone(seed=0), TrainConfig(**{**values, **options}), fidelity_names=NAMES)
 
 
@@ -61,12 +68,15 @@ def test_bad_sampling_options_are_clear_errors(tmp_path):
 def test_sampled_training_takes_the_usual_steps_and_resumes_exactly(tmp_path):
     options = {"fidelity_sampling": {"low": 1.0, "high": 1.0}}
     full_model = TinyBackbone(seed=0)
-    full = Trainer(full_model, _trainer(tmp_path / "full", **options).config, fidelity_names=NAMES).fit(LOW + HIGH, test=HIGH)
+    full = Trainer(full_model, _trainer(tmp_path / "full", **options).config, fidelity_names=NAMES).fit(
+        LOW + HIGH, test=HIGH
+    )
     assert full["steps"] == 2 * math.ceil(36 / 4)
     _trainer(tmp_path / "part", **options).fit(LOW + HIGH, stop_after_steps=5)
     resumed_model = TinyBackbone(seed=7)
-    resumed = Trainer(resumed_model, _trainer(tmp_path / "part", **options).config,
-                      fidelity_names=NAMES).fit(LOW + HIGH, test=HIGH, resume=True)
+    resumed = Trainer(resumed_model, _trainer(tmp_path / "part", **options).config, fidelity_names=NAMES).fit(
+        LOW + HIGH, test=HIGH, resume=True
+    )
     assert resumed["test"] == full["test"]
     for key, value in full_model.state_dict().items():
         assert torch.equal(value, resumed_model.state_dict()[key]), key

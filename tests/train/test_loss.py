@@ -1,17 +1,19 @@
 """Masked Huber loss: matches a hand computation, ignores absent labels, never produces NaN."""
 
 import torch
+from tiny_backbone import TinyBackbone, labelled_graphs
 from torch.nn import functional as F
 from torch_geometric.data import Batch
 
 from mfwrap.data import keys as K
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train.loss import LossWeights, MultiTargetLoss, label_counts
-from tiny_backbone import TinyBackbone, labelled_graphs
 
 
 def _batch(model, seed=0):
-    graphs = labelled_graphs(3, seed, 0, model.graph_spec) + labelled_graphs(2, seed + 1, 1, model.graph_spec, magmoms=False)
+    graphs = labelled_graphs(3, seed, 0, model.graph_spec) + labelled_graphs(
+        2, seed + 1, 1, model.graph_spec, magmoms=False
+    )
     return Batch.from_data_list(graphs)
 
 
@@ -42,7 +44,9 @@ def test_absent_labels_contribute_zero_and_nan_predictions_do_not_leak():
     batch[K.mask_key(K.MAGMOMS)][:] = False
     batch[K.mask_key(K.STRESS)][0] = False
     pred = energy_and_derivatives(model, batch, create_graph=True)
-    pred[K.STRESS] = torch.where(torch.arange(5).view(-1, 1, 1) == 0, torch.full_like(pred[K.STRESS], float("nan")), pred[K.STRESS])
+    pred[K.STRESS] = torch.where(
+        torch.arange(5).view(-1, 1, 1) == 0, torch.full_like(pred[K.STRESS], float("nan")), pred[K.STRESS]
+    )
     pred[K.MAGMOMS] = pred[K.MAGMOMS] * float("nan")
     total, terms = MultiTargetLoss("efsm")(pred, batch)
     assert terms[K.MAGMOMS].item() == 0.0
@@ -93,11 +97,14 @@ def test_fidelity_weights_scale_each_structures_entries():
     energy = F.huber_loss(pred[K.ENERGY] / n, batch[K.ENERGY] / n, delta=0.1, reduction="none")
     forces = F.huber_loss(pred[K.FORCES], batch[K.FORCES], delta=0.1, reduction="none")
     assert torch.allclose(weighted[K.ENERGY], (energy * structure_weight).sum() / 5, rtol=1e-5)
-    assert torch.allclose(weighted[K.FORCES], (forces * structure_weight[batch.batch].view(-1, 1)).sum() / forces.numel(),
-                          rtol=1e-5)
+    assert torch.allclose(
+        weighted[K.FORCES], (forces * structure_weight[batch.batch].view(-1, 1)).sum() / forces.numel(), rtol=1e-5
+    )
     assert not torch.allclose(weighted[K.STRESS], plain[K.STRESS])
-    assert torch.allclose(MultiTargetLoss("efs", delta=0.1, fidelity_weights=[1.0, 1.0])(pred, batch)[0],
-                          MultiTargetLoss("efs", delta=0.1)(pred, batch)[0])
+    assert torch.allclose(
+        MultiTargetLoss("efs", delta=0.1, fidelity_weights=[1.0, 1.0])(pred, batch)[0],
+        MultiTargetLoss("efs", delta=0.1)(pred, batch)[0],
+    )
 
 
 def test_trainer_takes_fidelity_loss_weights_by_name(tmp_path):

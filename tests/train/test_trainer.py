@@ -75,7 +75,13 @@ def test_freeze_keeps_named_parameters_fixed(tmp_path):
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     Trainer(model, _config(tmp_path, epochs=1, freeze=["atom_embedding", "filters"])).fit(TRAIN)
     frozen = {name for name in before if name.startswith(("atom_embedding", "filters"))}
-    assert frozen == {"atom_embedding.weight", "filters.0.weight", "filters.0.bias", "filters.1.weight", "filters.1.bias"}
+    assert frozen == {
+        "atom_embedding.weight",
+        "filters.0.weight",
+        "filters.0.bias",
+        "filters.1.weight",
+        "filters.1.bias",
+    }
     for name, param in model.named_parameters():
         if name in frozen:
             assert torch.equal(param, before[name]), name
@@ -99,7 +105,9 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path, schedule):
         history = json.loads((tmp_path / "full" / "metrics.json").read_text())["history"]
         assert min(row["mae"] for row in history if row["target"] == "lr") < 0.05
 
-    stopped = Trainer(TinyBackbone(seed=0), _config(tmp_path / "part", **schedule)).fit(TRAIN, test=TEST, stop_after_steps=7)
+    stopped = Trainer(TinyBackbone(seed=0), _config(tmp_path / "part", **schedule)).fit(
+        TRAIN, test=TEST, stop_after_steps=7
+    )
     assert stopped["stopped"]
     resumed_model = TinyBackbone(seed=99)  # different initial weights: everything must come from last.pt
     resumed = Trainer(resumed_model, _config(tmp_path / "part", **schedule)).fit(TRAIN, test=TEST, resume=True)
@@ -107,8 +115,10 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path, schedule):
     for key, value in _state(full_model).items():
         assert torch.equal(value, resumed_model.state_dict()[key]), key
     assert resumed["test"] == full["test"]
-    assert json.loads((tmp_path / "part" / "metrics.json").read_text())["history"] == \
-        json.loads((tmp_path / "full" / "metrics.json").read_text())["history"]
+    assert (
+        json.loads((tmp_path / "part" / "metrics.json").read_text())["history"]
+        == json.loads((tmp_path / "full" / "metrics.json").read_text())["history"]
+    )
 
 
 def test_resume_refuses_changed_options(tmp_path):
@@ -157,10 +167,13 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     weights and logs of an uninterrupted run. The process kills itself at a fixed point, so nothing
     depends on timing."""
     out, kill_step = tmp_path / "killed", 9  # 22 training structures: 6 steps per epoch, 18 in all
-    script = _KILLED_RUN.format(tests=str(Path(__file__).parent), out=str(out), kill_step=kill_step,
-                                threads=torch.get_num_threads())  # the same arithmetic as this process
+    script = _KILLED_RUN.format(
+        tests=str(Path(__file__).parent), out=str(out), kill_step=kill_step, threads=torch.get_num_threads()
+    )  # the same arithmetic as this process
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    process = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False)
+    process = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
     assert read_payload(out / "last.pt")["global_step"] == kill_step - 1
     # the half-written file is left behind, beside the intact ones
@@ -175,8 +188,10 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     for name in ("last.pt", "best.pt"):
         for key, value in read_payload(tmp_path / "ref" / name)["state_dict"].items():
             assert torch.equal(value, read_payload(out / name)["state_dict"][key]), (name, key)
-    assert json.loads((out / "metrics.json").read_text())["history"] == \
-        json.loads((tmp_path / "ref" / "metrics.json").read_text())["history"]
+    assert (
+        json.loads((out / "metrics.json").read_text())["history"]
+        == json.loads((tmp_path / "ref" / "metrics.json").read_text())["history"]
+    )
 
 
 def _with_nan_force(graphs, index):

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from ase import Atoms
 from torch import nn
+from torch_geometric.data import Batch
 
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, to_graph
 from mfwrap.ops import scatter_sum
 from mfwrap.physics import energy_and_derivatives
-from torch_geometric.data import Batch
 
 ELEMENTS = (3, 8, 26)
 
@@ -36,8 +36,12 @@ class ElementEnergies(nn.Module):
 class TinyBackbone(nn.Module):
     """Gaussian-filter message passing: E = Σ_i R(h_i) + Σ_i μ_{Z_i}, magmoms |W h_i|."""
 
-    fidelity_spec = {"embedding": "atom_embedding", "message": ["filters.*", "updates.*"],
-                     "readout": ["readout", "magmom_head"], "composition": "composition"}
+    fidelity_spec = {
+        "embedding": "atom_embedding",
+        "message": ["filters.*", "updates.*"],
+        "readout": ["readout", "magmom_head"],
+        "composition": "composition",
+    }
 
     def __init__(self, features: int = 8, layers: int = 2, cutoff: float = 3.5, seed: int | None = None) -> None:
         super().__init__()
@@ -94,8 +98,11 @@ def labelled_graphs(count: int, seed: int, fidelity: int, spec: GraphSpec, magmo
     per_atom_magmoms = out[K.MAGMOMS].detach().split(4)
     labelled = []
     for b, s in enumerate(structures):
-        labels = {K.ENERGY: float(out[K.ENERGY][b].detach()), K.FORCES: per_atom_forces[b].numpy(),
-                  K.STRESS: out[K.STRESS][b].detach().numpy(),
-                  K.MAGMOMS: per_atom_magmoms[b].numpy() if magmoms else None}
+        labels = {
+            K.ENERGY: float(out[K.ENERGY][b].detach()),
+            K.FORCES: per_atom_forces[b].numpy(),
+            K.STRESS: out[K.STRESS][b].detach().numpy(),
+            K.MAGMOMS: per_atom_magmoms[b].numpy() if magmoms else None,
+        }
         labelled.append(to_graph(s, spec, fidelity=fidelity, labels=labels, name=f"s{b}"))
     return labelled

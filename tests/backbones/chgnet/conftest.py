@@ -46,7 +46,8 @@ STRUCTURES = {
     "Fe_bcc_2x2x2": lambda: _from_ase(bulk("Fe", "bcc", a=2.87, cubic=True).repeat((2, 2, 2))),
     "ZnO_wurtzite_2x2x1": lambda: _from_ase(bulk("ZnO", "wurtzite", a=3.25, c=5.21).repeat((2, 2, 1))),
     "SrTiO3_cubic": lambda: Structure(  # 5 atoms, 3.9 Å cube
-        Lattice.cubic(3.905), ["Sr", "Ti", "O", "O", "O"],
+        Lattice.cubic(3.905),
+        ["Sr", "Ti", "O", "O", "O"],
         [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
     ),
 }

@@ -12,8 +12,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 import mfwrap
-from backbones.chgnet import CHGNet
-from backbones.chgnet import pretrained
+from backbones.chgnet import CHGNet, pretrained
 from backbones.chgnet.mlp import FactorisedLinear
 from mfwrap.data.graph import to_graph
 from mfwrap.physics import energy_and_derivatives
@@ -58,13 +57,31 @@ def test_force_and_stress_loss_gradient_in_the_parameters_is_exact(test_structur
     """gradcheck of the force + stress loss (a double backward) against finite differences in
     parameters of the embedding, a convolution's neighbour block, the angle basis and the readout."""
     torch.manual_seed(0)
-    model = CHGNet(atom_fea_dim=4, bond_fea_dim=4, angle_fea_dim=4, num_radial=5, num_angular=5, n_conv=2,
-                   atom_conv_hidden_dim=4, bond_conv_hidden_dim=4, angle_layer_hidden_dim=4, mlp_hidden_dims=(4,),
-                   learnable_rbf=True).double()
-    batch = Batch.from_data_list([to_graph(s, model.graph_spec, dtype=torch.float64)
-                                  for s in (test_structures["Si_primitive"], test_structures["NaCl_triclinic"])])
-    names = ["atom_embedding.embedding.weight", "atom_convs.0.message.first.blocks.2.weight", "angle_basis.frequencies",
-             "readout.mlp.0.weight"]
+    model = CHGNet(
+        atom_fea_dim=4,
+        bond_fea_dim=4,
+        angle_fea_dim=4,
+        num_radial=5,
+        num_angular=5,
+        n_conv=2,
+        atom_conv_hidden_dim=4,
+        bond_conv_hidden_dim=4,
+        angle_layer_hidden_dim=4,
+        mlp_hidden_dims=(4,),
+        learnable_rbf=True,
+    ).double()
+    batch = Batch.from_data_list(
+        [
+            to_graph(s, model.graph_spec, dtype=torch.float64)
+            for s in (test_structures["Si_primitive"], test_structures["NaCl_triclinic"])
+        ]
+    )
+    names = [
+        "atom_embedding.embedding.weight",
+        "atom_convs.0.message.first.blocks.2.weight",
+        "angle_basis.frequencies",
+        "readout.mlp.0.weight",
+    ]
     params = dict(model.named_parameters())
     chosen = {name: params[name] for name in names if name in params}
     assert len(chosen) == len(names), sorted(set(names) - set(params))
@@ -75,11 +92,15 @@ def test_force_and_stress_loss_gradient_in_the_parameters_is_exact(test_structur
     def loss(embedding_rows, *values):
         table = embedding.index_put((rows,), embedding_rows)
         weights = {**dict(zip(chosen, values)), "atom_embedding.embedding.weight": table}
-        out = energy_and_derivatives(lambda b: torch.func.functional_call(model, weights, (b,)), batch, create_graph=True)
+        out = energy_and_derivatives(
+            lambda b: torch.func.functional_call(model, weights, (b,)), batch, create_graph=True
+        )
         return out["forces"].square().sum() + 1e-3 * out["stress"].square().sum()
 
-    inputs = (embedding[rows].detach().clone().requires_grad_(True),
-              *(v.detach().clone().requires_grad_(True) for v in chosen.values()))
+    inputs = (
+        embedding[rows].detach().clone().requires_grad_(True),
+        *(v.detach().clone().requires_grad_(True) for v in chosen.values()),
+    )
     assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
@@ -153,7 +174,6 @@ def test_float32_energy_of_a_large_cell_matches_float64():
     model in float64 (summing 224 site energies in float32 drifted by 4.6e-6; the per-structure sums
     now accumulate in float64, which took 504 atoms from 4.4e-5 to 2e-7)."""
     import numpy as np
-
     from pymatgen.core import Structure
 
     from mfwrap.datasets.structures import lifepo4

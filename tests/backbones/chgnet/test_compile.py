@@ -22,8 +22,17 @@ from mfwrap.data.graph import to_graph
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train.loss import MultiTargetLoss
 
-TINY = dict(atom_fea_dim=16, bond_fea_dim=16, angle_fea_dim=16, num_radial=7, num_angular=7, n_conv=3,
-            atom_conv_hidden_dim=16, bond_conv_hidden_dim=16, mlp_hidden_dims=(16,))
+TINY = dict(
+    atom_fea_dim=16,
+    bond_fea_dim=16,
+    angle_fea_dim=16,
+    num_radial=7,
+    num_angular=7,
+    n_conv=3,
+    atom_conv_hidden_dim=16,
+    bond_conv_hidden_dim=16,
+    mlp_hidden_dims=(16,),
+)
 # Three sizes (n, E, U, S, A all differ), then two batches (B = 2, 3).
 SIZES = ["Si_primitive", "SrTiO3_cubic", "NaCl_triclinic"]
 BATCHES = [["Si_primitive", "Fe_bcc_2x2x2"], ["SrTiO3_cubic", "ZnO_wurtzite_2x2x1", "NaCl_triclinic"]]
@@ -42,8 +51,12 @@ def _batch(model, structures, dtype=torch.float32, labels=False) -> Batch:
     for seed, s in enumerate(structures):
         n = len(s)
         rng = torch.Generator().manual_seed(seed)
-        target = {K.ENERGY: -4.0 * n, K.FORCES: 0.3 * torch.randn(n, 3, generator=rng).numpy(),
-                  K.STRESS: torch.randn(3, 3, generator=rng).numpy(), K.MAGMOMS: torch.rand(n, generator=rng).numpy()}
+        target = {
+            K.ENERGY: -4.0 * n,
+            K.FORCES: 0.3 * torch.randn(n, 3, generator=rng).numpy(),
+            K.STRESS: torch.randn(3, 3, generator=rng).numpy(),
+            K.MAGMOMS: torch.rand(n, generator=rng).numpy(),
+        }
         graphs.append(to_graph(s, model.graph_spec, dtype=dtype, labels=target if labels else None))
     return Batch.from_data_list(graphs)
 
@@ -70,7 +83,9 @@ def test_inductor_efsm_equals_eager_with_one_graph_for_all_sizes(test_structures
     with torch.no_grad():
         for names in [[name] for name in SIZES] + BATCHES[:1]:
             batch = _batch(model, [test_structures[name] for name in names])
-            _assert_equal_predictions(energy_and_derivatives(compiled, batch), energy_and_derivatives(model, batch), batch)
+            _assert_equal_predictions(
+                energy_and_derivatives(compiled, batch), energy_and_derivatives(model, batch), batch
+            )
     assert _compiled_graphs() == 1
     assert not counters["graph_break"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from torch_geometric.data import Batch
 
 import mfwrap
