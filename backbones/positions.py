@@ -91,9 +91,9 @@ class PositionsModel(nn.Module):
             which = sorted(set(structure_index(batch)[centre].tolist()))
             raise ValueError(
                 f"structure(s) {which[:10]} of the batch have periodic images of neighbours within "
-                f"{self.graph_spec.cutoff} Å; {type(self.model).__name__}'s forward builds its own non-periodic graph and "
-                "would miss them. Use a larger box (molecules, clusters) or an adapter that feeds it mfwrap's periodic "
-                "graph (backbones.pyg)"
+                f"{self.graph_spec.cutoff} Å; {type(self.model).__name__}'s forward builds its own non-periodic graph "
+                "and would miss them. Use a larger box (molecules, clusters) or an adapter that feeds it "
+                "mfwrap's periodic graph (backbones.pyg)"
             )
         count = batch[K.CELL].shape[0]
         energy = self.model(batch[K.ATOMIC_NUMBERS], batch[K.POSITIONS], structure_index(batch))

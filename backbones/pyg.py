@@ -177,7 +177,8 @@ class DimeNetPlusPlus(nn.Module):
     .. math::
         m^0_{ji} = \mathrm{Emb}(Z_i, Z_j, \mathrm{rbf}(d_{ji})),\quad
         m^{t+1} = \mathrm{Interaction}_t(m^t, \mathrm{rbf}, \mathrm{sbf}(d_{kj}, \alpha_{kji})),\quad
-        E_b = \sum_{i \in b} \sum_{t=0}^{T} \mathrm{head}_t\Big(\sum_{j} W^{rbf}_t \mathrm{rbf}(d_{ji}) \odot m^t_{ji}\Big)
+        E_b = \sum_{i \in b} \sum_{t=0}^{T}
+            \mathrm{head}_t\Big(\sum_{j} W^{rbf}_t \mathrm{rbf}(d_{ji}) \odot m^t_{ji}\Big)
 
     Modules: ``rbf``, ``sbf`` (Bessel / spherical bases), ``emb`` (PyG ``EmbeddingBlock``;
     ``emb.emb`` is the atomic-number embedding), ``interaction_blocks`` (PyG
@@ -319,5 +320,6 @@ def adapt(model: nn.Module) -> nn.Module:
     raise TypeError(
         f"cannot adapt a {type(model).__name__}: backbones.pyg adapts torch_geometric SchNet and DimeNetPlusPlus "
         "instances and models whose forward takes (z, pos, batch); other "
-        "networks become mfwrap backbones by having graph_spec, forward(batch) -> {'energy'} and config (mfwrap.backbone)"
+        "networks become mfwrap backbones by having graph_spec, forward(batch) -> {'energy'} "
+        "and config (mfwrap.backbone)"
     )

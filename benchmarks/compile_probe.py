@@ -38,4 +38,4 @@ for dev in devices:
                 f"{dev} create_graph={create_graph}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                 flush=True,
             )
-            print("".join(l for l in str(e).splitlines(True) if "INTERNAL ASSERT" in l)[:400], flush=True)
+            print("".join(line for line in str(e).splitlines(True) if "INTERNAL ASSERT" in line)[:400], flush=True)

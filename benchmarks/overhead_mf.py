@@ -134,8 +134,8 @@ def main() -> None:
             f"{100 * r['overhead_of_minima']:>10.1f}%{100 * r['control_bare_vs_bare']:>8.1f}%"
         )
     print(
-        f"target ≤ {100 * TARGET:.0f} % on {', '.join(TARGET_CASES)}: {'met' if report['meets_target'] else 'NOT met'}; "
-        f"wrote {RESULTS}"
+        f"target ≤ {100 * TARGET:.0f} % on {', '.join(TARGET_CASES)}: "
+        f"{'met' if report['meets_target'] else 'NOT met'}; wrote {RESULTS}"
     )
 
 

@@ -1,5 +1,7 @@
 """Where native CHGNet spends its GPU time (torch.profiler, top kernels): a batch of 32 56-atom cells
-and one 5,040-atom cell, E+F+S+M inference.  python benchmarks/profile_gpu.py  (DEV=cpu, SC=2,3,3 to try it on a CPU)"""
+and one 5,040-atom cell, E+F+S+M inference.
+
+    python benchmarks/profile_gpu.py  (DEV=cpu, SC=2,3,3 to try it on a CPU)"""
 
 import os
 import sys
@@ -22,12 +24,15 @@ for name, (count, sc) in {
     "1 x 5040": (1, tuple(int(x) for x in os.environ.get("SC", "5,6,6").split(","))),
 }.items():
     batch = Batch.from_data_list(structures_to_graphs(lmfp_cells(count, sc, 1), model.graph_spec)).to(dev)
-    infer = lambda: energy_and_derivatives(model, batch, forces=True, stress=True)
-    fwd = lambda: model(batch)
-    print(
-        f"== {name}: atoms {batch.num_nodes}, edges {batch.edge_index.shape[1]}, keys {sorted(k for k in batch.keys() if 'index' in k or 'angle' in k)}",
-        flush=True,
-    )
+
+    def infer(batch=batch):
+        return energy_and_derivatives(model, batch, forces=True, stress=True)
+
+    def fwd(batch=batch):
+        return model(batch)
+
+    index_keys = sorted(k for k in batch.keys() if "index" in k or "angle" in k)
+    print(f"== {name}: atoms {batch.num_nodes}, edges {batch.edge_index.shape[1]}, keys {index_keys}", flush=True)
     for k in batch.keys():
         v = batch[k]
         if torch.is_tensor(v) and v.numel() > 100000:

@@ -220,8 +220,9 @@ def main() -> None:
     print(result["data"])
     print(result["protocol"])
     print(
-        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} thread(s), torch {machine['torch']}, "
-        f"sevenn {machine['sevenn']}; load average {machine['load_average_start'][0]} -> {machine['load_average_end'][0]}"
+        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} thread(s), "
+        f"torch {machine['torch']}, sevenn {machine['sevenn']}; "
+        f"load average {machine['load_average_start'][0]} -> {machine['load_average_end'][0]}"
         + (" (CPU shared with other jobs: speeds are indicative)" if machine["cpu_shared"] else "")
     )
     print(table(result))

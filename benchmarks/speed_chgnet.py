@@ -7,9 +7,10 @@ What is timed (wall clock, ``time.perf_counter``; each cell interleaves the two 
 alternating which goes first, and reports medians of ``--repeats`` ≥ 10 runs after warm-up):
 
 * model: prebuilt graphs → outputs as numpy. Native: ``mfwrap.physics.energy_and_derivatives`` on
-  a ``Batch`` under ``torch.no_grad`` (as ``mfwrap.predict``); official: ``CHGNet.predict_graph`` on its ``CrystalGraph``s. Tasks: energy ("e"),
-  E+F ("ef"), E+F+S+M ("efsm"); on LiFePO4 1×1×2 (56 atoms) alone and as a batch of 16 rattled
-  copies (official: ``batch_size=4``, see OFFICIAL_BATCH); with 1 and 2 threads.
+  a ``Batch`` under ``torch.no_grad`` (as ``mfwrap.predict``); official: ``CHGNet.predict_graph``
+  on its ``CrystalGraph``s. Tasks: energy ("e"), E+F ("ef"), E+F+S+M ("efsm"); on LiFePO4 1×1×2
+  (56 atoms) alone and as a batch of 16 rattled copies (official: ``batch_size=4``, see
+  OFFICIAL_BATCH); with 1 and 2 threads.
 * end to end: structures → outputs (``mfwrap.predict`` vs ``predict_structure``), E+F+S+M.
 * graph: structure → graph (``mfwrap.data.to_graph`` vs chgnet's ``CrystalGraphConverter``).
 * scaling: E+F+S+M on LiFePO4 supercells up to 5,040 atoms, each size and implementation in a
@@ -410,7 +411,8 @@ def save(report: dict) -> None:
 
 def print_tables(report: dict) -> None:
     print(
-        "\n| workload | threads | native ms | official ms | speedup (wall) | speedup (CPU time) |\n|---|---|---|---|---|---|"
+        "\n| workload | threads | native ms | official ms | speedup (wall) | speedup (CPU time) |"
+        "\n|---|---|---|---|---|---|"
     )
     rows = [(f"{k.split('/')[0]} {k.split('/')[1].upper()}", k.split("/")[2], c) for k, c in report["model"].items()]
     rows += [(f"{k.split('/')[0]} EFSM end to end", k.split("/")[2], c) for k, c in report["end_to_end"].items()]
@@ -431,8 +433,9 @@ def print_tables(report: dict) -> None:
     flops = report["flops"]
     print(
         f"\nE+F+S+M matmul FLOPs (56 atoms): native {flops['efsm_matmul_flops']['native'] / 1e9:.2f} G, "
-        f"official {flops['efsm_matmul_flops']['official'] / 1e9:.2f} G; sgemm peak {flops['sgemm_gflops_1t']:.0f} GFLOP/s "
-        f"(1 thread); native reaches {flops['native_gflops_1t']:.1f} GFLOP/s on single E+F+S+M"
+        f"official {flops['efsm_matmul_flops']['official'] / 1e9:.2f} G; "
+        f"sgemm peak {flops['sgemm_gflops_1t']:.0f} GFLOP/s (1 thread); "
+        f"native reaches {flops['native_gflops_1t']:.1f} GFLOP/s on single E+F+S+M"
     )
     print("\nwhere the native model's time goes (self CPU time, 1 thread, 56 atoms):")
     for task, shares in report.get("time_breakdown_1t", {}).items():

@@ -14,8 +14,9 @@ Part 2, CUDA only: ``CHGNet.from_pretrained("0.3.0")`` (backbones.chgnet) throug
 ``mfwrap.physics.energy_and_derivatives`` against chgnet 0.4.2 with the same weights, on batches
 of 4 and 32 LiMn0.5Fe0.5PO4-like 56-atom cells and one 5,040-atom cell: E+F+S+M inference and a
 training step (loss on energy/atom, forces, stress, magmoms; backward through the forces; Adam
-step), per scatter backend and for ``mfwrap.compile_model`` (inductor); medians of CUDA-event timings, peak memory, and the outputs' max
-abs differences against official. Graph construction is excluded from both (built beforehand).
+step), per scatter backend and for ``mfwrap.compile_model`` (inductor); medians of CUDA-event
+timings, peak memory, and the outputs' max abs differences against official. Graph construction
+is excluded from both (built beforehand).
 
 Writes benchmarks/results/speed_gpu.json and prints tables. Without CUDA the JSON and the
 printout say that the GPU figures were not measured.

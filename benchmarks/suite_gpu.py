@@ -3,15 +3,16 @@
     python benchmarks/suite_gpu.py [--root /tmp/suite_gpu] [--at-once 4] [--out benchmarks/results/suite_gpu.json]
 
 Each run is exactly the suite's (``mfwrap.bench.runner.run_one``: same splits, epochs, compiled
-steps unless ``--eager``, evaluation), in its own process with one CPU thread, the trainer's ``device: auto`` picking
-the GPU. Phase "alone": LMFP CHGNet MF (ECMR) at N_high = 25, paper protocol, seed 0. Phase
-"at once": ``--at-once`` runs side by side on the one GPU (single-fidelity equal compute at
-N_high = 25, seeds 0, 1, 2, and MF seed 1, repeated as needed). Reported per run: optimiser steps,
-wall seconds, the seconds the first (compiling) step took (the trainer's ``compile_seconds``), seconds per step with and without it,
-and the high-fidelity test MAE next to the same run's on the CPU (``benchmarks/results/suite/
-learning_curve.json``; the two differ by float summation order and the GPU's kernels, not by
-data or seed). Then the full level's plan (``mfwrap bench all --level full --seeds 0 1 2 --plan``)
-at the rates measured: one run at a time, and ``--at-once`` at a time (aggregate steps per second).
+steps unless ``--eager``, evaluation), in its own process with one CPU thread, the trainer's
+``device: auto`` picking the GPU. Phase "alone": LMFP CHGNet MF (ECMR) at N_high = 25, paper
+protocol, seed 0. Phase "at once": ``--at-once`` runs side by side on the one GPU (single-fidelity
+equal compute at N_high = 25, seeds 0, 1, 2, and MF seed 1, repeated as needed). Reported per run:
+optimiser steps, wall seconds, the seconds the first (compiling) step took (the trainer's
+``compile_seconds``), seconds per step with and without it, and the high-fidelity test MAE next
+to the same run's on the CPU (``benchmarks/results/suite/learning_curve.json``; the two differ by
+float summation order and the GPU's kernels, not by data or seed). Then the full level's plan
+(``mfwrap bench all --level full --seeds 0 1 2 --plan``) at the rates measured: one run at a time,
+and ``--at-once`` at a time (aggregate steps per second).
 Writes the JSON after every phase; without CUDA it says so and measures nothing.
 """
 

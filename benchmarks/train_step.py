@@ -16,7 +16,8 @@ ratio to the official Trainer, peak resident memory of one step per atom (VmHWM 
 /proc/self/clear_refs after glibc's malloc_trim), and each compiled model's first-step (compile) time.
 
     python benchmarks/train_step.py [--steps 8] [--threads 1 2] [--batch-sizes 4 16] [--no-ddp]
-    python benchmarks/train_step.py --scale 20     # one step on supercells up to 20 GiB (results/train_step_scaling.json)
+    python benchmarks/train_step.py --scale 20     # one step on supercells up to 20 GiB
+                                                   # (results/train_step_scaling.json)
 """
 
 from __future__ import annotations
@@ -79,10 +80,10 @@ def official_setup(data, labels, batch_size: int) -> Callable[[int], None]:
         model = OfficialCHGNet.load(model_name="0.3.0", use_device="cpu", verbose=False)
         dataset = StructureData(
             structures=data,
-            energies=[l["e"] for l in labels],
-            forces=[l["f"] for l in labels],
-            stresses=[l["s"] for l in labels],
-            magmoms=[l["m"] for l in labels],
+            energies=[label["e"] for label in labels],
+            forces=[label["f"] for label in labels],
+            stresses=[label["s"] for label in labels],
+            magmoms=[label["m"] for label in labels],
             shuffle=False,
         )
         trainer = OfficialTrainer(
@@ -105,9 +106,14 @@ def labelled_graphs(data, labels, spec, fidelities: list[int]):
             spec,
             fidelity=f,
             name=str(i),
-            labels={K.ENERGY: float(l["e"]) * len(s), K.FORCES: l["f"], K.STRESS: l["s"], K.MAGMOMS: np.ravel(l["m"])},
+            labels={
+                K.ENERGY: float(label["e"]) * len(s),
+                K.FORCES: label["f"],
+                K.STRESS: label["s"],
+                K.MAGMOMS: np.ravel(label["m"]),
+            },
         )
-        for i, (s, l, f) in enumerate(zip(data, labels, fidelities))
+        for i, (s, label, f) in enumerate(zip(data, labels, fidelities))
     ]
 
 
@@ -394,7 +400,8 @@ def main() -> None:
                 )
                 report.setdefault("ddp", {})[str(batch_size)] = ddp
                 print(
-                    f"  DDP 2 processes x 1 thread, MF eager mixed, batch {batch_size}: {ddp['median_s_per_step']:.3f} s/step "
+                    f"  DDP 2 processes x 1 thread, MF eager mixed, batch {batch_size}: "
+                    f"{ddp['median_s_per_step']:.3f} s/step "
                     f"({ddp['speedup_vs_1_process_2_threads']:.2f}x one process with 2 threads)"
                 )
                 save(report, args.out)

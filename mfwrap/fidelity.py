@@ -194,13 +194,17 @@ class FidelityContext:
             self._batch, self._rows, self._groups, self._majority, self.uniform = None, {}, {}, {}, None
             self.dense = False
 
-    @property
-    def batch(self) -> Data:
+    def _require_bound(self) -> None:
+        """Raise the explanatory error when no batch is bound (outside :meth:`bound`)."""
         if self._batch is None:
             raise RuntimeError(
                 "a fidelity-dependent module was called outside MultiFidelity.forward; "
                 "call the wrapper, not its backbone"
             )
+
+    @property
+    def batch(self) -> Data:
+        self._require_bound()
         return self._batch
 
     @property
@@ -214,8 +218,7 @@ class FidelityContext:
         ``count`` is the number of rows the calling module actually has; a mismatch means the
         module's row kind was detected wrongly (it varies between batches) and is an error.
         """
-        if self._batch is None:
-            self.batch  # raises the explanatory error
+        self._require_bound()
         rows = self._rows[kind]
         if rows.shape[0] != count:
             raise RuntimeError(
@@ -238,8 +241,7 @@ class FidelityContext:
     def majority(self, kind: str) -> tuple[int, Tensor, Tensor]:
         """(most common fidelity f0 among rows of ``kind``, indices of the other rows, their
         fidelities), cached per forward."""
-        if self._batch is None:
-            self.batch  # raises the explanatory error
+        self._require_bound()
         if kind not in self._majority:
             rows = self._rows[kind]
             base = int(torch.bincount(rows, minlength=self.num_fidelities).argmax())

@@ -180,8 +180,9 @@ class MultiFidelity(nn.Module):
             return
         if self.spec.composition is None:
             raise ValueError(
-                f"{type(self.backbone).__name__} has no composition model named in its fidelity spec and mechanism C is "
-                "off: add C, give the backbone a composition module, or train with fit_composition: false"
+                f"{type(self.backbone).__name__} has no composition model named in its fidelity spec and "
+                "mechanism C is off: add C, give the backbone a composition module, "
+                "or train with fit_composition: false"
             )
         fit_shared_composition(self.backbone, self.spec.composition, graphs, ridge=ridge)
 
@@ -189,7 +190,8 @@ class MultiFidelity(nn.Module):
         return next((m for m in self.fidelity_modules() if isinstance(m, FidelityComposition)), None)
 
     def compiled(self, **options: Any) -> nn.Module:
-        """This model with its backbone's network under ``torch.compile`` (:class:`mfwrap.compile.CompiledMultiFidelity`)."""
+        """This model with its backbone's network under ``torch.compile``
+        (:class:`mfwrap.compile.CompiledMultiFidelity`)."""
         from mfwrap.compile import CompiledMultiFidelity  # compile.py does not import this module
 
         return CompiledMultiFidelity(self, **options)

@@ -443,7 +443,8 @@ def operate(
     for letter, found in places.items():
         if letter != "C" and not found:
             raise ValueError(
-                f"mechanism {letter} has no place in {type(backbone).__name__}: none of {skipped} is called by its forward"
+                f"mechanism {letter} has no place in {type(backbone).__name__}: "
+                f"none of {skipped} is called by its forward"
             )
     # declared irreps restrict the terms even without the probe-based refusal (a file rebuilds the same widths)
     refused, restricted = (

@@ -107,17 +107,17 @@ def scalar_columns(module: nn.Module) -> torch.Tensor | None:
     if terms is None:
         return None
     columns, start = [], 0
-    for mul, l, parity in terms:
-        if l == 0 and parity == "e":
+    for mul, degree, parity in terms:
+        if degree == 0 and parity == "e":
             columns.append(torch.arange(start, start + mul))
-        start += mul * (2 * l + 1)
+        start += mul * (2 * degree + 1)
     return torch.cat(columns) if columns else torch.zeros(0, dtype=torch.long)
 
 
 def declares_non_scalars(module: nn.Module) -> bool:
     """Whether ``module.irreps_out`` has parts other than ``0e`` (whatever a probe shows: a vector
     part that happens to be zero on the probe still rotates in general)."""
-    return any(not (l == 0 and parity == "e") for _, l, parity in _irreps_out(module) or [])
+    return any(not (degree == 0 and parity == "e") for _, degree, parity in _irreps_out(module) or [])
 
 
 def randomise_fidelity_parameters(model: nn.Module, scale: float = 0.5, seed: int = 0) -> None:

@@ -37,8 +37,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "high-fidelity test errors (6 frames" in done.stdout and "multi-fidelity" in done.stdout
     assert (
-        "protocol equal-compute: multi-fidelity 1 epoch(s) over 24 frames = 6 optimiser steps; single-fidelity 3 epoch(s) over 8 frames = 6 steps"
-        in done.stdout
+        "protocol equal-compute: multi-fidelity 1 epoch(s) over 24 frames = 6 optimiser steps; "
+        "single-fidelity 3 epoch(s) over 8 frames = 6 steps" in done.stdout
     )
     summary = json.loads((out / "demo.json").read_text())
     assert summary["n_test"] == 6 and set(summary["test"]) == {"multi-fidelity", "single-fidelity"}

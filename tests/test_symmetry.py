@@ -79,7 +79,10 @@ def test_the_randomised_check_names_the_place_that_breaks_symmetry():
     mf = MultiFidelity(VectorPotential(), ["a", "b"], "M", spec={"message": ["mix", "scalar"]}, check_symmetry=False)
     with pytest.raises(
         ValueError,
-        match=r"break the symmetry or smoothness of VectorPotential: rotation .*places responsible \(together\): \['mix'\]",
+        match=(
+            r"break the symmetry or smoothness of VectorPotential: rotation "
+            r".*places responsible \(together\): \['mix'\]"
+        ),
     ):
         check_wrapped_model(mf)
 

@@ -142,7 +142,8 @@ def _extxyz_texts(path: Path) -> Iterator[tuple[int, str]]:
             except ValueError:
                 hint = f" (does frame {frame - 1} have more atom lines than its count?)" if frame else ""
                 raise StructureError(
-                    f"{path.name}: frame {frame} (line {line_number}): expected the atom count, got {line.strip()[:60]!r}{hint}"
+                    f"{path.name}: frame {frame} (line {line_number}): expected the atom count, "
+                    f"got {line.strip()[:60]!r}{hint}"
                 ) from None
             chunk = [line, *(handle.readline() for _ in range(n_atoms + 1))]
             if not chunk[-1]:

@@ -56,8 +56,12 @@ def require_finite(model: nn.Module, path: str | Path) -> None:
 
 def describe_structures(graphs: Sequence[Data], indices: Sequence[int], fidelity_names: Sequence[str]) -> str:
     """ "#index formula (fidelity name)" of each graph, for error messages."""
+
+    def fidelity(g: Data) -> str | int:
+        index = int(g[K.FIDELITY])
+        return fidelity_names[index] if index < len(fidelity_names) else index
+
     return ", ".join(
-        f"#{i} {Symbols(g[K.ATOMIC_NUMBERS].cpu().numpy()).get_chemical_formula()} "
-        f"(fidelity {fidelity_names[int(g[K.FIDELITY])] if int(g[K.FIDELITY]) < len(fidelity_names) else int(g[K.FIDELITY])!r})"
+        f"#{i} {Symbols(g[K.ATOMIC_NUMBERS].cpu().numpy()).get_chemical_formula()} (fidelity {fidelity(g)!r})"
         for i, g in zip(indices, graphs)
     )

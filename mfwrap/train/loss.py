@@ -7,12 +7,12 @@ For target t with label mask m_t and Huber function h_δ (δ = ``delta``, in the
 where k runs over structures (energy per atom in eV/atom, stress in GPa) or atoms (forces in eV/Å,
 magmoms in μB) and c_t is the number of components per entry (1, 3, 9, 1), so L_t is the mean
 over present labels only. a_k is the weight of the fidelity of entry k's structure
-(``fidelity_weights``; 1 for every fidelity by default). A target with no label in the batch contributes exactly 0. Masked
-entries are replaced by their label *before* the Huber function (``torch.where``), so a NaN or
-inf prediction where no label exists (e.g. stress of a molecule) reaches neither the loss nor
-its gradient. A target with labels somewhere in the (global) batch but none in this process's
-slice is still computed (as exactly 0, connected to the prediction), so that every output the
-model returned receives a gradient, as DistributedDataParallel requires.
+(``fidelity_weights``; 1 for every fidelity by default). A target with no label in the batch
+contributes exactly 0. Masked entries are replaced by their label *before* the Huber function
+(``torch.where``), so a NaN or inf prediction where no label exists (e.g. stress of a molecule)
+reaches neither the loss nor its gradient. A target with labels somewhere in the (global) batch
+but none in this process's slice is still computed (as exactly 0, connected to the prediction), so
+that every output the model returned receives a gradient, as DistributedDataParallel requires.
 
 Distributed training: each process holds a slice of the global batch. Passing the global label
 counts (``counts``) and ``scale = world_size`` makes the per-process losses sum to the one-process

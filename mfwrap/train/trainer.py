@@ -241,9 +241,10 @@ class Trainer:
             )
         except torch._dynamo.exc.TorchDynamoException as error:  # compilation, not the data: say what to do
             raise RuntimeError(
-                f"compiling the training step (train.compile: {self.config.compile!r}) failed under torch {torch.__version__}: "
-                f"{str(error).splitlines()[0]}. The compiled path is tested on torch 2.13 and fails inside torch.compile on "
-                f"2.11 (seen on CPU and CUDA); set train.compile: false to train with eager steps "
+                f"compiling the training step (train.compile: {self.config.compile!r}) failed under "
+                f"torch {torch.__version__}: {str(error).splitlines()[0]}. The compiled path is tested on "
+                f"torch 2.13 and fails inside torch.compile on 2.11 (seen on CPU and CUDA); "
+                f"set train.compile: false to train with eager steps "
                 f"(`mfwrap bench ... --eager` in the suite)"
             ) from error
         loss, terms = self.criterion(pred, batch, counts, scale=float(self.ctx.world_size))

@@ -227,9 +227,8 @@ def test_the_residual_readout_is_judged_against_independent_copies_and_no_readou
     assert chgnet.status == "partly" and chgnet.evidence[1] == (
         "N_high 50, F: F, shared + residual 121 vs F, independent copies 130 (-7 %) ✓ (seeds [0, 1], 2/2 seeds agree)"
     )
-    assert (
-        chgnet.evidence[3]
-        == "N_high 50, F: F, shared + residual 121 vs R̄, one shared readout 120 (+1 %) ✗ (seeds [0, 1], 1/2 seeds agree)"
+    assert chgnet.evidence[3] == (
+        "N_high 50, F: F, shared + residual 121 vs R̄, one shared readout 120 (+1 %) ✗ (seeds [0, 1], 1/2 seeds agree)"
     )
     verdicts = {v.claim: v for v in check_claims({"ablations": [r for r in runs if r.spec.mechanisms == "ECMR"]})}
     # F and the residual option alone: the option is not an ablation variant, so F has nothing to be compared with

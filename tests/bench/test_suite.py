@@ -76,9 +76,10 @@ def test_eager_overrides_the_levels_compiled_steps_and_results_say_which(tmp_pat
     """--eager: eager training steps on a level that compiles them (medium, full); quick never compiles."""
     medium, quick = LEVELS["medium"], LEVELS["quick"]
     spec = EXPERIMENTS["learning_curve"](medium, [0])[0]
-    compiled = lambda level, **kw: (
-        runner._experiment(spec, level, runner.make_splits(spec, level), tmp_path, **kw)[0].train.compile
-    )  # noqa: E731
+
+    def compiled(level, **kw):
+        return runner._experiment(spec, level, runner.make_splits(spec, level), tmp_path, **kw)[0].train.compile
+
     assert compiled(medium) is True and compiled(medium, eager=True) is False and compiled(quick) is False
     result = runner.run_one(EXPERIMENTS["learning_curve"](quick, [0])[0], "quick", str(tmp_path), eager=True)
     assert result.compiled_steps is False

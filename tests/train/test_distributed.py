@@ -43,7 +43,8 @@ for name, s in {scenarios!r}.items():
     train = labelled_graphs(12, 0, 0, spec) + labelled_graphs(s["high"], 2, 1, spec, magmoms=False)
     config = TrainConfig(**s["config"], output_dir=f"{out}/{{name}}")
     if "stop_after_steps" in s:  # stop, then resume with other initial weights in new trainers
-        Trainer(eval(s["model"]), config, fidelity_names=["low", "high"]).fit(train, val, stop_after_steps=s["stop_after_steps"])
+        trainer = Trainer(eval(s["model"]), config, fidelity_names=["low", "high"])
+        trainer.fit(train, val, stop_after_steps=s["stop_after_steps"])
         result = Recording(eval(s["resume_model"]), config, fidelity_names=["low", "high"]).fit(train, val, resume=True)
     else:
         result = Recording(eval(s["model"]), config, fidelity_names=["low", "high"]).fit(train, val)

@@ -238,7 +238,8 @@ def test_the_composition_fit_refuses_a_non_finite_energy(tmp_path):
 
 
 def test_a_checkpoint_written_before_an_option_existed_resumes(tmp_path):
-    """last.pt of an older mfwrap lacks newer options (here fidelity_loss_weights, patience): they take their defaults."""
+    """last.pt of an older mfwrap lacks newer options (here fidelity_loss_weights, patience): they take their
+    defaults."""
     import torch as torch_
 
     Trainer(TinyBackbone(seed=0), _config(tmp_path, epochs=2)).fit(TRAIN, stop_after_steps=3)

@@ -136,7 +136,7 @@ def test_every_linear_in_the_convolutions_is_called_as_a_module(test_structures)
     swapped = []
     for parent in list(model.atom_convs) + list(model.bond_convs) + list(model.angle_updates)[:-1] + [model.readout]:
         for owner in parent.modules():
-            for name, child in list(owner.named_children()):
+            for child in list(owner.children()):
                 if type(child) is nn.Linear:
                     child.__class__ = _CountingLinear
                     child.was_called = False
