@@ -6,7 +6,7 @@ PIP     = $(PY) -m pip
 PIPC    = $(PIP) install -q -c constraints.txt
 STAMP   = $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench docs clean
+.PHONY: venv demo test test-fast lint bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ demo: $(STAMP)
 	$(PY) -m mfwrap.demo
 
 # tests/test_docs.py runs the tutorials and builds the documentation with mkdocs build --strict
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -q -n 2 tests
+
+# style is checked, not discussed: ruff's rules and formatter as configured in pyproject.toml
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x tests
