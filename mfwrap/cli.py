@@ -1,8 +1,8 @@
 """The ``mfwrap`` command: train from a YAML config, evaluate a checkpoint, predict structures.
 
     mfwrap train CONFIG.yaml [--resume] [--output-dir DIR]
-    mfwrap evaluate CHECKPOINT DATA --fidelity NAME [--json OUT]
-    mfwrap predict CHECKPOINT STRUCTURES [--fidelity NAME] [--output OUT.extxyz]
+    mfwrap evaluate CHECKPOINT DATA --fidelity NAME [--energy-key KEY ...] [--json OUT]
+    mfwrap predict CHECKPOINT STRUCTURES [--fidelity NAME] [--output OUT.extxyz [--prefix P] [--overwrite]]
     mfwrap bench EXPERIMENT|all --level quick|medium|full [--seeds 0 1 2] [--jobs 2]
     mfwrap bench report [--root runs/suite] [--out benchmarks/results/suite]
 
