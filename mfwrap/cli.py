@@ -164,6 +164,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mfwrap.train.metrics import format_table
     from mfwrap.train.trainer import Trainer
 
+    if args.json:
+        _check_output("--json", args.json, [args.data, args.checkpoint], overwrite=True)
     device = _device(args.device)
     model, checkpoint = read_model_file(args.checkpoint)
     _, name, index = _fidelity(model, checkpoint, args.fidelity)
@@ -201,22 +203,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(output: str, inputs: Sequence[str], overwrite: bool) -> None:
-    """Refuse an ``--output`` that is one of ``inputs`` (the same file, through links too), a
-    directory, or an existing file without ``overwrite``."""
+def _check_output(option: str, output: str, inputs: Sequence[str], overwrite: bool) -> None:
+    """Refuse an output file (given with ``option``) that is one of ``inputs`` (the same file, through
+    links too), a directory, or an existing file without ``overwrite``."""
     path = Path(output)
     if path.is_dir():
-        raise ValueError(f"--output {output}: is a directory; give a file name")
+        raise ValueError(f"{option} {output}: is a directory; give a file name")
     if not path.exists():
         return
     for given in inputs:
         if os.path.exists(given) and os.path.samefile(path, given):
-            raise ValueError(
-                f"--output {output}: is the input {given}; refused, as it would replace the input "
-                "(write to another file: it keeps each frame's labels beside the predictions)"
-            )
+            raise ValueError(f"{option} {output}: is the input {given}; refused, as it would replace it")
     if not overwrite:
-        raise ValueError(f"--output {output}: exists; pass --overwrite to replace it, or choose another file")
+        raise ValueError(f"{option} {output}: exists; pass --overwrite to replace it, or choose another file")
 
 
 def _prediction_keys(prefix: str) -> dict[str, str]:
@@ -233,15 +232,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mfwrap.predict import predict
 
     if args.output:
-        _check_output(args.output, [args.structures, args.checkpoint], args.overwrite)
+        _check_output("--output", args.output, [args.structures, args.checkpoint], args.overwrite)
     device = _device(args.device)
     model, checkpoint = read_model_file(args.checkpoint, map_location=device)
     frames = read_structures(args.structures)
     keys = _prediction_keys(args.prefix)
-    for i, atoms in enumerate(frames):
+    for i, atoms in enumerate(frames if args.output else []):
         held = set(atoms.info) | set(atoms.arrays) | set(getattr(atoms.calc, "results", None) or {})
-        taken = sorted(held.intersection(keys.values()))
-        if args.output and taken:
+        if taken := sorted(held.intersection(keys.values())):
             raise ValueError(
                 f"{args.structures}: frame {i} already has {taken}; choose another --prefix than {args.prefix!r}, "
                 "so no key of the input is replaced"

@@ -43,7 +43,7 @@ def _evaluate(files, labelled, *options):
 
 def test_predict_refuses_to_write_onto_an_input_and_the_input_is_unchanged(files):
     """--output naming the structures (directly, by a symlink or a hardlink) or the checkpoint is
-    refused, even with --overwrite; the files keep their bytes."""
+    refused, even with --overwrite, and so is evaluate's --json; the files keep their bytes."""
     model, structures = files / "model.pt", files / "t.xyz"
     before = {path: path.read_bytes() for path in (model, structures)}
     (files / "link.xyz").symlink_to(structures)
@@ -52,6 +52,8 @@ def test_predict_refuses_to_write_onto_an_input_and_the_input_is_unchanged(files
         for overwrite in ([], ["--overwrite"]):
             argv = ["predict", str(model), str(structures), "--output", str(files / output), *overwrite]
             _refused(argv, rf"--output .*{re.escape(output)}: is the input .*{re.escape(input)}; refused")
+    for output in ("link.xyz", "model.pt"):  # nor evaluate's --json
+        _refused(["evaluate", str(model), str(structures), "--json", str(files / output)], "is the input .*; refused")
     assert {path: path.read_bytes() for path in before} == before
 
 
