@@ -1,8 +1,8 @@
 """The ``mfwrap`` command: train from a YAML config, evaluate a checkpoint, predict structures.
 
     mfwrap train CONFIG.yaml [--resume] [--output-dir DIR]
-    mfwrap evaluate CHECKPOINT DATA --fidelity NAME [--json OUT]
-    mfwrap predict CHECKPOINT STRUCTURES [--fidelity NAME] [--output OUT.extxyz]
+    mfwrap evaluate CHECKPOINT DATA --fidelity NAME [--energy-key KEY ...] [--json OUT]
+    mfwrap predict CHECKPOINT STRUCTURES [--fidelity NAME] [--output OUT.extxyz [--prefix P] [--overwrite]]
     mfwrap bench EXPERIMENT|all --level quick|medium|full [--seeds 0 1 2] [--jobs 2]
     mfwrap bench report [--root runs/suite] [--out benchmarks/results/suite]
 
@@ -118,12 +118,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_frames(path: str) -> list:
-    import ase.io
-    from ase import Atoms
+def _device(requested: str) -> str:
+    """The torch device ``--device`` names ("auto": the GPU if torch sees one, else the CPU); an
+    error naming it when it is not a device or not one this machine has."""
+    import torch
 
-    frames = ase.io.read(path, index=":")
-    return [frames] if isinstance(frames, Atoms) else list(frames)
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device {requested}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ValueError(f"--device {requested}: torch sees no CUDA GPU on this machine; use --device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {requested}: torch sees {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return str(device)
 
 
 def _fidelity(model: Any, checkpoint: dict, requested: str | None) -> tuple[str | None, str, int]:
@@ -137,39 +149,53 @@ def _fidelity(model: Any, checkpoint: dict, requested: str | None) -> tuple[str 
     multi = is_multi_fidelity(model)
     names = list(fidelity_names_of(model) if multi else checkpoint.get("fidelity_names") or [DEFAULT_FIDELITY])
     target = None if multi else checkpoint.get("target_fidelity") or names[-1]
-    try:
-        index = resolve_fidelity(names, requested, default=target, option="--fidelity")
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+    index = resolve_fidelity(names, requested, default=target, option="--fidelity")
     if not multi and names[index] != target:
-        raise SystemExit(
+        raise ValueError(
             f"this is a single-fidelity model of fidelity {target!r}; it does not predict {names[index]!r}"
         )
     return (requested if multi else None), names[index], index
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mfwrap.data.readers import DEFAULT_KEYS, read_dataset, to_graphs
+    from mfwrap.data.readers import DEFAULT_KEYS, LabelKeyError, read_dataset, to_graphs
     from mfwrap.model_file import read_model_file
     from mfwrap.train.config import TrainConfig
     from mfwrap.train.metrics import format_table
     from mfwrap.train.trainer import Trainer
 
+    if args.json:
+        _check_output("--json", args.json, [args.data, args.checkpoint], overwrite=True)
+    device = _device(args.device)
     model, checkpoint = read_model_file(args.checkpoint)
     _, name, index = _fidelity(model, checkpoint, args.fidelity)
     names = list(checkpoint.get("fidelity_names") or ["default"])
-    keys = {target: getattr(args, f"{target}_key") for target in DEFAULT_KEYS}
-    keys = {target: None if key.lower() == "none" else key for target, key in keys.items()}
-    records = read_dataset(args.data, name, keys, strict=False)
+    given = {target: getattr(args, f"{target}_key") for target in DEFAULT_KEYS}  # None where not given
+    keys = {
+        target: DEFAULT_KEYS[target] if key is None else None if key.lower() == "none" else key
+        for target, key in given.items()
+    }
+    named = [target for target, key in given.items() if key is not None]  # must be in the file, unlike defaults
+    try:
+        records = read_dataset(args.data, name, keys, strict=named)
+    except LabelKeyError as error:
+        raise LabelKeyError(f"{error} (--energy-key, --forces-key, --stress-key, --magmoms-key)") from None
     graphs = to_graphs(records, model.graph_spec, {name: index})
+    targets = checkpoint.get("targets", "efsm")
     config = TrainConfig(
-        targets=checkpoint.get("targets", "efsm"),
+        targets=targets,
         eval_batch_size=args.batch_size,
-        device=args.device,
+        device=device,
         progress=False,
         output_dir=str(Path(args.checkpoint).parent),
     )
     metrics = Trainer(model, config, fidelity_names=names).evaluate(graphs)
+    if not metrics.get(name):
+        labelled = sorted({target for record in records for target in record.labels})
+        raise ValueError(
+            f"{args.data}: nothing to evaluate: its frames label {labelled}, which the model does not predict "
+            f"(targets {targets!r}); name the keys of its labels with --energy-key, --forces-key, ..."
+        )
     print(f"{len(graphs)} structures from {args.data} at fidelity {name!r}:")
     print(format_table({Path(args.checkpoint).name: metrics}, name))
     if args.json:
@@ -177,39 +203,79 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(option: str, output: str, inputs: Sequence[str], overwrite: bool) -> None:
+    """Refuse an output file (given with ``option``) that is one of ``inputs`` (the same file, through
+    links too), a directory, or an existing file without ``overwrite``."""
+    path = Path(output)
+    if path.is_dir():
+        raise ValueError(f"{option} {output}: is a directory; give a file name")
+    if not path.exists():
+        return
+    for given in inputs:
+        if os.path.exists(given) and os.path.samefile(path, given):
+            raise ValueError(f"{option} {output}: is the input {given}; refused, as it would replace it")
+    if not overwrite:
+        raise ValueError(f"{option} {output}: exists; pass --overwrite to replace it, or choose another file")
+
+
+def _prediction_keys(prefix: str) -> dict[str, str]:
+    return {target: f"{prefix}{target}" for target in ("energy", "forces", "stress", "magmoms")}
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    import ase.io
     import numpy as np
-    import torch
-    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.stress import full_3x3_to_voigt_6_stress
 
     from mfwrap.data.graph import EV_PER_A3_TO_GPA
+    from mfwrap.data.readers import read_structures
     from mfwrap.model_file import read_model_file
     from mfwrap.predict import predict
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.output:
+        _check_output("--output", args.output, [args.structures, args.checkpoint], args.overwrite)
+    device = _device(args.device)
     model, checkpoint = read_model_file(args.checkpoint, map_location=device)
-    frames = _read_frames(args.structures)
+    frames = read_structures(args.structures)
+    keys = _prediction_keys(args.prefix)
+    for i, atoms in enumerate(frames if args.output else []):
+        held = set(atoms.info) | set(atoms.arrays) | set(getattr(atoms.calc, "results", None) or {})
+        if taken := sorted(held.intersection(keys.values())):
+            raise ValueError(
+                f"{args.structures}: frame {i} already has {taken}; choose another --prefix than {args.prefix!r}, "
+                "so no key of the input is replaced"
+            )
     results = predict(
         model, frames, fidelity=_fidelity(model, checkpoint, args.fidelity)[0], batch_size=args.batch_size
     )
-    for atoms, result in zip(frames, results):
+    for atoms, result in zip(frames, results):  # beside the frame's own labels, which stay as they were
+        atoms.info[keys["energy"]] = result["energy"]
+        atoms.arrays[keys["forces"]] = result["forces"]
         stress = result.get("stress")
-        labels = {"energy": result["energy"], "forces": result["forces"]}
         if stress is not None and np.isfinite(stress).all():
-            labels["stress"] = full_3x3_to_voigt_6_stress(stress / EV_PER_A3_TO_GPA)
+            atoms.info[keys["stress"]] = full_3x3_to_voigt_6_stress(stress / EV_PER_A3_TO_GPA)
         if "magmoms" in result:
-            labels["magmoms"] = result["magmoms"]
-        atoms.calc = SinglePointCalculator(atoms, **labels)
+            atoms.arrays[keys["magmoms"]] = result["magmoms"]
     if args.output:
-        ase.io.write(args.output, frames, format="extxyz")
+        _write_extxyz(args.output, frames)
     for i, (atoms, result) in enumerate(zip(frames, results)):
         print(
             f"{i:>5} {atoms.get_chemical_formula():<20} E = {result['energy']:.6f} eV "
             f"({result['energy'] / len(atoms):.6f} eV/atom)  max|F| = {np.abs(result['forces']).max():.4f} eV/Å"
         )
     return 0
+
+
+def _write_extxyz(path: str, frames: list) -> None:
+    """``frames`` as an extxyz file, written atomically (an interrupted write leaves no partial file)."""
+    import io
+
+    import ase.io
+
+    from mfwrap.files import write_text
+
+    text = io.StringIO()
+    ase.io.write(text, frames, format="extxyz")
+    write_text(path, text.getvalue())
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -311,9 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     for target in ("energy", "forces", "stress", "magmoms"):
         evaluate.add_argument(
             f"--{target}-key",
-            default=target,
-            help=f"calculator result / info / arrays key of the {target} label, 'none' if "
-            f"unlabelled (default {target!r})",
+            default=None,
+            help=f"info / arrays / calculator result key of the {target} label, which some frame must have; "
+            f"'none': not evaluated (default: {target!r} where present)",
         )
     evaluate.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     evaluate.set_defaults(func=cmd_evaluate)
@@ -321,7 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="energies, forces, stress, magmoms of structures")
     common(predict)
     predict.add_argument("structures", help="structures, any file ase.io.read reads")
-    predict.add_argument("--output", default=None, help="write the structures with predictions to this extxyz file")
+    predict.add_argument(
+        "--output",
+        default=None,
+        help="write the structures to this extxyz file with the predictions beside their own labels, under "
+        "PREFIX + energy / forces / stress (ASE units, eV/Å^3 Voigt) / magmoms; never one of the inputs",
+    )
+    predict.add_argument("--prefix", default="mfwrap_", help="of the keys of the predictions (default mfwrap_)")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     predict.set_defaults(func=cmd_predict)
 
     from mfwrap.bench.backbones import BACKBONES
@@ -377,9 +450,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What an interrupted command left, and how to go on."""
+    import shlex
+
+    if args.command == "train":
+        again = ["mfwrap", "train", args.config, "--resume"]
+        again += ["--output-dir", args.output_dir] if args.output_dir is not None else []
+        return f"resume with: {shlex.join(again)}"
+    if args.command == "bench" and args.experiment != "report":
+        return "rerun the same command to go on: finished runs are kept, interrupted ones resume"
+    return "run it again"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command. Errors in what the user gave (files, configs, structures) print one line and
-    exit with status 2; set MFWRAP_TRACEBACK=1 to see the traceback instead."""
+    exit with status 2; Ctrl-C prints one line saying how to go on and exits with status 130; set
+    MFWRAP_TRACEBACK=1 to see the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -388,6 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MFWRAP_TRACEBACK"):
             raise
         parser.exit(2, f"mfwrap {args.command}: error: {error}\n")
+    except KeyboardInterrupt:
+        if os.environ.get("MFWRAP_TRACEBACK"):
+            raise
+        parser.exit(130, f"mfwrap {args.command}: interrupted; {_after_interrupt(args)}\n")
 
 
 if __name__ == "__main__":

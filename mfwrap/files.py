@@ -92,10 +92,15 @@ def read_torch(path: str | os.PathLike, map_location: str | torch.device | None 
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is a directory (the message names a ``.pt`` file in it, if any).
         UnsafeFileError: the file references code (classes or functions to call); nothing ran.
         ValueError: the file is not a readable torch file (corrupt, truncated, foreign).
     """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(path.glob("*.pt")) or sorted(path.glob("*/best.pt"))
+        hint = f", e.g. {inside[0]}" if inside else ""
+        raise ValueError(f"{path}: is a directory; give a file in it{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:

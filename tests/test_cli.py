@@ -4,6 +4,7 @@ predict with its checkpoints (what predict writes, default fidelities), refused 
 import dataclasses
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -12,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.stress import full_3x3_to_voigt_6_stress
+from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
 
 import mfwrap
 from mfwrap.cli import build_parser, main
@@ -88,13 +88,13 @@ def test_train_evaluate_predict(data, capsys):
     metrics = json.loads((data / "m.json").read_text())
     assert metrics["r2scan"]["forces"]["mae"] == pytest.approx(history["test"]["r2scan"]["forces"]["mae"], rel=1e-5)
     assert metrics["r2scan"]["energy"]["count"] == 4
-    with pytest.raises(SystemExit, match="choose one with --fidelity"):
-        main(["evaluate", str(best), str(data / "test.xyz")])
+    _refused(["evaluate", str(best), str(data / "test.xyz")], "choose one with --fidelity")
 
 
 def test_predict_writes_what_mfwrap_predict_returns_in_ase_units(data, capsys):
     """Energies, forces, stress (ASE eV/Å^3 Voigt, the sign of mfwrap.Calculator) and magmoms read
-    back from the written file equal mfwrap.predict's on the same checkpoint; a molecule gets no stress."""
+    back from the written file, under mfwrap_energy / _forces / _stress / _magmoms, equal
+    mfwrap.predict's on the same checkpoint; a molecule gets no stress."""
     assert main(["train", str(_config(data))]) == 0
     best = data / "out" / "multi_fidelity" / "best.pt"
     molecule = Atoms([26, 8, 3], positions=[[0, 0, 0], [1.8, 0, 0], [0, 1.9, 0.3]])
@@ -116,20 +116,46 @@ def test_predict_writes_what_mfwrap_predict_returns_in_ase_units(data, capsys):
     assert len(written) == len(structures)
     for atoms, source, reference in zip(written, structures, expected):
         np.testing.assert_allclose(atoms.positions, source.positions, atol=0)
-        assert atoms.get_potential_energy() == pytest.approx(reference["energy"], rel=1e-12, abs=1e-12)
+        assert atoms.info["mfwrap_energy"] == pytest.approx(reference["energy"], rel=1e-12, abs=1e-12)
         assert f"E = {reference['energy']:.6f} eV" in printed
-        np.testing.assert_allclose(atoms.get_forces(), reference["forces"], atol=1e-7)
-        np.testing.assert_allclose(atoms.get_magnetic_moments(), reference["magmoms"], atol=1e-7)
+        np.testing.assert_allclose(atoms.arrays["mfwrap_forces"], reference["forces"], atol=1e-7)
+        np.testing.assert_allclose(atoms.arrays["mfwrap_magmoms"], reference["magmoms"], atol=1e-7)
+        assert atoms.calc is None  # the input had no labels, and predictions are not put in their place
     for atoms, reference in zip(written[:3], expected[:3]):
         assert np.abs(reference["stress"]).max() > 1e-2
         symmetric = (reference["stress"] + reference["stress"].T) / 2  # float32: asymmetric by ~1e-8 GPa
-        np.testing.assert_allclose(atoms.get_stress(voigt=False) * EV_PER_A3_TO_GPA, symmetric, rtol=1e-6, atol=1e-8)
+        stress = voigt_6_to_full_3x3_stress(atoms.info["mfwrap_stress"])
+        np.testing.assert_allclose(stress * EV_PER_A3_TO_GPA, symmetric, rtol=1e-6, atol=1e-8)
         live = atoms.copy()  # ASE's sign and units, checked against the strain derivative in test_calculator
         live.calc = mfwrap.Calculator(model, fidelity="r2scan")
-        np.testing.assert_allclose(atoms.get_stress(), live.get_stress(), rtol=1e-5, atol=1e-7)
-    assert not written[3].pbc.any() and "stress" not in written[3].calc.results
-    with pytest.raises(PropertyNotImplementedError):
-        written[3].get_stress()
+        np.testing.assert_allclose(atoms.info["mfwrap_stress"], live.get_stress(), rtol=1e-5, atol=1e-7)
+    assert not written[3].pbc.any() and "mfwrap_stress" not in written[3].info
+
+
+def test_ctrl_c_during_train_says_how_to_resume_and_the_command_does(data, monkeypatch, capsys):
+    """Ctrl-C (KeyboardInterrupt) in the third optimiser step: one line naming the command that
+    resumes, status 130; that command finishes the run."""
+    steps = []
+    real_step = trainer_module.Trainer.train_step
+
+    def step(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_step", step)
+    config, out = _config(data), data / "elsewhere"
+    with pytest.raises(SystemExit) as exited:
+        main(["train", str(config), "--output-dir", str(out)])
+    assert exited.value.code == 130
+    message = capsys.readouterr().err
+    assert "Traceback" not in message and message.count("\n") == 1
+    expected = f"mfwrap train: interrupted; resume with: mfwrap train {config} --resume --output-dir {out}\n"
+    assert message == expected
+    argv = shlex.split(message.partition("resume with: ")[2])
+    assert argv[0] == "mfwrap" and main(argv[1:]) == 0
+    assert (out / "multi_fidelity" / "best.pt").is_file()
 
 
 def _state(path):
@@ -270,18 +296,19 @@ def test_single_fidelity_and_delta_checkpoints_default_to_their_target_fidelity(
     assert set(metrics) == {"r2scan"}
     for target in ("energy", "forces", "stress", "magmoms"):
         assert metrics["r2scan"][target]["mae"] == pytest.approx(history["test"]["r2scan"][target]["mae"], rel=1e-5)
-    with pytest.raises(SystemExit, match="unknown fidelity 'hse'"):
-        main(["evaluate", str(best), str(data / "test.xyz"), "--fidelity", "hse"])
+    _refused(["evaluate", str(best), str(data / "test.xyz"), "--fidelity", "hse"], "unknown fidelity 'hse'")
     for command in ("evaluate", "predict"):  # a fidelity of the run that the model was not trained for
-        with pytest.raises(SystemExit, match="single-fidelity model of fidelity 'r2scan'; it does not predict 'pbe'"):
-            main([command, str(best), str(data / "test.xyz"), "--fidelity", "pbe"])
+        _refused(
+            [command, str(best), str(data / "test.xyz"), "--fidelity", "pbe"],
+            "single-fidelity model of fidelity 'r2scan'; it does not predict 'pbe'",
+        )
 
     assert main(["predict", str(best), str(data / "test.xyz"), "--output", str(data / "pred.xyz")]) == 0
     written = ase.io.read(data / "pred.xyz", index=":")
     expected = mfwrap.predict(mfwrap.load(best), random_structures(4, 2))
     for atoms, reference in zip(written, expected, strict=True):
-        assert atoms.get_potential_energy() == pytest.approx(reference["energy"], rel=1e-12, abs=1e-12)
-        np.testing.assert_allclose(atoms.get_forces(), reference["forces"], atol=1e-7)
+        assert atoms.info["mfwrap_energy"] == pytest.approx(reference["energy"], rel=1e-12, abs=1e-12)
+        np.testing.assert_allclose(atoms.arrays["mfwrap_forces"], reference["forces"], atol=1e-7)
 
 
 def test_missing_and_foreign_checkpoints_are_refused_with_a_clear_message(data):

@@ -11,18 +11,21 @@ then the results of an attached (SinglePoint) calculator — where ``ase.io`` pu
 ``energy``/``forces``/``stress``/``magmoms`` of an extxyz file; for an ASE db, a row's
 ``key_value_pairs`` and ``data`` are looked up as ``info``. A name that a frame lacks gives an
 absent label (a False mask, never zeros that count); a name that *no* frame has is an error, as
-it is almost surely a typo.
+it is almost surely a typo, and so is a fidelity at which no frame has any label. Both errors
+name the keys looked for and the keys the file's frames do have (info, arrays, calculator results).
 
-Bad files. A frame that cannot be parsed (an atom-count line that does not match its atom
-lines, a non-numeric value, a column or label of the wrong width, a NaN or inf label) is a
-:class:`~mfwrap.data.graph.StructureError` that names the file and the frame, e.g.
-``train.xyz: frame 3 (line 25): ...``. An extxyz file is split into frames by its atom-count
-lines in one pass and each frame is parsed once, so the failing frame is known.
+Bad files. A missing, empty or directory path, a file whose format ``ase.io`` cannot tell, or
+one that holds no structure, is an error naming the path. A frame that cannot be parsed (an
+atom-count line that does not match its atom lines, a non-numeric value, a column or label of
+the wrong width, a NaN or inf label) is a :class:`~mfwrap.data.graph.StructureError` that names
+the file and the frame, e.g. ``train.xyz: frame 3 (line 25): ...``. An extxyz file is split
+into frames by its atom-count lines in one pass and each frame is parsed once, so the failing
+frame is known.
 
 Partial labels. A target present in some frames of a file and absent in others is masked per
 frame; how many frames lack it is logged (logger ``mfwrap.data.readers``, level WARNING, so a
 ``mfwrap train`` run shows it), e.g. ``train.xyz (fidelity 'high'): forces absent in 12 of 100
-frames (masked)``.
+frames (masked)``; so are frames without any label at a fidelity (skipped), with the keys looked for.
 
 Units. Files hold energy in eV (total), forces in eV/Å, magmoms in μB and stress in ASE's
 convention, eV/Å^3 as Voigt (xx, yy, zz, yz, xz, xy) or 3×3, ``σ = (1/V) ∂E/∂ε``; stress is
@@ -45,7 +48,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Collection, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import ase.db
 import ase.io
@@ -53,7 +56,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.io.extxyz import read_xyz
-from ase.io.formats import filetype, open_with_compression
+from ase.io.formats import UnknownFileTypeError, filetype, ioformats, open_with_compression
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from mfwrap.data import keys as K
@@ -65,6 +68,11 @@ DEFAULT_KEYS: Mapping[str, str] = {K.ENERGY: "energy", K.FORCES: "forces", K.STR
 """The standard ASE names of the four targets."""
 
 _DB_SUFFIXES = (".db", ".json", ".aselmdb")
+
+
+class LabelKeyError(ValueError):
+    """A label key that no frame has, or a fidelity at which no frame has a label; the message names
+    the file, the keys looked for and the keys its frames have."""
 
 
 @dataclass
@@ -174,22 +182,57 @@ def _parse_extxyz(path: Path, frame: int, line_number: int, text: str) -> Atoms:
         raise StructureError(f"{path.name}: frame {frame} (line {line_number}): {error}{hint}") from error
 
 
-def _ase_frames(path: Path) -> Iterator[tuple[int, Atoms]]:
+def _ase_frames(path: Path, format: str) -> Iterator[tuple[int, Atoms]]:
     """(index, atoms) of each frame of a file in another ``ase.io`` format, read one by one."""
-    frames = ase.io.iread(str(path), index=":")
+    frames = ase.io.iread(str(path), index=":", format=format)
     for frame in itertools.count():
         try:
             atoms = next(frames)
+            if not isinstance(atoms, Atoms):
+                raise TypeError(f"the reader returned {type(atoms).__name__}, not a structure")
         except StopIteration:
             return
         except Exception as error:
-            raise StructureError(f"{path.name}: frame {frame}: {error}") from error
+            raise StructureError(f"{path.name}: frame {frame}: ase.io cannot read it as {format!r}: {error}") from error
         yield frame, atoms
 
 
-def _frames(path: Path, index: str | int | slice) -> list[tuple[str, Atoms]]:
-    """(name, atoms) of the selected frames; an ASE db row's key-value pairs and data go to ``info``."""
+def _format(path: Path) -> str:
+    """The ``ase.io`` format of a structure file; an error naming the path if there is no file or
+    ``ase.io`` cannot tell its format."""
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not a structure file; give a file (extxyz, ASE db, ...)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise StructureError(f"{path}: the file is empty; it holds no structures")
     if path.suffix in _DB_SUFFIXES:
+        return "db"
+    try:
+        format = filetype(str(path))
+    except UnknownFileTypeError:
+        format = None
+    if format not in ioformats:  # filetype may return a bare suffix ("txt") that no reader has
+        raise StructureError(
+            f"{path}: ase.io cannot tell the format of this file; give structures as extxyz (.xyz, .extxyz), "
+            "an ASE db (.db) or another format ase.io reads, named with its usual suffix"
+        )
+    return format
+
+
+def _frames(path: Path, index: str | int | slice) -> list[tuple[str, Atoms]]:
+    """(name, atoms) of the selected frames; an ASE db row's key-value pairs and data go to ``info``;
+    an error naming the path if none is selected."""
+    frames = _read_frames(path, index)
+    if not frames:
+        where = "" if index == ":" else f" at index {index}"
+        raise StructureError(f"{path}: no structures in the file{where}")
+    return frames
+
+
+def _read_frames(path: Path, index: str | int | slice) -> list[tuple[str, Atoms]]:
+    format = _format(path)
+    if format == "db":
         with ase.db.connect(str(path)) as db:
             rows = _select(db.select(), index)
         frames = []
@@ -199,11 +242,17 @@ def _frames(path: Path, index: str | int | slice) -> list[tuple[str, Atoms]]:
             atoms.info.update(row.data)
             frames.append((f"{path.name}: row id={row.id}", atoms))
         return frames
-    if filetype(str(path)) == "extxyz":
+    if format == "extxyz":
         # Parsed as split, so a frame's error comes before the next frame's count line is read.
         parsed = ((i, _parse_extxyz(path, i, line, text)) for i, (line, text) in enumerate(_extxyz_texts(path)))
         return [(f"{path.name}: frame {i}", atoms) for i, atoms in _select(parsed, index)]
-    return [(f"{path.name}: frame {i}", atoms) for i, atoms in _select(_ase_frames(path), index)]
+    return [(f"{path.name}: frame {i}", atoms) for i, atoms in _select(_ase_frames(path, format), index)]
+
+
+def read_structures(path: str | Path, index: str | int | slice = ":") -> list[Atoms]:
+    """The structures of ``path`` (any file :func:`read_fidelities` reads) with whatever labels and
+    keys they carry; ``index`` as there. Errors name the path (and the frame), as there."""
+    return [atoms for _, atoms in _frames(Path(path), index)]
 
 
 _MISSING = object()
@@ -217,6 +266,23 @@ def _lookup(atoms: Atoms, key: str) -> Any:
         return atoms.arrays[key]
     results = getattr(atoms.calc, "results", None) or {}
     return results.get(key, _MISSING)
+
+
+def _keys_held(frames: Sequence[tuple[str, Atoms]]) -> str:
+    """The keys the frames hold values under, by where :func:`_lookup` looks, for error messages."""
+    places: dict[str, set[str]] = {"info": set(), "arrays": set(), "calculator results": set()}
+    for _, atoms in frames:
+        places["info"].update(map(str, atoms.info))
+        places["arrays"].update(key for key in atoms.arrays if key not in ("numbers", "positions"))
+        places["calculator results"].update(getattr(atoms.calc, "results", None) or {})
+    held = [f"{place} {sorted(keys)}" for place, keys in places.items() if keys]
+    return "the frames have " + ("; ".join(held) if held else "no info, arrays or calculator results")
+
+
+def _looked_for(key_map: Mapping[str, str | None]) -> str:
+    """``energy under 'energy', forces under 'forces'``: the keys a fidelity's labels are read from."""
+    wanted = [f"{target} under {key!r}" for target, key in key_map.items() if key is not None]
+    return ", ".join(wanted) if wanted else "no key (every target is None)"
 
 
 def _convert(target: str, value: Any, n_atoms: int, name: str) -> Any:
@@ -269,7 +335,7 @@ def read_fidelities(
     *,
     index: str | int | slice = ":",
     drop_unlabelled: bool = True,
-    strict: bool = True,
+    strict: bool | Collection[str] = True,
 ) -> list[LabelledStructure]:
     """Read ``path`` once into records for one or several fidelities.
 
@@ -279,8 +345,10 @@ def read_fidelities(
             read, so its label is absent at that fidelity.
         index: frames to read (ase's index syntax: ":", an int or a slice); reading stops at
             the end of a slice with non-negative bounds.
-        drop_unlabelled: skip a (frame, fidelity) that has no label at all.
-        strict: a key that no frame has is an error (else its label is absent everywhere).
+        drop_unlabelled: skip a (frame, fidelity) that has no label at all; a fidelity at which
+            every frame is skipped is an error.
+        strict: a key that no frame has is an error (else its label is absent everywhere); a
+            collection of targets: an error for the keys of those targets only.
 
     Returns:
         records ordered by frame, then by fidelity in ``key_maps`` order. A target present in
@@ -288,9 +356,12 @@ def read_fidelities(
         docstring), as are dropped unlabelled frames.
 
     Raises:
-        ValueError for an unknown target or (``strict``) a key found in no frame; StructureError
-        naming the file and frame for a frame that cannot be parsed or a label that is not
-        numeric, of the wrong shape or not finite.
+        FileNotFoundError for a missing file. ValueError for an unknown target or a directory.
+        LabelKeyError for (``strict``) a key found in no frame or (``drop_unlabelled``) a
+        fidelity with no labelled frame, naming the keys looked for and the keys the frames have.
+        StructureError naming the file for an empty file, one of a format ``ase.io`` cannot tell
+        or one without structures, and naming the frame for a frame that cannot be parsed or a
+        label that is not numeric, of the wrong shape or not finite.
     """
     path = Path(path)
     for fidelity, key_map in key_maps.items():
@@ -300,6 +371,7 @@ def read_fidelities(
                 f"key map of fidelity {fidelity!r}: unknown target(s) {sorted(unknown)}; known are {list(K.TARGETS)}"
             )
     requested = [(f, t) for f, key_map in key_maps.items() for t, key in key_map.items() if key is not None]
+    required = set(K.TARGETS) if strict is True else set() if strict is False else set(strict)
     frames = _frames(path, index)
     records = []
     labelled, kept = Counter(), Counter()  # records with a label, by (fidelity, target); records, by fidelity
@@ -310,17 +382,23 @@ def read_fidelities(
                 records.append(LabelledStructure(atoms, fidelity, labels, name))
                 labelled.update((fidelity, target) for target in labels)
                 kept[fidelity] += 1
-    missing = [f"{t} of {f!r} under {key_maps[f][t]!r}" for f, t in requested if not labelled[f, t]]
-    if missing and strict:
-        raise ValueError(f"{path}: no frame has {', '.join(missing)}; check the key names")
-    for fidelity in key_maps:
+    missing = [f"{t} of {f!r} under {key_maps[f][t]!r}" for f, t in requested if not labelled[f, t] and t in required]
+    if missing:
+        raise LabelKeyError(f"{path}: no frame has {', '.join(missing)}; {_keys_held(frames)}; check the key names")
+    for fidelity, key_map in key_maps.items():
+        if not kept[fidelity]:
+            raise LabelKeyError(
+                f"{path}: no frame with a label at fidelity {fidelity!r}: looked for {_looked_for(key_map)}; "
+                f"{_keys_held(frames)}; name the keys that hold the labels"
+            )
         if kept[fidelity] < len(frames):
             LOG.warning(
-                "%s (fidelity %r): no label in %d of %d frames (skipped)",
+                "%s (fidelity %r): no label in %d of %d frames (skipped; looked for %s)",
                 path.name,
                 fidelity,
                 len(frames) - kept[fidelity],
                 len(frames),
+                _looked_for(key_map),
             )
     for fidelity, target in requested:
         if 0 < labelled[fidelity, target] < kept[fidelity]:

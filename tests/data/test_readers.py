@@ -18,7 +18,14 @@ from torch_geometric.data import Batch
 from mfwrap.data import GraphSpec, StructureError
 from mfwrap.data import keys as K
 from mfwrap.data.graph import EV_PER_A3_TO_GPA
-from mfwrap.data.readers import LabelledStructure, read_dataset, read_fidelities, to_graphs
+from mfwrap.data.readers import (
+    LabelKeyError,
+    LabelledStructure,
+    read_dataset,
+    read_fidelities,
+    read_structures,
+    to_graphs,
+)
 
 LI3PS4_TEST = Path(__file__).parent / "files" / "li3ps4_test.xyz"  # test split of ../shared/data/li3ps4-pbesol-r2scan
 LI3PS4_KEYS = {"pbesol": {"energy": "energy", "forces": "forces"}, "r2scan": {"energy": "mtt::r2scan_energy"}}
@@ -346,5 +353,57 @@ def test_frames_unlabelled_at_a_fidelity_are_skipped_and_logged(tmp_path, caplog
     ]
     assert len(records) == N_FRAMES + 2
     assert [r.getMessage() for r in caplog.records] == [
-        "two.xyz (fidelity 'scan'): no label in 3 of 5 frames (skipped)"
+        "two.xyz (fidelity 'scan'): no label in 3 of 5 frames (skipped; looked for energy under 'scan_energy')"
     ]
+
+
+def test_a_missing_key_or_label_names_the_keys_looked_for_and_those_the_frames_have(tmp_path):
+    """A typo in a key, or a file without any label at a fidelity, is an error that says what was
+    looked for and what the file holds (info, arrays, calculator results), not 0 frames."""
+    frames = _good_frames()
+    for atoms in frames:
+        atoms.info["pbe_energy"] = atoms.calc.results.pop("energy")
+    path = tmp_path / "keys.xyz"
+    ase.io.write(path, frames, format="extxyz")
+    held = r"the frames have info \['pbe_energy'\]; calculator results \['forces', 'stress'\]"
+    with pytest.raises(LabelKeyError, match=rf"keys.xyz: no frame has energy of 'pbe' under 'pbe_enrgy'; {held}"):
+        read_dataset(path, "pbe", {"energy": "pbe_enrgy", "forces": "forces"})
+    with pytest.raises(
+        LabelKeyError,
+        match=rf"keys.xyz: no frame with a label at fidelity 'scan': looked for energy under 'scan_energy', "
+        rf"forces under 'scan_forces'; {held}; name the keys",
+    ):
+        scan = {"energy": "scan_energy", "forces": "scan_forces"}
+        read_fidelities(path, {"pbe": {"energy": "pbe_energy"}, "scan": scan}, strict=False)
+    # strict for some targets only: the standard names are a wish list, a named key must be there
+    records = read_dataset(path, "pbe", {"energy": "pbe_energy", "magmoms": "magmoms"}, strict=["energy"])
+    assert len(records) == N_FRAMES and set(records[0].labels) == {"energy"}
+    with pytest.raises(LabelKeyError, match="energy of 'pbe' under 'energy'"):
+        read_dataset(path, "pbe", {"energy": "energy", "forces": "forces"}, strict=["energy"])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", r"empty.xyz: the file is empty; it holds no structures"),
+        ("\n\n", r"empty.xyz: no structures in the file"),
+    ],
+)
+def test_an_empty_file_is_an_error_naming_it(tmp_path, content, message):
+    (tmp_path / "empty.xyz").write_text(content)
+    with pytest.raises(StructureError, match=message):
+        read_structures(tmp_path / "empty.xyz")
+
+
+def test_a_file_of_no_known_format_or_a_directory_is_an_error_naming_it(tmp_path):
+    for name in ("notes.txt", "blob.bin"):
+        (tmp_path / name).write_text("hello\n")
+        with pytest.raises(StructureError, match=rf"{name}: ase.io cannot tell the format of this file; give"):
+            read_dataset(tmp_path / name, "pbe")
+    with pytest.raises(ValueError, match="is a directory, not a structure file"):
+        read_structures(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nothing.xyz: no such file"):
+        read_structures(tmp_path / "nothing.xyz")
+    (tmp_path / "punch.dat").write_text("hello\n")  # a format ase guesses from the suffix, but no structure
+    with pytest.raises(StructureError, match=r"punch.dat: frame 0: ase.io cannot read it as 'gamess-us-punch'"):
+        read_structures(tmp_path / "punch.dat")
