@@ -150,7 +150,7 @@ def _fidelity(model: Any, checkpoint: dict, requested: str | None) -> tuple[str 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mfwrap.data.readers import DEFAULT_KEYS, read_dataset, to_graphs
-    from mfwrap.model_file import read_model_file
+    from mfwrap.model_file import read_model_file, warn_unseen_elements
     from mfwrap.train.config import TrainConfig
     from mfwrap.train.metrics import format_table
     from mfwrap.train.trainer import Trainer
@@ -162,6 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     keys = {target: None if key.lower() == "none" else key for target, key in keys.items()}
     records = read_dataset(args.data, name, keys, strict=False)
     graphs = to_graphs(records, model.graph_spec, {name: index})
+    warn_unseen_elements(model, [g.atomic_numbers for g in graphs])
     config = TrainConfig(
         targets=checkpoint.get("targets", "efsm"),
         eval_batch_size=args.batch_size,

@@ -32,7 +32,7 @@ from mfwrap.data import keys as K
 from mfwrap.fidelity import fidelity_names_of
 from mfwrap.files import write_text
 from mfwrap.mechanisms.composition_fit import fit_composition
-from mfwrap.model_file import describe_model, read_payload, save_model
+from mfwrap.model_file import describe_model, read_payload, record_elements, save_model
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train.checkpoint import describe_structures, require_finite, rng_state, set_rng_state
 from mfwrap.train.config import TrainConfig
@@ -462,6 +462,8 @@ class Trainer:
             )
         train = list(train)
         self._train_fidelity = torch.tensor([int(g[K.FIDELITY]) for g in train], dtype=torch.long)
+        if train:  # the model file records its training data's elements (mfwrap.model_file.trained_elements)
+            record_elements(self.model, torch.cat([g[K.ATOMIC_NUMBERS] for g in train]))
         steps_per_epoch = len(self._batches_of_epoch(len(train), 0))
         if steps_per_epoch == 0:
             raise ValueError(f"{len(train)} training structures are too few for {self.ctx.world_size} processes")
