@@ -119,13 +119,13 @@ def import_class(path: str) -> type[nn.Module]:
 
 
 def _check_shipped_origin(root: str, source: Any) -> None:
-    """ValueError unless the shipped package ``root`` is (or would be imported from) beside mfwrap."""
+    """UnsafeFileError unless the shipped package ``root`` is (or would be imported from) beside mfwrap."""
     home = Path(__file__).resolve().parent.parent
     module = sys.modules.get(root)
     spec = module.__spec__ if module is not None else importlib.util.find_spec(root)  # a top-level find imports nothing
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations or any(Path(location).resolve().parent != home for location in locations):
-        found = locations or "nowhere"
+        found = ", ".join(locations) if locations else getattr(spec, "origin", None) or "nowhere"
         raise UnsafeFileError(
             f"{source}: refused: {root!r} would be imported from {found}, not from the installed package beside "
             f"mfwrap ({home / root}); run from another directory so that the local {root!r} does not shadow it"

@@ -129,10 +129,11 @@ def test_relative_malformed_and_borrowed_class_paths_are_refused(path):
         architecture_class(path)
 
 
-def test_a_backbones_package_shadowing_the_installed_one_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("shadow", ["backbones/__init__.py", "backbones.py"])
+def test_a_backbones_package_shadowing_the_installed_one_is_refused(tmp_path, monkeypatch, shadow):
     marker = tmp_path / "ran"
-    (tmp_path / "backbones").mkdir()
-    (tmp_path / "backbones" / "__init__.py").write_text(MARKER_MODULE.format(marker=str(marker)))
+    (tmp_path / shadow).parent.mkdir(exist_ok=True)
+    (tmp_path / shadow).write_text(MARKER_MODULE.format(marker=str(marker)))
     monkeypatch.delitem(sys.modules, "backbones")
     monkeypatch.syspath_prepend(str(tmp_path))  # as the working directory is under `python -m`
     with pytest.raises(UnsafeFileError, match="not from the installed package beside mfwrap"):
