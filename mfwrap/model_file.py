@@ -34,7 +34,10 @@ components ("mypkg" allows "mypkg.models", not "mypkg_evil"); relative names are
 A file may also record ``elements``: the atomic numbers of its model's training data
 (:func:`trained_elements`; the trainer records them). :func:`warn_unseen_elements` warns, once per
 model and element, about structures with other elements. Files without the record (written before
-it existed, or models never trained by mfwrap, e.g. a pretrained CHGNet) give no warning.
+it existed, or models never trained by mfwrap, e.g. a pretrained CHGNet) give no warning, nor do
+models fine-tuned from pretrained weights, whose pretraining elements mfwrap does not know (their
+record is :data:`ELEMENTS_UNKNOWN`, which a config's ``model.pretrained`` sets; in Python, set
+``model.trained_elements = mfwrap.model_file.ELEMENTS_UNKNOWN`` before training such a model).
 """
 
 from __future__ import annotations
@@ -155,17 +158,31 @@ def architecture_class(path: Any, source: Any = "model file") -> type[nn.Module]
     return cls
 
 
+ELEMENTS_UNKNOWN = "unknown"  # the record of a model that started from weights trained elsewhere
+
+
 def trained_elements(model: nn.Module) -> list[int] | None:
     """Atomic numbers in the training data of ``model`` and its submodules (the union of their
-    ``trained_elements`` records), or None when none has a record."""
-    records = [set(m.trained_elements) for m in model.modules() if getattr(m, "trained_elements", None) is not None]
-    return sorted(set().union(*records)) if records else None
+    ``trained_elements`` records), or None when none has a record or one is :data:`ELEMENTS_UNKNOWN`."""
+    record = _elements_record(model)
+    return None if record == ELEMENTS_UNKNOWN else record
+
+
+def _elements_record(model: nn.Module) -> list[int] | str | None:
+    """What a file stores: the union of the modules' records, ELEMENTS_UNKNOWN if one is, or None."""
+    records = [m.trained_elements for m in model.modules() if getattr(m, "trained_elements", None) is not None]
+    if ELEMENTS_UNKNOWN in records:
+        return ELEMENTS_UNKNOWN
+    return sorted(set().union(*map(set, records))) if records else None
 
 
 def record_elements(model: nn.Module, numbers: torch.Tensor) -> None:
-    """Add the elements of ``numbers`` (atomic numbers) to ``model``'s training-data record."""
-    own = set(getattr(model, "trained_elements", None) or ())
-    model.trained_elements = tuple(sorted(own | set(torch.unique(numbers.detach().cpu()).tolist())))
+    """Add the elements of ``numbers`` (atomic numbers) to ``model``'s training-data record; a record
+    :data:`ELEMENTS_UNKNOWN` (set on pretrained weights, e.g. by a config's ``model.pretrained``) stays so."""
+    own = getattr(model, "trained_elements", None)
+    if own != ELEMENTS_UNKNOWN:
+        new = set(torch.unique(numbers.detach().cpu()).tolist())
+        model.trained_elements = tuple(sorted(set(own or ()) | new))
 
 
 def warn_unseen_elements(model: nn.Module, numbers: torch.Tensor | Iterable[torch.Tensor]) -> None:
@@ -250,7 +267,7 @@ def save_model(
             architecture = None
     names = fidelity_names if fidelity_names is not None else getattr(model, "fidelity_names", None)
     payload = {
-        "elements": trained_elements(model),
+        "elements": _elements_record(model),
         "format": FORMAT,
         "version": VERSION,
         "architecture": architecture,
@@ -305,8 +322,9 @@ def read_model_file(
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
         raise ValueError(f"{path}: weights do not match the rebuilt model: {error}") from error
-    if payload.get("elements") is not None:
-        model.trained_elements = tuple(int(z) for z in payload["elements"])
+    elements = payload.get("elements")
+    if elements is not None:
+        model.trained_elements = ELEMENTS_UNKNOWN if elements == ELEMENTS_UNKNOWN else tuple(int(z) for z in elements)
     return (model.to(map_location) if map_location is not None else model), payload
 
 

@@ -105,3 +105,21 @@ def test_a_pretrained_chgnet_gives_no_warning():
         warnings.simplefilter("always")
         mfwrap.predict(CHGNet.from_pretrained("0.3.0"), _with_copper(), stress=False)
     assert _unseen_warnings(record) == []
+
+
+def test_a_model_fine_tuned_from_pretrained_weights_gives_no_warning(tmp_path):
+    """Its pretraining elements are unknown: a config's model.pretrained marks them so, and files keep the mark."""
+    from mfwrap.model_file import ELEMENTS_UNKNOWN
+    from mfwrap.train.baselines import ModelConfig
+
+    pretrained = ModelConfig(backbone="backbones.chgnet:CHGNet", pretrained="0.3.0").build_backbone()
+    assert pretrained.trained_elements == ELEMENTS_UNKNOWN
+    backbone = TinyBackbone(seed=0)
+    backbone.trained_elements = ELEMENTS_UNKNOWN
+    config = TrainConfig(epochs=1, batch_size=4, output_dir=str(tmp_path), progress=False)
+    Trainer(backbone, config).fit(labelled_graphs(8, 0, 0, SPEC))
+    assert read_payload(tmp_path / "best.pt")["elements"] == ELEMENTS_UNKNOWN
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        mfwrap.predict(mfwrap.load(tmp_path / "best.pt"), _with_copper())
+    assert _unseen_warnings(record) == []

@@ -43,7 +43,7 @@ from torch_geometric.data import Data
 from mfwrap.data import keys as K
 from mfwrap.delta import DeltaModel
 from mfwrap.mechanisms.readout import READOUTS
-from mfwrap.model_file import import_class
+from mfwrap.model_file import ELEMENTS_UNKNOWN, import_class
 from mfwrap.multifidelity import MultiFidelity
 from mfwrap.surgery import resolve_spec
 from mfwrap.train.config import TrainConfig
@@ -84,7 +84,11 @@ class ModelConfig:
 
     def build_backbone(self) -> nn.Module:
         cls = import_class(self.backbone)
-        return cls.from_pretrained(self.pretrained) if self.pretrained else cls(**self.kwargs)
+        if not self.pretrained:
+            return cls(**self.kwargs)
+        backbone = cls.from_pretrained(self.pretrained)
+        backbone.trained_elements = ELEMENTS_UNKNOWN  # pretrained on elements mfwrap does not know
+        return backbone
 
 
 @dataclass
