@@ -92,8 +92,9 @@ def _is_allowed(module_name: str) -> bool:
 
 def _split_class_path(path: Any) -> tuple[str, list[str]]:
     module_name, _, qualname = str(path).partition(":")
-    if not _DOTTED.fullmatch(module_name) or not _DOTTED.fullmatch(qualname):
-        raise ValueError(f"expected a class path 'package.module:Class', got {path!r}")
+    dunder = any(part.startswith("__") for part in f"{module_name}.{qualname}".split("."))
+    if dunder or not _DOTTED.fullmatch(module_name) or not _DOTTED.fullmatch(qualname):
+        raise ValueError(f"expected a class path 'package.module:Class' (no dunder names), got {path!r}")
     return module_name, qualname.split(".")
 
 

@@ -123,7 +123,9 @@ def test_the_allow_list_matches_whole_module_names(tmp_path, monkeypatch, module
     assert not marker.exists() and module not in sys.modules
 
 
-@pytest.mark.parametrize("path", [".model_file:Model", "mfwrap..x:Model", "mfwrap:", "mfwrap.model_file:nn.Linear"])
+@pytest.mark.parametrize(
+    "path", [".model_file:Model", "mfwrap..x:Model", "mfwrap:", "mfwrap.model_file:nn.Linear", "mfwrap.__main__:X"]
+)
 def test_relative_malformed_and_borrowed_class_paths_are_refused(path):
     with pytest.raises(ValueError, match="class path|not a torch.nn.Module class"):
         architecture_class(path)
