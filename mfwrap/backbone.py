@@ -65,7 +65,11 @@ Worked example (a small message-passing potential; ``tests/test_backbone.py`` ru
             return {K.ENERGY: scatter_sum_float64(per_atom, structure_index(batch), batch[K.CELL].shape[0])}
 
 Then ``mfwrap.MultiFidelity(PairNet(), ["pbe", "r2scan"], "ECMR")`` wraps it, the trainer
-trains it, and ``save`` / ``mfwrap.load`` round-trip it (its class must be importable).
+trains it, and ``save`` / ``mfwrap.load`` round-trip it. Its class must be importable, and
+loading a file imports only modules on an allow-list (mfwrap, ``backbones``, modules a config
+names in this process): a backbone of your own package loads once its module is registered,
+``mfwrap.register_architecture_module("mypkg.models")`` (or ``MFWRAP_ARCHITECTURE_MODULES=mypkg.models``
+for the command line); see :mod:`mfwrap.model_file`.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from torch_geometric.data import Batch
 from mfwrap.data import keys as K
 from mfwrap.data.graph import EV_PER_A3_TO_GPA, to_graph
 from mfwrap.fidelity import resolve_fidelity
+from mfwrap.model_file import warn_unseen_elements
 from mfwrap.physics import energy_and_derivatives
 
 
@@ -22,7 +23,8 @@ class Calculator(AseCalculator):
 
     ASE's stress is (1/V) ∂E/∂ε, the same sign as mfwrap's GPa stress, so it is that stress
     divided by 160.21766. Structures not periodic in all three directions have no stress
-    (asking for it raises ASE's PropertyNotImplementedError).
+    (asking for it raises ASE's PropertyNotImplementedError). Elements the model's training data
+    did not have are warned about once (:func:`mfwrap.model_file.warn_unseen_elements`).
 
     Args:
         model: a backbone or :class:`mfwrap.MultiFidelity`.
@@ -48,6 +50,7 @@ class Calculator(AseCalculator):
         graph = to_graph(
             self.atoms, self.model.graph_spec, fidelity=self.fidelity_index, dtype=self.dtype, name="atoms"
         )
+        warn_unseen_elements(self.model, graph[K.ATOMIC_NUMBERS])
         batch = Batch.from_data_list([graph]).to(self.device)
         periodic = bool(self.atoms.pbc.all())
         was_training = self.model.training

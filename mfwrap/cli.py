@@ -159,7 +159,7 @@ def _fidelity(model: Any, checkpoint: dict, requested: str | None) -> tuple[str 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mfwrap.data.readers import DEFAULT_KEYS, LabelKeyError, read_dataset, to_graphs
-    from mfwrap.model_file import read_model_file
+    from mfwrap.model_file import read_model_file, warn_unseen_elements
     from mfwrap.train.config import TrainConfig
     from mfwrap.train.metrics import format_table
     from mfwrap.train.trainer import Trainer
@@ -181,6 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except LabelKeyError as error:
         raise LabelKeyError(f"{error} (--energy-key, --forces-key, --stress-key, --magmoms-key)") from None
     graphs = to_graphs(records, model.graph_spec, {name: index})
+    warn_unseen_elements(model, [g.atomic_numbers for g in graphs])
     targets = checkpoint.get("targets", "efsm")
     config = TrainConfig(
         targets=targets,

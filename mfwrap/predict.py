@@ -11,6 +11,7 @@ from torch_geometric.data import Batch
 from mfwrap.data import keys as K
 from mfwrap.data.graph import structures_to_graphs
 from mfwrap.fidelity import resolve_fidelity
+from mfwrap.model_file import warn_unseen_elements
 from mfwrap.physics import energy_and_derivatives
 
 
@@ -43,6 +44,9 @@ def predict(
         forces: whether to compute forces.
         stress: whether to compute stress (NaN for non-periodic structures).
 
+    Warns (UserWarning, once per model and element) about elements the model's training data
+    did not have, when its file records them (:func:`mfwrap.model_file.warn_unseen_elements`).
+
     Returns:
         one dict per structure: "energy" float (eV, total), "forces" (n, 3) eV/Å,
         "stress" (3, 3) GPa, and "magmoms" (n,) μB when the model predicts them.
@@ -52,6 +56,7 @@ def predict(
     fidelity_index = resolve_fidelity(model, fidelity)
     dtype, device = _model_dtype(model), _model_device(model)
     graphs = structures_to_graphs(structures, model.graph_spec, fidelity=fidelity_index, dtype=dtype)
+    warn_unseen_elements(model, [g[K.ATOMIC_NUMBERS] for g in graphs])
     was_training = model.training
     model.eval()
     results: list[dict[str, Any]] = []

@@ -27,6 +27,7 @@ def _example_module() -> types.ModuleType:
     module = types.ModuleType("pairnet_example")
     sys.modules[module.__name__] = module
     exec(compile(code, "mfwrap.backbone docstring", "exec"), module.__dict__)
+    mfwrap.register_architecture_module(module.__name__)  # as the docstring says for one's own module
     return module
 
 

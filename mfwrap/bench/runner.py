@@ -187,7 +187,7 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
     import shutil
 
     from mfwrap.train.baselines import pretrain_config
-    from mfwrap.train.trainer import resume_conflicts
+    from mfwrap.train.checkpoint import resume_conflicts
 
     marker = out / "pretrain_reused_from.json"  # provenance of a copy, written first, read again on resuming
     if not METHODS[spec.method].pretrains:

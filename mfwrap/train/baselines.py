@@ -43,7 +43,7 @@ from torch_geometric.data import Data
 from mfwrap.data import keys as K
 from mfwrap.delta import DeltaModel
 from mfwrap.mechanisms.readout import READOUTS
-from mfwrap.model_file import import_class
+from mfwrap.model_file import ELEMENTS_UNKNOWN, import_class
 from mfwrap.multifidelity import MultiFidelity
 from mfwrap.surgery import resolve_spec
 from mfwrap.train.config import TrainConfig
@@ -84,7 +84,11 @@ class ModelConfig:
 
     def build_backbone(self) -> nn.Module:
         cls = import_class(self.backbone)
-        return cls.from_pretrained(self.pretrained) if self.pretrained else cls(**self.kwargs)
+        if not self.pretrained:
+            return cls(**self.kwargs)
+        backbone = cls.from_pretrained(self.pretrained)
+        backbone.trained_elements = ELEMENTS_UNKNOWN  # pretrained on elements mfwrap does not know
+        return backbone
 
 
 @dataclass
@@ -127,6 +131,16 @@ class Experiment:
             raise ValueError(f"model.readout is an option of multi_fidelity, not of {self.method}")
         if self.delta_reference not in ("labels", "model"):
             raise ValueError(f"delta_reference must be 'labels' or 'model', got {self.delta_reference!r}")
+
+    def run_config(self, pretraining: bool = False) -> dict[str, Any]:
+        """What determines a stage besides its TrainConfig and data, compared on resuming
+        (:class:`~mfwrap.train.trainer.Trainer`'s ``run_config``): for stage one the backbone and its
+        initialisation, for the final stage the method and model options."""
+        model = dataclasses.asdict(self.model)
+        if pretraining:
+            return {"model": {key: model[key] for key in ("backbone", "kwargs", "pretrained")}}
+        options = ("method", "transfer_freeze", "delta_reference", "warm_start")
+        return {"model": model, **{key: getattr(self, key) for key in options}}
 
 
 def _stage(config: TrainConfig, name: str, **overrides: Any) -> TrainConfig:
@@ -183,7 +197,8 @@ def _pretrain(
         raise ValueError(f"{experiment.method} needs training data at a fidelity other than {fidelities[target]!r}")
     counts = {f: sum(int(g[K.FIDELITY]) == f for g in low_train) for f in others}
     config = pretrain_config(experiment, fidelities[max(counts, key=counts.get)])
-    summary = Trainer(base, config, fidelity_names=fidelities).fit(low_train, _of_fidelity(val, others), resume=resume)
+    trainer = Trainer(base, config, fidelity_names=fidelities, run_config=experiment.run_config(pretraining=True))
+    summary = trainer.fit(low_train, _of_fidelity(val, others), resume=resume)
     return base, summary
 
 
@@ -242,31 +257,36 @@ def run_experiment(
         raise ValueError(f"no training structure at the target fidelity {target_name!r}")
 
     backbone = backbone if backbone is not None else initial_backbone(experiment)
+    run_config = experiment.run_config()
     if experiment.method == "multi_fidelity":
         if experiment.warm_start:
             backbone, _ = _pretrain(experiment, fidelities, target, train, val, resume, backbone)
         model = MultiFidelity(backbone, fidelities, experiment.model.mechanisms, readout=experiment.model.readout)
         if experiment.model.fidelity_init == "random":
             model.draw_fidelity_parameters()  # RNG seeded by initial_backbone (or by the pre-training)
-        return Trainer(model, final).fit(train, val, test, resume=resume)
+        return Trainer(model, final, run_config=run_config).fit(train, val, test, resume=resume)
 
     if experiment.method == "single_fidelity":
-        return Trainer(backbone, final, fidelity_names=fidelities).fit(high_train, high_val, high_test, resume=resume)
+        return Trainer(backbone, final, fidelity_names=fidelities, run_config=run_config).fit(
+            high_train, high_val, high_test, resume=resume
+        )
 
     base, _ = _pretrain(experiment, fidelities, target, train, val, resume, backbone)
     if experiment.method == "transfer":
         freeze = experiment.transfer_freeze if experiment.transfer_freeze is not None else transfer_freeze(base)
         final = dataclasses.replace(final, freeze=list(freeze))
-        return Trainer(base, final, fidelity_names=fidelities).fit(high_train, high_val, high_test, resume=resume)
+        trainer = Trainer(base, final, fidelity_names=fidelities, run_config=run_config)
+        return trainer.fit(high_train, high_val, high_test, resume=resume)
 
     torch.manual_seed(config.seed + 1)
     # the correction starts from fresh weights, with the base's architecture
     correction = type(base)(**base.config) if hasattr(base, "config") else experiment.model.build_backbone()
     model = DeltaModel(base, correction)
     if experiment.delta_reference == "model":
-        return Trainer(model, final, fidelity_names=fidelities).fit(high_train, high_val, high_test, resume=resume)
+        trainer = Trainer(model, final, fidelity_names=fidelities, run_config=run_config)
+        return trainer.fit(high_train, high_val, high_test, resume=resume)
     others = _of_fidelity(train, set(range(len(fidelities))) - {target})
-    fitted = Trainer(correction, _stage(final, "correction"), fidelity_names=fidelities).fit(
+    fitted = Trainer(correction, _stage(final, "correction"), fidelity_names=fidelities, run_config=run_config).fit(
         paired_differences(high_train, others), resume=resume
     )
     evaluator = Trainer(model, final, fidelity_names=fidelities)

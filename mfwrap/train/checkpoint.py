@@ -1,15 +1,25 @@
-"""What a trainer checkpoint holds besides the model: generator states, and guards on what is saved.
+"""What a trainer checkpoint holds besides the model: generator states, what the run trained on, and
+guards on what is saved and resumed.
 
 Checkpoints are :mod:`mfwrap.model_file` files (``best.pt``: the model; ``last.pt``: plus the
-optimiser, scheduler, generator states, position in the data order and history), read without
+optimiser, scheduler, generator states, position in the data order, history, and the run's identity:
+fingerprints of its training and validation data and its resolved configuration), read without
 running code. So every value here is a tensor, number, string, list, tuple, dict or None.
+
+Resuming compares the identity (:func:`resume_mismatches`): the data of each split by fingerprint,
+the TrainConfig option by option except those in :data:`RESUME_FREE`, which do not change the
+trajectory, the model's architecture and the rest of the run's configuration (the experiment's
+model and method options) key by key. ``epochs`` is not free: the cosine schedule spans all epochs,
+so a longer run is another run (a new ``output_dir``). A checkpoint written before fingerprints
+existed is resumed without the data check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +28,7 @@ from torch import nn
 from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
+from mfwrap.train.config import TrainConfig
 
 
 def rng_state() -> dict[str, Any]:
@@ -57,11 +68,89 @@ def require_finite(model: nn.Module, path: str | Path) -> None:
 def describe_structures(graphs: Sequence[Data], indices: Sequence[int], fidelity_names: Sequence[str]) -> str:
     """ "#index formula (fidelity name)" of each graph, for error messages."""
 
-    def fidelity(g: Data) -> str | int:
-        index = int(g[K.FIDELITY])
+    def fidelity(graph: Data) -> str | int:
+        index = int(graph[K.FIDELITY])
         return fidelity_names[index] if index < len(fidelity_names) else index
 
     return ", ".join(
         f"#{i} {Symbols(g[K.ATOMIC_NUMBERS].cpu().numpy()).get_chemical_formula()} (fidelity {fidelity(g)!r})"
         for i, g in zip(indices, graphs)
     )
+
+
+# TrainConfig options that may differ between a run and its resumption: they change no weight.
+RESUME_FREE = frozenset({"progress", "device", "output_dir", "eval_batch_size", "compile", "checkpoint_every"})
+_FINGERPRINTED = (K.POSITIONS, K.ATOMIC_NUMBERS, K.CELL, K.FIDELITY) + tuple(
+    key for target in (K.ENERGY, K.FORCES, K.STRESS, K.MAGMOMS) for key in (target, K.mask_key(target))
+)
+
+
+def data_fingerprint(graphs: Sequence[Data] | None) -> str:
+    """SHA-256 (hex) of the graphs' positions, atomic numbers, cells, fidelities, labels and label
+    masks, in order, with each graph's atom count: any change of a value, dtype or order changes it.
+    Each key's tensors are concatenated and hashed as one buffer (no Python loop over atoms)."""
+    graphs = list(graphs or ())
+    digest = hashlib.sha256(str(len(graphs)).encode())
+    if graphs:
+        digest.update(torch.tensor([g.num_nodes for g in graphs], dtype=torch.int64).numpy().tobytes())
+    for key in _FINGERPRINTED:
+        values = [g[key] for g in graphs if key in g]
+        digest.update(f"|{key}:{len(values)}".encode())
+        if values:
+            joined = torch.cat([torch.as_tensor(v).reshape(-1).detach().cpu() for v in values])
+            digest.update(str(joined.dtype).encode())
+            digest.update(joined.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): value}
+
+
+def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any], free: frozenset[str] = frozenset()) -> dict:
+    """{dotted key: (stored value, current value)} where the nested mappings differ; top-level keys in
+    ``free`` aside."""
+    old, new = _flatten(stored), _flatten(current)
+    return {
+        key: (old.get(key, "(absent)"), new.get(key, "(absent)"))
+        for key in sorted(set(old) | set(new))
+        if key.split(".")[0] not in free and old.get(key, "(absent)") != new.get(key, "(absent)")
+    }
+
+
+def resume_conflicts(stored: Mapping[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Options of ``config`` that differ from a checkpoint's stored TrainConfig dict, with (stored,
+    current) values; options added since the file was written count as their defaults, and those
+    in :data:`RESUME_FREE` are not compared."""
+    return config_changes({**TrainConfig().to_dict(), **stored}, config.to_dict(), RESUME_FREE)
+
+
+def resume_mismatches(stored: Mapping[str, Any], config: TrainConfig, current: Mapping[str, Any]) -> list[str]:
+    """What differs between a checkpoint's run and the current one, one phrase each (empty: it may resume).
+
+    ``stored`` is the checkpoint's contents; ``current`` holds the current run's "architecture",
+    "run_config" and "data" ({split: :func:`data_fingerprint`}). An identity entry the checkpoint
+    lacks (written before it was recorded, or a model without an architecture) is not compared."""
+    found = []
+    changes = resume_conflicts(stored["config"], config)
+    if changes:
+        found.append(f"the options {sorted(changes)} changed ({_describe(changes)})")
+    for entry, what in (("architecture", "the model's architecture"), ("run_config", "the run's configuration")):
+        if stored.get(entry) is not None:
+            changes = config_changes(stored[entry], current.get(entry) or {})
+            if changes:
+                found.append(f"{what} changed ({_describe(changes)})")
+    for split, fingerprint in (stored.get("data") or {}).items():
+        if fingerprint != current["data"].get(split):
+            found.append(f"the {split} data changed (positions, species, cells, fidelities, labels or masks)")
+    return found
+
+
+def _describe(changes: Mapping[str, tuple[Any, Any]], limit: int = 6) -> str:
+    shown = [f"{key}: {old!r} → {new!r}" for key, (old, new) in list(changes.items())[:limit]]
+    return "; ".join(shown) + (f"; and {len(changes) - limit} more" if len(changes) > limit else "")

@@ -32,25 +32,22 @@ from mfwrap.data import keys as K
 from mfwrap.fidelity import fidelity_names_of
 from mfwrap.files import write_text
 from mfwrap.mechanisms.composition_fit import fit_composition
-from mfwrap.model_file import describe_model, read_payload, save_model
+from mfwrap.model_file import describe_model, read_payload, record_elements, save_model
 from mfwrap.physics import energy_and_derivatives
-from mfwrap.train.checkpoint import describe_structures, require_finite, rng_state, set_rng_state
+from mfwrap.train.checkpoint import (
+    data_fingerprint,
+    describe_structures,
+    require_finite,
+    resume_mismatches,
+    rng_state,
+    set_rng_state,
+)
 from mfwrap.train.config import TrainConfig
 from mfwrap.train.distributed import DistributedContext
 from mfwrap.train.loss import MultiTargetLoss, label_counts, targets_to_compute
 from mfwrap.train.metrics import REPORT_UNITS, ErrorAccumulator
 
 log = logging.getLogger(__name__)
-
-# Options that may differ between a run and its resumption.
-_RESUME_FREE = {"progress", "device", "output_dir", "eval_batch_size", "compile"}
-
-
-def resume_conflicts(stored: dict[str, Any], config: TrainConfig) -> list[str]:
-    """Options of ``config`` that differ from a checkpoint's stored config (options added since the
-    file was written count as their defaults; progress, device, paths and compile are free)."""
-    stored = {**TrainConfig().to_dict(), **stored}
-    return sorted(k for k, v in config.to_dict().items() if k not in _RESUME_FREE and stored.get(k) != v)
 
 
 class _SelectOutputs(nn.Module):
@@ -77,6 +74,9 @@ class Trainer:
         architecture: how to rebuild the model (stored in checkpoints so that ``mfwrap.load``,
             ``mfwrap evaluate`` and ``predict`` can load them); default
             :func:`mfwrap.model_file.describe_model`, or None when the model cannot be described.
+        run_config: the rest of the configuration this training belongs to (e.g. the experiment's
+            model and method options), JSON-like; stored in ``last.pt`` and compared on resuming
+            (:func:`mfwrap.train.checkpoint.resume_mismatches`).
     """
 
     def __init__(
@@ -86,8 +86,10 @@ class Trainer:
         *,
         fidelity_names: Sequence[str] | None = None,
         architecture: dict[str, Any] | None = None,
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
+        self.run_config = run_config
         self.ctx = DistributedContext.from_env()
         self.device = self.ctx.device(config.device)
         self.model = model.to(self.device)
@@ -355,6 +357,8 @@ class Trainer:
             self.out_dir / "last.pt",
             {
                 "config": self.config.to_dict(),
+                "run_config": self.run_config,
+                "data": self.data_fingerprints,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "rng": rng_state(),
@@ -371,13 +375,23 @@ class Trainer:
         self.ctx.barrier()
 
     def _resume(self, num_train: int) -> tuple[int, int, int]:
-        state = read_payload(self.out_dir / "last.pt", map_location=self.device)
-        changed = resume_conflicts(state["config"], self.config)
-        if changed or state["num_train"] != num_train:
+        path = self.out_dir / "last.pt"
+        state = read_payload(path, map_location=self.device)
+        current = {"architecture": self.architecture, "run_config": self.run_config, "data": self.data_fingerprints}
+        mismatches = resume_mismatches(state, self.config, current)
+        if state["num_train"] != num_train:
+            mismatches.append(f"the training set has {num_train} structures, not {state['num_train']}")
+        try:
+            if not mismatches:
+                self.model.load_state_dict(state["state_dict"])
+        except RuntimeError as error:  # a model without architecture to compare: name the first misfit
+            detail = [line.strip() for line in str(error).splitlines() if line.strip()]
+            mismatches.append(f"the model's weights do not fit it ({detail[1] if len(detail) > 1 else detail[0]})")
+        if mismatches:
             raise ValueError(
-                f"cannot resume {self.out_dir / 'last.pt'}: options {changed} or the training set size differ"
+                f"cannot resume {path}: it belongs to another run: {'; '.join(mismatches)}. Start a new output_dir, "
+                "or retrain from scratch here (--overwrite on the command line, resume=False in Python)"
             )
-        self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -463,10 +477,13 @@ class Trainer:
             )
         train = list(train)
         self._train_fidelity = torch.tensor([int(g[K.FIDELITY]) for g in train], dtype=torch.long)
+        if train:  # the model file records its training data's elements (mfwrap.model_file.trained_elements)
+            record_elements(self.model, torch.cat([g[K.ATOMIC_NUMBERS] for g in train]))
         steps_per_epoch = len(self._batches_of_epoch(len(train), 0))
         if steps_per_epoch == 0:
             raise ValueError(f"{len(train)} training structures are too few for {self.ctx.world_size} processes")
         self.setup_optimiser(self.config.epochs * steps_per_epoch)
+        self.data_fingerprints = {"train": data_fingerprint(train), "val": data_fingerprint(val)}
         start_epoch = start_step = global_step = 0
         self.epoch_loss_sum = 0.0
         if resume and (self.out_dir / "last.pt").is_file():
