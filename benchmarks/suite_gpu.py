@@ -9,7 +9,7 @@ the GPU. Phase "alone": LMFP CHGNet MF (ECMR) at N_high = 25, paper protocol, se
 N_high = 25, seeds 0, 1, 2, and MF seed 1, repeated as needed). Reported per run: optimiser steps,
 wall seconds, the seconds the first (compiling) step took (the trainer's ``compile_seconds``), seconds per step with and without it,
 and the high-fidelity test MAE next to the same run's on the CPU (``benchmarks/results/suite/
-learning_curve.json``; the two differ by float summation order and the GPU's kernels, not by
+medium/learning_curve.json``; the two differ by float summation order and the GPU's kernels, not by
 data or seed). Then the full level's plan (``mfwrap bench all --level full --seeds 0 1 2 --plan``)
 at the rates measured: one run at a time, and ``--at-once`` at a time (aggregate steps per second).
 Writes the JSON after every phase; without CUDA it says so and measures nothing.
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-CPU_RESULTS = REPO / "benchmarks" / "results" / "suite" / "learning_curve.json"
+CPU_RESULTS = REPO / "benchmarks" / "results" / "suite" / "medium" / "learning_curve.json"
 RUN_ONE = (
     "import json, sys, torch; torch.set_num_threads(1); from mfwrap.bench.grid import RunSpec; "
     "from mfwrap.bench.runner import run_one; "
