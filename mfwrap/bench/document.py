@@ -189,9 +189,8 @@ def _train_step(d: dict) -> str:
     header = ["seconds per step (× official), peak MiB/atom"] + [
         f"{b['threads']} thread{'s' * (b['threads'] > 1)}, batch {b['batch_size']}" for b in blocks
     ]
-    cell = lambda r: (
-        f"{num(r['median_s_per_step'])} ({num(r['speedup_vs_official'], 2)}×), "  # noqa: E731
-        f"{num(r['peak_mib_per_atom'])}"
+    cell = lambda r: (  # noqa: E731
+        f"{num(r['median_s_per_step'])} ({num(r['speedup_vs_official'], 2)}×), {num(r['peak_mib_per_atom'])}"
     )
     rows = [[name] + [cell(b["rows"][name]) for b in blocks] for name in blocks[0]["rows"]]
     out = [d["what"].replace("\n", " ") + f" Medians of {d['steps']} steps.\n", table(header, rows)]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from mfwrap.bench.grid import ABLATIONS
 from mfwrap.bench.methods import METHODS
-from mfwrap.bench.result import RunResult, read_runs
-from mfwrap.files import write_text
+from mfwrap.bench.result import RunResult, read_result, read_runs, warn_damaged
+from mfwrap.files import remove_interrupted_writes, write_text
 
 UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "GPa", "magmoms": "μB"}
 _ABLATION_NAMES = {mechanisms: name for name, mechanisms in ABLATIONS.items()}
@@ -213,7 +213,7 @@ def write_report(root: str | Path, out: str | Path, force: bool = False) -> list
     root, out = Path(root), Path(out)
     planned: dict[str, list[RunResult]] = {}
     for experiment_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        results = [RunResult.read(p) for p in sorted(experiment_dir.glob("*/result.json"))]
+        results = [r for p in sorted(experiment_dir.glob("*/result.json")) if (r := read_result(p)) is not None]
         if results:
             planned[experiment_dir.name] = results
     levels = sorted({result.level for results in planned.values() for result in results})
@@ -222,6 +222,8 @@ def write_report(root: str | Path, out: str | Path, force: bool = False) -> list
     refusals = [] if force else [line for e, results in planned.items() if (line := _refusal(out, e, results))]
     if refusals:
         raise ValueError("\n".join(refusals))
+    if out.is_dir():
+        remove_interrupted_writes(out, older_than_s=60)  # left by a killed report
     written = []
     for experiment, results in planned.items():
         rows, json_text, table = experiment_report(experiment, results)
@@ -247,7 +249,11 @@ def _refusal(out: Path, experiment: str, results: list[RunResult]) -> str | None
     path = out / f"{experiment}.json"
     if not path.is_file():
         return None
-    existing = read_runs(path)
+    try:
+        existing = read_runs(path)
+    except ValueError as error:
+        warn_damaged(path, error, "it is replaced")
+        return None
     level = results[0].level
     other_levels = sorted({run.level for run in existing} - {level})
     if other_levels:

@@ -30,10 +30,10 @@ from tqdm.auto import tqdm
 from mfwrap.bench.backbones import BACKBONES
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS, Level, RunSpec, convergence_options, epochs_for
 from mfwrap.bench.methods import METHODS
-from mfwrap.bench.result import RunResult, read_runs
+from mfwrap.bench.result import RunResult, read_result, read_runs, warn_damaged
 from mfwrap.data.readers import to_graphs
 from mfwrap.datasets.registry import Split, Splits, get_dataset
-from mfwrap.files import write_text
+from mfwrap.files import remove_interrupted_writes, write_text
 
 
 def family(dataset: str) -> str:
@@ -134,6 +134,7 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> R
     level = LEVELS[level_name]
     out = Path(root) / spec.experiment / spec.name
     out.mkdir(parents=True, exist_ok=True)
+    remove_interrupted_writes(out)  # a killed write's temporary files (this process alone trains the run)
     start = time.perf_counter()
     splits = make_splits(spec, level)
     experiment, epochs = _experiment(spec, level, splits, out, eager)
@@ -199,9 +200,10 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
         source = result_path.parent / "pretrain"
         if source == out / "pretrain" or not (source / "metrics.json").is_file() or not (source / "last.pt").is_file():
             continue
-        other = RunResult.read(result_path)
+        other = read_result(result_path)
         if (
-            other.reused_from
+            other is None
+            or other.reused_from
             or not METHODS[other.spec.method].pretrains
             or any(getattr(other.spec, key) != getattr(spec, key) for key in ("dataset", "backbone", "seed", "n_low"))
         ):
@@ -240,6 +242,11 @@ def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) ->
         return spec, text
 
 
+def finished(root: Path, spec: RunSpec) -> RunResult | None:
+    """The run's result under ``root`` if it has finished there (a damaged result is warned about and is none)."""
+    return read_result(root / spec.experiment / spec.name / "result.json")
+
+
 def restore_reported(specs: Sequence[RunSpec], level: str, root: Path, report: Path) -> int:
     """Write ``result.json`` of runs that a committed report (``report/<experiment>.json``) already
     holds at this level, so that a fresh checkout does not train them again; returns how many."""
@@ -248,10 +255,14 @@ def restore_reported(specs: Sequence[RunSpec], level: str, root: Path, report: P
         path = report / f"{experiment}.json"
         if not path.is_file():
             continue
-        known = {run.name: run for run in read_runs(path) if run.level == level}
+        try:
+            known = {run.name: run for run in read_runs(path) if run.level == level}
+        except ValueError as error:
+            warn_damaged(path, error, "no run restored from it")
+            continue
         for spec in specs:
             target = root / spec.experiment / spec.name / "result.json"
-            if spec.experiment == experiment and spec.name in known and not target.exists():
+            if spec.experiment == experiment and spec.name in known and finished(root, spec) is None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 known[spec.name].write(target)
                 restored += 1
@@ -264,11 +275,11 @@ def reuse_finished(specs: Sequence[RunSpec], level: str, root: Path) -> int:
     copied = 0
     for spec in specs:
         target = root / spec.experiment / spec.name / "result.json"
-        if target.exists():
+        if finished(root, spec) is not None:
             continue
         sources = [p for p in sorted(root.glob(f"*/{spec.name}/result.json")) if p != target]
-        results = [RunResult.read(p) for p in sources]
-        source, result = next(((p, r) for p, r in zip(sources, results) if r.level == level), (None, None))
+        results = [read_result(p) for p in sources]
+        source, result = next(((p, r) for p, r in zip(sources, results) if r and r.level == level), (None, None))
         if result is None:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -296,6 +307,8 @@ def run_suite(
             raise ValueError(f"unknown experiment {name!r}; known are {sorted(EXPERIMENTS)}")
         extra = {"backbone": backbone} if backbone else {}
         specs += EXPERIMENTS[name](LEVELS[level], list(seeds), **extra)
+    if Path(root).is_dir():  # temporaries older than any write in progress in another launcher's runs
+        remove_interrupted_writes(root, older_than_s=600)
     if report is not None:
         restored = restore_reported(specs, level, Path(root), Path(report))
         if restored:
@@ -304,7 +317,7 @@ def run_suite(
     shared = reuse_finished(specs, level, root)
     if shared:
         print(f"{shared} runs reused from other experiments' identical runs")
-    todo = [s for s in specs if not (root / s.experiment / s.name / "result.json").exists()]
+    todo = [s for s in specs if finished(root, s) is None]
     first_by_name: dict[str, RunSpec] = {}
     for spec in todo:
         first_by_name.setdefault(spec.name, spec)
@@ -353,8 +366,8 @@ def measured_seconds_per_step(root: Path, experiment: str, level: str) -> float 
     ``level`` under ``root`` (including evaluation and compilation); None if there are none."""
     rates = []
     for path in root.glob(f"{experiment}/*/result.json"):
-        result = RunResult.read(path)
-        if result.level == level and not result.reused_from and result.steps and result.wall_s:
+        result = read_result(path)
+        if result is not None and result.level == level and not result.reused_from and result.steps and result.wall_s:
             rates.append(result.wall_s / result.steps)
     return float(np.median(rates)) if rates else None
 
@@ -399,11 +412,11 @@ def plan_suite(
             if spec.name in seen:
                 continue
             seen.add(spec.name)
-            finished = Path(root) / spec.experiment / spec.name / "result.json" if root is not None else None
-            done = finished is not None and finished.is_file()
+            result = finished(Path(root), spec) if root is not None else None
+            done = result is not None
             if done:
                 row["done"] += 1
-                row["done_wall_s"] += RunResult.read(finished).wall_s or 0.0
+                row["done_wall_s"] += result.wall_s or 0.0
             n_high, n_low = frame_counts(spec, lvl)
             n_mf = n_high + n_low
             own = n_mf if METHODS[spec.method].multi_fidelity else n_high

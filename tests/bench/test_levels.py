@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,50 +14,29 @@ from mfwrap.cli import main
 COMMITTED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "suite" / "medium"
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))}
-
-
-@pytest.fixture(scope="module")
-def quick_bench(tmp_path_factory):
-    """The trial: ``mfwrap bench learning_curve --level quick`` with an --out that holds the committed medium
-    reports (as a checkout's default does); returns (root, out, snapshot of the medium reports before)."""
-    base = tmp_path_factory.mktemp("levels")
-    root, out = base / "runs", base / "results"
-    shutil.copytree(COMMITTED, out / "medium")
-    before = _snapshot(out / "medium")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MFWRAP_CACHE", str(base / "cache"))
-        assert main(["bench", "learning_curve", "--level", "quick", "--root", str(root), "--out", str(out)]) == 0
-    return root, out, before
-
-
-def test_a_quick_bench_writes_its_own_folders_and_leaves_the_medium_reports(quick_bench):
-    root, out, before = quick_bench
-    assert _snapshot(out / "medium") == before
+def test_a_quick_bench_writes_its_own_folders_and_leaves_the_medium_reports(quick_bench, snapshot):
+    root, out = quick_bench.root, quick_bench.out
+    assert snapshot(out / "medium") == quick_bench.medium_before
     assert len(list((root / "quick" / "learning_curve").glob("*/result.json"))) == 4
     runs = json.loads((out / "quick" / "learning_curve.json").read_text())["runs"]
     assert len(runs) == 4 and {run["level"] for run in runs} == {"quick"}
     assert (out / "quick" / "claims.md").is_file() and not (out / "learning_curve.json").exists()
 
 
-def test_a_report_never_replaces_another_levels_without_force(quick_bench, tmp_path):
-    root, _, _ = quick_bench
+def test_a_report_never_replaces_another_levels_without_force(quick_bench, tmp_path, snapshot):
+    root = quick_bench.root
     out = tmp_path / "medium"
     shutil.copytree(COMMITTED, out)
-    before = _snapshot(out)
+    before = snapshot(out)
     with pytest.raises(ValueError, match=r"learning_curve.json holds medium-level results; not replaced by quick"):
         write_report(root / "quick", out)
-    assert _snapshot(out) == before  # refused before anything was written
+    assert snapshot(out) == before  # refused before anything was written
     write_report(root / "quick", out, force=True)
     assert {run["level"] for run in json.loads((out / "learning_curve.json").read_text())["runs"]} == {"quick"}
 
 
-def test_a_report_never_replaces_one_with_more_runs_without_force(quick_bench, tmp_path, capsys):
-    root, out, _ = quick_bench
-    fewer, report = tmp_path / "runs", tmp_path / "results"
-    shutil.copytree(root, fewer)
-    shutil.copytree(out / "quick", report / "quick")
+def test_a_report_never_replaces_one_with_more_runs_without_force(quick_copy, capsys):
+    fewer, report = quick_copy.root, quick_copy.out
     next((fewer / "quick" / "learning_curve").glob("*/result.json")).unlink()
     command = ["bench", "report", "--root", str(fewer), "--out", str(report)]
     with pytest.raises(SystemExit) as exit_:
