@@ -57,7 +57,8 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(results: list[RunResult]) -> list[dict]:
-    """One group per (dataset, backbone, method, mechanisms, protocol, region, N_high, N_low): mean ± sd over seeds;
+    """One group per (dataset, backbone, method, mechanisms, protocol, region, N_high, N_low): mean ± sd over seeds
+    of runs that differ in nothing else (ValueError naming two that do, :mod:`mfwrap.bench.identity`);
     in table order (protocol, N_high, N_low, method as in :data:`mfwrap.bench.methods.METHODS`, mechanisms as in
     the paper's ablations: N, F, C, E, M, R, C̄, Ē, M̄, R̄)."""
     groups: dict[tuple, list[RunResult]] = defaultdict(list)
@@ -66,6 +67,7 @@ def aggregate(results: list[RunResult]) -> list[dict]:
         groups[key].append(result)
     rows = []
     for key, members in sorted(groups.items(), key=lambda item: tuple(str(k) for k in item[0])):
+        _refuse_mixed(members)
         tests = [m.test[m.target_fidelity] for m in members]
         row = dict(zip(_GROUP_KEYS, key[:-2]), n_high=key[-2], n_low=key[-1], seeds=[m.spec.seed for m in members])
         row["test"] = {}
@@ -88,6 +90,19 @@ def aggregate(results: list[RunResult]) -> list[dict]:
         )
     )
     return rows
+
+
+def _refuse_mixed(members: list[RunResult]) -> None:
+    """ValueError naming the runs if the members of one group differ in anything but their seed (identity)."""
+    from mfwrap.bench.identity import differences, identity_of
+
+    first = {k: v for k, v in identity_of(members[0]).items() if k != "seed"}
+    for other in members[1:]:
+        if changed := differences({k: v for k, v in identity_of(other).items() if k != "seed"}, first):
+            raise ValueError(
+                f"runs {other.spec.experiment}/{other.name} and {members[0].spec.experiment}/{members[0].name} "
+                f"differ in {'; '.join(changed)}: not averaged together; give each level or version its own root"
+            )
 
 
 def markdown(experiment: str, rows: list[dict]) -> str:

@@ -5,7 +5,7 @@ Metrics are nested dicts {fidelity: {target: {"mae", "rmse", "count"}}} in the u
 an unknown key or a damaged file is a ValueError naming it (:func:`read_result`, which the runner
 uses, warns and treats a damaged result as no result, so that the run trains again). The optional
 keys are the ones that results written before they existed lack (``train_options``,
-``fidelity_init``, ``compiled_steps``, ``schedule``) and the provenance of copies
+``fidelity_init``, ``compiled_steps``, ``schedule``, ``identity``) and the provenance of copies
 (``pretrain_reused_from``, ``reused_from``); an absent one is None and is not written back, so a
 result reads and writes back to the same JSON.
 """
@@ -43,6 +43,8 @@ class RunResult:
         schedule: the learning-rate schedule and early stopping of its final stage.
         pretrain_reused_from: "<experiment>/<run>" whose low-fidelity pre-training it copied.
         reused_from: "<experiment>/<run>" whose whole result it copied (the same run).
+        identity: everything that determines the run (:mod:`mfwrap.bench.identity`); None in results
+            written before it was recorded (then derived from spec and level, ``identity_of``).
     """
 
     spec: RunSpec
@@ -67,6 +69,7 @@ class RunResult:
     machine: dict = dataclasses.field(default_factory=dict)
     pretrain_reused_from: str | None = None
     reused_from: str | None = None
+    identity: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The result as ``result.json`` holds it; optional keys that are None are left out."""
@@ -160,5 +163,13 @@ def read_result(path: str | Path) -> RunResult | None:
         return None
 
 
-OPTIONAL = ("train_options", "fidelity_init", "compiled_steps", "schedule", "pretrain_reused_from", "reused_from")
+OPTIONAL = (
+    "train_options",
+    "fidelity_init",
+    "compiled_steps",
+    "schedule",
+    "pretrain_reused_from",
+    "reused_from",
+    "identity",
+)
 REQUIRED = tuple(f.name for f in dataclasses.fields(RunResult) if f.name not in OPTIONAL)

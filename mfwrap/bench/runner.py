@@ -2,13 +2,16 @@
 
 ``root/<experiment>/<run name>/`` holds the run's trainer output (checkpoints, metric logs) and,
 when it has finished, ``result.json`` (:class:`mfwrap.bench.result.RunResult`: spec, level,
-epochs, steps, wall time, machine, training-set sizes, validation and test metrics). A run's name
-says everything that determines it (dataset, backbone, method, mechanisms, sizes, region,
-protocol, seed) but not its experiment, so a run that two experiments share (e.g. MF at N_high =
-50 in the learning curve and the ablations) is trained once and its result copied, marked
-``reused_from``. A run that fails writes ``error.json`` (its traceback) and the others go on; the
-next invocation retries it. Everything is seeded: the run's seed picks the validation and training
-subsets and initialises the model.
+epochs, steps, wall time, machine, training-set sizes, validation and test metrics, identity). A
+run's identity (:mod:`mfwrap.bench.identity`, also in the directory's ``identity.json`` from its
+start) is everything that determines it but its experiment, and its name says the spec's part
+(dataset, backbone, method, mechanisms, sizes, region, protocol, seed); a result counts as done,
+and is copied or restored, only for a run of the same identity (another one is warned about, never
+reused nor overwritten). A run that two experiments share (e.g. MF at N_high = 50 in the learning
+curve and the ablations) is trained once and its result copied, marked ``reused_from``. A run
+that fails writes ``error.json`` (its traceback) and the others go on; the next invocation retries
+it. Everything is seeded: the run's seed picks the validation and training subsets and initialises
+the model.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import multiprocessing
 import os
 import platform
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -29,6 +33,7 @@ from tqdm.auto import tqdm
 
 from mfwrap.bench.backbones import BACKBONES
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS, Level, RunSpec, convergence_options, epochs_for
+from mfwrap.bench.identity import SHARED_PRETRAINING, differences, identity_of, run_identity
 from mfwrap.bench.methods import METHODS
 from mfwrap.bench.result import RunResult, read_result, read_runs, warn_damaged
 from mfwrap.data.readers import to_graphs
@@ -52,6 +57,7 @@ def targets_of(dataset: str) -> str:
 
 
 BATCH_SIZE = 4
+LEARNING_RATE = 0.005
 
 
 def make_splits(spec: RunSpec, level: Level) -> Splits:
@@ -93,7 +99,7 @@ def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path, eager: b
         targets=targets,
         epochs=epochs,
         batch_size=BATCH_SIZE,
-        lr=0.005,
+        lr=LEARNING_RATE,
         seed=spec.seed,
         output_dir=str(out),
         progress=False,
@@ -133,7 +139,7 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> R
 
     level = LEVELS[level_name]
     out = Path(root) / spec.experiment / spec.name
-    out.mkdir(parents=True, exist_ok=True)
+    identity = claim_directory(out, spec, level_name)
     remove_interrupted_writes(out)  # a killed write's temporary files (this process alone trains the run)
     start = time.perf_counter()
     splits = make_splits(spec, level)
@@ -143,7 +149,7 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> R
     graphs = lambda records: to_graphs(records, backbone.graph_spec, names)  # noqa: E731
     low = splits.train_low if METHODS[spec.method].uses_low_fidelity else []
     train = graphs(low + splits.train_high)
-    pretrain_source = share_pretraining(spec, experiment, out, Path(root))
+    pretrain_source = share_pretraining(spec, level_name, experiment, out, Path(root))
     summary = run_experiment(
         experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True, backbone=backbone
     )
@@ -169,20 +175,42 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> R
         test=summary["test"],
         machine=machine(),
         pretrain_reused_from=pretrain_source,
+        identity=identity,
     )
     result.write(out / "result.json")
     (out / "error.json").unlink(missing_ok=True)
     return result
 
 
-def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str | None:
+def claim_directory(out: Path, spec: RunSpec, level: str) -> dict:
+    """Make ``out`` the directory of this run (its identity in ``identity.json``) and return the identity;
+    ValueError naming the directory and the differences if it holds another run's checkpoints or result."""
+    identity = run_identity(spec, level)
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / "identity.json"
+    found = json.loads(marker.read_text()) if marker.is_file() else None
+    result = read_result(out / "result.json")
+    if found is None and result is not None:
+        found = identity_of(result)
+    if found is not None and found != identity:
+        raise ValueError(
+            f"{out} holds another run ({'; '.join(differences(found, identity))}): not reused, not overwritten; "
+            "move it away or use another --root"
+        )
+    if not marker.is_file():
+        write_text(marker, json.dumps(identity, indent=1))
+    return identity
+
+
+def share_pretraining(spec: RunSpec, level: str, experiment, out: Path, root: Path) -> str | None:
     """Copy a finished identical low-fidelity pre-training stage into ``out/pretrain``; returns its
     source ("<experiment>/<run>") or None.
 
     Stage one of transfer, Δ and warm-started MF trains the plain backbone on the low-fidelity
     frames only, which depend on (dataset, seed, N_low), not on N_high, the protocol or the method;
     with the same stage-one TrainConfig (compared as resuming compares it) it is the same training,
-    so it is done once per (dataset, backbone, seed, N_low, config) and copied, as identical runs are
+    so it is done once per (level, dataset and its version, backbone and its arguments, seed, N_low, config:
+    :data:`mfwrap.bench.identity.SHARED_PRETRAINING`) and copied, as identical runs are
     (``reuse_finished``). The copy resumes as a finished stage: it is evaluated, not retrained.
     """
     import shutil
@@ -195,6 +223,7 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
         return None
     if (out / "pretrain" / "last.pt").exists():
         return json.loads(marker.read_text())["source"] if marker.is_file() else None
+    identity = run_identity(spec, level)
     wanted = pretrain_config(experiment, fidelities_of(spec.dataset)[0])
     for result_path in sorted(root.glob("*/*/result.json")):
         source = result_path.parent / "pretrain"
@@ -205,7 +234,7 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
             other is None
             or other.reused_from
             or not METHODS[other.spec.method].pretrains
-            or any(getattr(other.spec, key) != getattr(spec, key) for key in ("dataset", "backbone", "seed", "n_low"))
+            or differences(identity_of(other), identity, SHARED_PRETRAINING)
         ):
             continue
         if resume_conflicts(json.loads((source / "metrics.json").read_text()).get("config", {}), wanted):
@@ -242,14 +271,23 @@ def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) ->
         return spec, text
 
 
-def finished(root: Path, spec: RunSpec) -> RunResult | None:
-    """The run's result under ``root`` if it has finished there (a damaged result is warned about and is none)."""
-    return read_result(root / spec.experiment / spec.name / "result.json")
+def finished(root: Path, spec: RunSpec, level: str) -> RunResult | None:
+    """The run's result under ``root`` if it has finished there; a damaged result, or the result of another
+    run (another identity: level, dataset version, backbone arguments, ...), is warned about and is none."""
+    path = root / spec.experiment / spec.name / "result.json"
+    result = read_result(path)
+    if result is None:
+        return None
+    if changed := differences(identity_of(result), run_identity(spec, level)):
+        warn_damaged(path, ValueError(f"{path}: the result of another run ({'; '.join(changed)})"), "not reused")
+        return None
+    return result
 
 
 def restore_reported(specs: Sequence[RunSpec], level: str, root: Path, report: Path) -> int:
     """Write ``result.json`` of runs that a committed report (``report/<experiment>.json``) already
-    holds at this level, so that a fresh checkout does not train them again; returns how many."""
+    holds at this level, with the identity of the run wanted (:mod:`mfwrap.bench.identity`), so that a
+    fresh checkout does not train them again; returns how many."""
     restored = 0
     for experiment in {s.experiment for s in specs}:
         path = report / f"{experiment}.json"
@@ -260,9 +298,16 @@ def restore_reported(specs: Sequence[RunSpec], level: str, root: Path, report: P
         except ValueError as error:
             warn_damaged(path, error, "no run restored from it")
             continue
+        other = sorted(n for s in specs if (n := s.name) in known and identity_of(known[n]) != run_identity(s, level))
+        if other:
+            print(
+                f"warning: {path}: {len(other)} runs of another identity not restored: {', '.join(other)}",
+                file=sys.stderr,
+            )
+        known = {name: run for name, run in known.items() if name not in other}
         for spec in specs:
             target = root / spec.experiment / spec.name / "result.json"
-            if spec.experiment == experiment and spec.name in known and finished(root, spec) is None:
+            if spec.experiment == experiment and spec.name in known and finished(root, spec, level) is None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 known[spec.name].write(target)
                 restored += 1
@@ -270,16 +315,19 @@ def restore_reported(specs: Sequence[RunSpec], level: str, root: Path, report: P
 
 
 def reuse_finished(specs: Sequence[RunSpec], level: str, root: Path) -> int:
-    """Copy the result of a finished identical run (same name and level, another experiment) to
-    each run of ``specs`` that has none; returns how many were copied."""
+    """Copy the result of a finished identical run (same identity, another experiment) to each run of
+    ``specs`` that has none; returns how many were copied."""
     copied = 0
     for spec in specs:
         target = root / spec.experiment / spec.name / "result.json"
-        if finished(root, spec) is not None:
+        if finished(root, spec, level) is not None:
             continue
         sources = [p for p in sorted(root.glob(f"*/{spec.name}/result.json")) if p != target]
         results = [read_result(p) for p in sources]
-        source, result = next(((p, r) for p, r in zip(sources, results) if r and r.level == level), (None, None))
+        wanted = run_identity(spec, level)
+        source, result = next(
+            ((p, r) for p, r in zip(sources, results) if r and identity_of(r) == wanted), (None, None)
+        )
         if result is None:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +365,7 @@ def run_suite(
     shared = reuse_finished(specs, level, root)
     if shared:
         print(f"{shared} runs reused from other experiments' identical runs")
-    todo = [s for s in specs if finished(root, s) is None]
+    todo = [s for s in specs if finished(root, s, level) is None]
     first_by_name: dict[str, RunSpec] = {}
     for spec in todo:
         first_by_name.setdefault(spec.name, spec)
@@ -412,7 +460,7 @@ def plan_suite(
             if spec.name in seen:
                 continue
             seen.add(spec.name)
-            result = finished(Path(root), spec) if root is not None else None
+            result = finished(Path(root), spec, level) if root is not None else None
             done = result is not None
             if done:
                 row["done"] += 1

@@ -12,7 +12,7 @@ from mfwrap.bench.claims import check_claims, claims_markdown, read_report
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 from mfwrap.bench.report import experiment_report, write_report
 from mfwrap.bench.result import RunResult, read_runs
-from mfwrap.bench.runner import restore_reported
+from mfwrap.bench.runner import finished, restore_reported
 
 COMMITTED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "suite" / "medium"
 EXPERIMENT_FILES = sorted(COMMITTED.glob("*.json"))
@@ -48,6 +48,8 @@ def test_restored_runs_rebuild_the_report(tmp_path):
     restored = restore_reported(specs, "medium", root, COMMITTED)
     committed_runs = {p.stem: read_runs(p) for p in EXPERIMENT_FILES}
     assert restored == sum(len(runs) for runs in committed_runs.values())  # every committed run has its spec
+    # their identity is their spec's at the medium level under this code: they count as done, nothing retrains
+    assert sum(finished(root, spec, "medium") is not None for spec in specs) == restored
     write_report(root, out)
     for experiment in committed_runs:
         assert (out / f"{experiment}.md").read_text() == (COMMITTED / f"{experiment}.md").read_text(), experiment
