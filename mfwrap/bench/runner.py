@@ -21,7 +21,9 @@ import json
 import multiprocessing
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -34,6 +36,7 @@ from tqdm.auto import tqdm
 from mfwrap.bench.backbones import BACKBONES
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS, Level, RunSpec, convergence_options, epochs_for
 from mfwrap.bench.identity import SHARED_PRETRAINING, differences, identity_of, run_identity
+from mfwrap.bench.lock import DirectoryLock
 from mfwrap.bench.methods import METHODS
 from mfwrap.bench.result import RunResult, read_result, read_runs, warn_damaged
 from mfwrap.data.readers import to_graphs
@@ -258,17 +261,46 @@ def machine() -> dict:
     }
 
 
-def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) -> tuple[RunSpec, str | None]:
+def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) -> tuple[RunSpec, str]:
+    """Train the run under its directory's lock (:mod:`mfwrap.bench.lock`); returns it and "ran", "failed"
+    (traceback in its ``error.json``), "elsewhere" (another process holds the lock) or "done" (another
+    process finished it since the list of runs to train was made)."""
     torch.set_num_threads(1)
+    out = Path(root) / spec.experiment / spec.name
+    lock = DirectoryLock(out)
+    if not lock.acquire():
+        return spec, "elsewhere"
     try:
+        if finished(Path(root), spec, level) is not None:
+            return spec, "done"
         run_one(spec, level, root, eager)
-        return spec, None
+        return spec, "ran"
     except Exception:  # recorded, reported, not fatal to the other runs
         text = traceback.format_exc()
-        out = Path(root) / spec.experiment / spec.name
-        out.mkdir(parents=True, exist_ok=True)
         write_text(out / "error.json", json.dumps({"spec": spec.as_dict(), "traceback": text}, indent=1))
-        return spec, text
+        return spec, "failed"
+    finally:
+        lock.release()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: end this worker when the launcher ``parent`` dies, so that no orphan trains on
+    after a kill (its run's lock, left behind, is then stale). Linux: the kernel kills it at the parent's
+    death (``prctl(PR_SET_PDEATHSIG, SIGKILL)``). Every POSIX system: a daemon thread checks each second
+    that ``parent`` is still its parent (an orphan is re-parented) and exits otherwise, which also covers a
+    parent that died before prctl ran. On Windows a process keeps its dead parent's pid: a worker there
+    finishes the run it is training, then finds no work."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent watch", daemon=True).start()
 
 
 def finished(root: Path, spec: RunSpec, level: str) -> RunResult | None:
@@ -348,7 +380,9 @@ def run_suite(
     eager: bool = False,
 ) -> dict:
     """Run every missing run of ``experiments`` at ``level`` (runs in ``report``'s committed results
-    count as done; ``eager``: see :func:`run_one`); returns {"total", "ran", "failed"}."""
+    count as done; ``eager``: see :func:`run_one`), each under its directory's lock, so that launchers
+    sharing a root share the work; returns {"total", "ran", "failed": names, "elsewhere": names of the
+    runs another process was training}. Workers (``jobs`` > 1) die with this process (:func:`_die_with_parent`)."""
     specs = []
     for name in experiments:
         if name not in EXPERIMENTS:
@@ -371,28 +405,41 @@ def run_suite(
         first_by_name.setdefault(spec.name, spec)
     to_train = list(first_by_name.values())  # a run two experiments share is trained once
     print(f"{len(specs)} runs at level {level}: {len(specs) - len(todo)} done, {len(todo)} to run", flush=True)
-    failed = []
+    outcomes: dict[str, list[str]] = {"ran": [], "failed": [], "elsewhere": [], "done": []}
     with tqdm(total=len(to_train), desc="runs", disable=not to_train) as bar:
         if jobs > 1:
             context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            with concurrent.futures.ProcessPoolExecutor(
+                jobs, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+            ) as pool:
                 futures = [pool.submit(_run_in_worker, s, level, str(root), eager) for s in to_train]
                 for future in concurrent.futures.as_completed(futures):
-                    spec, error = future.result()
-                    failed += [spec.name] if error else []
+                    spec, outcome = future.result()
+                    outcomes[outcome].append(spec.name)
                     bar.set_postfix_str(spec.name[-40:])
                     bar.update()
         else:
             for spec in to_train:
                 bar.set_postfix_str(spec.name[-40:])
-                _, error = _run_in_worker(spec, level, str(root), eager)
-                failed += [spec.name] if error else []
+                outcomes[_run_in_worker(spec, level, str(root), eager)[1]].append(spec.name)
                 bar.update()
     reuse_finished(specs, level, root)
-    for name in failed:
+    for name in outcomes["failed"]:
         print(f"FAILED {name} (traceback in its error.json)")
-    print(f"{len(to_train) - len(failed)} ran, {len(failed)} failed, {len(specs) - len(todo)} were done", flush=True)
-    return {"total": len(specs), "ran": len(to_train) - len(failed), "failed": failed}
+    for name in outcomes["elsewhere"]:
+        print(f"RUNNING ELSEWHERE {name} (its directory is locked by another process: its .lock names it)")
+    done = len(specs) - len(todo) + len(outcomes["done"])
+    print(
+        f"{len(outcomes['ran'])} ran, {len(outcomes['failed'])} failed, {done} were done, "
+        f"{len(outcomes['elsewhere'])} running elsewhere (rerun when they finish to report them)",
+        flush=True,
+    )
+    return {
+        "total": len(specs),
+        "ran": len(outcomes["ran"]),
+        "failed": outcomes["failed"],
+        "elsewhere": outcomes["elsewhere"],
+    }
 
 
 def frame_counts(spec: RunSpec, level: Level) -> tuple[int, int]:

@@ -23,7 +23,12 @@ def test_a_truncated_result_is_named_not_done_and_trained_again(quick_copy, caps
     assert error.count("\n") == 1 and f"warning: {damaged}: damaged JSON" in error and "not done" in error
     assert len(write_report(root, quick_copy.out / "fewer", force=True)) == 4  # the report of the 3 good runs
     assert len(json.loads((quick_copy.out / "fewer" / "learning_curve.json").read_text())["runs"]) == 3
-    assert runner.run_suite(["learning_curve"], "quick", [0], root) == {"total": 4, "ran": 1, "failed": []}
+    assert runner.run_suite(["learning_curve"], "quick", [0], root) == {
+        "total": 4,
+        "ran": 1,
+        "failed": [],
+        "elsewhere": [],
+    }
     again = json.loads(damaged.read_text())
     assert again["test"] == json.loads(good)["test"]  # resumed from its finished checkpoint: the same model
 
