@@ -1,17 +1,18 @@
 """Running the suite: one directory per run, skipped when its result exists, resumed when killed.
 
-``root/<experiment>/<run name>/`` holds the run's trainer output (checkpoints, metric logs) and,
-when it has finished, ``result.json`` (:class:`mfwrap.bench.result.RunResult`: spec, level,
-epochs, steps, wall time, machine, training-set sizes, validation and test metrics, identity). A
-run's identity (:mod:`mfwrap.bench.identity`, also in the directory's ``identity.json`` from its
-start) is everything that determines it but its experiment, and its name says the spec's part
-(dataset, backbone, method, mechanisms, sizes, region, protocol, seed); a result counts as done,
-and is copied or restored, only for a run of the same identity (another one is warned about, never
-reused nor overwritten). A run that two experiments share (e.g. MF at N_high = 50 in the learning
-curve and the ablations) is trained once and its result copied, marked ``reused_from``. A run
-that fails writes ``error.json`` (its traceback) and the others go on; the next invocation retries
-it. Everything is seeded: the run's seed picks the validation and training subsets and initialises
-the model.
+``root/<experiment>/<run name>/`` (``mfwrap bench``: ``root`` is ``--root/<level>``) holds the run's
+trainer output (checkpoints, metric logs), its lock while a process trains it
+(:mod:`mfwrap.bench.lock`) and, when it has finished, ``result.json``
+(:class:`mfwrap.bench.result.RunResult`: spec, level, epochs, steps, wall time, machine,
+training-set sizes, validation and test metrics, identity). A run's identity
+(:mod:`mfwrap.bench.identity`, also in the directory's ``identity.json`` from its start) is
+everything that determines it but its experiment, and its name says the spec's part (dataset,
+backbone, method, mechanisms, sizes, region, protocol, seed); a result counts as done, and is copied
+or restored, only for a run of the same identity (another one is warned about, never reused nor
+overwritten). A run that two experiments share (e.g. MF at N_high = 50 in the learning curve and the
+ablations) is trained once and its result copied, marked ``reused_from``. A run that fails writes
+``error.json`` (its traceback) and the others go on; the next invocation retries it. Everything is
+seeded: the run's seed picks the validation and training subsets and initialises the model.
 """
 
 from __future__ import annotations
@@ -339,7 +340,7 @@ def restore_reported(specs: Sequence[RunSpec], level: str, root: Path, report: P
         known = {name: run for name, run in known.items() if name not in other}
         for spec in specs:
             target = root / spec.experiment / spec.name / "result.json"
-            if spec.experiment == experiment and spec.name in known and finished(root, spec, level) is None:
+            if spec.experiment == experiment and spec.name in known and read_result(target) is None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 known[spec.name].write(target)
                 restored += 1
@@ -352,7 +353,7 @@ def reuse_finished(specs: Sequence[RunSpec], level: str, root: Path) -> int:
     copied = 0
     for spec in specs:
         target = root / spec.experiment / spec.name / "result.json"
-        if finished(root, spec, level) is not None:
+        if read_result(target) is not None:  # done, or another run's: never overwritten
             continue
         sources = [p for p in sorted(root.glob(f"*/{spec.name}/result.json")) if p != target]
         results = [read_result(p) for p in sources]

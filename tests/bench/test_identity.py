@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,8 @@ from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 from mfwrap.bench.identity import run_identity
 from mfwrap.bench.report import aggregate, write_report
 from mfwrap.bench.result import RunResult
+
+COMMITTED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "suite" / "medium"
 
 
 def test_results_store_their_identity(quick_bench):
@@ -40,6 +43,9 @@ def test_a_medium_bench_never_counts_quick_runs(quick_copy, capsys):
         assert f"{spec.name}/result.json: the result of another run (level: 'quick' ≠ 'medium'" in warnings
     with pytest.raises(ValueError, match=r"holds another run \(.*level: 'quick' ≠ 'medium'.*not overwritten"):
         runner.claim_directory(root / shared[0].experiment / shared[0].name, shared[0], "medium")
+    # the committed medium report restores the runs that have no directory here, and overwrites no quick result
+    assert runner.restore_reported(medium, "medium", root, COMMITTED) == len(medium) - len(shared)
+    assert {RunResult.read(root / s.experiment / s.name / "result.json").level for s in shared} == {"quick"}
 
 
 def test_a_run_of_another_data_version_is_not_reused(quick_copy, capsys):
