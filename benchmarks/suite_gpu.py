@@ -9,7 +9,7 @@ protocol, seed 0. Phase "at once": ``--at-once`` runs side by side on the one GP
 equal compute at N_high = 25, seeds 0, 1, 2, and MF seed 1, repeated as needed). Reported per run:
 optimiser steps, wall seconds, the seconds the first (compiling) step took (the trainer's
 ``compile_seconds``), seconds per step with and without it, and the high-fidelity test MAE next
-to the same run's on the CPU (``benchmarks/results/suite/learning_curve.json``; the two differ by
+to the same run's on the CPU (``benchmarks/results/suite/medium/learning_curve.json``; the two differ by
 float summation order and the GPU's kernels, not by data or seed). Then the full level's plan
 (``mfwrap bench all --level full --seeds 0 1 2 --plan``) at the rates measured: one run at a time,
 and ``--at-once`` at a time (aggregate steps per second).
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-CPU_RESULTS = REPO / "benchmarks" / "results" / "suite" / "learning_curve.json"
+CPU_RESULTS = REPO / "benchmarks" / "results" / "suite" / "medium" / "learning_curve.json"
 RUN_ONE = (
     "import json, sys, torch; torch.set_num_threads(1); from mfwrap.bench.grid import RunSpec; "
     "from mfwrap.bench.runner import run_one; "

@@ -4,7 +4,7 @@
     mfwrap evaluate CHECKPOINT DATA --fidelity NAME [--energy-key KEY ...] [--json OUT]
     mfwrap predict CHECKPOINT STRUCTURES [--fidelity NAME] [--output OUT.extxyz [--prefix P] [--overwrite]]
     mfwrap bench EXPERIMENT|all --level quick|medium|full [--seeds 0 1 2] [--jobs 2]
-    mfwrap bench report [--root runs/suite] [--out benchmarks/results/suite]
+    mfwrap bench report [--root runs/suite] [--out benchmarks/results/suite] [--level L] [--force]
 
 Multi-process / multi-GPU training: ``torchrun --nproc-per-node=N -m mfwrap.cli train CONFIG.yaml``.
 """
@@ -281,23 +281,27 @@ def _write_extxyz(path: str, frames: list) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from mfwrap.bench.grid import EXPERIMENTS
-    from mfwrap.bench.report import write_report
+    from mfwrap.bench.report import warn_old_layout, write_report, write_reports
     from mfwrap.bench.runner import run_suite
 
     if args.experiment == "report":
-        for path in write_report(args.root, args.out):
+        for path in write_reports(args.root, args.out, args.level, args.force):
             print(path)
         return 0
+    level = args.level or "quick"
+    root, out = Path(args.root) / level, Path(args.out) / level  # each level its own folders
+    if Path(args.root).is_dir():
+        warn_old_layout(Path(args.root))
     experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     if args.plan:
         from mfwrap.bench.runner import plan_suite
 
         rows = plan_suite(
             experiments,
-            args.level,
+            level,
             args.seeds,
             backbone=args.backbone,
-            root=args.root,
+            root=root,
             seconds_per_step=args.seconds_per_step,
         )
         print(
@@ -318,22 +322,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             )
         print(
             f"total {total_hours:.1f} h with {args.jobs} run(s) at once, finished runs included; s/step measured on "
-            f"the finished runs under {args.root} (* not measured: --seconds-per-step); done: runs finished there, "
+            f"the finished runs under {root} (* not measured: --seconds-per-step); done: runs finished there, "
             f"{done_hours:.1f} run-hours of wall time (one run's own; runs side by side overlap); left: at most "
             f"{left_hours:.1f} h for the runs not finished, with {args.jobs} at once (killed runs resume part-way)"
         )
         return 0
     outcome = run_suite(
-        experiments,
-        args.level,
-        args.seeds,
-        args.root,
-        jobs=args.jobs,
-        backbone=args.backbone,
-        report=args.out,
-        eager=args.eager,
+        experiments, level, args.seeds, root, jobs=args.jobs, backbone=args.backbone, report=out, eager=args.eager
     )
-    write_report(args.root, args.out)
+    write_report(root, out, args.force)
     return 1 if outcome["failed"] else 0
 
 
@@ -404,17 +401,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="the benchmark suite: run an experiment (resumable) or write the report",
-        description="Runs the seed paper's experiments (mfwrap.bench.grid) as one directory per run under --root, "
-        "skipping finished runs and resuming killed ones, then writes the report (mean ± sd over seeds, "
-        "tables, plots) to --out.",
+        description="Runs the seed paper's experiments (mfwrap.bench.grid) as one directory per run under "
+        "--root/<level>, skipping finished runs and resuming killed ones, then writes the report (mean ± sd over "
+        "seeds, tables, plots) to --out/<level>.",
     )
     bench.add_argument("experiment", choices=[*EXPERIMENTS, "all", "report"])
     bench.add_argument(
         "--level",
         choices=list(LEVELS),
-        default="quick",
-        help="quick: pipeline check, minutes; medium: paper CHGNet on the shipped LMFP set, hours on a "
-        "2-core CPU; full: the paper's settings (a GPU)",
+        default=None,
+        help="quick (default): pipeline check, minutes; medium: paper CHGNet on the shipped LMFP set, hours on a "
+        "2-core CPU; full: the paper's settings (a GPU). For report: only this level (default: every level)",
     )
     bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="data subset and initialisation seeds")
     needs = "".join(f"; {b.name} {b.note}" for b in BACKBONES.values() if b.note)
@@ -445,8 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="eager training steps where the level compiles them (medium, full): for a torch on which "
         "torch.compile of the training step fails (2.11 does; 2.13 is tested); results record it",
     )
-    bench.add_argument("--root", default="runs/suite", help="where the runs go (default runs/suite)")
-    bench.add_argument("--out", default="benchmarks/results/suite", help="where the report goes")
+    bench.add_argument("--root", default="runs/suite", help="the runs go to ROOT/<level> (default runs/suite)")
+    bench.add_argument(
+        "--out", default="benchmarks/results/suite", help="the report goes to OUT/<level> (default %(default)s)"
+    )
+    bench.add_argument(
+        "--force",
+        action="store_true",
+        help="let the report replace one of another level or with more runs (refused by default)",
+    )
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -4,7 +4,8 @@ Every file mfwrap writes (model files, trainer checkpoints, metric logs) goes th
 :func:`write_atomic`: the bytes go to a temporary file beside the target, are flushed and
 ``fsync``\\ ed, then renamed over the target (and the directory entry synced). A reader, or a run
 resumed after a kill or power loss, sees the old file or the new one, never a mixture; a write
-that fails leaves the old file as it was and no temporary file behind.
+that fails leaves the old file as it was and no temporary file behind; a process killed mid-write
+leaves one (``.<name>.<8 characters>.tmp``), which :func:`remove_interrupted_writes` deletes.
 
 :func:`read_torch` reads with ``torch.load(weights_only=True)``: tensors, numbers, strings,
 lists, tuples and dicts only. A pickle that would import or call anything else (how a crafted
@@ -17,6 +18,7 @@ import os
 import pickle
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -48,6 +50,25 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         Path(temporary).unlink(missing_ok=True)
         raise
     _sync_directory(target.parent)
+
+
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # write_atomic's: mkstemp(prefix=".<name>.", suffix=".tmp")
+
+
+def remove_interrupted_writes(directory: str | os.PathLike, older_than_s: float = 0.0) -> list[Path]:
+    """Delete the temporary files that :func:`write_atomic` left in ``directory`` and below when its process was
+    killed mid-write, if last modified more than ``older_than_s`` seconds ago (> 0 where another process may
+    be writing there now); returns the paths removed. The targets themselves are untouched."""
+    removed = []
+    now = time.time()
+    for path in Path(directory).rglob(".*.tmp"):
+        try:
+            if _TEMPORARY.match(path.name) and path.is_file() and now - path.stat().st_mtime >= older_than_s:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # its writer finished or cleaned it meanwhile
+            pass
+    return removed
 
 
 def _umask() -> int:

@@ -8,6 +8,6 @@ with the methods of :mod:`mfwrap.bench.methods` and the backbones of :mod:`mfwra
 :mod:`mfwrap.bench.runner` runs it (a directory per run, skip what is done, resume what was
 killed, record failures) and writes each run's :class:`mfwrap.bench.result.RunResult`;
 :mod:`mfwrap.bench.report` aggregates the results over seeds into
-``benchmarks/results/suite/<experiment>.{json,md,png}`` and :mod:`mfwrap.bench.claims` checks the
+``benchmarks/results/suite/<level>/<experiment>.{json,md,png}`` and :mod:`mfwrap.bench.claims` checks the
 seed paper's claims against them.
 """

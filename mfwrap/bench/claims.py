@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from mfwrap.bench.methods import METHODS
-from mfwrap.bench.result import RunResult, read_runs
+from mfwrap.bench.result import RunResult, read_runs, warn_damaged
 
 TARGETS = ("energy", "forces", "stress", "magmoms")
 # the seed paper's loss weights over the reported units (meV/atom, meV/Å, GPa, μB): the weighted validation MAE
@@ -483,8 +483,15 @@ def check_claims(report: Report) -> list[Verdict]:
 
 
 def read_report(out: str | Path) -> Report:
-    """{experiment: every run's result} from the ``<experiment>.json`` files in ``out``."""
-    return {path.stem: read_runs(path) for path in sorted(Path(out).glob("*.json"))}
+    """{experiment: every run's result} from the ``<experiment>.json`` files in ``out`` (a damaged one is
+    warned about, naming it, and left out)."""
+    report = {}
+    for path in sorted(Path(out).glob("*.json")):
+        try:
+            report[path.stem] = read_runs(path)
+        except ValueError as error:
+            warn_damaged(path, error, "left out of the claims")
+    return report
 
 
 def claims_markdown(verdicts: list[Verdict]) -> str:

@@ -4,7 +4,8 @@
 
 * the methods, from the template ``methods.md`` (prose; the levels table comes from
   :data:`mfwrap.bench.grid.LEVELS`);
-* the suite: ``suite/claims.md`` verbatim, then each ``suite/<experiment>.md`` with its plot;
+* the suite at :data:`SUITE_LEVEL` (each level's reports have their own folder, ``suite/<level>/``):
+  ``suite/medium/claims.md`` verbatim, then each ``suite/medium/<experiment>.md`` with its plot;
 * every other benchmark, one renderer per result file (:data:`RENDERERS`), printing the figures with
   the machine, date and notes the file records; a ``*.json`` without a renderer is an error;
 * the interpretation, from the template ``discussion.md``.
@@ -31,6 +32,7 @@ from mfwrap.bench.backbones import BACKBONES
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 from mfwrap.files import write_text
 
+SUITE_LEVEL = "medium"  # the level whose suite reports (results/suite/<level>/) the document shows
 TEMPLATES = ("methods.md", "discussion.md")
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 TARGETS = ("energy", "forces", "stress", "magmoms")
@@ -487,7 +489,7 @@ def figures(results_dir: str | Path) -> dict[str, str]:
             )
         if "4" in step.get("ddp", {}):
             found["train.ddp_vs_threads"] = num(step["ddp"]["4"]["speedup_vs_1_process_2_threads"]) + "×"
-    if curve := _load(results, "suite/learning_curve.json"):
+    if curve := _load(results, f"suite/{SUITE_LEVEL}/learning_curve.json"):
         shares = {
             r["n_train"]["high"]: r["n_train"]["low"] / (r["n_train"]["low"] + r["n_train"]["high"])
             for r in curve["runs"]
@@ -571,7 +573,7 @@ def render(results_dir: str | Path = "benchmarks/results", out: str | Path = "be
         templates["methods.md"],
         "## The benchmark suite",
     ]
-    suite = results / "suite"
+    suite = results / "suite" / SUITE_LEVEL
     if cost := _suite_cost(suite):
         parts.append(cost)
     if (suite / "claims.md").exists():

@@ -1,6 +1,9 @@
 """``mfwrap bench report``: the suite's results, averaged over seeds, as JSON, markdown and plots.
 
-For every experiment with finished runs under ``root``, writes to ``out``:
+Each level has its own folders: the runs of level L are under ``<root>/L/`` and their report goes to
+``<out>/L/`` (``mfwrap bench``'s defaults: ``runs/suite/L``, ``benchmarks/results/suite/L``), so that
+the results of one level never replace another's. For every experiment with finished runs under a
+level's root, writes to its ``out``:
 ``<experiment>.json`` (each group's mean and sample standard deviation over seeds of the
 high-fidelity test MAE and RMSE per target, its steps and wall time, and every run's own result),
 ``<experiment>.md`` (a table; protocol and steps in every row) and ``<experiment>.png``
@@ -12,13 +15,14 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 from mfwrap.bench.grid import ABLATIONS
 from mfwrap.bench.methods import METHODS
-from mfwrap.bench.result import RunResult
-from mfwrap.files import write_text
+from mfwrap.bench.result import RunResult, read_result, read_runs, warn_damaged
+from mfwrap.files import remove_interrupted_writes, write_text
 
 UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "GPa", "magmoms": "μB"}
 _ABLATION_NAMES = {mechanisms: name for name, mechanisms in ABLATIONS.items()}
@@ -53,7 +57,8 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(results: list[RunResult]) -> list[dict]:
-    """One group per (dataset, backbone, method, mechanisms, protocol, region, N_high, N_low): mean ± sd over seeds;
+    """One group per (dataset, backbone, method, mechanisms, protocol, region, N_high, N_low): mean ± sd over seeds
+    of runs that differ in nothing else (ValueError naming two that do, :mod:`mfwrap.bench.identity`);
     in table order (protocol, N_high, N_low, method as in :data:`mfwrap.bench.methods.METHODS`, mechanisms as in
     the paper's ablations: N, F, C, E, M, R, C̄, Ē, M̄, R̄)."""
     groups: dict[tuple, list[RunResult]] = defaultdict(list)
@@ -62,6 +67,7 @@ def aggregate(results: list[RunResult]) -> list[dict]:
         groups[key].append(result)
     rows = []
     for key, members in sorted(groups.items(), key=lambda item: tuple(str(k) for k in item[0])):
+        _refuse_mixed(members)
         tests = [m.test[m.target_fidelity] for m in members]
         row = dict(zip(_GROUP_KEYS, key[:-2]), n_high=key[-2], n_low=key[-1], seeds=[m.spec.seed for m in members])
         row["test"] = {}
@@ -84,6 +90,19 @@ def aggregate(results: list[RunResult]) -> list[dict]:
         )
     )
     return rows
+
+
+def _refuse_mixed(members: list[RunResult]) -> None:
+    """ValueError naming the runs if the members of one group differ in anything but their seed (identity)."""
+    from mfwrap.bench.identity import differences, identity_of
+
+    first = {k: v for k, v in identity_of(members[0]).items() if k != "seed"}
+    for other in members[1:]:
+        if changed := differences({k: v for k, v in identity_of(other).items() if k != "seed"}, first):
+            raise ValueError(
+                f"runs {other.spec.experiment}/{other.name} and {members[0].spec.experiment}/{members[0].name} "
+                f"differ in {'; '.join(changed)}: not averaged together; give each level or version its own root"
+            )
 
 
 def markdown(experiment: str, rows: list[dict]) -> str:
@@ -201,15 +220,27 @@ def experiment_report(experiment: str, results: list[RunResult]) -> tuple[list[d
     return rows, text, markdown(experiment, rows)
 
 
-def write_report(root: str | Path, out: str | Path) -> list[Path]:
-    """Aggregate every experiment under ``root`` into ``out``; returns the files written."""
+def write_report(root: str | Path, out: str | Path, force: bool = False) -> list[Path]:
+    """Aggregate every experiment under ``root`` (the runs of one level) into ``out``; returns the files
+    written. A report never replaces, unless ``force``, an ``<experiment>.json`` in ``out`` that holds
+    results of another level or more runs than the new one: ValueError naming the file, before anything
+    is written."""
     root, out = Path(root), Path(out)
-    written = []
+    planned: dict[str, list[RunResult]] = {}
     for experiment_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        results = [RunResult.read(p) for p in sorted(experiment_dir.glob("*/result.json"))]
-        if not results:
-            continue
-        experiment = experiment_dir.name
+        results = [r for p in sorted(experiment_dir.glob("*/result.json")) if (r := read_result(p)) is not None]
+        if results:
+            planned[experiment_dir.name] = results
+    levels = sorted({result.level for results in planned.values() for result in results})
+    if len(levels) > 1:
+        raise ValueError(f"{root} holds runs of the levels {levels}; a report is of one level: give each its own root")
+    refusals = [] if force else [line for e, results in planned.items() if (line := _refusal(out, e, results))]
+    if refusals:
+        raise ValueError("\n".join(refusals))
+    if out.is_dir():
+        remove_interrupted_writes(out, older_than_s=60)  # left by a killed report
+    written = []
+    for experiment, results in planned.items():
         rows, json_text, table = experiment_report(experiment, results)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / f"{experiment}.json", json_text)
@@ -218,11 +249,62 @@ def write_report(root: str | Path, out: str | Path) -> list[Path]:
         written += [out / f"{experiment}.{suffix}" for suffix in ("json", "md", "png")]
     if written:
         from mfwrap.bench.claims import check_claims, claims_markdown, read_report
+        from mfwrap.bench.document import SUITE_LEVEL, write_results_document
 
         write_text(out / "claims.md", claims_markdown(check_claims(read_report(out))))
         written.append(out / "claims.md")
-        if (out.parent / "methods.md").exists():  # out is benchmarks/results/suite: the results document follows
-            from mfwrap.bench.document import write_results_document
-
-            written.append(write_results_document(out.parent, out.parent.parent / "README.md"))
+        results_dir = out.parent.parent  # out is benchmarks/results/suite/<level>: the results document follows
+        if out.name == SUITE_LEVEL and out.parent.name == "suite" and (results_dir / "methods.md").exists():
+            written.append(write_results_document(results_dir, results_dir.parent / "README.md"))
     return written
+
+
+def _refusal(out: Path, experiment: str, results: list[RunResult]) -> str | None:
+    """Why the report of ``results`` must not replace ``out/<experiment>.json`` (None: it may)."""
+    path = out / f"{experiment}.json"
+    if not path.is_file():
+        return None
+    try:
+        existing = read_runs(path)
+    except ValueError as error:
+        warn_damaged(path, error, "it is replaced")
+        return None
+    level = results[0].level
+    other_levels = sorted({run.level for run in existing} - {level})
+    if other_levels:
+        kinds = "/".join(other_levels)
+        return f"{path} holds {kinds}-level results; not replaced by {level}-level ones (--force replaces it)"
+    if len(existing) > len(results):
+        return f"{path} holds {len(existing)} runs; not replaced by a report of {len(results)} (--force replaces it)"
+    return None
+
+
+def write_reports(root: str | Path, out: str | Path, level: str | None = None, force: bool = False) -> list[Path]:
+    """``mfwrap bench report``: the report of each level's runs (``root/<level>/``, or only ``level``'s)
+    into ``out/<level>/`` (:func:`write_report`); ValueError naming ``root`` if it holds no finished run."""
+    from mfwrap.bench.grid import LEVELS
+
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such directory (--root names the folder the runs of mfwrap bench are in)")
+    warn_old_layout(root)
+    written = []
+    for name in [level] if level else list(LEVELS):
+        written += write_report(root / name, out / name, force)
+    if not written:
+        where = f"{root}/{level}" if level else f"{root}/<level>"
+        raise ValueError(f"no finished run under {where}/<experiment>/<run>/result.json: nothing to report (--root?)")
+    return written
+
+
+def warn_old_layout(root: Path) -> None:
+    """One warning line if ``root`` holds experiment folders directly (runs written before levels had folders)."""
+    from mfwrap.bench.grid import EXPERIMENTS
+
+    old = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in EXPERIMENTS)
+    if old:
+        print(
+            f"warning: {root}/{{{','.join(old)}}}: runs of the layout without level folders, not read; move "
+            f"them to {root}/<level>/ to report them",
+            file=sys.stderr,
+        )

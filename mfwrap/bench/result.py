@@ -1,17 +1,20 @@
 """A finished run's result: what ``result.json`` (and each run of a report's ``runs``) holds.
 
 Metrics are nested dicts {fidelity: {target: {"mae", "rmse", "count"}}} in the units of
-:mod:`mfwrap.train.metrics` (meV/atom, meV/Å, GPa, μB). Reading is strict: a missing required key
-or an unknown key is a ValueError naming it. The optional keys are the ones that results written
-before they existed lack (``train_options``, ``fidelity_init``, ``compiled_steps``, ``schedule``) and
-the provenance of copies (``pretrain_reused_from``, ``reused_from``); an absent one is None and is
-not written back, so a result reads and writes back to the same JSON.
+:mod:`mfwrap.train.metrics` (meV/atom, meV/Å, GPa, μB). Reading is strict: a missing required key,
+an unknown key or a damaged file is a ValueError naming it (:func:`read_result`, which the runner
+uses, warns and treats a damaged result as no result, so that the run trains again). The optional
+keys are the ones that results written before they existed lack (``train_options``,
+``fidelity_init``, ``compiled_steps``, ``schedule``, ``identity``) and the provenance of copies
+(``pretrain_reused_from``, ``reused_from``); an absent one is None and is not written back, so a
+result reads and writes back to the same JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ class RunResult:
         schedule: the learning-rate schedule and early stopping of its final stage.
         pretrain_reused_from: "<experiment>/<run>" whose low-fidelity pre-training it copied.
         reused_from: "<experiment>/<run>" whose whole result it copied (the same run).
+        identity: everything that determines the run (:mod:`mfwrap.bench.identity`); None in results
+            written before it was recorded (then derived from spec and level, ``identity_of``).
     """
 
     spec: RunSpec
@@ -64,6 +69,7 @@ class RunResult:
     machine: dict = dataclasses.field(default_factory=dict)
     pretrain_reused_from: str | None = None
     reused_from: str | None = None
+    identity: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The result as ``result.json`` holds it; optional keys that are None are left out."""
@@ -97,8 +103,8 @@ class RunResult:
 
     @classmethod
     def read(cls, path: str | Path) -> RunResult:
-        """The result in the JSON file ``path``."""
-        return cls.from_json(json.loads(Path(path).read_text()), str(path))
+        """The result in the JSON file ``path``; ValueError naming it if it is not one (damaged, truncated)."""
+        return cls.from_json(_read_json(path), str(path))
 
     def write(self, path: str | Path) -> None:
         """Write the result as JSON (one space indent) to ``path``."""
@@ -119,10 +125,51 @@ class RunResult:
 
 
 def read_runs(path: str | Path) -> list[RunResult]:
-    """Every run's result in a report's ``<experiment>.json`` (its "runs")."""
-    runs = json.loads(Path(path).read_text())["runs"]
-    return [RunResult.from_json(run, f"{path} run {i}") for i, run in enumerate(runs)]
+    """Every run's result in a report's ``<experiment>.json`` (its "runs"); ValueError naming the file if it is
+    not such a report (damaged, truncated, foreign)."""
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise ValueError(f"{path}: not a report of mfwrap bench (no list of 'runs')")
+    return [RunResult.from_json(run, f"{path} run {i}") for i, run in enumerate(data["runs"])]
 
 
-OPTIONAL = ("train_options", "fidelity_init", "compiled_steps", "schedule", "pretrain_reused_from", "reused_from")
+def _read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: damaged JSON ({error})") from None
+
+
+_WARNED: set[str] = set()
+
+
+def warn_damaged(path: str | Path, error: Exception, consequence: str) -> None:
+    """One warning line (once per file and process) naming a damaged file, what is wrong and what follows."""
+    if str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        print(f"warning: {error}; {consequence}", file=sys.stderr, flush=True)
+
+
+def read_result(path: str | Path) -> RunResult | None:
+    """The run result in ``path``; None if there is none, or if it is damaged (then warned about, naming it:
+    such a run is not done and trains again)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return RunResult.read(path)
+    except ValueError as error:
+        warn_damaged(path, error, "the run counts as not done: left out of reports, trained again by mfwrap bench")
+        return None
+
+
+OPTIONAL = (
+    "train_options",
+    "fidelity_init",
+    "compiled_steps",
+    "schedule",
+    "pretrain_reused_from",
+    "reused_from",
+    "identity",
+)
 REQUIRED = tuple(f.name for f in dataclasses.fields(RunResult) if f.name not in OPTIONAL)

@@ -1,14 +1,18 @@
 """Running the suite: one directory per run, skipped when its result exists, resumed when killed.
 
-``root/<experiment>/<run name>/`` holds the run's trainer output (checkpoints, metric logs) and,
-when it has finished, ``result.json`` (:class:`mfwrap.bench.result.RunResult`: spec, level,
-epochs, steps, wall time, machine, training-set sizes, validation and test metrics). A run's name
-says everything that determines it (dataset, backbone, method, mechanisms, sizes, region,
-protocol, seed) but not its experiment, so a run that two experiments share (e.g. MF at N_high =
-50 in the learning curve and the ablations) is trained once and its result copied, marked
-``reused_from``. A run that fails writes ``error.json`` (its traceback) and the others go on; the
-next invocation retries it. Everything is seeded: the run's seed picks the validation and training
-subsets and initialises the model.
+``root/<experiment>/<run name>/`` (``mfwrap bench``: ``root`` is ``--root/<level>``) holds the run's
+trainer output (checkpoints, metric logs), its lock while a process trains it
+(:mod:`mfwrap.bench.lock`) and, when it has finished, ``result.json``
+(:class:`mfwrap.bench.result.RunResult`: spec, level, epochs, steps, wall time, machine,
+training-set sizes, validation and test metrics, identity). A run's identity
+(:mod:`mfwrap.bench.identity`, also in the directory's ``identity.json`` from its start) is
+everything that determines it but its experiment, and its name says the spec's part (dataset,
+backbone, method, mechanisms, sizes, region, protocol, seed); a result counts as done, and is copied
+or restored, only for a run of the same identity (another one is warned about, never reused nor
+overwritten). A run that two experiments share (e.g. MF at N_high = 50 in the learning curve and the
+ablations) is trained once and its result copied, marked ``reused_from``. A run that fails writes
+``error.json`` (its traceback) and the others go on; the next invocation retries it. Everything is
+seeded: the run's seed picks the validation and training subsets and initialises the model.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import json
 import multiprocessing
 import os
 import platform
+import signal
+import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -29,11 +36,13 @@ from tqdm.auto import tqdm
 
 from mfwrap.bench.backbones import BACKBONES
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS, Level, RunSpec, convergence_options, epochs_for
+from mfwrap.bench.identity import SHARED_PRETRAINING, differences, identity_of, run_identity
+from mfwrap.bench.lock import DirectoryLock
 from mfwrap.bench.methods import METHODS
-from mfwrap.bench.result import RunResult, read_runs
+from mfwrap.bench.result import RunResult, read_result, read_runs, warn_damaged
 from mfwrap.data.readers import to_graphs
 from mfwrap.datasets.registry import Split, Splits, get_dataset
-from mfwrap.files import write_text
+from mfwrap.files import remove_interrupted_writes, write_text
 
 
 def family(dataset: str) -> str:
@@ -52,6 +61,7 @@ def targets_of(dataset: str) -> str:
 
 
 BATCH_SIZE = 4
+LEARNING_RATE = 0.005
 
 
 def make_splits(spec: RunSpec, level: Level) -> Splits:
@@ -93,7 +103,7 @@ def _experiment(spec: RunSpec, level: Level, splits: Splits, out: Path, eager: b
         targets=targets,
         epochs=epochs,
         batch_size=BATCH_SIZE,
-        lr=0.005,
+        lr=LEARNING_RATE,
         seed=spec.seed,
         output_dir=str(out),
         progress=False,
@@ -133,7 +143,8 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> R
 
     level = LEVELS[level_name]
     out = Path(root) / spec.experiment / spec.name
-    out.mkdir(parents=True, exist_ok=True)
+    identity = claim_directory(out, spec, level_name)
+    remove_interrupted_writes(out)  # a killed write's temporary files (this process alone trains the run)
     start = time.perf_counter()
     splits = make_splits(spec, level)
     experiment, epochs = _experiment(spec, level, splits, out, eager)
@@ -142,7 +153,7 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> R
     graphs = lambda records: to_graphs(records, backbone.graph_spec, names)  # noqa: E731
     low = splits.train_low if METHODS[spec.method].uses_low_fidelity else []
     train = graphs(low + splits.train_high)
-    pretrain_source = share_pretraining(spec, experiment, out, Path(root))
+    pretrain_source = share_pretraining(spec, level_name, experiment, out, Path(root))
     summary = run_experiment(
         experiment, names, train, graphs(splits.val), graphs(splits.test), resume=True, backbone=backbone
     )
@@ -168,20 +179,42 @@ def run_one(spec: RunSpec, level_name: str, root: str, eager: bool = False) -> R
         test=summary["test"],
         machine=machine(),
         pretrain_reused_from=pretrain_source,
+        identity=identity,
     )
     result.write(out / "result.json")
     (out / "error.json").unlink(missing_ok=True)
     return result
 
 
-def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str | None:
+def claim_directory(out: Path, spec: RunSpec, level: str) -> dict:
+    """Make ``out`` the directory of this run (its identity in ``identity.json``) and return the identity;
+    ValueError naming the directory and the differences if it holds another run's checkpoints or result."""
+    identity = run_identity(spec, level)
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / "identity.json"
+    found = json.loads(marker.read_text()) if marker.is_file() else None
+    result = read_result(out / "result.json")
+    if found is None and result is not None:
+        found = identity_of(result)
+    if found is not None and found != identity:
+        raise ValueError(
+            f"{out} holds another run ({'; '.join(differences(found, identity))}): not reused, not overwritten; "
+            "move it away or use another --root"
+        )
+    if not marker.is_file():
+        write_text(marker, json.dumps(identity, indent=1))
+    return identity
+
+
+def share_pretraining(spec: RunSpec, level: str, experiment, out: Path, root: Path) -> str | None:
     """Copy a finished identical low-fidelity pre-training stage into ``out/pretrain``; returns its
     source ("<experiment>/<run>") or None.
 
     Stage one of transfer, Δ and warm-started MF trains the plain backbone on the low-fidelity
     frames only, which depend on (dataset, seed, N_low), not on N_high, the protocol or the method;
     with the same stage-one TrainConfig (compared as resuming compares it) it is the same training,
-    so it is done once per (dataset, backbone, seed, N_low, config) and copied, as identical runs are
+    so it is done once per (level, dataset and its version, backbone and its arguments, seed, N_low, config:
+    :data:`mfwrap.bench.identity.SHARED_PRETRAINING`) and copied, as identical runs are
     (``reuse_finished``). The copy resumes as a finished stage: it is evaluated, not retrained.
     """
     import shutil
@@ -194,16 +227,18 @@ def share_pretraining(spec: RunSpec, experiment, out: Path, root: Path) -> str |
         return None
     if (out / "pretrain" / "last.pt").exists():
         return json.loads(marker.read_text())["source"] if marker.is_file() else None
+    identity = run_identity(spec, level)
     wanted = pretrain_config(experiment, fidelities_of(spec.dataset)[0])
     for result_path in sorted(root.glob("*/*/result.json")):
         source = result_path.parent / "pretrain"
         if source == out / "pretrain" or not (source / "metrics.json").is_file() or not (source / "last.pt").is_file():
             continue
-        other = RunResult.read(result_path)
+        other = read_result(result_path)
         if (
-            other.reused_from
+            other is None
+            or other.reused_from
             or not METHODS[other.spec.method].pretrains
-            or any(getattr(other.spec, key) != getattr(spec, key) for key in ("dataset", "backbone", "seed", "n_low"))
+            or differences(identity_of(other), identity, SHARED_PRETRAINING)
         ):
             continue
         if resume_conflicts(json.loads((source / "metrics.json").read_text()).get("config", {}), wanted):
@@ -227,31 +262,85 @@ def machine() -> dict:
     }
 
 
-def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) -> tuple[RunSpec, str | None]:
+def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) -> tuple[RunSpec, str]:
+    """Train the run under its directory's lock (:mod:`mfwrap.bench.lock`); returns it and "ran", "failed"
+    (traceback in its ``error.json``), "elsewhere" (another process holds the lock) or "done" (another
+    process finished it since the list of runs to train was made)."""
     torch.set_num_threads(1)
+    out = Path(root) / spec.experiment / spec.name
+    lock = DirectoryLock(out)
+    if not lock.acquire():
+        return spec, "elsewhere"
     try:
+        if finished(Path(root), spec, level) is not None:
+            return spec, "done"
         run_one(spec, level, root, eager)
-        return spec, None
+        return spec, "ran"
     except Exception:  # recorded, reported, not fatal to the other runs
         text = traceback.format_exc()
-        out = Path(root) / spec.experiment / spec.name
-        out.mkdir(parents=True, exist_ok=True)
         write_text(out / "error.json", json.dumps({"spec": spec.as_dict(), "traceback": text}, indent=1))
-        return spec, text
+        return spec, "failed"
+    finally:
+        lock.release()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: end this worker when the launcher ``parent`` dies, so that no orphan trains on
+    after a kill (its run's lock, left behind, is then stale). Linux: the kernel kills it at the parent's
+    death (``prctl(PR_SET_PDEATHSIG, SIGKILL)``). Every POSIX system: a daemon thread checks each second
+    that ``parent`` is still its parent (an orphan is re-parented) and exits otherwise, which also covers a
+    parent that died before prctl ran. On Windows a process keeps its dead parent's pid: a worker there
+    finishes the run it is training, then finds no work."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent watch", daemon=True).start()
+
+
+def finished(root: Path, spec: RunSpec, level: str) -> RunResult | None:
+    """The run's result under ``root`` if it has finished there; a damaged result, or the result of another
+    run (another identity: level, dataset version, backbone arguments, ...), is warned about and is none."""
+    path = root / spec.experiment / spec.name / "result.json"
+    result = read_result(path)
+    if result is None:
+        return None
+    if changed := differences(identity_of(result), run_identity(spec, level)):
+        warn_damaged(path, ValueError(f"{path}: the result of another run ({'; '.join(changed)})"), "not reused")
+        return None
+    return result
 
 
 def restore_reported(specs: Sequence[RunSpec], level: str, root: Path, report: Path) -> int:
     """Write ``result.json`` of runs that a committed report (``report/<experiment>.json``) already
-    holds at this level, so that a fresh checkout does not train them again; returns how many."""
+    holds at this level, with the identity of the run wanted (:mod:`mfwrap.bench.identity`), so that a
+    fresh checkout does not train them again; returns how many."""
     restored = 0
     for experiment in {s.experiment for s in specs}:
         path = report / f"{experiment}.json"
         if not path.is_file():
             continue
-        known = {run.name: run for run in read_runs(path) if run.level == level}
+        try:
+            known = {run.name: run for run in read_runs(path) if run.level == level}
+        except ValueError as error:
+            warn_damaged(path, error, "no run restored from it")
+            continue
+        other = sorted(n for s in specs if (n := s.name) in known and identity_of(known[n]) != run_identity(s, level))
+        if other:
+            print(
+                f"warning: {path}: {len(other)} runs of another identity not restored: {', '.join(other)}",
+                file=sys.stderr,
+            )
+        known = {name: run for name, run in known.items() if name not in other}
         for spec in specs:
             target = root / spec.experiment / spec.name / "result.json"
-            if spec.experiment == experiment and spec.name in known and not target.exists():
+            if spec.experiment == experiment and spec.name in known and read_result(target) is None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 known[spec.name].write(target)
                 restored += 1
@@ -259,16 +348,19 @@ def restore_reported(specs: Sequence[RunSpec], level: str, root: Path, report: P
 
 
 def reuse_finished(specs: Sequence[RunSpec], level: str, root: Path) -> int:
-    """Copy the result of a finished identical run (same name and level, another experiment) to
-    each run of ``specs`` that has none; returns how many were copied."""
+    """Copy the result of a finished identical run (same identity, another experiment) to each run of
+    ``specs`` that has none; returns how many were copied."""
     copied = 0
     for spec in specs:
         target = root / spec.experiment / spec.name / "result.json"
-        if target.exists():
+        if read_result(target) is not None:  # done, or another run's: never overwritten
             continue
         sources = [p for p in sorted(root.glob(f"*/{spec.name}/result.json")) if p != target]
-        results = [RunResult.read(p) for p in sources]
-        source, result = next(((p, r) for p, r in zip(sources, results) if r.level == level), (None, None))
+        results = [read_result(p) for p in sources]
+        wanted = run_identity(spec, level)
+        source, result = next(
+            ((p, r) for p, r in zip(sources, results) if r and identity_of(r) == wanted), (None, None)
+        )
         if result is None:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -289,13 +381,17 @@ def run_suite(
     eager: bool = False,
 ) -> dict:
     """Run every missing run of ``experiments`` at ``level`` (runs in ``report``'s committed results
-    count as done; ``eager``: see :func:`run_one`); returns {"total", "ran", "failed"}."""
+    count as done; ``eager``: see :func:`run_one`), each under its directory's lock, so that launchers
+    sharing a root share the work; returns {"total", "ran", "failed": names, "elsewhere": names of the
+    runs another process was training}. Workers (``jobs`` > 1) die with this process (:func:`_die_with_parent`)."""
     specs = []
     for name in experiments:
         if name not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {name!r}; known are {sorted(EXPERIMENTS)}")
         extra = {"backbone": backbone} if backbone else {}
         specs += EXPERIMENTS[name](LEVELS[level], list(seeds), **extra)
+    if Path(root).is_dir():  # temporaries older than any write in progress in another launcher's runs
+        remove_interrupted_writes(root, older_than_s=600)
     if report is not None:
         restored = restore_reported(specs, level, Path(root), Path(report))
         if restored:
@@ -304,34 +400,47 @@ def run_suite(
     shared = reuse_finished(specs, level, root)
     if shared:
         print(f"{shared} runs reused from other experiments' identical runs")
-    todo = [s for s in specs if not (root / s.experiment / s.name / "result.json").exists()]
+    todo = [s for s in specs if finished(root, s, level) is None]
     first_by_name: dict[str, RunSpec] = {}
     for spec in todo:
         first_by_name.setdefault(spec.name, spec)
     to_train = list(first_by_name.values())  # a run two experiments share is trained once
     print(f"{len(specs)} runs at level {level}: {len(specs) - len(todo)} done, {len(todo)} to run", flush=True)
-    failed = []
+    outcomes: dict[str, list[str]] = {"ran": [], "failed": [], "elsewhere": [], "done": []}
     with tqdm(total=len(to_train), desc="runs", disable=not to_train) as bar:
         if jobs > 1:
             context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            with concurrent.futures.ProcessPoolExecutor(
+                jobs, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+            ) as pool:
                 futures = [pool.submit(_run_in_worker, s, level, str(root), eager) for s in to_train]
                 for future in concurrent.futures.as_completed(futures):
-                    spec, error = future.result()
-                    failed += [spec.name] if error else []
+                    spec, outcome = future.result()
+                    outcomes[outcome].append(spec.name)
                     bar.set_postfix_str(spec.name[-40:])
                     bar.update()
         else:
             for spec in to_train:
                 bar.set_postfix_str(spec.name[-40:])
-                _, error = _run_in_worker(spec, level, str(root), eager)
-                failed += [spec.name] if error else []
+                outcomes[_run_in_worker(spec, level, str(root), eager)[1]].append(spec.name)
                 bar.update()
     reuse_finished(specs, level, root)
-    for name in failed:
+    for name in outcomes["failed"]:
         print(f"FAILED {name} (traceback in its error.json)")
-    print(f"{len(to_train) - len(failed)} ran, {len(failed)} failed, {len(specs) - len(todo)} were done", flush=True)
-    return {"total": len(specs), "ran": len(to_train) - len(failed), "failed": failed}
+    for name in outcomes["elsewhere"]:
+        print(f"RUNNING ELSEWHERE {name} (its directory is locked by another process: its .lock names it)")
+    done = len(specs) - len(todo) + len(outcomes["done"])
+    print(
+        f"{len(outcomes['ran'])} ran, {len(outcomes['failed'])} failed, {done} were done, "
+        f"{len(outcomes['elsewhere'])} running elsewhere (rerun when they finish to report them)",
+        flush=True,
+    )
+    return {
+        "total": len(specs),
+        "ran": len(outcomes["ran"]),
+        "failed": outcomes["failed"],
+        "elsewhere": outcomes["elsewhere"],
+    }
 
 
 def frame_counts(spec: RunSpec, level: Level) -> tuple[int, int]:
@@ -353,8 +462,8 @@ def measured_seconds_per_step(root: Path, experiment: str, level: str) -> float 
     ``level`` under ``root`` (including evaluation and compilation); None if there are none."""
     rates = []
     for path in root.glob(f"{experiment}/*/result.json"):
-        result = RunResult.read(path)
-        if result.level == level and not result.reused_from and result.steps and result.wall_s:
+        result = read_result(path)
+        if result is not None and result.level == level and not result.reused_from and result.steps and result.wall_s:
             rates.append(result.wall_s / result.steps)
     return float(np.median(rates)) if rates else None
 
@@ -399,11 +508,11 @@ def plan_suite(
             if spec.name in seen:
                 continue
             seen.add(spec.name)
-            finished = Path(root) / spec.experiment / spec.name / "result.json" if root is not None else None
-            done = finished is not None and finished.is_file()
+            result = finished(Path(root), spec, level) if root is not None else None
+            done = result is not None
             if done:
                 row["done"] += 1
-                row["done_wall_s"] += RunResult.read(finished).wall_s or 0.0
+                row["done_wall_s"] += result.wall_s or 0.0
             n_high, n_low = frame_counts(spec, lvl)
             n_mf = n_high + n_low
             own = n_mf if METHODS[spec.method].multi_fidelity else n_high

@@ -1,4 +1,4 @@
-"""The committed suite reports (benchmarks/results/suite) read back and regenerate byte for byte."""
+"""The committed suite reports (benchmarks/results/suite/medium) read back and regenerate byte for byte."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from mfwrap.bench.claims import check_claims, claims_markdown, read_report
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 from mfwrap.bench.report import experiment_report, write_report
 from mfwrap.bench.result import RunResult, read_runs
-from mfwrap.bench.runner import restore_reported
+from mfwrap.bench.runner import finished, restore_reported
 
-COMMITTED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "suite"
+COMMITTED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "suite" / "medium"
 EXPERIMENT_FILES = sorted(COMMITTED.glob("*.json"))
 
 
@@ -37,8 +37,8 @@ def test_each_experiment_report_regenerates_from_its_runs_byte_for_byte(path):
 def test_restored_runs_rebuild_the_report(tmp_path):
     """A fresh checkout restores the committed runs as result.json files; the report written from them (to a
     temporary directory) has the committed claims and the tables of the experiments whose runs all restore."""
-    root, out = tmp_path / "runs", tmp_path / "benchmarks" / "results" / "suite"
-    shutil.copytree(COMMITTED.parent, out.parent, ignore=shutil.ignore_patterns("suite"))  # the other results
+    root, out = tmp_path / "runs", tmp_path / "benchmarks" / "results" / "suite" / "medium"
+    shutil.copytree(COMMITTED.parents[1], out.parents[1], ignore=shutil.ignore_patterns("suite"))  # the other results
     specs = [
         spec
         for experiment in EXPERIMENTS.values()
@@ -48,12 +48,14 @@ def test_restored_runs_rebuild_the_report(tmp_path):
     restored = restore_reported(specs, "medium", root, COMMITTED)
     committed_runs = {p.stem: read_runs(p) for p in EXPERIMENT_FILES}
     assert restored == sum(len(runs) for runs in committed_runs.values())  # every committed run has its spec
+    # their identity is their spec's at the medium level under this code: they count as done, nothing retrains
+    assert sum(finished(root, spec, "medium") is not None for spec in specs) == restored
     write_report(root, out)
     for experiment in committed_runs:
         assert (out / f"{experiment}.md").read_text() == (COMMITTED / f"{experiment}.md").read_text(), experiment
     assert (out / "claims.md").read_text() == (COMMITTED / "claims.md").read_text()
     # a report into a results tree (one with the document's templates) regenerates the results document too
-    assert (out.parents[1] / "README.md").read_text() == (COMMITTED.parents[1] / "README.md").read_text()
+    assert (out.parents[2] / "README.md").read_text() == (COMMITTED.parents[2] / "README.md").read_text()
 
 
 def _a_run() -> dict:

@@ -41,16 +41,16 @@ def test_the_committed_document_is_the_generated_one(capsys):
 
 def test_every_experiment_and_every_result_file_appears():
     text = DOCUMENT.read_text(encoding="utf-8")
-    experiments = sorted(RESULTS.glob("suite/*.json"))
+    experiments = sorted(RESULTS.glob("suite/medium/*.json"))
     assert len(experiments) >= 9
     for path in experiments:
         assert f"### {path.stem}\n" in text, path.stem
-        assert f"](results/suite/{path.name})" in text, path.name
+        assert f"](results/suite/medium/{path.name})" in text, path.name
         first_row = path.with_suffix(".md").read_text(encoding="utf-8").splitlines()[4]
         assert first_row in text, f"{path.stem}: its table is not in the document"
     for path in RESULTS.glob("*.json"):
         assert f"](results/{path.name})" in text, path.name
-    assert (RESULTS / "suite" / "claims.md").read_text(encoding="utf-8").strip() in text
+    assert (RESULTS / "suite" / "medium" / "claims.md").read_text(encoding="utf-8").strip() in text
     assert "{{" not in text and "}}" not in text
 
 
