@@ -70,6 +70,9 @@ def config_help() -> str:
         "",
         "  name: default                         (type) what it is",
         "",
+        "Relative paths in the file (data sources, output_dir, cache_dir) are relative to the file's folder;",
+        "--output-dir, given on the command line, is relative to the working directory.",
+        "",
     ]
     lines += _entry("data:", f"(DataConfig) {DataConfig.__doc__.splitlines()[0]}")
     lines += _describe(DataConfig, 2, skip=("dataset", "split"))
@@ -86,19 +89,43 @@ def config_help() -> str:
 
 
 def _load_run_config(path: str, overrides: argparse.Namespace) -> tuple[Any, Any]:
+    """(Experiment, DataConfig) of the run config at ``path``, checked whole (every key, value type and
+    choice, the target fidelity) before any file is read or anything trained: ValueError, one line
+    starting with ``path``. Relative paths in the file are relative to its folder (``--output-dir``,
+    given on the command line, to the working directory)."""
+    import dataclasses
+
+    from mfwrap.fidelity import resolve_fidelity
     from mfwrap.train.baselines import Experiment
+    from mfwrap.train.config import from_mapping
     from mfwrap.train.data import DataConfig
 
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    if "data" not in raw:
-        raise SystemExit(f"{path}: a 'data' section is required (see mfwrap train --help)")
-    if not isinstance(raw.get("data"), dict):
-        raise ValueError(f"{path}: the data section must be a mapping (see mfwrap train --help)")
-    data = DataConfig.from_dict(raw.pop("data"))
-    train = dict(raw.pop("train", None) or {})
-    if overrides.output_dir is not None:
-        train["output_dir"] = overrides.output_dir
-    return Experiment(train=train, **raw), data
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    known = ["data", *(f.name for f in dataclasses.fields(Experiment))]
+    try:
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a mapping of {known} (see mfwrap train --help), got {raw!r}")
+        unknown = [key for key in raw if key not in known]
+        if unknown:
+            raise ValueError(f"unknown top-level key(s) {unknown}; known are {known}")
+        if "data" not in raw:
+            raise ValueError("a 'data' section is required (see mfwrap train --help)")
+        folder = Path(path).parent
+        data = DataConfig.from_dict(raw.pop("data")).relative_to(folder)
+        train = raw.pop("train", None) or {}
+        if isinstance(train, dict) and isinstance(train.get("output_dir"), str):
+            train = {**train, "output_dir": str(folder / Path(train["output_dir"]).expanduser())}
+        if overrides.output_dir is not None and isinstance(train, dict):
+            train = {**train, "output_dir": overrides.output_dir}
+        experiment = from_mapping(Experiment, {**raw, "train": train}, "")
+        target = experiment.train.target_fidelity
+        resolve_fidelity(data.fidelities, target, default=data.fidelities[-1], option="train.target_fidelity")
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return experiment, data
 
 
 def cmd_train(args: argparse.Namespace) -> int:
