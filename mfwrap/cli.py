@@ -1,6 +1,6 @@
 """The ``mfwrap`` command: train from a YAML config, evaluate a checkpoint, predict structures.
 
-    mfwrap train CONFIG.yaml [--resume] [--output-dir DIR]
+    mfwrap train CONFIG.yaml [--resume | --overwrite] [--output-dir DIR]
     mfwrap evaluate CHECKPOINT DATA --fidelity NAME [--json OUT]
     mfwrap predict CHECKPOINT STRUCTURES [--fidelity NAME] [--output OUT.extxyz]
     mfwrap bench EXPERIMENT|all --level quick|medium|full [--seeds 0 1 2] [--jobs 2]
@@ -129,14 +129,18 @@ def _load_run_config(path: str, overrides: argparse.Namespace) -> tuple[Any, Any
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mfwrap.train.baselines import initial_backbone, run_experiment
+    from mfwrap.train.baselines import claim_output, initial_backbone, run_experiment
     from mfwrap.train.data import load_data
     from mfwrap.train.metrics import format_table
 
     experiment, data = _load_run_config(args.config, args)
+    # refused before the backbone is built and the data read; --overwrite deletes once the data are read
+    claim_output(experiment, resume=args.resume, overwrite=args.overwrite, check_only=True)
     backbone = initial_backbone(experiment)  # built (or loaded) once: its graph_spec makes the graphs
     train, val, test = load_data(data, backbone.graph_spec)
-    summary = run_experiment(experiment, data.fidelities, train, val, test, resume=args.resume, backbone=backbone)
+    summary = run_experiment(
+        experiment, data.fidelities, train, val, test, resume=args.resume, overwrite=args.overwrite, backbone=backbone
+    )
     target = experiment.train.target_fidelity or data.fidelities[-1]
     if summary.get("test"):
         print(f"test errors at fidelity {target!r} ({experiment.method}):")
@@ -318,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from OUTPUT_DIR/<method>/last.pt if it exists (same config required); "
         "the result equals an uninterrupted run",
     )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUTPUT_DIR holds: deletes its best.pt, last.pt, metrics.json, metrics.csv (no other "
+        "file) before training; without it or --resume, an OUTPUT_DIR holding a run is an error",
+    )
     train.add_argument("--output-dir", default=None, help="overrides train.output_dir of the config")
     train.set_defaults(func=cmd_train)
 
@@ -405,13 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command. Errors in what the user gave (files, configs, structures) print one line and
-    exit with status 2; set MFWRAP_TRACEBACK=1 to see the traceback instead."""
+    """Run a command. Errors in what the user gave (files, configs, structures) and OS errors (a file
+    or folder that cannot be read or written) print one line and exit with status 2; set
+    MFWRAP_TRACEBACK=1 to see the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError) as error:
         if os.environ.get("MFWRAP_TRACEBACK"):
             raise
         parser.exit(2, f"mfwrap {args.command}: error: {error}\n")

@@ -48,7 +48,7 @@ from mfwrap.model_file import import_class
 from mfwrap.multifidelity import MultiFidelity
 from mfwrap.surgery import resolve_spec
 from mfwrap.train.config import TrainConfig, check_fields, from_mapping
-from mfwrap.train.trainer import Trainer
+from mfwrap.train.trainer import Trainer, claim_output_dir
 
 METHODS = ("multi_fidelity", "single_fidelity", "transfer", "delta")
 
@@ -184,6 +184,24 @@ def pretrains(experiment: Experiment) -> bool:
     return experiment.method in ("transfer", "delta") or experiment.warm_start
 
 
+def stage_dirs(experiment: Experiment) -> list[Path]:
+    """The output directories of the experiment's training stages, in the order they train."""
+    final = Path(experiment.train.output_dir) / experiment.method
+    first = [Path(experiment.train.output_dir) / "pretrain"] if pretrains(experiment) else []
+    paired = experiment.method == "delta" and experiment.delta_reference == "labels"
+    correction = [final / "correction"] if paired else []
+    return first + correction + [final]
+
+
+def claim_output(
+    experiment: Experiment, *, resume: bool = False, overwrite: bool = False, check_only: bool = False
+) -> None:
+    """:func:`~mfwrap.train.trainer.claim_output_dir` for every stage of the experiment, before any
+    trains: a stage directory holding a run needs ``resume`` or ``overwrite``; all must be writable."""
+    for directory in stage_dirs(experiment):
+        claim_output_dir(directory, resume=resume, overwrite=overwrite, check_only=check_only)
+
+
 def initial_backbone(experiment: Experiment) -> nn.Module:
     """The backbone :func:`run_experiment` starts from: built (or loaded, with ``model.pretrained``)
     right after seeding torch with its first stage's seed (``pretrain`` overrides included where the
@@ -246,14 +264,17 @@ def run_experiment(
     test: Sequence[Data] | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     backbone: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``experiment.method``; returns the final stage's summary (best epoch, val and test metrics).
 
     Graphs carry fidelity indices into ``fidelities`` and must be built with the backbone's
     ``graph_spec``. ``resume`` continues every stage from its ``last.pt`` (a finished stage is
-    not retrained, only re-evaluated). ``backbone``: the one :func:`initial_backbone` built (and
-    whose ``graph_spec`` made the graphs), trained in place; None = built here the same way.
+    not retrained, only re-evaluated); ``overwrite`` replaces the runs that the stage directories
+    hold, which are an error with neither (:func:`claim_output`, before any training). ``backbone``:
+    the one :func:`initial_backbone` built (and whose ``graph_spec`` made the graphs), trained in
+    place; None = built here the same way.
     """
     config = experiment.train
     option = "train.target_fidelity"
@@ -263,6 +284,7 @@ def run_experiment(
     high_train, high_val, high_test = (_of_fidelity(x, {target}) for x in (train, val, test))
     if not high_train:
         raise ValueError(f"no training structure at the target fidelity {target_name!r}")
+    claim_output(experiment, resume=resume, overwrite=overwrite)
 
     backbone = backbone if backbone is not None else initial_backbone(experiment)
     if experiment.method == "multi_fidelity":
