@@ -77,7 +77,7 @@ class TrainConfig:
             eagerly.
         checkpoint_every: also write ``last.pt`` every this many optimiser steps (0 = only at the
             end of each epoch).
-        output_dir: where checkpoints and metric logs go; in a config file, relative to the file's folder.
+        output_dir: where checkpoints and metric logs go (written in a config file: relative to its folder).
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ...
         progress: show tqdm progress bars (always off when the CI variable is set or stderr is
             not a terminal).
