@@ -1,6 +1,6 @@
 """The ``mfwrap`` command: train from a YAML config, evaluate a checkpoint, predict structures.
 
-    mfwrap train CONFIG.yaml [--resume] [--output-dir DIR]
+    mfwrap train CONFIG.yaml [--resume | --overwrite] [--output-dir DIR]
     mfwrap evaluate CHECKPOINT DATA --fidelity NAME [--energy-key KEY ...] [--json OUT]
     mfwrap predict CHECKPOINT STRUCTURES [--fidelity NAME] [--output OUT.extxyz [--prefix P] [--overwrite]]
     mfwrap bench EXPERIMENT|all --level quick|medium|full [--seeds 0 1 2] [--jobs 2]
@@ -70,6 +70,9 @@ def config_help() -> str:
         "",
         "  name: default                         (type) what it is",
         "",
+        "Relative paths in the file (data sources, output_dir, cache_dir) are relative to the file's folder;",
+        "--output-dir, given on the command line, is relative to the working directory.",
+        "",
     ]
     lines += _entry("data:", f"(DataConfig) {DataConfig.__doc__.splitlines()[0]}")
     lines += _describe(DataConfig, 2, skip=("dataset", "split"))
@@ -86,30 +89,58 @@ def config_help() -> str:
 
 
 def _load_run_config(path: str, overrides: argparse.Namespace) -> tuple[Any, Any]:
+    """(Experiment, DataConfig) of the run config at ``path``, checked whole (every key, value type and
+    choice, the target fidelity) before any file is read or anything trained: ValueError, one line
+    starting with ``path``. Relative paths in the file are relative to its folder (``--output-dir``,
+    given on the command line, to the working directory)."""
+    import dataclasses
+
+    from mfwrap.fidelity import resolve_fidelity
     from mfwrap.train.baselines import Experiment
+    from mfwrap.train.config import from_mapping
     from mfwrap.train.data import DataConfig
 
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    if "data" not in raw:
-        raise SystemExit(f"{path}: a 'data' section is required (see mfwrap train --help)")
-    if not isinstance(raw.get("data"), dict):
-        raise ValueError(f"{path}: the data section must be a mapping (see mfwrap train --help)")
-    data = DataConfig.from_dict(raw.pop("data"))
-    train = dict(raw.pop("train", None) or {})
-    if overrides.output_dir is not None:
-        train["output_dir"] = overrides.output_dir
-    return Experiment(train=train, **raw), data
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    known = ["data", *(f.name for f in dataclasses.fields(Experiment))]
+    try:
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected a mapping of {known} (see mfwrap train --help), got {raw!r}")
+        unknown = [key for key in raw if key not in known]
+        if unknown:
+            raise ValueError(f"unknown top-level key(s) {unknown}; known are {known}")
+        if "data" not in raw:
+            raise ValueError("a 'data' section is required (see mfwrap train --help)")
+        folder = Path(path).parent
+        data = DataConfig.from_dict(raw.pop("data")).relative_to(folder)
+        train = raw.pop("train", None) or {}
+        if isinstance(train, dict) and isinstance(train.get("output_dir"), str):
+            train = {**train, "output_dir": str(folder / Path(train["output_dir"]).expanduser())}
+        if overrides.output_dir is not None and isinstance(train, dict):
+            train = {**train, "output_dir": overrides.output_dir}
+        experiment = from_mapping(Experiment, {**raw, "train": train}, "")
+        target = experiment.train.target_fidelity
+        resolve_fidelity(data.fidelities, target, default=data.fidelities[-1], option="train.target_fidelity")
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return experiment, data
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mfwrap.train.baselines import initial_backbone, run_experiment
+    from mfwrap.train.baselines import claim_output, initial_backbone, run_experiment
     from mfwrap.train.data import load_data
     from mfwrap.train.metrics import format_table
 
     experiment, data = _load_run_config(args.config, args)
+    # refused before the backbone is built and the data read; --overwrite deletes once the data are read
+    claim_output(experiment, resume=args.resume, overwrite=args.overwrite, check_only=True)
     backbone = initial_backbone(experiment)  # built (or loaded) once: its graph_spec makes the graphs
     train, val, test = load_data(data, backbone.graph_spec)
-    summary = run_experiment(experiment, data.fidelities, train, val, test, resume=args.resume, backbone=backbone)
+    summary = run_experiment(
+        experiment, data.fidelities, train, val, test, resume=args.resume, overwrite=args.overwrite, backbone=backbone
+    )
     target = experiment.train.target_fidelity or data.fidelities[-1]
     if summary.get("test"):
         print(f"test errors at fidelity {target!r} ({experiment.method}):")
@@ -355,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from OUTPUT_DIR/<method>/last.pt if it exists (same config required); "
         "the result equals an uninterrupted run",
     )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run OUTPUT_DIR holds: deletes its best.pt, last.pt, metrics.json, metrics.csv (no other "
+        "file) before training; without it or --resume, an OUTPUT_DIR holding a run is an error",
+    )
     train.add_argument("--output-dir", default=None, help="overrides train.output_dir of the config")
     train.set_defaults(func=cmd_train)
 
@@ -469,14 +506,15 @@ def _after_interrupt(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command. Errors in what the user gave (files, configs, structures) print one line and
-    exit with status 2; Ctrl-C prints one line saying how to go on and exits with status 130; set
+    """Run a command. Errors in what the user gave (files, configs, structures) and OS errors (a file
+    or folder that cannot be read or written) print one line and exit with status 2; Ctrl-C prints one
+    line saying how to go on and exits with status 130; set
     MFWRAP_TRACEBACK=1 to see the traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError) as error:
         if os.environ.get("MFWRAP_TRACEBACK"):
             raise
         parser.exit(2, f"mfwrap {args.command}: error: {error}\n")

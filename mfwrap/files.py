@@ -4,8 +4,11 @@ Every file mfwrap writes (model files, trainer checkpoints, metric logs) goes th
 :func:`write_atomic`: the bytes go to a temporary file beside the target, are flushed and
 ``fsync``\\ ed, then renamed over the target (and the directory entry synced). A reader, or a run
 resumed after a kill or power loss, sees the old file or the new one, never a mixture; a write
-that fails leaves the old file as it was and no temporary file behind; a process killed mid-write
+that fails leaves the old file as it was and no temporary file behind, and raises an ``OSError`` of
+the same kind whose message is one line naming the file and the problem (the errno text: "No
+space left on device", "Not a directory", "File name too long", ...); a process killed mid-write
 leaves one (``.<name>.<8 characters>.tmp``), which :func:`remove_interrupted_writes` deletes.
+:func:`check_writable` creates a directory and proves it writable before work that would write there later.
 
 :func:`read_torch` reads with ``torch.load(weights_only=True)``: tensors, numbers, strings,
 lists, tuples and dicts only. A pickle that would import or call anything else (how a crafted
@@ -14,6 +17,7 @@ file runs code) is refused with :class:`UnsafeFileError` before any of it runs.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
@@ -37,8 +41,11 @@ class UnsafeFileError(ValueError):
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Create or replace ``path`` with what ``write(stream)`` writes, atomically (see module docstring)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        _make_dir(target.parent)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as error:
+        raise cannot_write(target, error) from error
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the usual mode
         with os.fdopen(handle, "wb") as stream:
@@ -46,8 +53,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise cannot_write(target, error) from error
         raise
     _sync_directory(target.parent)
 
@@ -69,6 +78,36 @@ def remove_interrupted_writes(directory: str | os.PathLike, older_than_s: float 
         except FileNotFoundError:  # its writer finished or cleaned it meanwhile
             pass
     return removed
+
+
+def cannot_write(path: str | os.PathLike, error: OSError) -> OSError:
+    """``error`` (of the same type and errno) as one line: "cannot write PATH: <errno text>"."""
+    wrapped = type(error)(f"cannot write {path}: {error.strerror or error}")
+    wrapped.errno = error.errno
+    return wrapped
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Create ``directory`` (and its parents) and write and remove a probe file in it, so that a place
+    that cannot be written fails now (an ``OSError`` as :func:`cannot_write` words it), not later."""
+    directory = Path(directory)
+    probe = directory / f".mfwrap-write-check-{os.getpid()}"
+    try:
+        _make_dir(directory)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise cannot_write(directory, error) from error
+
+
+def _make_dir(directory: Path) -> None:
+    """Create ``directory`` and its parents; where one of them is a file, NotADirectoryError naming it
+    (``mkdir`` says "File exists" or "Not a directory", naming neither)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), directory)
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocking} is a file, not a folder") from None
 
 
 def _umask() -> int:

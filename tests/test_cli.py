@@ -267,7 +267,7 @@ train: {{epochs: 1, targets: ef, output_dir: {tmp_path / "out"}, progress: false
     summary = json.loads((tmp_path / "out" / "multi_fidelity" / "metrics.json").read_text())
     assert summary["val"]["r2scan"]["energy"]["count"] == 10 and summary["test"]["r2scan"]["energy"]["count"] == 10
     config.write_text(config.read_text().replace("seed: 1", "seed: 1, n_val: 3"))
-    _refused(["train", str(config)], "dataset 'li3ps4' ships its validation frames; leave n_val out")
+    _refused(["train", str(config), "--overwrite"], "dataset 'li3ps4' ships its validation frames; leave n_val out")
     config.write_text(config.read_text().replace("li3ps4:", "li3ps5:"))
     _refused(["train", str(config)], r"data: unknown key\(s\) \['li3ps5'\]; known are .* or a dataset of \['li3ps4'")
 

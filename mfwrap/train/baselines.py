@@ -42,12 +42,13 @@ from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
 from mfwrap.delta import DeltaModel
+from mfwrap.fidelity import resolve_fidelity
 from mfwrap.mechanisms.readout import READOUTS
 from mfwrap.model_file import ELEMENTS_UNKNOWN, import_class
 from mfwrap.multifidelity import MultiFidelity
 from mfwrap.surgery import resolve_spec
-from mfwrap.train.config import TrainConfig
-from mfwrap.train.trainer import Trainer
+from mfwrap.train.config import TrainConfig, check_fields, from_mapping
+from mfwrap.train.trainer import Trainer, claim_output_dir
 
 METHODS = ("multi_fidelity", "single_fidelity", "transfer", "delta")
 
@@ -60,7 +61,7 @@ class ModelConfig:
         backbone: import path "module:Class" of the backbone.
         kwargs: constructor arguments (ignored when ``pretrained`` is set).
         pretrained: if set, ``Class.from_pretrained(pretrained)`` (e.g. CHGNet "0.3.0").
-        mechanisms: subset of "ECMR" for the multi-fidelity wrapper.
+        mechanisms: subset of "ECMR" for the multi-fidelity wrapper ("" = plain backbone, shared heads).
         fidelity_init: multi_fidelity only: "zero" (every fidelity starts as the backbone: X_f = 0,
             W_F = 0, readout copies equal) or "random"
             (:meth:`~mfwrap.MultiFidelity.draw_fidelity_parameters`, right after the backbone is built
@@ -78,12 +79,25 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.fidelity_init not in ("zero", "random"):
-            raise ValueError(f"model.fidelity_init must be 'zero' or 'random', got {self.fidelity_init!r}")
+            raise ValueError(f"fidelity_init must be 'zero' or 'random', got {self.fidelity_init!r}")
         if self.readout not in READOUTS:
-            raise ValueError(f"model.readout must be one of {list(READOUTS)}, got {self.readout!r}")
+            raise ValueError(f"readout must be one of {list(READOUTS)}, got {self.readout!r}")
+        if set(self.mechanisms) - set("ECMR"):
+            raise ValueError(f"mechanisms must be a subset of 'ECMR' (\"\" for none), got {self.mechanisms!r}")
 
     def build_backbone(self) -> nn.Module:
-        cls = import_class(self.backbone)
+        """The backbone, its class imported now (mfwrap imports no backbone before); ValueError naming
+        ``model.backbone`` and the suite's backbones when the class path does not resolve."""
+        try:
+            cls = import_class(self.backbone)
+        except (ImportError, AttributeError, ValueError) as error:
+            from mfwrap.bench.backbones import BACKBONES
+
+            known = sorted({b.class_path for b in BACKBONES.values()})
+            raise ValueError(
+                f"model.backbone {self.backbone!r} does not name a backbone class ({error}); "
+                f"known backbones: {known}, or any 'module:Class' of a torch.nn.Module"
+            ) from None
         if not self.pretrained:
             return cls(**self.kwargs)
         backbone = cls.from_pretrained(self.pretrained)
@@ -118,9 +132,17 @@ class Experiment:
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
-            self.model = ModelConfig(**self.model)
+            self.model = from_mapping(ModelConfig, self.model, "model")
         if isinstance(self.train, dict):
             self.train = TrainConfig.from_dict(self.train)
+        self.pretrain = check_fields(TrainConfig, self.pretrain, "pretrain")
+        fixed = sorted({"output_dir", "target_fidelity"} & set(self.pretrain))
+        if fixed:
+            raise ValueError(f"pretrain: {fixed} are set by the method (output_dir/pretrain, the main other fidelity)")
+        try:
+            dataclasses.replace(self.train, **self.pretrain)  # stage one's config passes TrainConfig's checks
+        except ValueError as error:
+            raise ValueError(f"pretrain: {error}") from None
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.warm_start and self.method != "multi_fidelity":
@@ -174,6 +196,24 @@ def pretrain_config(experiment: Experiment, validated_fidelity: str) -> TrainCon
 def pretrains(experiment: Experiment) -> bool:
     """Whether the method starts with stage one (pre-training on the other fidelities)."""
     return experiment.method in ("transfer", "delta") or experiment.warm_start
+
+
+def stage_dirs(experiment: Experiment) -> list[Path]:
+    """The output directories of the experiment's training stages, in the order they train."""
+    final = Path(experiment.train.output_dir) / experiment.method
+    first = [Path(experiment.train.output_dir) / "pretrain"] if pretrains(experiment) else []
+    paired = experiment.method == "delta" and experiment.delta_reference == "labels"
+    correction = [final / "correction"] if paired else []
+    return first + correction + [final]
+
+
+def claim_output(
+    experiment: Experiment, *, resume: bool = False, overwrite: bool = False, check_only: bool = False
+) -> None:
+    """:func:`~mfwrap.train.trainer.claim_output_dir` for every stage of the experiment, before any
+    trains: a stage directory holding a run needs ``resume`` or ``overwrite``; all must be writable."""
+    for directory in stage_dirs(experiment):
+        claim_output_dir(directory, resume=resume, overwrite=overwrite, check_only=check_only)
 
 
 def initial_backbone(experiment: Experiment) -> nn.Module:
@@ -239,22 +279,27 @@ def run_experiment(
     test: Sequence[Data] | None = None,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     backbone: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``experiment.method``; returns the final stage's summary (best epoch, val and test metrics).
 
     Graphs carry fidelity indices into ``fidelities`` and must be built with the backbone's
     ``graph_spec``. ``resume`` continues every stage from its ``last.pt`` (a finished stage is
-    not retrained, only re-evaluated). ``backbone``: the one :func:`initial_backbone` built (and
-    whose ``graph_spec`` made the graphs), trained in place; None = built here the same way.
+    not retrained, only re-evaluated); ``overwrite`` replaces the runs that the stage directories
+    hold, which are an error with neither (:func:`claim_output`, before any training). ``backbone``:
+    the one :func:`initial_backbone` built (and whose ``graph_spec`` made the graphs), trained in
+    place; None = built here the same way.
     """
     config = experiment.train
-    target_name = config.target_fidelity or fidelities[-1]
-    target = list(fidelities).index(target_name)
+    option = "train.target_fidelity"
+    target = resolve_fidelity(fidelities, config.target_fidelity, default=fidelities[-1], option=option)
+    target_name = fidelities[target]
     final = _stage(config, experiment.method, target_fidelity=target_name)
     high_train, high_val, high_test = (_of_fidelity(x, {target}) for x in (train, val, test))
     if not high_train:
         raise ValueError(f"no training structure at the target fidelity {target_name!r}")
+    claim_output(experiment, resume=resume, overwrite=overwrite)
 
     backbone = backbone if backbone is not None else initial_backbone(experiment)
     run_config = experiment.run_config()

@@ -1,4 +1,5 @@
-"""Training hyperparameters as a dataclass, readable from YAML; :func:`field_docs` reads any config
+"""Training hyperparameters as a dataclass, readable from YAML; :func:`from_mapping` builds any config
+dataclass from a YAML mapping, checking every key and value type; :func:`field_docs` reads any config
 dataclass's options (type, default, docstring entry) for ``mfwrap train --help``.
 
 Defaults are the seed paper's (Dong & Wang 2025, Table 1): Adam, batch 4, 60 epochs, learning rate
@@ -11,9 +12,11 @@ import dataclasses
 import inspect
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar, Union
 
 import yaml
 
@@ -28,7 +31,7 @@ class TrainConfig:
         targets: which labels enter the loss, a subset of "efsm" (energy, forces, stress, magmoms).
         epochs: passes over the training set.
         batch_size: structures per optimiser step (the *global* batch in distributed training).
-        lr: peak learning rate of Adam.
+        lr: peak learning rate of Adam (> 0; with 0 the weights would never change).
         lr_min_fraction: the cosine schedule decays lr to ``lr * lr_min_fraction`` at the last
             step (chgnet's CosLR uses 0.01).
         scheduler: "cos" (cosine over all ``epochs``, stepped once per optimiser step), "constant", or
@@ -74,7 +77,7 @@ class TrainConfig:
             eagerly.
         checkpoint_every: also write ``last.pt`` every this many optimiser steps (0 = only at the
             end of each epoch).
-        output_dir: where checkpoints and metric logs go.
+        output_dir: where checkpoints and metric logs go (written in a config file: relative to its folder).
         device: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ...
         progress: show tqdm progress bars (always off when the CI variable is set or stderr is
             not a terminal).
@@ -122,6 +125,11 @@ class TrainConfig:
                 f"plateau_patience must be >= 1 and plateau_factor in (0, 1), got {self.plateau_patience} "
                 f"and {self.plateau_factor}"
             )
+        if not self.lr > 0:
+            raise ValueError(
+                f"lr must be > 0, got {self.lr}: the weights would never change (to only evaluate a model, use "
+                "mfwrap evaluate or Trainer.evaluate)"
+            )
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -138,12 +146,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        """Build from a mapping; unknown keys are an error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown training option(s) {sorted(unknown)}; known are {sorted(known)}")
-        return cls(**values)
+        """Build from the ``train`` mapping of a run config (see :func:`from_mapping`)."""
+        return from_mapping(cls, values, "train")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -151,6 +155,93 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], values: Any, where: str) -> T:
+    """An instance of dataclass ``cls`` from a YAML mapping, built after :func:`check_fields`; the
+    class's own checks of values (ranges, choices) run as it is built, their errors prefixed with ``where``."""
+    arguments = check_fields(cls, values, where)
+    try:
+        return cls(**arguments)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}" if where else str(error)) from None
+
+
+def check_fields(cls: type, values: Any, where: str) -> dict[str, Any]:
+    """``values`` (a mapping of some of ``cls``'s fields) checked against the fields' annotations, as
+    keyword arguments of ``cls``: nested dataclasses built from mappings (recursively), ints taken as
+    floats where a float is wanted, nothing else converted (``"2"`` is no integer, ``2.5`` no integer,
+    ``true`` no number).
+
+    ``where`` is the key path of ``values`` in the config (e.g. "model"; "" for the top level).
+    Raises ValueError naming the key path and the known keys or the expected type."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where or 'the config'}: expected a mapping of {known}, got {_shown(values)}")
+    unknown = [key for key in values if key not in known]
+    if unknown:
+        raise ValueError(f"{where or 'the config'}: unknown key(s) {unknown}; known are {known}")
+    hints = typing.get_type_hints(cls)
+    return {key: _typed(value, hints[key], f"{where}.{key}" if where else str(key)) for key, value in values.items()}
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """``value`` if it is of type ``hint`` (converted as :func:`check_fields` says); else ValueError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else from_mapping(hint, value, where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        arms = [arm for arm in args if arm is not type(None)]
+        if len(arms) == 1 and (typing.get_origin(arms[0]) in (list, dict) or dataclasses.is_dataclass(arms[0])):
+            return _typed(value, arms[0], where)  # a container: its own error names the item that is wrong
+        for arm in arms:
+            try:
+                return _typed(value, arm, where)
+            except ValueError:
+                continue
+    elif origin is list and isinstance(value, list):
+        return [_typed(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
+    elif origin is dict and isinstance(value, Mapping):
+        return {_typed(k, args[0], f"{where} key"): _typed(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif hint in (str, bool) and isinstance(value, hint):
+        return value
+    hint_yaml = ""
+    if hint is float and isinstance(value, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", value):
+        hint_yaml = f" (YAML reads {value} as a string: write it with a decimal point, e.g. 1.0e-3)"
+    raise ValueError(f"{where}: expected {_type_name(hint)}, got {_shown(value)}{hint_yaml}")
+
+
+def _type_name(hint: Any) -> str:
+    """``hint`` in words, for error messages."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(arm) for arm in args)
+    if origin is list:
+        return f"a list (each item {_type_name(args[0])})"
+    if origin is dict:
+        return f"a mapping (each key {_type_name(args[0])}, each value {_type_name(args[1])})"
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping of {[f.name for f in dataclasses.fields(hint)]}"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _shown(value: Any) -> str:
+    """``value`` and its YAML kind, for error messages."""
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(type(value))
+    kind = kind or ("a mapping" if isinstance(value, Mapping) else "null" if value is None else type(value).__name__)
+    return f"{value!r} ({kind})"
 
 
 @dataclass(frozen=True)

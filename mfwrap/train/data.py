@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from torch_geometric.data import Data
@@ -38,6 +39,7 @@ from torch_geometric.data import Data
 from mfwrap.data.graph import GraphSpec
 from mfwrap.data.readers import read_dataset, to_graphs
 from mfwrap.datasets.registry import DATASETS, Split, get_dataset
+from mfwrap.train.config import check_fields, from_mapping
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Source:
     """One labelled file at one fidelity.
 
     Attributes:
-        path: extxyz, ASE db or any file ``ase.io.read`` reads.
+        path: extxyz, ASE db or any file ``ase.io.read`` reads; in a config file, relative to the file's folder.
         fidelity: name of the fidelity of every structure in it.
         keys: {target: name in the file} (see :mod:`mfwrap.data.readers`); a target left out
             (or null) is unlabelled. None: the standard ASE names, each used where present.
@@ -62,10 +64,12 @@ class Source:
             raise ValueError(f"data source {self.path}: limit must be a positive integer, got {self.limit!r}")
 
     def read(self, fidelities: Sequence[str], spec: GraphSpec) -> list[Data]:
+        if not Path(self.path).exists():
+            raise FileNotFoundError(
+                f"data source {self.path}: no such file (in a config file, a relative path is relative to its folder)"
+            )
         records = read_dataset(self.path, self.fidelity, self.keys, index=slice(None, self.limit))
-        if not records:
-            raise ValueError(f"data source {self.path}: no frame with a label at fidelity {self.fidelity!r}")
-        return to_graphs(records, spec, list(fidelities))
+        return to_graphs(records, spec, list(fidelities))  # read_dataset refuses a fidelity with no label
 
 
 @dataclass
@@ -92,9 +96,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for name in ("train", "val", "test"):
-            setattr(self, name, [s if isinstance(s, Source) else Source(**s) for s in getattr(self, name)])
+            sources = [
+                s if isinstance(s, Source) else from_mapping(Source, s, f"data.{name}[{i}]")
+                for i, s in enumerate(getattr(self, name))
+            ]
+            setattr(self, name, sources)
         if isinstance(self.split, Mapping):
-            self.split = Split(**self.split)
+            self.split = from_mapping(Split, self.split, "data.split")
         if self.dataset is not None:
             names = get_dataset(self.dataset).fidelities
             if self.train or self.val or self.test:
@@ -117,9 +125,12 @@ class DataConfig:
             raise ValueError(f"data: sources name fidelities {sorted(unknown)} not in fidelities {self.fidelities}")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "DataConfig":
-        """From the YAML mapping, where a registered dataset appears as ``<name>: {<Split options>}``."""
-        fields = {f.name for f in dataclasses.fields(cls)} - {"dataset", "split"}
+    def from_dict(cls, values: Any) -> "DataConfig":
+        """From the YAML mapping, where a registered dataset appears as ``<name>: {<Split options>}``;
+        keys and value types checked (:func:`~mfwrap.train.config.check_fields`), errors naming the key path."""
+        fields = [f.name for f in dataclasses.fields(cls) if f.name not in ("dataset", "split")]
+        if not isinstance(values, Mapping):
+            raise ValueError(f"data: expected a mapping of {fields} or a dataset of {sorted(DATASETS)}, got {values!r}")
         named = [key for key in values if key in DATASETS]
         unknown = [key for key in values if key not in fields and key not in DATASETS]
         if unknown:
@@ -128,14 +139,25 @@ class DataConfig:
             )
         if len(named) > 1:
             raise ValueError(f"data: one dataset at a time, got {named}")
-        kept = {key: value for key, value in values.items() if key in fields}
-        if not named:
-            return cls(**kept)
-        options = values[named[0]] or {}
-        known = [f.name for f in dataclasses.fields(Split)]
-        if not isinstance(options, Mapping) or set(options) - set(known):
-            raise ValueError(f"data: {named[0]}: options must be a mapping of {known}, got {options!r}")
-        return cls(**kept, dataset=named[0], split=Split(**options))
+        kept = check_fields(cls, {key: value for key, value in values.items() if key in fields}, "data")
+        if named:
+            kept.update(dataset=named[0], split=from_mapping(Split, values[named[0]] or {}, f"data.{named[0]}"))
+        return cls(**kept)
+
+    def relative_to(self, folder: str | Path) -> "DataConfig":
+        """This config with every relative path (sources, the dataset's ``cache_dir``; ``~`` expanded)
+        taken relative to ``folder``: a config file's paths are relative to the file's folder."""
+
+        def resolve(path: str) -> str:
+            return str(Path(folder) / Path(path).expanduser())
+
+        sources = {
+            name: [dataclasses.replace(s, path=resolve(s.path)) for s in getattr(self, name)]
+            for name in ("train", "val", "test")
+        }
+        cache = self.split.cache_dir
+        split = dataclasses.replace(self.split, cache_dir=resolve(cache) if cache is not None else None)
+        return dataclasses.replace(self, **sources, split=split)
 
 
 def load_data(config: DataConfig, spec: GraphSpec) -> tuple[list[Data], list[Data] | None, list[Data] | None]:

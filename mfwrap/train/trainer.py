@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from mfwrap.compile import compile_model, inductor_cache_dir
 from mfwrap.data import keys as K
 from mfwrap.fidelity import fidelity_names_of
-from mfwrap.files import write_text
+from mfwrap.files import cannot_write, check_writable, write_text
 from mfwrap.mechanisms.composition_fit import fit_composition
 from mfwrap.model_file import describe_model, read_payload, record_elements, save_model
 from mfwrap.physics import energy_and_derivatives
@@ -48,6 +48,38 @@ from mfwrap.train.loss import MultiTargetLoss, label_counts, targets_to_compute
 from mfwrap.train.metrics import REPORT_UNITS, ErrorAccumulator
 
 log = logging.getLogger(__name__)
+
+
+# The files a training run writes into its output_dir; a directory with any of them holds a run.
+RUN_FILES = ("best.pt", "last.pt", "metrics.json", "metrics.csv")
+
+
+def claim_output_dir(
+    directory: str | Path, *, resume: bool = False, overwrite: bool = False, check_only: bool = False
+) -> None:
+    """Make ``directory`` ready for a training run, before any training.
+
+    A directory holding a run (any of :data:`RUN_FILES`) is continued with ``resume``, or with
+    ``overwrite`` rid of those files first (deleted; no other file in it is touched); with neither,
+    ValueError naming both. Then the directory is created and proved writable
+    (:func:`mfwrap.files.check_writable`): an unwritable place fails now, not after an epoch.
+    ``check_only``: delete nothing yet (a check before reading the data, which may still fail).
+    """
+    if resume and overwrite:
+        raise ValueError(f"{directory}: resume and overwrite exclude each other: continue the run or replace it")
+    directory = Path(directory)
+    try:
+        present = [name for name in RUN_FILES if (directory / name).is_file()]
+        if present and not (resume or overwrite):
+            raise ValueError(
+                f"{directory} holds a training run ({', '.join(present)}): continue it with --resume (resume=True), "
+                "replace it with --overwrite (overwrite=True: deletes those files), or choose another output_dir"
+            )
+        for name in present if overwrite and not check_only else ():
+            (directory / name).unlink(missing_ok=True)
+    except OSError as error:
+        raise cannot_write(directory, error) from error
+    check_writable(directory)
 
 
 class _SelectOutputs(nn.Module):
@@ -453,6 +485,7 @@ class Trainer:
         test: Sequence[Data] | None = None,
         *,
         resume: bool = False,
+        overwrite: bool = False,
         stop_after_steps: int | None = None,
     ) -> dict[str, Any]:
         """Train, validating each epoch; finally evaluate the best checkpoint on ``test``.
@@ -461,6 +494,8 @@ class Trainer:
             train, val, test: labelled graphs (fidelity indices matching ``fidelity_names``).
                 Without ``val``, ``val_fraction`` of ``train`` is held out.
             resume: continue from ``output_dir/last.pt`` if it exists.
+            overwrite: replace a run that ``output_dir`` holds; without it or ``resume`` such a
+                directory is an error, raised before any training (:func:`claim_output_dir`).
             stop_after_steps: return (after writing ``last.pt``) once this many optimiser steps
                 have been taken in total, e.g. to split a long run over time-limited jobs.
 
@@ -468,6 +503,7 @@ class Trainer:
             {"best": {"value", "epoch"}, "val": metrics at the best epoch, "test": metrics or None,
              "stopped": bool}.
         """
+        claim_output_dir(self.out_dir, resume=resume, overwrite=overwrite)
         if val is None and self.config.val_fraction > 0:
             train, val = self.split_validation(train)
         if self.config.scheduler == "plateau" and not val:

@@ -175,7 +175,7 @@ def test_multi_fidelity_with_a_residual_readout_trains_its_shared_part_on_every_
     assert trained == {"readout": [True, True], "magmom_head": [False, True]}
     with pytest.raises(ValueError, match="readout is an option of multi_fidelity"):
         Experiment(method="transfer", model=dict(MODEL, readout="residual"))
-    with pytest.raises(ValueError, match="model.readout must be one of"):
+    with pytest.raises(ValueError, match="model: readout must be one of"):
         Experiment(model=dict(MODEL, readout="shared"))
 
 

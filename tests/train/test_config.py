@@ -25,7 +25,7 @@ def test_yaml_round_trip_and_unknown_keys(tmp_path):
     config = TrainConfig.from_yaml(path)
     assert config.epochs == 3 and config.loss_weights.energy == 2 and config.freeze == ["atom_embedding"]
     assert TrainConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown training option"):
+    with pytest.raises(ValueError, match=r"train: unknown key\(s\) \['epoch'\]; known are"):
         TrainConfig.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="targets"):
         TrainConfig(targets="efx")

@@ -110,7 +110,7 @@ def test_a_registered_dataset_gives_the_suites_frames(monkeypatch, tmp_path):
     "data, message",
     [
         ({"lmfp": {}, "li3ps4": {}}, r"one dataset at a time, got \['lmfp', 'li3ps4'\]"),
-        ({"lmfp": {"n_hihg": 3}}, r"lmfp: options must be a mapping of \['size', 'seed', 'n_high'"),
+        ({"lmfp": {"n_hihg": 3}}, r"data.lmfp: unknown key\(s\) \['n_hihg'\]; known are \['size', 'seed', 'n_high'"),
         ({"lmfp": {}, "train": [{"path": "x.xyz", "fidelity": "low"}]}, "give either sources .* or the dataset 'lmfp'"),
         ({"li3ps4": {}, "fidelities": ["pbe", "r2scan"]}, r"fidelities \['pbe', 'r2scan'\] lack \['pbesol'\]"),
         ({"validation": []}, r"unknown key\(s\) \['validation'\]; known are \['fidelities', 'test', 'train', 'val'\]"),
