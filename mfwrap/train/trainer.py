@@ -507,7 +507,6 @@ class Trainer:
         if steps_per_epoch == 0:
             raise ValueError(f"{len(train)} training structures are too few for {self.ctx.world_size} processes")
         self.data = describe_data(train, val, self.fidelity_names, self.config.val_fraction if held_out else None)
-        self.say(stage_line(self.out_dir.name, self.data, self.config, self.target_fidelity, steps_per_epoch))
         self.setup_optimiser(self.config.epochs * steps_per_epoch)
         start_epoch = start_step = global_step = 0
         self.epoch_loss_sum = 0.0
@@ -517,6 +516,8 @@ class Trainer:
             torch.manual_seed(self.config.seed)
             if self.config.fit_composition:
                 fit_composition(self.model, train)
+        line = stage_line(self.out_dir.name, self.data, self.config, self.target_fidelity, steps_per_epoch)
+        self.say(line + (f"; resumed after {global_step} steps" if global_step else ""))
 
         self.model.train()
         epochs = tqdm(

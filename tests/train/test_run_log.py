@@ -1,6 +1,7 @@
 """The training log (stderr) and the run records: what every stage trains and validates on, one line
 per epoch where no progress bar shows, wall times per epoch and in total."""
 
+import dataclasses
 import json
 
 import pytest
@@ -104,7 +105,10 @@ def test_wall_times_per_epoch_and_in_total_survive_a_resume(tmp_path, capsys):
     graphs = labelled_graphs(12, 0, 0, SPEC)
     config = TrainConfig(epochs=3, batch_size=4, output_dir=str(tmp_path), seed=0, progress=False)
     Trainer(TinyBackbone(seed=0), config).fit(graphs, stop_after_steps=4)  # stops inside epoch 2 (3 steps each)
-    summary = Trainer(TinyBackbone(seed=0), config).fit(graphs, resume=True)
+    summary = Trainer(TinyBackbone(seed=0), dataclasses.replace(config, progress=True)).fit(graphs, resume=True)
+    stage = capsys.readouterr().err.splitlines()[0]
+    assert "3 epochs of 3 steps (batch 4, lr 0.005); validates on 1 (default 1) held out" in stage
+    assert stage.endswith("; resumed after 4 steps")
     logged = json.loads((tmp_path / "metrics.json").read_text())
     wall = logged["epoch_wall"]
     assert [row["epoch"] for row in wall] == [0, 1, 2]
