@@ -56,7 +56,7 @@ from mfwrap.multifidelity import MultiFidelity
 from mfwrap.surgery import resolve_spec
 from mfwrap.train.config import TrainConfig
 from mfwrap.train.distributed import DistributedContext
-from mfwrap.train.metrics import count_by_fidelity
+from mfwrap.train.metrics import count_by_fidelity, describe_data
 from mfwrap.train.trainer import Trainer, say
 
 METHODS = ("multi_fidelity", "single_fidelity", "transfer", "delta")
@@ -292,8 +292,9 @@ def run_experiment(
     else:
         torch.manual_seed(config.seed + 1)
         # the correction starts from fresh weights, with the base's architecture
-        rebuilt = type(backbone)(**backbone.config) if hasattr(backbone, "config") else None
-        correction = rebuilt if rebuilt is not None else experiment.model.build_backbone()
+        correction = (
+            type(backbone)(**backbone.config) if hasattr(backbone, "config") else experiment.model.build_backbone()
+        )
         model = DeltaModel(backbone, correction)
         if experiment.delta_reference == "model":
             summary = on_target(model, final)
@@ -305,7 +306,7 @@ def run_experiment(
             stages.append(stage_record("correction", fitted))
             started = time.perf_counter()
             summary = _evaluate_delta(model, final, fidelities, fitted, high_val, high_test)
-            data = {"train": {}, "val": count_by_fidelity(high_val, fidelities), "val_source": "evaluated only"}
+            data = describe_data([], high_val, fidelities, held_out=None)
             evaluated = {"data": data, "epochs_run": 0, "steps": 0, "wall_s": time.perf_counter() - started}
     stages.append(stage_record(experiment.method, evaluated or summary))
     return {**summary, **write_run_record(experiment, target_name, stages)}
