@@ -6,6 +6,9 @@ Reproducibility: the data order of epoch e is ``randperm`` from a generator seed
 of steps done in it. ``fit(resume=True)`` skips those steps and continues, so a run killed after
 any checkpoint ends with the same weights as an uninterrupted one.
 
+Log (:func:`say`, stderr): what the run trains and validates on, then one line per epoch where no
+progress bar is shown.
+
 Distributed: each global batch of ``batch_size`` structures is split into ``world_size``
 contiguous slices; losses are normalised by the *global* label counts (see mfwrap.train.loss),
 so N processes follow the one-process trajectory up to floating-point summation order.
@@ -490,7 +493,11 @@ class Trainer:
 
         Returns:
             {"best": {"value", "epoch"}, "val": metrics at the best epoch, "test": metrics or None,
-             "stopped": bool}.
+             "stopped": bool}; once finished also "epochs_run", "steps" (optimiser steps), "wall_s"
+            (seconds in fit, resumed calls included), "data" (:func:`~mfwrap.train.metrics.describe_data`).
+            ``metrics.json`` holds these with the config and the history, and ``epoch_wall``: each
+            epoch's wall seconds and the seconds elapsed at its end (also the last two columns of
+            ``metrics.csv``).
         """
         self._session_start, self._wall_before, self._epoch_started = time.perf_counter(), 0.0, None
         held_out = val is None and self.config.val_fraction > 0
