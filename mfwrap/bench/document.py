@@ -361,6 +361,30 @@ def _suite_gpu(d: dict) -> str:
     )
 
 
+def _transfer_lr(d: dict) -> str:
+    header = ["N_high", "lr", "seeds", "E before", "E best", "E last", "largest E change", "ends worse"]
+    header += ["F before", "F best", "F last"]
+    rows = [
+        [r["n_high"], f"{r['lr']:g}", r["seeds"]]
+        + [num(r[f"energy_{k}"]) for k in ("before", "best", "last", "max_jump")]
+        + [f"{r['ends_worse']} of {r['seeds']}"]
+        + [num(r[f"forces_{k}"]) for k in ("before", "best", "last")]
+        for r in d["summary"]
+    ]
+    pretrain, kwargs = d["pretrain"], d["backbone_kwargs"]
+    size = f"{kwargs.get('atom_fea_dim', 64)} features, {kwargs.get('n_conv', 4)} convolutions"
+    return (
+        f"transfer's fine-tuning stage at several learning rates: the suite's {d['level']}-level CHGNet ({size}) "
+        f"on the {d['dataset']} set, "
+        f"pre-trained once per seed on its low-fidelity frames ({pretrain['epochs']} epochs at lr {pretrain['lr']:g}), "
+        f"then readout and heads fine-tuned on N_high high-fidelity frames for {d['epochs']} epochs (cosine "
+        f"schedule, batch 4). Validation MAE on {d['n_val']} high-fidelity frames only (the test frames are never "
+        "evaluated), means over seeds: energy (E) meV/atom, forces (F) meV/Å, before fine-tuning (composition "
+        "refitted), at the epoch best-on-validation picks and at the last epoch; the largest change of E between "
+        "two epochs; the seeds whose last epoch is worse than before fine-tuning.\n\n" + table(header, rows)
+    )
+
+
 RENDERERS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
     # file: (title, script that writes it, renderer)
     "speed_chgnet.json": ("Native against official CHGNet, CPU", "benchmarks/speed_chgnet.py", _speed_chgnet),
@@ -385,6 +409,7 @@ RENDERERS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
     ),
     "speed_gpu.json": ("GPU: scatter kernels and CHGNet against official", "benchmarks/speed_gpu.py", _speed_gpu),
     "suite_gpu.json": ("GPU: suite runs on one GPU", "benchmarks/suite_gpu.py", _suite_gpu),
+    "transfer_lr.json": ("The learning rate of transfer's fine-tuning", "benchmarks/transfer_lr.py", _transfer_lr),
 }
 
 

@@ -25,12 +25,19 @@ transfer on the target fidelity's energies, Δ on the residual E − E_base, mul
 fidelity (C) or pooled (without C).
 
 Stage one of ``transfer`` and ``delta`` uses ``TrainConfig`` with the ``pretrain`` overrides applied
-and writes to ``output_dir/pretrain``; the final model goes to ``output_dir/<method>``.
+and writes to ``output_dir/pretrain``; the final model goes to ``output_dir/<method>`` (Δ with
+``delta_reference="labels"`` trains its correction in ``output_dir/delta/correction``). Each stage
+logs (:func:`mfwrap.train.trainer.say`) and records in its ``metrics.json`` what it trains and
+validates on; ``output_dir/metrics.json`` lists every stage (structures per fidelity it trains and
+validates on, where its validation frames come from, epochs, optimiser steps, wall seconds) and
+their totals.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -43,12 +50,15 @@ from torch_geometric.data import Data
 from mfwrap.data import keys as K
 from mfwrap.delta import DeltaModel
 from mfwrap.fidelity import resolve_fidelity
+from mfwrap.files import write_text
 from mfwrap.mechanisms.readout import READOUTS
 from mfwrap.model_file import ELEMENTS_UNKNOWN, import_class
 from mfwrap.multifidelity import MultiFidelity
 from mfwrap.surgery import resolve_spec
 from mfwrap.train.config import TrainConfig, check_fields, from_mapping
-from mfwrap.train.trainer import Trainer, claim_output_dir
+from mfwrap.train.distributed import DistributedContext
+from mfwrap.train.metrics import count_by_fidelity, describe_data
+from mfwrap.train.trainer import Trainer, claim_output_dir, say
 
 METHODS = ("multi_fidelity", "single_fidelity", "transfer", "delta")
 
@@ -237,8 +247,19 @@ def _pretrain(
         raise ValueError(f"{experiment.method} needs training data at a fidelity other than {fidelities[target]!r}")
     counts = {f: sum(int(g[K.FIDELITY]) == f for g in low_train) for f in others}
     config = pretrain_config(experiment, fidelities[max(counts, key=counts.get)])
-    trainer = Trainer(base, config, fidelity_names=fidelities, run_config=experiment.run_config(pretraining=True))
-    summary = trainer.fit(low_train, _of_fidelity(val, others), resume=resume)
+    low_val = _of_fidelity(val, others)
+    if val and not low_val and config.val_fraction > 0:
+        given = ", ".join(f"{name} {n}" for name, n in count_by_fidelity(val, fidelities).items())
+        say(
+            f"pretrain: the validation frames given ({given}) include none at {sorted(fidelities[f] for f in others)}, "
+            f"the fidelities it trains on: it validates on val_fraction {config.val_fraction:g} of its training "
+            "frames, held out (set pretrain: {val_fraction: 0} to train on all of them, keeping the last epoch)",
+            config,
+        )
+    run_config = experiment.run_config(pretraining=True)
+    summary = Trainer(base, config, fidelity_names=fidelities, run_config=run_config).fit(
+        low_train, low_val, resume=resume
+    )
     return base, summary
 
 
@@ -282,7 +303,8 @@ def run_experiment(
     overwrite: bool = False,
     backbone: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Train ``experiment.method``; returns the final stage's summary (best epoch, val and test metrics).
+    """Train ``experiment.method``; returns the final stage's summary (best epoch, val and test metrics,
+    its epochs and steps) with ``stages`` and ``total`` added (:func:`write_run_record`).
 
     Graphs carry fidelity indices into ``fidelities`` and must be built with the backbone's
     ``graph_spec``. ``resume`` continues every stage from its ``last.pt`` (a finished stage is
@@ -301,47 +323,103 @@ def run_experiment(
         raise ValueError(f"no training structure at the target fidelity {target_name!r}")
     claim_output(experiment, resume=resume, overwrite=overwrite)
 
+    def on_target(model: nn.Module, stage: TrainConfig) -> dict[str, Any]:
+        trainer = Trainer(model, stage, fidelity_names=fidelities, run_config=run_config)
+        return trainer.fit(high_train, high_val, high_test, resume=resume)
+
     backbone = backbone if backbone is not None else initial_backbone(experiment)
     run_config = experiment.run_config()
+    stages: list[dict[str, Any]] = []  # stage_record of each stage, in the order trained
+    evaluated = None  # Δ with paired labels: its last stage evaluates base + correction, trains nothing
+    if pretrains(experiment):
+        backbone, summary = _pretrain(experiment, fidelities, target, train, val, resume, backbone)
+        stages.append(stage_record("pretrain", summary))
+
     if experiment.method == "multi_fidelity":
-        if experiment.warm_start:
-            backbone, _ = _pretrain(experiment, fidelities, target, train, val, resume, backbone)
         model = MultiFidelity(backbone, fidelities, experiment.model.mechanisms, readout=experiment.model.readout)
         if experiment.model.fidelity_init == "random":
             model.draw_fidelity_parameters()  # RNG seeded by initial_backbone (or by the pre-training)
-        return Trainer(model, final, run_config=run_config).fit(train, val, test, resume=resume)
-
-    if experiment.method == "single_fidelity":
-        return Trainer(backbone, final, fidelity_names=fidelities, run_config=run_config).fit(
-            high_train, high_val, high_test, resume=resume
+        summary = Trainer(model, final, run_config=run_config).fit(train, val, test, resume=resume)
+    elif experiment.method == "single_fidelity":
+        dropped = count_by_fidelity([g for g in (*train, *(val or ())) if int(g[K.FIDELITY]) != target], fidelities)
+        if dropped:
+            say(
+                f"single_fidelity: trains and validates at {target_name!r} only; the {sum(dropped.values())} training "
+                f"and validation structures at other fidelities are left out "
+                f"({', '.join(f'{name} {n}' for name, n in dropped.items())})",
+                config,
+            )
+        summary = on_target(backbone, final)
+    elif experiment.method == "transfer":
+        freeze = experiment.transfer_freeze if experiment.transfer_freeze is not None else transfer_freeze(backbone)
+        summary = on_target(backbone, dataclasses.replace(final, freeze=list(freeze)))
+    else:
+        torch.manual_seed(config.seed + 1)
+        # the correction starts from fresh weights, with the base's architecture
+        correction = (
+            type(backbone)(**backbone.config) if hasattr(backbone, "config") else experiment.model.build_backbone()
         )
+        model = DeltaModel(backbone, correction)
+        if experiment.delta_reference == "model":
+            summary = on_target(model, final)
+        else:
+            others = _of_fidelity(train, set(range(len(fidelities))) - {target})
+            fitted = Trainer(
+                correction, _stage(final, "correction"), fidelity_names=fidelities, run_config=run_config
+            ).fit(paired_differences(high_train, others), resume=resume)
+            stages.append(stage_record("correction", fitted))
+            started = time.perf_counter()
+            summary = _evaluate_delta(model, final, fidelities, fitted, high_val, high_test)
+            data = describe_data([], high_val, fidelities, held_out=None)
+            evaluated = {"data": data, "epochs_run": 0, "steps": 0, "wall_s": time.perf_counter() - started}
+    stages.append(stage_record(experiment.method, evaluated or summary))
+    return {**summary, **write_run_record(experiment, target_name, stages)}
 
-    base, _ = _pretrain(experiment, fidelities, target, train, val, resume, backbone)
-    if experiment.method == "transfer":
-        freeze = experiment.transfer_freeze if experiment.transfer_freeze is not None else transfer_freeze(base)
-        final = dataclasses.replace(final, freeze=list(freeze))
-        trainer = Trainer(base, final, fidelity_names=fidelities, run_config=run_config)
-        return trainer.fit(high_train, high_val, high_test, resume=resume)
 
-    torch.manual_seed(config.seed + 1)
-    # the correction starts from fresh weights, with the base's architecture
-    correction = type(base)(**base.config) if hasattr(base, "config") else experiment.model.build_backbone()
-    model = DeltaModel(base, correction)
-    if experiment.delta_reference == "model":
-        trainer = Trainer(model, final, fidelity_names=fidelities, run_config=run_config)
-        return trainer.fit(high_train, high_val, high_test, resume=resume)
-    others = _of_fidelity(train, set(range(len(fidelities))) - {target})
-    fitted = Trainer(correction, _stage(final, "correction"), fidelity_names=fidelities, run_config=run_config).fit(
-        paired_differences(high_train, others), resume=resume
-    )
+def _evaluate_delta(
+    model: DeltaModel, final: TrainConfig, fidelities: Sequence[str], fitted: dict, val, test
+) -> dict[str, Any]:
+    """The last stage of Δ with paired labels: base + fitted correction, evaluated (no training) and saved."""
     evaluator = Trainer(model, final, fidelity_names=fidelities)
     summary = {
         "best": None,
-        "val": evaluator.evaluate(high_val) if high_val else None,
-        "test": evaluator.evaluate(high_test) if high_test else None,
+        "val": evaluator.evaluate(val) if val else None,
+        "test": evaluator.evaluate(test) if test else None,
         "stopped": False,
         "steps": fitted.get("steps"),
         "epochs_run": fitted.get("epochs_run"),
     }
     evaluator.save_model(Path(final.output_dir) / "best.pt", {"epoch": None, **summary})
     return summary
+
+
+def stage_record(stage: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """One stage in ``output_dir/metrics.json``, from its :meth:`Trainer.fit` summary: structures per
+    fidelity it trains and validates on, where its validation frames come from (``val_source``:
+    "given", "held out" of its training frames with ``val_fraction``, "none"), epochs, optimiser
+    steps and wall seconds."""
+    data = summary.get("data", {})
+    return {
+        "stage": stage,
+        "trains_on": data.get("train", {}),
+        "validates_on": data.get("val", {}),
+        **{key: value for key, value in data.items() if key not in ("train", "val")},
+        "epochs_run": summary.get("epochs_run"),
+        "steps": summary.get("steps") or 0,
+        "wall_s": summary.get("wall_s") or 0.0,
+    }
+
+
+def write_run_record(experiment: Experiment, target: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write ``output_dir/metrics.json`` (main process): the method, the target fidelity, every
+    stage (:func:`stage_record`) and their total steps and wall seconds; log a line with the totals.
+    Returns ``{"stages", "total"}``."""
+    total = {"steps": sum(r["steps"] for r in stages), "wall_s": sum(r["wall_s"] for r in stages)}
+    record = {"method": experiment.method, "target_fidelity": target, "stages": stages, "total": total}
+    config = experiment.train
+    if DistributedContext.from_env().is_main:
+        Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        write_text(Path(config.output_dir) / "metrics.json", json.dumps(record, indent=1) + "\n")
+    steps = " + ".join(f"{r['steps']} ({r['stage']})" for r in stages) + " = " if len(stages) > 1 else ""
+    say(f"{experiment.method}: {steps}{total['steps']} optimiser steps in {total['wall_s']:.1f} s", config)
+    return {"stages": stages, "total": total}

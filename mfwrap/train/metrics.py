@@ -1,4 +1,5 @@
-"""Error metrics per fidelity and per target: MAE and RMSE over present labels.
+"""Error metrics per fidelity and per target: MAE and RMSE over present labels; the lines of the
+training log that describe a stage's data and each epoch.
 
 Units of the reported numbers: energy meV/atom (per structure, |ΔE|/N), forces meV/Å (per
 Cartesian component), stress GPa (per tensor component), magmoms μB (per atom). Sums are kept as
@@ -8,11 +9,11 @@ float64 so that accumulation over many batches, and over processes, does not los
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Batch
+from torch_geometric.data import Batch, Data
 
 from mfwrap.data import keys as K
 from mfwrap.train.loss import per_atom_energy
@@ -91,3 +92,70 @@ def format_table(columns: dict[str, dict[str, dict[str, dict[str, float]]]], fid
         if present:
             lines.append(row)
     return "\n".join(lines)
+
+
+def count_by_fidelity(graphs: Sequence[Data] | None, fidelity_names: Sequence[str]) -> dict[str, int]:
+    """{fidelity name: number of structures} of ``graphs``, fidelities without any left out."""
+    counts = [0] * len(fidelity_names)
+    for graph in graphs or ():
+        counts[int(graph[K.FIDELITY])] += 1
+    return {name: n for name, n in zip(fidelity_names, counts) if n}
+
+
+def describe_data(
+    train: Sequence[Data], val: Sequence[Data] | None, fidelity_names: Sequence[str], held_out: float | None
+) -> dict[str, Any]:
+    """What a training stage trains and validates on, as metrics.json records it: structures per
+    fidelity of ``train`` and ``val``, and where the validation frames come from (``held_out``: the
+    ``val_fraction`` that :meth:`~mfwrap.train.Trainer.split_validation` held out of the training
+    frames; None = the frames given): ``val_source`` "given", "held out" (with ``val_fraction``) or "none"."""
+    record = {"train": count_by_fidelity(train, fidelity_names), "val": count_by_fidelity(val, fidelity_names)}
+    if not val:
+        return {**record, "val_source": "none"}
+    if held_out is None:
+        return {**record, "val_source": "given"}
+    return {**record, "val_source": "held out", "val_fraction": held_out}
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return f"{sum(counts.values())} ({', '.join(f'{name} {n}' for name, n in counts.items())})"
+
+
+def stage_line(stage: str, data: dict[str, Any], config: Any, target: str, steps_per_epoch: int) -> str:
+    """The training log's line on a stage: its data (:func:`describe_data`), steps and best-epoch rule."""
+    val = data["val"]
+    if not val:
+        validation = "no validation frames: the last epoch is kept"
+    elif data["val_source"] == "given":
+        validation = f"validates on the {_counts(val)} given"
+    else:
+        fraction = data["val_fraction"]
+        validation = f"validates on {_counts(val)} held out of its training frames (val_fraction {fraction:g})"
+    chosen = f", best epoch on {target!r} by {config.best_metric}" if val else ""
+    return (
+        f"{stage}: trains on {_counts(data['train'])} structures, {config.epochs} epochs of {steps_per_epoch} "
+        f"steps (batch {config.batch_size}, lr {config.lr:g}); {validation}{chosen}"
+    )
+
+
+def epoch_line(
+    stage: str,
+    epochs: int,
+    loss: float,
+    at_target: tuple[str, dict[str, dict[str, float]] | None],
+    lr: float,
+    wall: dict[str, float],
+) -> str:
+    """The training log's line on one epoch: mean training loss, validation MAE of each target at the
+    target fidelity (``at_target``: its name and its :meth:`ErrorAccumulator.result` entry, None
+    without validation), the next step's lr, and ``wall`` ({"epoch", "wall_s", "elapsed_s"})."""
+    fidelity, metrics = at_target
+    if metrics:
+        errors = ", ".join(f"{t} {s['mae']:.4g} {REPORT_UNITS[t][0]}" for t, s in metrics.items())
+        validation = f"val MAE at {fidelity!r}: {errors}"
+    else:
+        validation = "no validation"
+    return (
+        f"{stage} epoch {wall['epoch'] + 1}/{epochs}: loss {loss:.4g}; {validation}; lr {lr:.3g}; "
+        f"{wall['wall_s']:.1f} s ({wall['elapsed_s']:.1f} s in all)"
+    )

@@ -6,6 +6,9 @@ Reproducibility: the data order of epoch e is ``randperm`` from a generator seed
 of steps done in it. ``fit(resume=True)`` skips those steps and continues, so a run killed after
 any checkpoint ends with the same weights as an uninterrupted one.
 
+Log (:func:`say`, stderr): what the run trains and validates on, then one line per epoch where no
+progress bar is shown.
+
 Distributed: each global batch of ``batch_size`` structures is split into ``world_size``
 contiguous slices; losses are normalised by the *global* label counts (see mfwrap.train.loss),
 so N processes follow the one-process trajectory up to floating-point summation order.
@@ -45,7 +48,7 @@ from mfwrap.train.checkpoint import (
 from mfwrap.train.config import TrainConfig
 from mfwrap.train.distributed import DistributedContext
 from mfwrap.train.loss import MultiTargetLoss, label_counts, targets_to_compute
-from mfwrap.train.metrics import REPORT_UNITS, ErrorAccumulator
+from mfwrap.train.metrics import REPORT_UNITS, ErrorAccumulator, describe_data, epoch_line, stage_line
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,14 @@ def claim_output_dir(
     except OSError as error:
         raise cannot_write(directory, error) from error
     check_writable(directory)
+
+
+def say(line: str, config: TrainConfig) -> None:
+    """One line of the training log: on stderr, flushed, from the main process (``RANK`` 0), unless
+    ``config.progress`` is off. What a stage trains and validates on, and one line per epoch where no
+    progress bar is shown (stderr not a terminal: batch jobs, CI, ``nohup``)."""
+    if config.progress and os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
 
 
 class _SelectOutputs(nn.Module):
@@ -150,6 +161,19 @@ class Trainer:
         self._train_fidelity = torch.zeros(0, dtype=torch.long)  # fidelity index per training structure (fit sets it)
         self.compile_seconds: float | None = None
         self.show_progress = config.progress and self.ctx.is_main and sys.stderr.isatty() and not os.environ.get("CI")
+        self.data: dict[str, Any] = {}  # what fit trains and validates on (metrics.describe_data)
+        self.epoch_wall: list[dict[str, float]] = []  # per epoch: its wall seconds and the run's elapsed ones
+        self._wall_before = 0.0  # seconds this run spent in earlier fit calls (from last.pt)
+        self._session_start = time.perf_counter()
+        self._epoch_started: float | None = None  # elapsed() when the current epoch began
+
+    def say(self, line: str) -> None:
+        """One line of the training log on stderr (main process, ``config.progress``)."""
+        say(line, self.config)
+
+    def elapsed(self) -> float:
+        """Wall seconds this run has spent in :meth:`fit`, earlier (resumed) calls included."""
+        return self._wall_before + time.perf_counter() - self._session_start
 
     # ----------------------------------------------------------------- set-up
     def split_validation(self, graphs: Sequence[Data]) -> tuple[list[Data], list[Data]]:
@@ -402,6 +426,11 @@ class Trainer:
                 "skipped_batches": self.skipped_batches,
                 "history": self.history,
                 "best": self.best,
+                "wall": {
+                    "elapsed_s": self.elapsed(),
+                    "epochs": self.epoch_wall,
+                    "epoch_started_s": self._epoch_started,
+                },
             },
         )
         self.ctx.barrier()
@@ -432,6 +461,9 @@ class Trainer:
         same_world = len(loss_sums) == self.ctx.world_size
         self.epoch_loss_sum = loss_sums[self.ctx.rank] if same_world else sum(loss_sums) if self.ctx.is_main else 0.0
         self.skipped_batches = state.get("skipped_batches", 0)
+        wall = state.get("wall", {})  # absent in files written before wall times were kept
+        self._wall_before, self.epoch_wall = wall.get("elapsed_s", 0.0), wall.get("epochs", [])
+        self._epoch_started = wall.get("epoch_started_s")
         return state["epoch"], state["step_in_epoch"], state["global_step"]
 
     def _log(self, epoch: int, split: str, metrics: dict[str, dict[str, dict[str, float]]], **extra: float) -> None:
@@ -466,13 +498,23 @@ class Trainer:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         columns = ["epoch", "split", "fidelity", "target", "unit", "mae", "rmse", "count"]
-        lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in self.history]
+        wall = {row["epoch"]: row for row in self.epoch_wall}  # the epoch's wall seconds, the run's elapsed ones
+
+        def timing(row: dict[str, Any]) -> list[str]:
+            epoch = wall.get(row["epoch"]) if row["split"] != "test" else None
+            return [str(epoch["wall_s"]), str(epoch["elapsed_s"])] if epoch else ["", ""]
+
+        lines = [",".join(columns + ["wall_s", "elapsed_s"])]
+        lines += [",".join([str(row[c]) for c in columns] + timing(row)) for row in self.history]
         write_text(self.out_dir / "metrics.csv", "\n".join(lines) + "\n")
         record = {
             "config": self.config.to_dict(),
             "fidelity_names": self.fidelity_names,
+            "data": self.data,
             "best": self.best,
             "history": self.history,
+            "epoch_wall": self.epoch_wall,
+            "wall_s": self.elapsed(),
             **(summary or {}),
         }
         write_text(self.out_dir / "metrics.json", json.dumps(record, indent=1, default=float))
@@ -501,10 +543,16 @@ class Trainer:
 
         Returns:
             {"best": {"value", "epoch"}, "val": metrics at the best epoch, "test": metrics or None,
-             "stopped": bool}.
+             "stopped": bool}; once finished also "epochs_run", "steps" (optimiser steps), "wall_s"
+            (seconds in fit, resumed calls included), "data" (:func:`~mfwrap.train.metrics.describe_data`).
+            ``metrics.json`` holds these with the config and the history, and ``epoch_wall``: each
+            epoch's wall seconds and the seconds elapsed at its end (also the last two columns of
+            ``metrics.csv``).
         """
         claim_output_dir(self.out_dir, resume=resume, overwrite=overwrite)
-        if val is None and self.config.val_fraction > 0:
+        self._session_start, self._wall_before, self._epoch_started = time.perf_counter(), 0.0, None
+        held_out = val is None and self.config.val_fraction > 0
+        if held_out:
             train, val = self.split_validation(train)
         if self.config.scheduler == "plateau" and not val:
             raise ValueError(
@@ -518,6 +566,7 @@ class Trainer:
         steps_per_epoch = len(self._batches_of_epoch(len(train), 0))
         if steps_per_epoch == 0:
             raise ValueError(f"{len(train)} training structures are too few for {self.ctx.world_size} processes")
+        self.data = describe_data(train, val, self.fidelity_names, self.config.val_fraction if held_out else None)
         self.setup_optimiser(self.config.epochs * steps_per_epoch)
         self.data_fingerprints = {"train": data_fingerprint(train), "val": data_fingerprint(val)}
         start_epoch = start_step = global_step = 0
@@ -528,6 +577,8 @@ class Trainer:
             torch.manual_seed(self.config.seed)
             if self.config.fit_composition:
                 fit_composition(self.model, train)
+        line = stage_line(self.out_dir.name, self.data, self.config, self.target_fidelity, steps_per_epoch)
+        self.say(line + (f"; resumed after {global_step} steps" if global_step else ""))
 
         self.model.train()
         epochs = tqdm(
@@ -540,6 +591,8 @@ class Trainer:
         for epoch in epochs:
             if val and self.config.patience and epoch - 1 - self.best["epoch"] >= self.config.patience:
                 break  # no improvement on validation for `patience` epochs
+            if start_step == 0 or self._epoch_started is None:
+                self._epoch_started = self.elapsed()
             batches = self._batches_of_epoch(len(train), epoch)
             for step in tqdm(
                 range(start_step, len(batches)),
@@ -568,6 +621,8 @@ class Trainer:
     def _end_of_epoch(self, epoch: int, val: Sequence[Data] | None, mean_loss: float) -> None:
         metrics = self.evaluate(val) if val else {}
         value = self.score(metrics) if val else -epoch  # without validation the last epoch is "best"
+        elapsed = self.elapsed()
+        self.epoch_wall.append({"epoch": epoch, "wall_s": elapsed - self._epoch_started, "elapsed_s": elapsed})
         if self.config.scheduler == "plateau":
             self.scheduler.step(value)
         extra = {"compile_seconds": self.compile_seconds} if self.compile_seconds is not None else {}
@@ -582,6 +637,10 @@ class Trainer:
             **extra,
         )
         self._log(epoch, "val", metrics)
+        if not self.show_progress:  # a progress bar shows the epochs on a terminal; elsewhere one line each
+            at_target = (self.target_fidelity, metrics.get(self.target_fidelity))
+            lr = self.scheduler.get_last_lr()[0]
+            self.say(epoch_line(self.out_dir.name, self.config.epochs, mean_loss, at_target, lr, self.epoch_wall[-1]))
         if value < self.best["value"]:
             self.best = {"value": value, "epoch": epoch, "metric": self.config.best_metric}
             self.save_model(self.out_dir / "best.pt", {"epoch": epoch, "val": metrics})
@@ -604,6 +663,8 @@ class Trainer:
             "compile_seconds": self.compile_seconds,
             "epochs_run": epochs_run,
             "steps": self.steps_done,
+            "wall_s": self.elapsed(),
+            "data": self.data,
         }
         self._write_logs(summary)
         return summary
