@@ -325,8 +325,9 @@ def test_missing_and_foreign_checkpoints_are_refused_with_a_clear_message(data):
     _refused(["predict", str(data / "bare.pt"), structures], r"bare\.pt: the file has weights but no architecture")
 
 
-def _refused(argv, pattern):
-    """A user error: one line on stderr naming the problem, exit status 2, no traceback."""
+def refusal(argv) -> str:
+    """The one line a refused command prints: a user error names the problem on stderr, exit status 2,
+    no traceback."""
     import contextlib
     import io
 
@@ -335,8 +336,15 @@ def _refused(argv, pattern):
         main(argv)
     assert exited.value.code == 2
     message = stderr.getvalue()
+    assert message.startswith(f"mfwrap {argv[0]}: error: "), message
+    assert "Traceback" not in message and message.count("\n") == 1, message
+    return message
+
+
+def _refused(argv, pattern):
+    """:func:`refusal`, its line matching ``pattern``."""
+    message = refusal(argv)
     assert re.search(rf"^mfwrap {argv[0]}: error: .*{pattern}", message), message
-    assert "Traceback" not in message and message.count("\n") == 1
 
 
 def test_help_explains_every_option():

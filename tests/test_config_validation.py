@@ -2,8 +2,6 @@
 key, a wrong type, a misspelled backbone or fidelity, a learning rate that trains nothing) is one
 line naming the key path and what is allowed; relative paths in a config are relative to its folder."""
 
-import contextlib
-import io
 import re
 import sys
 from pathlib import Path
@@ -15,20 +13,9 @@ from mfwrap.train.baselines import Experiment
 from mfwrap.train.data import DataConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_cli import TINY, _write  # noqa: E402  (the tiny backbone's labelled extxyz files)
+from test_cli import TINY, _write, refusal  # noqa: E402  (the tiny backbone's labelled extxyz files)
 
 SOURCES = "train: [{path: low.xyz, fidelity: pbe}, {path: high.xyz, fidelity: r2scan}]"
-
-
-def _error(argv: list[str]) -> str:
-    """The one line a refused command prints (exit status 2, no traceback)."""
-    stderr = io.StringIO()
-    with pytest.raises(SystemExit) as exited, contextlib.redirect_stderr(stderr):
-        main(argv)
-    assert exited.value.code == 2
-    message = stderr.getvalue()
-    assert message.count("\n") == 1 and "Traceback" not in message, message
-    return message
 
 
 @pytest.mark.parametrize(
@@ -56,13 +43,13 @@ def _error(argv: list[str]) -> str:
 )
 def test_a_config_mistake_is_one_line_naming_the_key_before_anything_is_read(tmp_path, text, pattern):
     (tmp_path / "run.yaml").write_text(f"{text}\n")  # the data files do not exist: nothing gets that far
-    message = _error(["train", str(tmp_path / "run.yaml")])
+    message = refusal(["train", str(tmp_path / "run.yaml")])
     assert re.search(rf"^mfwrap train: error: {re.escape(str(tmp_path / 'run.yaml'))}: .*{pattern}", message), message
 
 
 def test_a_misspelled_backbone_names_the_known_ones(tmp_path):
     (tmp_path / "run.yaml").write_text(f"model: {{backbone: 'backbones.chgnet:CHGNett'}}\ndata: {{{SOURCES}}}\n")
-    message = _error(["train", str(tmp_path / "run.yaml")])
+    message = refusal(["train", str(tmp_path / "run.yaml")])
     assert re.search(
         r"model.backbone 'backbones.chgnet:CHGNett' does not name a backbone class .*CHGNett.*"
         r"known backbones: \[.*'backbones.chgnet:CHGNet'",
@@ -104,5 +91,5 @@ train: {{epochs: 1, targets: ef, output_dir: out, progress: false}}
     assert (elsewhere / "here" / "multi_fidelity" / "best.pt").is_file()
 
     (folder / "run.yaml").write_text((folder / "run.yaml").read_text().replace("data/high.xyz", "data/hihg.xyz"))
-    message = _error(["train", "../project/run.yaml", "--output-dir", "again"])
+    message = refusal(["train", "../project/run.yaml", "--output-dir", "again"])
     assert "data source ../project/data/hihg.xyz: no such file" in message, message

@@ -2,9 +2,7 @@
 trainer's files) or continued (--resume); an output_dir that cannot be written fails before training,
 and every OS error in writing is one line naming the path and the problem."""
 
-import contextlib
 import errno
-import io
 import sys
 from pathlib import Path
 
@@ -18,21 +16,10 @@ from mfwrap.train import trainer as trainer_module
 from mfwrap.train.baselines import Experiment, run_experiment
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from test_cli import TINY, _write  # noqa: E402  (the tiny backbone's labelled extxyz files)
+from test_cli import TINY, _write, refusal  # noqa: E402  (the tiny backbone's labelled extxyz files)
 
 SPEC = TinyBackbone().graph_spec
 TRAIN = labelled_graphs(12, 0, 0, SPEC)
-
-
-def _error(argv: list[str]) -> str:
-    """The one line a refused command prints (exit status 2, no traceback)."""
-    stderr = io.StringIO()
-    with pytest.raises(SystemExit) as exited, contextlib.redirect_stderr(stderr):
-        main(argv)
-    assert exited.value.code == 2
-    message = stderr.getvalue()
-    assert message.count("\n") == 1 and "Traceback" not in message, message
-    return message
 
 
 @pytest.fixture
@@ -56,7 +43,7 @@ def test_a_rerun_without_resume_or_overwrite_never_replaces_the_run(config, monk
     before = {name: (run / name).read_bytes() for name in trainer_module.RUN_FILES}
     steps = []
     monkeypatch.setattr(trainer_module.Trainer, "train_step", lambda *args: steps.append(1))
-    message = _error(["train", str(config)])
+    message = refusal(["train", str(config)])
     assert f"{run} holds a training run (best.pt, last.pt, metrics.json, metrics.csv)" in message, message
     assert "--resume" in message and "--overwrite" in message
     assert {name: (run / name).read_bytes() for name in trainer_module.RUN_FILES} == before and not steps
@@ -69,13 +56,13 @@ def test_overwrite_deletes_only_the_trainers_files(config):
     (run.parent / "other.csv").write_text("mine too")
     first = (run / "last.pt").read_bytes()
     config.write_text(config.read_text().replace("high.xyz", "missing.xyz"))
-    assert "no such file" in _error(["train", str(config), "--overwrite"])  # a run that never starts
+    assert "no such file" in refusal(["train", str(config), "--overwrite"])  # a run that never starts
     assert (run / "last.pt").read_bytes() == first  # deletes nothing
     config.write_text(config.read_text().replace("missing.xyz", "high.xyz").replace("epochs: 2", "epochs: 1"))
     assert main(["train", str(config), "--overwrite"]) == 0
     assert (run / "last.pt").read_bytes() != first  # a one-epoch run now
     assert (run / "notes.txt").read_text() == "mine" and (run.parent / "other.csv").read_text() == "mine too"
-    assert "exclude each other" in _error(["train", str(config), "--resume", "--overwrite"])
+    assert "exclude each other" in refusal(["train", str(config), "--resume", "--overwrite"])
 
 
 def test_the_python_api_refuses_before_any_training(tmp_path):
@@ -107,7 +94,7 @@ def test_an_output_dir_that_cannot_be_written_fails_before_training(config, monk
     (config.parent / "file").write_text("a file, not a folder")
     steps = []
     monkeypatch.setattr(trainer_module.Trainer, "train_step", lambda *args: steps.append(1))
-    message = _error(["train", str(config), "--output-dir", str(config.parent / where)])
+    message = refusal(["train", str(config), "--output-dir", str(config.parent / where)])
     assert f"cannot write {config.parent / where}" in message and problem in message, message
     assert not steps
 
@@ -117,7 +104,7 @@ def test_a_full_disk_mid_run_is_one_line_naming_the_file(config, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("mfwrap.files.os.fsync", full)
-    message = _error(["train", str(config)])
+    message = refusal(["train", str(config)])
     assert f"cannot write {config.parent / 'out' / 'multi_fidelity'}/" in message, message
     assert "No space left on device" in message
     assert not list((config.parent / "out").rglob("*.tmp"))  # the failed write left no temporary file
@@ -141,5 +128,5 @@ def test_json_onto_a_directory_is_one_line(config):
     assert main(["train", str(config)]) == 0
     best = config.parent / "out" / "multi_fidelity" / "best.pt"
     data = str(config.parent / "high.xyz")
-    message = _error(["evaluate", str(best), data, "--fidelity", "r2scan", "--json", str(best.parent)])
+    message = refusal(["evaluate", str(best), data, "--fidelity", "r2scan", "--json", str(best.parent)])
     assert "is a directory" in message.lower() and str(best.parent) in message, message
