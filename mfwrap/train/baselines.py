@@ -27,7 +27,7 @@ fidelity (C) or pooled (without C).
 Stage one of ``transfer`` and ``delta`` uses ``TrainConfig`` with the ``pretrain`` overrides applied
 and writes to ``output_dir/pretrain``; the final model goes to ``output_dir/<method>`` (Δ with
 ``delta_reference="labels"`` trains its correction in ``output_dir/delta/correction``). Each stage
-logs (:func:`mfwrap.train.trainer.say`) and records in its ``metrics.json`` what it trains and
+logs (:func:`mfwrap.train.run_log.say`) and records in its ``metrics.json`` what it trains and
 validates on; ``output_dir/metrics.json`` lists every stage (structures per fidelity it trains and
 validates on, where its validation frames come from, epochs, optimiser steps, wall seconds) and
 their totals.
@@ -58,7 +58,9 @@ from mfwrap.surgery import resolve_spec
 from mfwrap.train.config import TrainConfig, check_fields, from_mapping
 from mfwrap.train.distributed import DistributedContext
 from mfwrap.train.metrics import count_by_fidelity, describe_data
-from mfwrap.train.trainer import Trainer, claim_output_dir, say
+from mfwrap.train.output_dir import claim_output_dir
+from mfwrap.train.run_log import say
+from mfwrap.train.trainer import Trainer
 
 METHODS = ("multi_fidelity", "single_fidelity", "transfer", "delta")
 
@@ -220,7 +222,7 @@ def stage_dirs(experiment: Experiment) -> list[Path]:
 def claim_output(
     experiment: Experiment, *, resume: bool = False, overwrite: bool = False, check_only: bool = False
 ) -> None:
-    """:func:`~mfwrap.train.trainer.claim_output_dir` for every stage of the experiment, before any
+    """:func:`~mfwrap.train.output_dir.claim_output_dir` for every stage of the experiment, before any
     trains: a stage directory holding a run needs ``resume`` or ``overwrite``; all must be writable."""
     for directory in stage_dirs(experiment):
         claim_output_dir(directory, resume=resume, overwrite=overwrite, check_only=check_only)

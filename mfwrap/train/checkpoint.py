@@ -12,6 +12,8 @@ trajectory, the model's architecture and the rest of the run's configuration (th
 model and method options) key by key. ``epochs`` is not free: the cosine schedule spans all epochs,
 so a longer run is another run (a new ``output_dir``). A checkpoint written before fingerprints
 existed is resumed without the data check.
+
+:func:`save_last` writes a trainer's ``last.pt``; :func:`resume` checks and restores it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +30,11 @@ from torch import nn
 from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
+from mfwrap.model_file import read_payload
 from mfwrap.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from mfwrap.train.trainer import Trainer
 
 
 def rng_state() -> dict[str, Any]:
@@ -154,3 +160,76 @@ def resume_mismatches(stored: Mapping[str, Any], config: TrainConfig, current: M
 def _describe(changes: Mapping[str, tuple[Any, Any]], limit: int = 6) -> str:
     shown = [f"{key}: {old!r} → {new!r}" for key, (old, new) in list(changes.items())[:limit]]
     return "; ".join(shown) + (f"; and {len(changes) - limit} more" if len(changes) > limit else "")
+
+
+def save_last(trainer: Trainer, epoch: int, step_in_epoch: int, global_step: int, num_train: int) -> None:
+    """Write ``trainer``'s ``last.pt``: the model and everything :func:`resume` restores, at
+    ``step_in_epoch`` steps into ``epoch`` (``global_step`` in all)."""
+    ctx = trainer.ctx
+    loss_sums = torch.zeros(ctx.world_size, dtype=torch.float64)  # each process's share of the epoch's loss
+    loss_sums[ctx.rank] = trainer.epoch_loss_sum
+    trainer.save_model(
+        trainer.out_dir / "last.pt",
+        {
+            "config": trainer.config.to_dict(),
+            "run_config": trainer.run_config,
+            "data": trainer.data_fingerprints,
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": global_step,
+            "num_train": num_train,
+            "epoch_loss_sum": ctx.sum_(loss_sums).tolist(),
+            "skipped_batches": trainer.skipped_batches,
+            "history": trainer.history,
+            "best": trainer.best,
+            "wall": {
+                "elapsed_s": trainer.elapsed(),
+                "epochs": trainer.epoch_wall,
+                "epoch_started_s": trainer._epoch_started,
+            },
+        },
+    )
+    ctx.barrier()
+
+
+def resume(trainer: Trainer, num_train: int) -> tuple[int, int, int]:
+    """Restore ``trainer`` from its ``last.pt`` after checking that the file belongs to this run
+    (:func:`resume_mismatches`, and ``num_train`` training structures); returns (epoch,
+    step_in_epoch, global_step) to continue from."""
+    ctx = trainer.ctx
+    path = trainer.out_dir / "last.pt"
+    state = read_payload(path, map_location=trainer.device)
+    current = {
+        "architecture": trainer.architecture,
+        "run_config": trainer.run_config,
+        "data": trainer.data_fingerprints,
+    }
+    mismatches = resume_mismatches(state, trainer.config, current)
+    if state["num_train"] != num_train:
+        mismatches.append(f"the training set has {num_train} structures, not {state['num_train']}")
+    try:
+        if not mismatches:
+            trainer.model.load_state_dict(state["state_dict"])
+    except RuntimeError as error:  # a model without architecture to compare: name the first misfit
+        detail = [line.strip() for line in str(error).splitlines() if line.strip()]
+        mismatches.append(f"the model's weights do not fit it ({detail[1] if len(detail) > 1 else detail[0]})")
+    if mismatches:
+        raise ValueError(
+            f"cannot resume {path}: it belongs to another run: {'; '.join(mismatches)}. Start a new output_dir, "
+            "or retrain from scratch here (--overwrite on the command line, resume=False in Python)"
+        )
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    trainer.history, trainer.best = state["history"], state["best"]
+    loss_sums = state["epoch_loss_sum"] if isinstance(state["epoch_loss_sum"], list) else [state["epoch_loss_sum"]]
+    same_world = len(loss_sums) == ctx.world_size
+    trainer.epoch_loss_sum = loss_sums[ctx.rank] if same_world else sum(loss_sums) if ctx.is_main else 0.0
+    trainer.skipped_batches = state.get("skipped_batches", 0)
+    wall = state.get("wall", {})  # absent in files written before wall times were kept
+    trainer._wall_before, trainer.epoch_wall = wall.get("elapsed_s", 0.0), wall.get("epochs", [])
+    trainer._epoch_started = wall.get("epoch_started_s")
+    return state["epoch"], state["step_in_epoch"], state["global_step"]

@@ -159,3 +159,18 @@ def epoch_line(
         f"{stage} epoch {wall['epoch'] + 1}/{epochs}: loss {loss:.4g}; {validation}; lr {lr:.3g}; "
         f"{wall['wall_s']:.1f} s ({wall['elapsed_s']:.1f} s in all)"
     )
+
+
+def best_metric_value(metrics: dict[str, dict[str, dict[str, float]]], target_fidelity: str, config: Any) -> float:
+    """The ``config.best_metric`` value (lower is better) at ``target_fidelity`` of validation
+    ``metrics``: one target's "mae" or "rmse", or "weighted_mae" (the MAEs in report units,
+    weighted by ``config.loss_weights``)."""
+    at_target = metrics.get(target_fidelity)
+    if not at_target:
+        raise ValueError(f"no validation labels at the target fidelity {target_fidelity!r}")
+    if config.best_metric == "weighted_mae":
+        return sum(getattr(config.loss_weights, t) * at_target[t]["mae"] / REPORT_UNITS[t][1] for t in at_target)
+    target, _, kind = config.best_metric.rpartition("_")
+    if target not in at_target or kind not in ("mae", "rmse"):
+        raise ValueError(f"best_metric {config.best_metric!r} not available; validation has {sorted(at_target)}")
+    return at_target[target][kind]

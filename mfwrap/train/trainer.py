@@ -3,11 +3,13 @@ loss with double backward, validation every epoch, best-on-validation and resuma
 
 Reproducibility: the data order of epoch e is ``randperm`` from a generator seeded with
 ``(seed, e)``; ``last.pt`` stores model, optimiser, scheduler, RNG states, the epoch and the number
-of steps done in it. ``fit(resume=True)`` skips those steps and continues, so a run killed after
-any checkpoint ends with the same weights as an uninterrupted one.
+of steps done in it (:func:`mfwrap.train.checkpoint.save_last`). ``fit(resume=True)`` skips those
+steps and continues, so a run killed after any checkpoint ends with the same weights as an
+uninterrupted one.
 
-Log (:func:`say`, stderr): what the run trains and validates on, then one line per epoch where no
-progress bar is shown.
+Log (:func:`mfwrap.train.run_log.say`, stderr): what the run trains and validates on, then one line
+per epoch where no progress bar is shown. The output directory is claimed before any training
+(:func:`mfwrap.train.output_dir.claim_output_dir`).
 
 Distributed: each global batch of ``batch_size`` structures is split into ``world_size``
 contiguous slices; losses are normalised by the *global* label counts (see mfwrap.train.loss),
@@ -16,7 +18,6 @@ so N processes follow the one-process trajectory up to floating-point summation 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,80 +31,26 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from tqdm.auto import tqdm
 
-from mfwrap.compile import compile_model, inductor_cache_dir
+from mfwrap.compile import inductor_cache_dir
 from mfwrap.data import keys as K
 from mfwrap.fidelity import fidelity_names_of
-from mfwrap.files import cannot_write, check_writable, write_text
 from mfwrap.mechanisms.composition_fit import fit_composition
 from mfwrap.model_file import describe_model, read_payload, record_elements, save_model
 from mfwrap.physics import energy_and_derivatives
-from mfwrap.train.checkpoint import (
-    data_fingerprint,
-    describe_structures,
-    require_finite,
-    resume_mismatches,
-    rng_state,
-    set_rng_state,
-)
+from mfwrap.train import checkpoint
+from mfwrap.train.checkpoint import data_fingerprint, require_finite
 from mfwrap.train.config import TrainConfig
 from mfwrap.train.distributed import DistributedContext
+from mfwrap.train.evaluation import evaluate
 from mfwrap.train.loss import MultiTargetLoss, label_counts, targets_to_compute
-from mfwrap.train.metrics import REPORT_UNITS, ErrorAccumulator, describe_data, epoch_line, stage_line
+from mfwrap.train.metrics import best_metric_value, describe_data, epoch_line, stage_line
+from mfwrap.train.optim import SelectOutputs, freeze, make_optimiser, step_modules
+from mfwrap.train.output_dir import claim_output_dir
+from mfwrap.train.run_log import history_rows, say, write_metrics
+from mfwrap.train.sampling import epoch_batches, split_validation
+from mfwrap.train.step_errors import compile_failure, nonfinite_error
 
 log = logging.getLogger(__name__)
-
-
-# The files a training run writes into its output_dir; a directory with any of them holds a run.
-RUN_FILES = ("best.pt", "last.pt", "metrics.json", "metrics.csv")
-
-
-def claim_output_dir(
-    directory: str | Path, *, resume: bool = False, overwrite: bool = False, check_only: bool = False
-) -> None:
-    """Make ``directory`` ready for a training run, before any training.
-
-    A directory holding a run (any of :data:`RUN_FILES`) is continued with ``resume``, or with
-    ``overwrite`` rid of those files first (deleted; no other file in it is touched); with neither,
-    ValueError naming both. Then the directory is created and proved writable
-    (:func:`mfwrap.files.check_writable`): an unwritable place fails now, not after an epoch.
-    ``check_only``: delete nothing yet (a check before reading the data, which may still fail).
-    """
-    if resume and overwrite:
-        raise ValueError(f"{directory}: resume and overwrite exclude each other: continue the run or replace it")
-    directory = Path(directory)
-    try:
-        present = [name for name in RUN_FILES if (directory / name).is_file()]
-        if present and not (resume or overwrite):
-            raise ValueError(
-                f"{directory} holds a training run ({', '.join(present)}): continue it with --resume (resume=True), "
-                "replace it with --overwrite (overwrite=True: deletes those files), or choose another output_dir"
-            )
-        for name in present if overwrite and not check_only else ():
-            (directory / name).unlink(missing_ok=True)
-    except OSError as error:
-        raise cannot_write(directory, error) from error
-    check_writable(directory)
-
-
-def say(line: str, config: TrainConfig) -> None:
-    """One line of the training log: on stderr, flushed, from the main process (``RANK`` 0), unless
-    ``config.progress`` is off. What a stage trains and validates on, and one line per epoch where no
-    progress bar is shown (stderr not a terminal: batch jobs, CI, ``nohup``)."""
-    if config.progress and os.environ.get("RANK", "0") == "0":
-        print(line, file=sys.stderr, flush=True)
-
-
-class _SelectOutputs(nn.Module):
-    """Passes on only the outputs the loss reads in this step (``keys``, the same in every process),
-    so that DDP never waits for a gradient of a parameter that only feeds an unused output."""
-
-    def __init__(self, model: nn.Module, keys: Sequence[str]) -> None:
-        super().__init__()
-        self.model, self.keys = model, tuple(keys)
-
-    def forward(self, batch: Batch) -> dict[str, Tensor]:
-        out = self.model(batch)
-        return {k: out[k] for k in self.keys if k in out}
 
 
 class Trainer:
@@ -178,106 +125,32 @@ class Trainer:
     # ----------------------------------------------------------------- set-up
     def split_validation(self, graphs: Sequence[Data]) -> tuple[list[Data], list[Data]]:
         """Hold out ``val_fraction`` (at least one) of each fidelity's graphs, seeded; returns (train, val)."""
-        fidelity = torch.tensor([int(g[K.FIDELITY]) for g in graphs])
-        generator = torch.Generator().manual_seed(self.config.seed)
-        held = torch.zeros(len(graphs), dtype=torch.bool)
-        for f in fidelity.unique():
-            members = (fidelity == f).nonzero().flatten()
-            members = members[torch.randperm(len(members), generator=generator)]
-            count = int(round(self.config.val_fraction * len(members)))
-            if self.config.val_fraction > 0 and len(members) > 1:
-                count = max(count, 1)
-            held[members[:count]] = True
-        return [g for g, h in zip(graphs, held) if not h], [g for g, h in zip(graphs, held) if h]
+        return split_validation(graphs, self.config.val_fraction, self.config.seed)
 
     def _batches_of_epoch(self, n: int, epoch: int) -> list[Tensor]:
         """Global batches (index tensors) of one epoch, in this run's deterministic order."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        if self.config.fidelity_sampling:
-            order = self._fidelity_sampled_order(self._train_fidelity, generator)
-        else:
-            order = torch.randperm(n, generator=generator)
-        batches = list(order.split(self.config.batch_size))
-        if self.ctx.enabled and len(batches[-1]) < self.ctx.world_size:
-            batches.pop()  # a process would get no structure; this last partial batch is dropped
-        return batches
-
-    def _fidelity_sampled_order(self, fidelity: Tensor, generator: torch.Generator) -> Tensor:
-        """One epoch's structure indices under ``config.fidelity_sampling`` (see TrainConfig):
-        ``len(fidelity)`` draws, ``round(share_f * n)`` of fidelity f (largest remainders), shuffled."""
-        n = len(fidelity)
-        present = fidelity.unique().tolist()
-        missing = [
-            self.fidelity_names[f] for f in present if self.fidelity_names[f] not in self.config.fidelity_sampling
-        ]
-        if missing:
-            raise ValueError(
-                f"fidelity_sampling names no share for {missing}, which the training set has; "
-                f"give a share to each of {[self.fidelity_names[f] for f in present]}"
-            )
-        shares = torch.tensor(
-            [float(self.config.fidelity_sampling[self.fidelity_names[f]]) for f in present], dtype=torch.float64
+        return epoch_batches(
+            n,
+            self._train_fidelity,
+            epoch,
+            seed=self.config.seed,
+            batch_size=self.config.batch_size,
+            fidelity_names=self.fidelity_names,
+            sampling=self.config.fidelity_sampling,
+            world_size=self.ctx.world_size if self.ctx.enabled else None,
         )
-        exact = shares / shares.sum() * n
-        counts = exact.floor().long()
-        counts[torch.argsort(exact - counts, descending=True)[: n - int(counts.sum())]] += 1
-        drawn = []
-        for f, count in zip(present, counts.tolist()):
-            members = (fidelity == f).nonzero().flatten()
-            cycles = -(-count // len(members))  # fresh permutations until `count` are drawn
-            permutations = [members[torch.randperm(len(members), generator=generator)] for _ in range(cycles)]
-            drawn.append(torch.cat(permutations)[:count] if permutations else members[:0])
-        order = torch.cat(drawn)
-        return order[torch.randperm(n, generator=generator)]
 
     def setup_optimiser(self, steps_total: int) -> None:
         """Freeze ``config.freeze``; create Adam, the learning-rate schedule (cosine over
         ``steps_total`` steps, constant, or cut on a validation plateau) and (distributed) the DDP
         wrapper. :meth:`fit` calls it; call it yourself only to drive
         :meth:`train_step` directly (e.g. in a benchmark)."""
-        for name, param in self.model.named_parameters():
-            if any(name.startswith(prefix) for prefix in self.config.freeze):
-                param.requires_grad_(False)
-        unmatched = [
-            p for p in self.config.freeze if not any(n.startswith(p) for n, _ in self.model.named_parameters())
-        ]
-        if unmatched:
-            raise ValueError(f"freeze prefixes {unmatched} match no parameter of {type(self.model).__name__}")
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        floor = self.config.lr_min_fraction
-
-        def cosine(step: int) -> float:
-            if self.config.scheduler == "constant":
-                return 1.0
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, steps_total) / steps_total))
-
-        if self.config.scheduler == "plateau":  # stepped once per epoch on the validation metric
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer,
-                mode="min",
-                factor=self.config.plateau_factor,
-                patience=self.config.plateau_patience - 1,
-                threshold=0.0,
-                min_lr=self.config.lr * floor,
-                eps=0.0,
-            )
-        else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
-        selected = self.selected = _SelectOutputs(self.model, (K.ENERGY,))
-        if self.ctx.enabled:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            selected = nn.parallel.DistributedDataParallel(selected, device_ids=device_ids, find_unused_parameters=True)
-        self.train_model = selected
-        self.step_model: nn.Module = selected
-        if self.config.compile:
-            if self.ctx.enabled:
-                raise ValueError(
-                    "train.compile takes its derivatives inside the compiled graph, past DistributedDataParallel's "
-                    "gradient hooks: use it with one process (or compile: false with several)"
-                )
-            backend = {} if self.config.compile is True else {"backend": self.config.compile}
-            self.step_model = compile_model(self.model, **backend)
+        freeze(self.model, self.config.freeze)
+        self.optimizer, self.scheduler = make_optimiser(self.model, self.config, steps_total)
+        selected = self.selected = SelectOutputs(self.model, (K.ENERGY,))
+        self.train_model, self.step_model = step_modules(
+            selected, self.model, self.ctx, self.device, self.config.compile
+        )
 
     # ----------------------------------------------------------------- steps
     def train_step(self, graphs: Sequence[Data], indices: Tensor) -> Tensor:
@@ -298,13 +171,7 @@ class Trainer:
                 self.step_model, batch, forces=need[K.FORCES], stress=need[K.STRESS], create_graph=True
             )
         except torch._dynamo.exc.TorchDynamoException as error:  # compilation, not the data: say what to do
-            raise RuntimeError(
-                f"compiling the training step (train.compile: {self.config.compile!r}) failed under "
-                f"torch {torch.__version__}: {str(error).splitlines()[0]}. The compiled path is tested on "
-                f"torch 2.13 and fails inside torch.compile on 2.11 (seen on CPU and CUDA); "
-                f"set train.compile: false to train with eager steps "
-                f"(`mfwrap bench ... --eager` in the suite)"
-            ) from error
+            raise compile_failure(error, self.config.compile) from error
         loss, terms = self.criterion(pred, batch, counts, scale=float(self.ctx.world_size))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -338,57 +205,24 @@ class Trainer:
         if self.config.nonfinite == "skip":
             self.skipped_batches += 1
             return
-        bad_terms = [t for t, value in terms.items() if not bool(torch.isfinite(value.detach()))]
-        bad_grads = [
-            n for n, p in self.model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-        ]
-        where = (
-            f"loss term(s) {bad_terms}"
-            if bad_terms
-            else f"gradient of {bad_grads[:5]}"
-            if bad_grads
-            else "another process's batch"
-            if bool(torch.isfinite(loss.detach()))
-            else "the loss"
-        )
-        structures = describe_structures([graphs[i] for i in local.tolist()], local.tolist(), self.fidelity_names)
-        raise FloatingPointError(
-            f"non-finite value in {where} at optimiser step {self.scheduler.last_epoch + 1}; this process's training "
-            f"structures: {structures}. Check their labels, lower the learning rate or set grad_clip; "
-            "train.nonfinite: skip skips such batches instead (counted in the log)"
-        )
+        step = self.scheduler.last_epoch + 1
+        raise nonfinite_error(self.model, graphs, local, terms, loss, self.fidelity_names, step)
 
     def evaluate(self, graphs: Sequence[Data]) -> dict[str, dict[str, dict[str, float]]]:
         """MAE / RMSE per fidelity and target on ``graphs`` (see :class:`ErrorAccumulator`)."""
-        accumulator = ErrorAccumulator(self.fidelity_names, self.targets)
-        was_training = self.model.training
-        self.model.eval()
-        shard = list(graphs)[self.ctx.rank :: self.ctx.world_size]
-        size = self.config.eval_batch_size
-        for start in range(0, len(shard), size):
-            batch = Batch.from_data_list(shard[start : start + size]).to(self.device)
-            need = targets_to_compute(batch, self.targets)
-            pred = energy_and_derivatives(self.model, batch, forces=need[K.FORCES], stress=need[K.STRESS])
-            accumulator.update(pred, batch)
-        self.model.train(was_training)
-        self.ctx.sum_(accumulator.sums)
-        return accumulator.result()
+        return evaluate(
+            self.model,
+            graphs,
+            fidelity_names=self.fidelity_names,
+            targets=self.targets,
+            ctx=self.ctx,
+            device=self.device,
+            batch_size=self.config.eval_batch_size,
+        )
 
     def score(self, metrics: dict[str, dict[str, dict[str, float]]]) -> float:
         """The ``best_metric`` value (lower is better) at the target fidelity."""
-        at_target = metrics.get(self.target_fidelity)
-        if not at_target:
-            raise ValueError(f"no validation labels at the target fidelity {self.target_fidelity!r}")
-        if self.config.best_metric == "weighted_mae":
-            return sum(
-                getattr(self.config.loss_weights, t) * at_target[t]["mae"] / REPORT_UNITS[t][1] for t in at_target
-            )
-        target, _, kind = self.config.best_metric.rpartition("_")
-        if target not in at_target or kind not in ("mae", "rmse"):
-            raise ValueError(
-                f"best_metric {self.config.best_metric!r} not available; validation has {sorted(at_target)}"
-            )
-        return at_target[target][kind]
+        return best_metric_value(metrics, self.target_fidelity, self.config)
 
     # ----------------------------------------------------------------- checkpoints and logs
     def save_model(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
@@ -407,117 +241,18 @@ class Trainer:
             )
 
     def _save_last(self, epoch: int, step_in_epoch: int, global_step: int, num_train: int) -> None:
-        loss_sums = torch.zeros(self.ctx.world_size, dtype=torch.float64)  # each process's share of the epoch's loss
-        loss_sums[self.ctx.rank] = self.epoch_loss_sum
-        self.save_model(
-            self.out_dir / "last.pt",
-            {
-                "config": self.config.to_dict(),
-                "run_config": self.run_config,
-                "data": self.data_fingerprints,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state(),
-                "epoch": epoch,
-                "step_in_epoch": step_in_epoch,
-                "global_step": global_step,
-                "num_train": num_train,
-                "epoch_loss_sum": self.ctx.sum_(loss_sums).tolist(),
-                "skipped_batches": self.skipped_batches,
-                "history": self.history,
-                "best": self.best,
-                "wall": {
-                    "elapsed_s": self.elapsed(),
-                    "epochs": self.epoch_wall,
-                    "epoch_started_s": self._epoch_started,
-                },
-            },
-        )
-        self.ctx.barrier()
+        checkpoint.save_last(self, epoch, step_in_epoch, global_step, num_train)
 
     def _resume(self, num_train: int) -> tuple[int, int, int]:
-        path = self.out_dir / "last.pt"
-        state = read_payload(path, map_location=self.device)
-        current = {"architecture": self.architecture, "run_config": self.run_config, "data": self.data_fingerprints}
-        mismatches = resume_mismatches(state, self.config, current)
-        if state["num_train"] != num_train:
-            mismatches.append(f"the training set has {num_train} structures, not {state['num_train']}")
-        try:
-            if not mismatches:
-                self.model.load_state_dict(state["state_dict"])
-        except RuntimeError as error:  # a model without architecture to compare: name the first misfit
-            detail = [line.strip() for line in str(error).splitlines() if line.strip()]
-            mismatches.append(f"the model's weights do not fit it ({detail[1] if len(detail) > 1 else detail[0]})")
-        if mismatches:
-            raise ValueError(
-                f"cannot resume {path}: it belongs to another run: {'; '.join(mismatches)}. Start a new output_dir, "
-                "or retrain from scratch here (--overwrite on the command line, resume=False in Python)"
-            )
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        self.history, self.best = state["history"], state["best"]
-        loss_sums = state["epoch_loss_sum"] if isinstance(state["epoch_loss_sum"], list) else [state["epoch_loss_sum"]]
-        same_world = len(loss_sums) == self.ctx.world_size
-        self.epoch_loss_sum = loss_sums[self.ctx.rank] if same_world else sum(loss_sums) if self.ctx.is_main else 0.0
-        self.skipped_batches = state.get("skipped_batches", 0)
-        wall = state.get("wall", {})  # absent in files written before wall times were kept
-        self._wall_before, self.epoch_wall = wall.get("elapsed_s", 0.0), wall.get("epochs", [])
-        self._epoch_started = wall.get("epoch_started_s")
-        return state["epoch"], state["step_in_epoch"], state["global_step"]
+        return checkpoint.resume(self, num_train)
 
     def _log(self, epoch: int, split: str, metrics: dict[str, dict[str, dict[str, float]]], **extra: float) -> None:
-        for fidelity, per_target in metrics.items():
-            for target, stats in per_target.items():
-                self.history.append(
-                    {
-                        "epoch": epoch,
-                        "split": split,
-                        "fidelity": fidelity,
-                        "target": target,
-                        "unit": REPORT_UNITS[target][0],
-                        **stats,
-                    }
-                )
-        for name, value in extra.items():
-            self.history.append(
-                {
-                    "epoch": epoch,
-                    "split": split,
-                    "fidelity": "all",
-                    "target": name,
-                    "unit": "",
-                    "mae": value,
-                    "rmse": math.nan,
-                    "count": math.nan,
-                }
-            )
+        self.history += history_rows(epoch, split, metrics, **extra)
 
     def _write_logs(self, summary: dict[str, Any] | None = None) -> None:
         if not self.ctx.is_main:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        columns = ["epoch", "split", "fidelity", "target", "unit", "mae", "rmse", "count"]
-        wall = {row["epoch"]: row for row in self.epoch_wall}  # the epoch's wall seconds, the run's elapsed ones
-
-        def timing(row: dict[str, Any]) -> list[str]:
-            epoch = wall.get(row["epoch"]) if row["split"] != "test" else None
-            return [str(epoch["wall_s"]), str(epoch["elapsed_s"])] if epoch else ["", ""]
-
-        lines = [",".join(columns + ["wall_s", "elapsed_s"])]
-        lines += [",".join([str(row[c]) for c in columns] + timing(row)) for row in self.history]
-        write_text(self.out_dir / "metrics.csv", "\n".join(lines) + "\n")
-        record = {
-            "config": self.config.to_dict(),
-            "fidelity_names": self.fidelity_names,
-            "data": self.data,
-            "best": self.best,
-            "history": self.history,
-            "epoch_wall": self.epoch_wall,
-            "wall_s": self.elapsed(),
-            **(summary or {}),
-        }
-        write_text(self.out_dir / "metrics.json", json.dumps(record, indent=1, default=float))
+        write_metrics(self, summary)
 
     # ----------------------------------------------------------------- main loop
     def fit(

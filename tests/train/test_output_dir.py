@@ -14,6 +14,7 @@ from mfwrap.files import write_atomic
 from mfwrap.train import TrainConfig, Trainer
 from mfwrap.train import trainer as trainer_module
 from mfwrap.train.baselines import Experiment, run_experiment
+from mfwrap.train.output_dir import RUN_FILES
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from test_cli import TINY, _write, refusal  # noqa: E402  (the tiny backbone's labelled extxyz files)
@@ -40,13 +41,13 @@ train: {{epochs: 2, targets: ef, output_dir: out, progress: false}}
 def test_a_rerun_without_resume_or_overwrite_never_replaces_the_run(config, monkeypatch):
     assert main(["train", str(config)]) == 0
     run = config.parent / "out" / "multi_fidelity"
-    before = {name: (run / name).read_bytes() for name in trainer_module.RUN_FILES}
+    before = {name: (run / name).read_bytes() for name in RUN_FILES}
     steps = []
     monkeypatch.setattr(trainer_module.Trainer, "train_step", lambda *args: steps.append(1))
     message = refusal(["train", str(config)])
     assert f"{run} holds a training run (best.pt, last.pt, metrics.json, metrics.csv)" in message, message
     assert "--resume" in message and "--overwrite" in message
-    assert {name: (run / name).read_bytes() for name in trainer_module.RUN_FILES} == before and not steps
+    assert {name: (run / name).read_bytes() for name in RUN_FILES} == before and not steps
 
 
 def test_overwrite_deletes_only_the_trainers_files(config):
