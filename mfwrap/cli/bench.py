@@ -1,0 +1,123 @@
+"""``mfwrap bench``: run the benchmark suite's experiments (resumable), plan them, or write the report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mfwrap.bench.grid import EXPERIMENTS
+    from mfwrap.bench.report import warn_old_layout, write_report, write_reports
+    from mfwrap.bench.runner import run_suite
+
+    if args.experiment == "report":
+        for path in write_reports(args.root, args.out, args.level, args.force):
+            print(path)
+        return 0
+    level = args.level or "quick"
+    root, out = Path(args.root) / level, Path(args.out) / level  # each level its own folders
+    if Path(args.root).is_dir():
+        warn_old_layout(Path(args.root))
+    experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    if args.plan:
+        from mfwrap.bench.runner import plan_suite
+
+        rows = plan_suite(
+            experiments,
+            level,
+            args.seeds,
+            backbone=args.backbone,
+            root=root,
+            seconds_per_step=args.seconds_per_step,
+        )
+        print(
+            f"{'experiment':<20}{'runs':>6}{'trained':>9}{'steps':>10}{'pre-train':>11}{'s/step':>8}{'hours':>7}"
+            f"{'done':>6}{'done h':>8}{'left h':>8}"
+        )
+        total_hours = done_hours = left_hours = 0.0
+        for name, r in rows.items():
+            wall_hours = lambda steps: steps * r["seconds_per_step"] / max(args.jobs, 1) / 3600  # noqa: B023, E731
+            hours, left = wall_hours(r["steps"] + r["pretrain_steps"]), wall_hours(r["left_steps"])
+            total_hours += hours
+            left_hours += left
+            done_hours += r["done_wall_s"] / 3600
+            rate = f"{r['seconds_per_step']:.2f}" + ("" if r["measured"] else "*")
+            print(
+                f"{name:<20}{r['runs']:>6}{r['trained']:>9}{r['steps']:>10}{r['pretrain_steps']:>11}{rate:>8}"
+                f"{hours:>7.1f}{r['done']:>6}{r['done_wall_s'] / 3600:>8.1f}{left:>8.1f}"
+            )
+        print(
+            f"total {total_hours:.1f} h with {args.jobs} run(s) at once, finished runs included; s/step measured on "
+            f"the finished runs under {root} (* not measured: --seconds-per-step); done: runs finished there, "
+            f"{done_hours:.1f} run-hours of wall time (one run's own; runs side by side overlap); left: at most "
+            f"{left_hours:.1f} h for the runs not finished, with {args.jobs} at once (killed runs resume part-way)"
+        )
+        return 0
+    outcome = run_suite(
+        experiments, level, args.seeds, root, jobs=args.jobs, backbone=args.backbone, report=out, eager=args.eager
+    )
+    write_report(root, out, args.force)
+    return 1 if outcome["failed"] else 0
+
+
+def add_bench_parser(commands: Any) -> None:
+    """The ``bench`` subcommand."""
+    from mfwrap.bench.backbones import BACKBONES
+    from mfwrap.bench.grid import EXPERIMENTS, LEVELS
+
+    bench = commands.add_parser(
+        "bench",
+        help="the benchmark suite: run an experiment (resumable) or write the report",
+        description="Runs the seed paper's experiments (mfwrap.bench.grid) as one directory per run under "
+        "--root/<level>, skipping finished runs and resuming killed ones, then writes the report (mean ± sd over "
+        "seeds, tables, plots) to --out/<level>.",
+    )
+    bench.add_argument("experiment", choices=[*EXPERIMENTS, "all", "report"])
+    bench.add_argument(
+        "--level",
+        choices=list(LEVELS),
+        default=None,
+        help="quick (default): pipeline check, minutes; medium: paper CHGNet on the shipped LMFP set, hours on a "
+        "2-core CPU; full: the paper's settings (a GPU). For report: only this level (default: every level)",
+    )
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0], help="data subset and initialisation seeds")
+    needs = "".join(f"; {b.name} {b.note}" for b in BACKBONES.values() if b.note)
+    bench.add_argument(
+        "--backbone",
+        choices=list(BACKBONES),
+        default=None,
+        help=f"override the experiment's backbone (mfwrap.bench.backbones{needs})",
+    )
+    bench.add_argument("--jobs", type=int, default=1, help="runs at once, one process and one thread each")
+    bench.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the runs and optimiser steps the experiment(s) take at this level, and the time "
+        "they take at --seconds-per-step; run nothing",
+    )
+    bench.add_argument(
+        "--seconds-per-step",
+        type=float,
+        default=1.0,
+        help="for --plan, where no finished run measures it: wall seconds per optimiser step of one "
+        "run (1.0: paper CHGNet on LMFP, batch 4, compiled, one CPU thread, with evaluation, two "
+        "runs at once)",
+    )
+    bench.add_argument(
+        "--eager",
+        action="store_true",
+        help="eager training steps where the level compiles them (medium, full): for a torch on which "
+        "torch.compile of the training step fails (2.11 does; 2.13 is tested); results record it",
+    )
+    bench.add_argument("--root", default="runs/suite", help="the runs go to ROOT/<level> (default runs/suite)")
+    bench.add_argument(
+        "--out", default="benchmarks/results/suite", help="the report goes to OUT/<level> (default %(default)s)"
+    )
+    bench.add_argument(
+        "--force",
+        action="store_true",
+        help="let the report replace one of another level or with more runs (refused by default)",
+    )
+    bench.set_defaults(func=cmd_bench)
