@@ -65,6 +65,7 @@ from torch_geometric.data import Data
 from mfwrap.data import keys as K
 from mfwrap.data.graph import GraphSpec, edge_vectors, structure_index
 from mfwrap.fidelity import check_batch_fidelities
+from mfwrap.model_file import ELEMENTS_UNKNOWN
 from mfwrap.ops import scatter_sum_float64
 
 # sevenn modules the adapter does not run: its one-hot (made here, any dtype), its sum over atoms
@@ -203,6 +204,7 @@ class SevenNet(nn.Module):
             from sevenn.util import load_checkpoint
 
             self._adopt(load_checkpoint(pretrained).build_model(), {"pretrained": pretrained})
+            self.trained_elements = ELEMENTS_UNKNOWN  # pretrained elsewhere: see mfwrap.model_file
         else:
             from sevenn.model_build import build_E3_equivariant_model
 
@@ -303,15 +305,17 @@ class SevenNet(nn.Module):
         per_atom = data[KEY.ATOMIC_ENERGY].reshape(-1)
         return {K.ENERGY: scatter_sum_float64(per_atom, structure, batch[K.CELL].shape[0])}
 
-    def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6) -> None:
+    def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6, residual: bool = False) -> None:
         r"""Fit the per-species shift μ_Z (eV/atom) of the energy rescaling ``E_i = σ y_i + μ_{Z_i}``
         by least squares on the energy labels of ``graphs``
         (:func:`~mfwrap.mechanisms.composition_fit.fit_linear_composition`,
         per-atom energies; elements absent from the data keep their μ), in place. With a modal-wise
         shift μ_{m,Z}: one fit per modality m on its graphs (fidelity index = m), pulled towards the
         fit over all graphs, which a modality without energy labels takes. A model built with one
-        scalar shift (sevenn's ``Rescale``) cannot hold per-element energies: a ValueError says how to build one."""
-        from mfwrap.mechanisms.composition_fit import fit_linear_composition
+        scalar shift (sevenn's ``Rescale``) cannot hold per-element energies: a ValueError says how to build one.
+        ``residual``: each μ gains the correction fitted to E − E_model, this model's own prediction
+        (:mod:`mfwrap.mechanisms.composition_fit`); a modality without energy labels keeps its μ."""
+        from mfwrap.mechanisms.composition_fit import fit_linear_composition, residuals
 
         rescale = next(m for m in self.children() if type(m).__name__.endswith("Rescale"))
         shift = rescale.shift
@@ -326,15 +330,22 @@ class SevenNet(nn.Module):
         table = torch.zeros(*shift.shape[:-1], width, dtype=torch.float64)
         table[..., numbers] = shift.detach().double().cpu()  # [m,] Z -> μ
         rows = table.reshape(-1, width)  # one row, or one per modality
+        if residual:
+            graphs = residuals(self, graphs)
         fitted = []
-        for m, prior in enumerate(rows):
+        for m, current in enumerate(rows):
+            prior = torch.zeros_like(current) if residual else current
             pooled = fit_linear_composition(graphs, ridge=ridge, prior=prior, num_elements=width)
             own = [g for g in graphs if int(g[K.FIDELITY]) == m and bool(g[K.mask_key(K.ENERGY)].all())]
-            fitted.append(
+            if residual and len(rows) > 1 and not own:
+                fitted.append(current)
+                continue
+            fit = (
                 fit_linear_composition(own, ridge=ridge, prior=pooled, num_elements=width)
                 if own and len(rows) > 1
                 else pooled
             )
+            fitted.append(current + fit if residual else fit)
         fitted = torch.stack(fitted).reshape(table.shape)
         with torch.no_grad():
             shift.copy_(fitted[..., numbers].to(shift))

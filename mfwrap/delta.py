@@ -6,10 +6,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Data
 
 from mfwrap.data import keys as K
-from mfwrap.mechanisms.composition_fit import fit_composition
+from mfwrap.mechanisms.composition_fit import fit_composition, model_energies, with_energies
+from mfwrap.model_file import starts_trained
 
 
 def corrected(delta: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -52,25 +53,18 @@ class DeltaModel(nn.Module):
 
     def base_energies(self, graphs: Sequence[Data], batch_size: int = 16) -> Tensor:
         """(S,) float64 energies E_base (eV) of ``graphs``, without gradients."""
-        was_training = self.base.training
-        self.base.eval()
-        device = next(self.base.parameters()).device
-        energies = []
-        with torch.no_grad():
-            for start in range(0, len(graphs), batch_size):
-                batch = Batch.from_data_list(list(graphs[start : start + batch_size])).to(device)
-                energies.append(self.base(batch)[K.ENERGY].double().cpu())
-        self.base.train(was_training)
-        return torch.cat(energies) if energies else torch.zeros(0, dtype=torch.float64)
+        return model_energies(self.base, graphs, batch_size)
 
-    def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6) -> None:
-        """Fit the correction's composition model to E_label − E_base (least squares)."""
-        residual = []
-        for graph, energy in zip(graphs, self.base_energies(graphs)):
-            shifted = graph.clone()
-            shifted[K.ENERGY] = graph[K.ENERGY] - energy.to(graph[K.ENERGY].dtype)
-            residual.append(shifted)
-        fit_composition(self.delta, residual, ridge=ridge)
+    def starts_trained(self) -> bool:
+        """Whether what trains, the correction, starts from trained weights
+        (:func:`mfwrap.model_file.starts_trained`)."""
+        return starts_trained(self.delta)
+
+    def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6, residual: bool = False) -> None:
+        """Fit the correction's composition model to E_label − E_base (least squares); ``residual``: add
+        to it the fit to E_label − E_base − E_Δ, the correction's own prediction included."""
+        targets = torch.stack([g[K.ENERGY].double().reshape(()) for g in graphs]) - self.base_energies(graphs)
+        fit_composition(self.delta, with_energies(graphs, targets), ridge=ridge, residual=residual)
 
 
 class CompiledDeltaModel(nn.Module):

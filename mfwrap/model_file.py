@@ -36,7 +36,8 @@ A file may also record ``elements``: the atomic numbers of its model's training 
 model and element, about structures with other elements. Files without the record (written before
 it existed, or models never trained by mfwrap, e.g. a pretrained CHGNet) give no warning, nor do
 models fine-tuned from pretrained weights, whose pretraining elements mfwrap does not know (their
-record is :data:`ELEMENTS_UNKNOWN`, which a config's ``model.pretrained`` sets; in Python, set
+record is :data:`ELEMENTS_UNKNOWN`, which the shipped backbones' ``from_pretrained`` and a config's
+``model.pretrained`` set; in Python, set
 ``model.trained_elements = mfwrap.model_file.ELEMENTS_UNKNOWN`` before training such a model).
 """
 
@@ -175,6 +176,17 @@ def _elements_record(model: nn.Module) -> list[int] | str | None:
     if ELEMENTS_UNKNOWN in records:
         return ELEMENTS_UNKNOWN
     return sorted(set().union(*map(set, records))) if records else None
+
+
+def starts_trained(model: nn.Module) -> bool:
+    """Whether ``model``'s weights were trained before: it (or a submodule) has a ``trained_elements``
+    record, which pretrained weights carry (:data:`ELEMENTS_UNKNOWN`) and mfwrap's trainer writes.
+    A model whose trained part is one of its modules (a Δ model's correction) answers with its own
+    ``starts_trained()``. Decides ``train.composition_reference: auto``."""
+    own = getattr(model, "starts_trained", None)
+    if callable(own):
+        return bool(own())
+    return _elements_record(model) is not None
 
 
 def record_elements(model: nn.Module, numbers: torch.Tensor) -> None:

@@ -2,12 +2,15 @@
 
     mf = MultiFidelity(backbone, fidelities=["pbe", "r2scan"], mechanisms="ECMR")
     mf = MultiFidelity(backbone, ["pbe", "r2scan"], "ECMR", readout="residual")  # shared readout + residuals
+    mf = MultiFidelity(CHGNet.from_pretrained("0.3.0"), ["mptrj_pbe", "r2scan"], origin="mptrj_pbe")
 
 E (fidelity embedding), C (composition per fidelity), M (one-hot-augmented message linear
 layers), R (readout per fidelity) are inserted by module surgery (:mod:`mfwrap.surgery`) into
 a copy of the backbone; the backbone's code is not touched. At initialisation every fidelity
-reproduces the backbone exactly. ``mf(batch)`` returns the backbone's dict ("energy" (B,) total
-eV, "magmoms" if the backbone has them) with each structure at the fidelity ``batch.fidelity``.
+reproduces the backbone exactly; an ``origin`` fidelity keeps the backbone's composition model
+(a pretrained model gaining a fidelity keeps what it was). ``mf(batch)`` returns the backbone's
+dict ("energy" (B,) total eV, "magmoms" if the backbone has them) with each structure at the
+fidelity ``batch.fidelity``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ class MultiFidelity(nn.Module):
             parameters that energies stay invariant and forces equivariant under rotation,
             translation and permutation at every fidelity (:mod:`mfwrap.symmetry`); a ValueError
             names the places that break it. The result is in ``surgery.symmetry``. False skips both.
+        origin: the fidelity that *is* the backbone (a pretrained model's level of theory), or None.
+            Every fidelity starts equal to the backbone; the origin's composition weights are never
+            refitted (:meth:`fit_composition`), so it stays the pretrained model but for what training
+            its shared network changes, and new fidelities start as copies of it (:meth:`add_fidelity`).
 
     Attributes:
         fidelity_names: tuple of names. ``surgery``: a :class:`~mfwrap.surgery.SurgeryReport`
@@ -70,9 +77,13 @@ class MultiFidelity(nn.Module):
         row_kinds: Mapping[str, str] | None = None,
         check_symmetry: bool = True,
         readout: str = "copies",
+        origin: str | None = None,
     ) -> None:
         super().__init__()
         self.fidelity_names = validate_fidelity_names(fidelities)
+        if origin is not None:
+            resolve_fidelity(self.fidelity_names, origin, option="origin=")
+        self.origin = origin
         self.mechanisms = parse_mechanisms(mechanisms)
         self.readout = readout
         check_backbone(backbone)
@@ -112,6 +123,7 @@ class MultiFidelity(nn.Module):
             "spec": self.spec.as_dict(),
             "row_kinds": {path: kind for _, path, _, kind in self.surgery.places},
             "readout": self.readout,
+            "origin": self.origin,
         }
 
     def forward(self, batch: Data) -> dict[str, Tensor]:
@@ -141,13 +153,14 @@ class MultiFidelity(nn.Module):
         return [m for m in self.modules() if m is not self and getattr(m, "context", None) is self.context]
 
     def add_fidelity(self, name: str, like: str | None = None) -> None:
-        """Add fidelity ``name``, initialised as a copy of fidelity ``like`` (default: the first).
+        """Add fidelity ``name``, initialised as a copy of fidelity ``like`` (default: the origin, else the first).
 
         Its predictions equal those of ``like`` until trained. Fidelity parameters are replaced by
         larger ones, so create the optimiser after calling this.
         """
         names = validate_fidelity_names([*self.fidelity_names, name])
-        source = resolve_fidelity(self.fidelity_names, like if like is not None else self.fidelity_names[0])
+        like = like if like is not None else self.origin or self.fidelity_names[0]
+        source = resolve_fidelity(self.fidelity_names, like)
         for module in self.fidelity_modules():
             module.add_fidelity(source)
         self.context.num_fidelities += 1
@@ -167,16 +180,22 @@ class MultiFidelity(nn.Module):
             if draw is not None:
                 draw()
 
-    def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6) -> None:
-        """Fit composition weights by regularised least squares on the energy labels of ``graphs``.
+    def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6, residual: bool = False) -> None:
+        """Fit composition weights by regularised least squares on the energy labels of ``graphs``;
+        ``residual``: a correction fitted to E − E_model, this model's own prediction
+        (:mod:`mfwrap.mechanisms.composition_fit`).
 
-        With C: one weight vector per fidelity (:func:`mfwrap.mechanisms.composition_fit.fit_per_fidelity`).
-        Without C: the backbone's own composition module, shared by all fidelities, on all graphs
-        (an error if the spec names none, as for the plain backbone).
+        With C: one weight vector per fidelity (:func:`mfwrap.mechanisms.composition_fit.fit_per_fidelity`),
+        the origin's kept. Without C: the backbone's own composition module, shared by all fidelities,
+        on all graphs (an error if the spec names none, as for the plain backbone); with an origin it
+        is the origin's, so it is kept.
         """
         table = self._composition_table()
+        keep = [resolve_fidelity(self.fidelity_names, self.origin)] if self.origin is not None else []
         if table is not None:
-            fit_per_fidelity(table, graphs, ridge=ridge)
+            fit_per_fidelity(table, graphs, ridge=ridge, reference=self if residual else None, keep=keep)
+            return
+        if keep:
             return
         if self.spec.composition is None:
             raise ValueError(
@@ -184,7 +203,7 @@ class MultiFidelity(nn.Module):
                 "mechanism C is off: add C, give the backbone a composition module, "
                 "or train with fit_composition: false"
             )
-        fit_shared_composition(self.backbone, self.spec.composition, graphs, ridge=ridge)
+        fit_shared_composition(self.backbone, self.spec.composition, graphs, ridge=ridge, residual=residual)
 
     def _composition_table(self) -> FidelityComposition | None:
         return next((m for m in self.fidelity_modules() if isinstance(m, FidelityComposition)), None)

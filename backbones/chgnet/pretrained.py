@@ -168,7 +168,11 @@ def convert_state_dict(state_dict: dict[str, Tensor], model: "CHGNet") -> dict[s
 
 
 def load_pretrained(cls: type["CHGNet"], version: str) -> "CHGNet":
-    """Build ``cls`` with the architecture of official weights ``version`` and load them."""
+    """Build ``cls`` with the architecture of official weights ``version`` and load them; the model is
+    marked as trained on elements mfwrap does not know (:data:`mfwrap.model_file.ELEMENTS_UNKNOWN`),
+    so that fine-tuning fits its composition to the residual of its prediction."""
+    from mfwrap.model_file import ELEMENTS_UNKNOWN
+
     path = checkpoint_path(version)
     model_args, state_dict = read_checkpoint(path)
     model = cls(**config_from_checkpoint(model_args, state_dict))
@@ -176,4 +180,5 @@ def load_pretrained(cls: type["CHGNet"], version: str) -> "CHGNet":
         model.load_state_dict(convert_state_dict(state_dict, model))
     except (KeyError, RuntimeError) as error:
         raise ValueError(f"{path}: weights do not fit the CHGNet architecture of its model_args: {error}") from error
+    model.trained_elements = ELEMENTS_UNKNOWN
     return model.eval()

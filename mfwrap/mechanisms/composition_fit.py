@@ -19,7 +19,17 @@ single-fidelity, transfer, Δ-learning and multi-fidelity runs are comparable: a
 several parts (``MultiFidelity``, ``DeltaModel``) says how through its own ``fit_composition``;
 for a plain backbone the module is the one its fidelity spec names (``composition``, e.g.
 CHGNet's ``AtomRef`` or SchNet's ``atomref``). A model without one is an error, never a silent
-skip. The composition modules themselves (and mechanism C) are in
+skip.
+
+A model that starts from trained weights (pretrained, warm-started, a new fidelity of a trained
+model) already predicts most of the energy: refitting w to the raw labels would throw away what its
+network explains. ``residual=True`` fits a correction instead,
+
+    w ← w + Δ,   Δ = argmin_Δ  Σ_s (Σ_Z Δ_Z x_{s,Z} - (E_s - E_model(s)) / N_s)^2  +  ridge · |Δ|^2
+
+to the residual of the model's own prediction E_model (its current composition included), so that
+after the fit the model's energies are those of the best per-element shift of its own predictions
+(:func:`model_energies`, :func:`with_energies`). The composition modules themselves (and mechanism C) are in
 :mod:`mfwrap.mechanisms.composition`; the fit is a module beside it, not part of it, because it reads
 a backbone's fidelity spec through :mod:`mfwrap.surgery`, which imports the mechanisms.
 """
@@ -31,7 +41,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from mfwrap.data import keys as K
 from mfwrap.data.graph import MAX_ATOMIC_NUMBER
@@ -98,6 +108,40 @@ def fit_linear_composition(
     return torch.from_numpy(weights)
 
 
+def model_energies(model: nn.Module, graphs: Sequence[Data], batch_size: int = 16) -> torch.Tensor:
+    """(S,) float64 energies (eV, total) that ``model`` predicts for ``graphs`` (each at its own
+    fidelity), in evaluation mode and without gradients; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    energies = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(graphs), batch_size):
+                batch = Batch.from_data_list(list(graphs[start : start + batch_size])).to(device)
+                energies.append(model(batch)[K.ENERGY].double().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(energies) if energies else torch.zeros(0, dtype=torch.float64)
+
+
+def with_energies(graphs: Sequence[Data], energies: torch.Tensor) -> list[Data]:
+    """Shallow copies of ``graphs`` whose energy labels are ``energies`` (S,) eV (masks unchanged)."""
+    result = []
+    for graph, energy in zip(graphs, energies, strict=True):
+        copy = graph.clone()
+        copy[K.ENERGY] = energy.to(graph[K.ENERGY].dtype).reshape(graph[K.ENERGY].shape)
+        result.append(copy)
+    return result
+
+
+def residuals(model: nn.Module, graphs: Sequence[Data]) -> list[Data]:
+    """``graphs`` with energy labels E − E_model: what ``model``'s own prediction leaves unexplained."""
+    energies = torch.stack([g[K.ENERGY].double().reshape(()) for g in graphs]) if graphs else torch.zeros(0)
+    return with_energies(graphs, energies - model_energies(model, graphs))
+
+
 def composition_path(model: nn.Module) -> str:
     """Module path of a plain backbone's composition model, from its fidelity spec; ValueError if none."""
     path = resolve_spec(model, None)[0].composition
@@ -110,42 +154,72 @@ def composition_path(model: nn.Module) -> str:
     return path
 
 
-def fit_shared_composition(model: nn.Module, path: str, graphs: Sequence[Data], *, ridge: float = 1e-6) -> None:
+def fit_shared_composition(
+    model: nn.Module, path: str, graphs: Sequence[Data], *, ridge: float = 1e-6, residual: bool = False
+) -> None:
     """Least-squares fit of the composition module at ``path`` of ``model`` on all ``graphs``, in place;
-    elements absent from ``graphs`` keep their current values."""
+    elements absent from ``graphs`` keep their current values. ``residual``: add the correction fitted
+    to E − E_model instead (module docstring); ``model`` is the one whose prediction is the reference."""
     module = model.get_submodule(path)
-    write_element_energies(module, fit_linear_composition(graphs, ridge=ridge, prior=read_element_energies(module)))
+    current = read_element_energies(module)
+    if residual:
+        fitted = current + fit_linear_composition(residuals(model, graphs), ridge=ridge)
+    else:
+        fitted = fit_linear_composition(graphs, ridge=ridge, prior=current)
+    write_element_energies(module, fitted)
 
 
-def fit_per_fidelity(table: FidelityComposition, graphs: Sequence[Data], *, ridge: float = 1e-6) -> None:
+def fit_per_fidelity(
+    table: FidelityComposition,
+    graphs: Sequence[Data],
+    *,
+    ridge: float = 1e-6,
+    reference: nn.Module | None = None,
+    keep: Sequence[int] = (),
+) -> None:
     """Mechanism C: one weight vector per fidelity from that fidelity's labelled graphs, pulled
     (``ridge``) towards the fit over all fidelities; an element absent from a fidelity's data takes
-    the all-fidelity value, and one absent from all data keeps ``table.initial``."""
+    the all-fidelity value, and one absent from all data keeps ``table.initial``.
+
+    ``reference``: fit residually (module docstring) to E − E_reference, ``reference`` being the model
+    that holds ``table``: each fidelity's row gains the correction fitted to its own graphs' residuals,
+    pulled towards the correction fitted to all of them; a fidelity without labelled graphs keeps its
+    row. ``keep``: fidelity indices whose rows are not fitted (an origin fidelity's pretrained weights).
+    """
     count = table.element_energies.shape[0]
     fidelities = torch.cat([g[K.FIDELITY].reshape(-1) for g in graphs]).tolist()
     if any(f < 0 or f >= count for f in fidelities):
         raise ValueError(f"graph fidelity indices {sorted(set(fidelities))} out of range for {count} fidelities")
-    pooled = fit_linear_composition(graphs, ridge=ridge, prior=table.initial)
+    if reference is not None:
+        graphs = residuals(reference, graphs)
+    current = table.element_energies.detach().double().cpu()
+    pooled = fit_linear_composition(graphs, ridge=ridge, prior=None if reference is not None else table.initial)
     weights = []
     for f in range(count):
         own = [g for g, gf in zip(graphs, fidelities) if gf == f and bool(g[K.mask_key(K.ENERGY)].all())]
-        weights.append(fit_linear_composition(own, ridge=ridge, prior=pooled) if own else pooled)
+        if f in keep or (reference is not None and not own):
+            weights.append(current[f])
+            continue
+        fitted = fit_linear_composition(own, ridge=ridge, prior=pooled) if own else pooled
+        weights.append(current[f] + fitted if reference is not None else fitted)
     with torch.no_grad():
-        table.element_energies.copy_(torch.stack(weights))
+        table.element_energies.copy_(torch.stack(weights).to(table.element_energies))
 
 
-def fit_composition(model: nn.Module, graphs: Sequence[Data], *, ridge: float = 1e-6) -> None:
-    """Fit the composition model(s) of ``model`` to the energy labels of ``graphs``, in place.
+def fit_composition(model: nn.Module, graphs: Sequence[Data], *, ridge: float = 1e-6, residual: bool = False) -> None:
+    """Fit the composition model(s) of ``model`` to the energy labels of ``graphs``, in place;
+    ``residual``: to the residual of the model's own prediction (module docstring).
 
-    Models made of parts (``MultiFidelity``, ``DeltaModel``) fit through their own
-    ``fit_composition(graphs, ridge=)``, which comes back here for each part; a plain backbone
-    gets :func:`fit_shared_composition` on the module named by its fidelity spec.
+    Models made of parts (``MultiFidelity``, ``DeltaModel``) or with their own composition layout
+    (SevenNet's shift) fit through their own ``fit_composition(graphs, ridge=, residual=)``, which
+    comes back here for each part; a plain backbone gets :func:`fit_shared_composition` on the module
+    named by its fidelity spec.
 
     Raises:
         ValueError: no graph has an energy label, or the model has no composition model.
     """
     own = getattr(model, "fit_composition", None)
     if callable(own):
-        own(graphs, ridge=ridge)
+        own(graphs, ridge=ridge, residual=residual)
     else:
-        fit_shared_composition(model, composition_path(model), graphs, ridge=ridge)
+        fit_shared_composition(model, composition_path(model), graphs, ridge=ridge, residual=residual)

@@ -80,6 +80,8 @@ class ModelConfig:
             under the run's seed).
         readout: multi_fidelity only: "copies" (independent readout copies, the paper's R) or
             "residual" (a shared readout plus per-fidelity residuals; see :class:`~mfwrap.MultiFidelity`).
+        origin: multi_fidelity only: the fidelity that is the (pretrained) backbone, e.g. "mptrj_pbe"
+            for CHGNet 0.3.0: its composition model stays the backbone's (``MultiFidelity(origin=)``).
     """
 
     backbone: str = "backbones.chgnet:CHGNet"
@@ -88,6 +90,7 @@ class ModelConfig:
     mechanisms: str = "ECMR"
     fidelity_init: str = "zero"
     readout: str = "copies"
+    origin: str | None = None
 
     def __post_init__(self) -> None:
         if self.fidelity_init not in ("zero", "random"):
@@ -163,6 +166,8 @@ class Experiment:
             raise ValueError(f"model.fidelity_init is an option of multi_fidelity, not of {self.method}")
         if self.model.readout != "copies" and self.method != "multi_fidelity":
             raise ValueError(f"model.readout is an option of multi_fidelity, not of {self.method}")
+        if self.model.origin is not None and self.method != "multi_fidelity":
+            raise ValueError(f"model.origin is an option of multi_fidelity, not of {self.method}")
         if self.delta_reference not in ("labels", "model"):
             raise ValueError(f"delta_reference must be 'labels' or 'model', got {self.delta_reference!r}")
 
@@ -338,7 +343,12 @@ def run_experiment(
         stages.append(stage_record("pretrain", summary))
 
     if experiment.method == "multi_fidelity":
-        model = MultiFidelity(backbone, fidelities, experiment.model.mechanisms, readout=experiment.model.readout)
+        origin = experiment.model.origin
+        if origin is not None:
+            resolve_fidelity(fidelities, origin, option="model.origin")
+        model = MultiFidelity(
+            backbone, fidelities, experiment.model.mechanisms, readout=experiment.model.readout, origin=origin
+        )
         if experiment.model.fidelity_init == "random":
             model.draw_fidelity_parameters()  # RNG seeded by initial_backbone (or by the pre-training)
         summary = Trainer(model, final, run_config=run_config).fit(train, val, test, resume=resume)

@@ -69,6 +69,11 @@ class TrainConfig:
         patience: stop early when the validation ``best_metric`` has not improved for this many
             epochs (0 = train all ``epochs``); a "cos" schedule still spans ``epochs``.
         fit_composition: fit the composition model(s) by least squares before training.
+        composition_reference: what that fit explains: "labels" (the energy labels, as from
+            scratch), "residual" (E − E_model, the model's own prediction: a per-element correction
+            added to its current weights, for a model that starts from trained weights) or "auto"
+            (residual when the model starts from trained weights: pretrained, warm-started, fine-tuned
+            from an mfwrap model; labels otherwise).
         freeze: parameter-name prefixes to freeze (requires_grad = False), e.g. "atom_embedding".
         compile: take training steps with ``mfwrap.compile_model(model)`` (torch.compile; forces and
             stress inside the graph, one backward): True (inductor) or the name of a
@@ -107,6 +112,7 @@ class TrainConfig:
     target_fidelity: str | None = None
     patience: int = 0
     fit_composition: bool = True
+    composition_reference: str = "auto"
     freeze: list[str] = field(default_factory=list)
     compile: bool | str = False
     checkpoint_every: int = 0
@@ -120,6 +126,10 @@ class TrainConfig:
         parse_targets(self.targets)
         if self.nonfinite not in ("error", "skip"):
             raise ValueError(f"nonfinite must be 'error' or 'skip', got {self.nonfinite!r}")
+        if self.composition_reference not in ("auto", "labels", "residual"):
+            raise ValueError(
+                f"composition_reference must be 'auto', 'labels' or 'residual', got {self.composition_reference!r}"
+            )
         if self.scheduler not in ("cos", "constant", "plateau"):
             raise ValueError(f"scheduler must be 'cos', 'constant' or 'plateau', got {self.scheduler!r}")
         if self.plateau_patience < 1 or not 0.0 < self.plateau_factor < 1.0:

@@ -35,7 +35,7 @@ from mfwrap.compile import inductor_cache_dir
 from mfwrap.data import keys as K
 from mfwrap.fidelity import fidelity_names_of
 from mfwrap.mechanisms.composition_fit import fit_composition
-from mfwrap.model_file import describe_model, read_payload, record_elements, save_model
+from mfwrap.model_file import describe_model, read_payload, record_elements, save_model, starts_trained
 from mfwrap.physics import energy_and_derivatives
 from mfwrap.train import checkpoint
 from mfwrap.train.checkpoint import data_fingerprint, require_finite
@@ -296,6 +296,9 @@ class Trainer:
             )
         train = list(train)
         self._train_fidelity = torch.tensor([int(g[K.FIDELITY]) for g in train], dtype=torch.long)
+        residual = self.config.composition_reference == "residual" or (
+            self.config.composition_reference == "auto" and starts_trained(self.model)
+        )  # decided before this run's record of elements makes every model look trained
         if train:  # the model file records its training data's elements (mfwrap.model_file.trained_elements)
             record_elements(self.model, torch.cat([g[K.ATOMIC_NUMBERS] for g in train]))
         steps_per_epoch = len(self._batches_of_epoch(len(train), 0))
@@ -311,7 +314,9 @@ class Trainer:
         else:
             torch.manual_seed(self.config.seed)
             if self.config.fit_composition:
-                fit_composition(self.model, train)
+                fit_composition(self.model, train, residual=residual)
+                if residual:
+                    self.say(f"{self.out_dir.name}: composition fitted to the residual of the model's own prediction")
         line = stage_line(self.out_dir.name, self.data, self.config, self.target_fidelity, steps_per_epoch)
         self.say(line + (f"; resumed after {global_step} steps" if global_step else ""))
 
