@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 from ase import Atoms
@@ -13,7 +15,7 @@ from torch_geometric.data import Batch
 
 from mfwrap.data import keys as K
 from mfwrap.data.graph import EV_PER_A3_TO_GPA, to_graph
-from mfwrap.fidelity import resolve_fidelity
+from mfwrap.fidelity import fidelity_names_of, is_multi_fidelity, resolve_fidelity
 from mfwrap.model_file import warn_unseen_elements
 from mfwrap.physics import energy_and_derivatives
 
@@ -30,16 +32,25 @@ class Calculator(AseCalculator):
         model: a backbone or :class:`mfwrap.MultiFidelity`.
         fidelity: fidelity name; required when the model has more than one.
         device: where to evaluate; defaults to the model's device.
+        verbose: say on stderr, once, at which fidelity a multi-fidelity model is used.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "magmoms"]
 
     def __init__(
-        self, model: nn.Module, fidelity: str | None = None, device: str | torch.device | None = None, **kwargs
+        self,
+        model: nn.Module,
+        fidelity: str | None = None,
+        device: str | torch.device | None = None,
+        verbose: bool = True,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.fidelity_index = resolve_fidelity(model, fidelity)
         self.fidelity = fidelity
+        if verbose and is_multi_fidelity(model):
+            names = list(fidelity_names_of(model))
+            print(f"mfwrap.Calculator: {type(model).__name__} at fidelity {fidelity!r} of {names}", file=sys.stderr)
         parameter = next(model.parameters())
         self.device = torch.device(device) if device is not None else parameter.device
         self.dtype = parameter.dtype

@@ -97,10 +97,14 @@ def test_stress_is_the_strain_derivative_in_ase_units():
     np.testing.assert_allclose(stress * 160.21766208, reference, rtol=1e-9, atol=1e-9)
 
 
-def test_fidelity_is_required_and_changes_the_result():
+def test_fidelity_is_required_said_and_changes_the_result(capsys):
     mf = _model()
     with pytest.raises(ValueError, match="choose one with fidelity="):
         mfwrap.Calculator(mf)
+    mfwrap.Calculator(mf, fidelity="r2scan")
+    assert "MultiFidelity at fidelity 'r2scan' of ['pbe', 'r2scan']" in capsys.readouterr().err
+    mfwrap.Calculator(mf, fidelity="r2scan", verbose=False)
+    assert capsys.readouterr().err == ""
     atoms = random_crystal(np.random.default_rng(1))
     energies = []
     for fidelity in FIDELITIES:

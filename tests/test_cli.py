@@ -106,6 +106,7 @@ def test_predict_writes_what_mfwrap_predict_returns_in_ase_units(data, capsys):
         == 0
     )
     printed = capsys.readouterr().out
+    assert f"4 structures from {data / 'in.xyz'}, predicted at fidelity 'r2scan':" in printed
     written = ase.io.read(data / "pred.xyz", index=":")
 
     model = mfwrap.load(best)

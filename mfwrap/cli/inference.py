@@ -137,9 +137,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"{args.structures}: frame {i} already has {taken}; choose another --prefix than {args.prefix!r}, "
                 "so no key of the input is replaced"
             )
-    results = predict(
-        model, frames, fidelity=_fidelity(model, checkpoint, args.fidelity)[0], batch_size=args.batch_size
-    )
+    fidelity, name, _ = _fidelity(model, checkpoint, args.fidelity)
+    print(f"{len(frames)} structures from {args.structures}, predicted at fidelity {name!r}:")
+    results = predict(model, frames, fidelity=fidelity, batch_size=args.batch_size)
     for atoms, result in zip(frames, results):  # beside the frame's own labels, which stay as they were
         atoms.info[keys["energy"]] = result["energy"]
         atoms.arrays[keys["forces"]] = result["forces"]
