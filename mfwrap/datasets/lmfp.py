@@ -196,18 +196,19 @@ def build_lmfp(
     return out
 
 
-def read_lmfp(directory: str | os.PathLike) -> dict[str, list[LabelledStructure]]:
+def read_lmfp(directory: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> dict[str, list[LabelledStructure]]:
     """Read a built dataset through :func:`mfwrap.data.readers.read_dataset` (standard ASE keys),
-    after checking every file against the manifest's SHA-256."""
+    after checking every file against the manifest's SHA-256; ``splits``: the files ``<split>.xyz``
+    to read, each at the fidelity that starts its name ("high_test" → "high")."""
     directory = Path(directory)
     manifest = json.loads((directory / "manifest.json").read_text())
-    splits = {}
-    for split in SPLITS:
+    read = {}
+    for split in splits:
         path = directory / f"{split}.xyz"
         if _sha256(path) != manifest["files"][path.name]["sha256"]:
             raise ValueError(f"{path} does not match its manifest (corrupt cache?); delete {directory} to rebuild")
-        splits[split] = read_dataset(path, fidelity=split.split("_")[0])
-    return splits
+        read[split] = read_dataset(path, fidelity=split.split("_")[0])
+    return read
 
 
 def dataset_dir(size: str | LMFPRecipe = "small", seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
