@@ -363,16 +363,17 @@ def test_train_help_lists_every_config_option_with_its_type_and_real_default(mon
 
     from mfwrap.cli import _yaml, config_help
     from mfwrap.datasets.registry import Split
+    from mfwrap.replay import ReplayConfig
     from mfwrap.train.baselines import Experiment, ModelConfig
     from mfwrap.train.config import TrainConfig, field_docs
     from mfwrap.train.data import DataConfig, Source
 
     text = " ".join(config_help().split())  # one space between words: wrapping aside
-    for cls in (Experiment, ModelConfig, TrainConfig, DataConfig, Source, Split):
+    for cls in (Experiment, ModelConfig, TrainConfig, DataConfig, Source, Split, ReplayConfig):
         for doc in field_docs(cls):
             if cls is DataConfig and doc.name in ("dataset", "split"):
                 continue  # written in YAML as <dataset name>: {<Split options>}, listed with Split
-            section = cls is Experiment and doc.name in ("model", "train")  # listed option by option below
+            section = cls is Experiment and doc.name in ("model", "train", "replay")  # listed option by option below
             required = doc.default is dataclasses.MISSING
             default = "(required) " if required else "" if section else _yaml(doc.default) + " "
             words = " ".join(doc.help.replace("``", "").split()[:3])

@@ -49,6 +49,7 @@ def config_help() -> str:
     """``mfwrap train --help``: every option of a run config, generated from the config dataclasses
     (their fields, types, defaults and the first sentence of each field's docstring entry)."""
     from mfwrap.datasets.registry import DATASETS, Split
+    from mfwrap.replay import ReplayConfig
     from mfwrap.train.baselines import Experiment, ModelConfig
     from mfwrap.train.config import TrainConfig
     from mfwrap.train.data import DataConfig, Source
@@ -72,7 +73,7 @@ def config_help() -> str:
     lines += _describe(Split, 4)
     lines += _entry("  each source of train / val / test:", "a mapping of")
     lines += _describe(Source, 4)
-    lines += _describe(Experiment, 0, sections={"model": ModelConfig, "train": TrainConfig})
+    lines += _describe(Experiment, 0, sections={"model": ModelConfig, "train": TrainConfig, "replay": ReplayConfig})
     return "\n".join(lines) + "\n"
 
 
@@ -108,12 +109,37 @@ def _load_run_config(path: str, overrides: argparse.Namespace) -> tuple[Any, Any
             train = {**train, "output_dir": str(folder / Path(train["output_dir"]).expanduser())}
         if overrides.output_dir is not None and isinstance(train, dict):
             train = {**train, "output_dir": overrides.output_dir}
+        if isinstance(raw.get("replay"), dict):
+            raw["replay"] = _replay_relative_to(raw["replay"], folder)
         experiment = from_mapping(Experiment, {**raw, "train": train}, "")
+        origin = experiment.model.origin
+        if origin is not None and origin not in data.fidelities:
+            if experiment.replay is None:
+                raise ValueError(
+                    f"model.origin {origin!r} is none of the data's fidelities {data.fidelities}: name one of them, "
+                    "or add a replay section, whose frames carry the origin fidelity"
+                )
+            data.fidelities = [origin, *data.fidelities]  # the replay frames' fidelity; the target stays last
         target = experiment.train.target_fidelity
         resolve_fidelity(data.fidelities, target, default=data.fidelities[-1], option="train.target_fidelity")
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
     return experiment, data
+
+
+def _replay_relative_to(replay: dict, folder: Path) -> dict:
+    """The replay section with its file sources and cache_dir relative to the config file's ``folder``."""
+    from mfwrap.replay.structures import SOURCE_WORDS
+
+    replay = dict(replay)
+    sources = replay.get("sources")
+    if isinstance(sources, list):
+        replay["sources"] = [
+            s if not isinstance(s, str) or s in SOURCE_WORDS else str(folder / Path(s).expanduser()) for s in sources
+        ]
+    if isinstance(replay.get("cache_dir"), str):
+        replay["cache_dir"] = str(folder / Path(replay["cache_dir"]).expanduser())
+    return replay
 
 
 def cmd_train(args: argparse.Namespace) -> int:

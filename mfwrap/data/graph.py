@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from ase import Atoms
 from torch import Tensor
 from torch_geometric.data import Data
 
@@ -252,3 +253,13 @@ def edge_vectors_of(pos: Tensor, cell: Tensor, edge_shift: Tensor, edge_index: T
     edge_cell = torch.index_select(cell, 0, structure[centre])  # (E, 3, 3)
     offset = torch.bmm(edge_shift.unsqueeze(1), edge_cell).squeeze(1)
     return torch.index_select(pos, 0, neighbour) + offset - torch.index_select(pos, 0, centre)
+
+
+def graph_atoms(graph: Data) -> Atoms:
+    """The bare structure of a graph (species, positions Å, cell Å, periodicity; no labels) as ``ase.Atoms``."""
+    return Atoms(
+        numbers=graph[K.ATOMIC_NUMBERS].cpu().numpy(),
+        positions=graph[K.POSITIONS].detach().double().cpu().numpy(),
+        cell=graph[K.CELL].detach().double().cpu().numpy().reshape(3, 3),
+        pbc=graph[K.PBC].cpu().numpy().reshape(3),
+    )

@@ -54,6 +54,7 @@ from mfwrap.files import write_text
 from mfwrap.mechanisms.readout import READOUTS
 from mfwrap.model_file import ELEMENTS_UNKNOWN, import_class
 from mfwrap.multifidelity import MultiFidelity
+from mfwrap.replay import ReplayConfig
 from mfwrap.surgery import resolve_spec
 from mfwrap.train.config import TrainConfig, check_fields, from_mapping
 from mfwrap.train.distributed import DistributedContext
@@ -135,6 +136,11 @@ class Experiment:
         warm_start: multi_fidelity only: pre-train the plain backbone on the other fidelities first
             (stage one as for transfer), then wrap it and train on all fidelities; every
             fidelity starts from the pre-trained network (the mechanisms start as the identity).
+        replay: multi_fidelity with ``model.origin`` only: pseudo-label replay
+            (:class:`mfwrap.replay.ReplayConfig`): structures from its ``sources`` ("own": the
+            target-fidelity training structures perturbed; "prototypes": the shipped diverse pool; a
+            file), labelled by the backbone as it starts (the foundation model) at the origin fidelity,
+            are added to the training frames (:func:`replay_graphs`); mix with ``train.fidelity_sampling``.
     """
 
     method: str = "multi_fidelity"
@@ -144,10 +150,13 @@ class Experiment:
     transfer_freeze: list[str] | None = None
     delta_reference: str = "labels"
     warm_start: bool = False
+    replay: ReplayConfig | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = from_mapping(ModelConfig, self.model, "model")
+        if isinstance(self.replay, dict):
+            self.replay = from_mapping(ReplayConfig, self.replay, "replay")
         if isinstance(self.train, dict):
             self.train = TrainConfig.from_dict(self.train)
         self.pretrain = check_fields(TrainConfig, self.pretrain, "pretrain")
@@ -168,6 +177,11 @@ class Experiment:
             raise ValueError(f"model.readout is an option of multi_fidelity, not of {self.method}")
         if self.model.origin is not None and self.method != "multi_fidelity":
             raise ValueError(f"model.origin is an option of multi_fidelity, not of {self.method}")
+        if self.replay is not None and (self.method != "multi_fidelity" or self.model.origin is None):
+            raise ValueError(
+                "replay labels structures at the origin fidelity of a multi_fidelity model: set method: "
+                "multi_fidelity and model.origin (the fidelity of the pretrained model, e.g. mptrj_pbe)"
+            )
         if self.delta_reference not in ("labels", "model"):
             raise ValueError(f"delta_reference must be 'labels' or 'model', got {self.delta_reference!r}")
 
@@ -179,7 +193,8 @@ class Experiment:
         if pretraining:
             return {"model": {key: model[key] for key in ("backbone", "kwargs", "pretrained")}}
         options = ("method", "transfer_freeze", "delta_reference", "warm_start")
-        return {"model": model, **{key: getattr(self, key) for key in options}}
+        replay = {"replay": dataclasses.asdict(self.replay)} if self.replay is not None else {}
+        return {"model": model, **{key: getattr(self, key) for key in options}, **replay}
 
 
 def _stage(config: TrainConfig, name: str, **overrides: Any) -> TrainConfig:
@@ -346,6 +361,8 @@ def run_experiment(
         origin = experiment.model.origin
         if origin is not None:
             resolve_fidelity(fidelities, origin, option="model.origin")
+        if experiment.replay is not None:
+            train = [*train, *replay_graphs(experiment, backbone, fidelities, high_train)]
         model = MultiFidelity(
             backbone, fidelities, experiment.model.mechanisms, readout=experiment.model.readout, origin=origin
         )
@@ -386,6 +403,27 @@ def run_experiment(
             evaluated = {"data": data, "epochs_run": 0, "steps": 0, "wall_s": time.perf_counter() - started}
     stages.append(stage_record(experiment.method, evaluated or summary))
     return {**summary, **write_run_record(experiment, target_name, stages)}
+
+
+def replay_graphs(
+    experiment: Experiment, backbone: nn.Module, fidelities: Sequence[str], own: Sequence[Data]
+) -> list[Data]:
+    """The replay frames of ``experiment.replay`` as graphs at the origin fidelity: structures from its
+    sources (``own``: the target-fidelity training graphs' structures) labelled by ``backbone`` as it is
+    now, before training (:func:`mfwrap.replay.build_replay`, cached with provenance)."""
+    from mfwrap.data.graph import graph_atoms
+    from mfwrap.data.readers import to_graphs
+    from mfwrap.replay import build_replay
+
+    records = build_replay(
+        backbone,
+        experiment.replay,
+        [graph_atoms(g) for g in own],
+        origin=experiment.model.origin,
+        log=lambda line: say(line, experiment.train),
+    )
+    dtype = own[0][K.POSITIONS].dtype if own else torch.get_default_dtype()
+    return to_graphs(records, backbone.graph_spec, list(fidelities), dtype=dtype)
 
 
 def _evaluate_delta(
