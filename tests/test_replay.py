@@ -128,7 +128,9 @@ def test_cache_reused_only_for_the_same_model_config_and_structures(model, own, 
         assert "cache miss" in lines[-1]
     build_replay(model, config, own, origin="r2scan", log=lines.append)
     assert "cache miss" in lines[-1]
-    assert len(list((tmp_path / "replay").iterdir())) == 5
+    energy_only = build_replay(model, config, own, origin="pbe", targets=["energy"], log=lines.append)
+    assert "cache miss" in lines[-1] and set(energy_only[0].labels) == {"energy"}
+    assert len(list((tmp_path / "replay").iterdir())) == 6
 
 
 def test_elements_the_model_does_not_know_are_an_error_naming_them(own, tmp_path):
