@@ -161,7 +161,7 @@ def build_replay(
         _log(log, origin, provenance, f"cache hit ({directory})")
         return cached
     start = time.perf_counter()
-    made = replay_structures(model, config, own)
+    made = replay_structures(model, config, own, fidelity=fidelity, batch_size=batch_size)
     structured = time.perf_counter()
     records = pseudo_label(
         model,

@@ -66,9 +66,9 @@ def test_other_chemistries_both_teachers_on_the_same_structures(tmp_path, monkey
     atoms = high[0].atoms
     (expected,) = teachers.load_teacher("r2scan")([atoms], "efsm")
     np.testing.assert_allclose(high[0].labels["energy"], expected["e"] * len(atoms), rtol=1e-6)
-    np.testing.assert_allclose(high[0].labels["forces"], expected["f"], atol=1e-5)
+    np.testing.assert_allclose(high[0].labels["forces"], expected["f"], atol=1e-4)  # float32; positions as stored
     stress = 0.5 * (expected["s"] + expected["s"].T) * GPa  # as stored (eV/Å^3), read back in GPa
-    np.testing.assert_allclose(high[0].labels["stress"], stress / GPa, atol=1e-5)
+    np.testing.assert_allclose(high[0].labels["stress"], stress / GPa, atol=1e-4)
 
     monkeypatch.setattr(other_chemistries, "load_teacher", None)  # a second load only reads the cache
     cached = other_chemistries.load_other_chemistries(3, seed=0, cache_dir=tmp_path)
