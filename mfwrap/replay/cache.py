@@ -158,7 +158,7 @@ def build_replay(
     cached = read_cached(directory, key)
     if cached is not None:
         provenance = json.loads((directory / "provenance.json").read_text())
-        _log(log, origin, provenance, f"cache hit ({directory})")
+        _log(log, origin, provenance, f"cache hit, read from {directory}", hit=True)
         return cached
     start = time.perf_counter()
     made = replay_structures(model, config, own, fidelity=fidelity, batch_size=batch_size)
@@ -189,16 +189,17 @@ def build_replay(
     }
     save_torch({"key": key, "records": _to_payload(records)}, directory / "labels.pt")
     write_text(directory / "provenance.json", json.dumps(provenance, indent=2) + "\n")
-    _log(log, origin, provenance, f"cache miss, saved to {directory}")
+    _log(log, origin, provenance, f"cache miss, saved to {directory}", hit=False)
     return records
 
 
-def _log(log: Callable[[str], None] | None, origin: str, provenance: dict[str, Any], cache: str) -> None:
+def _log(log: Callable[[str], None] | None, origin: str, provenance: dict[str, Any], cache: str, hit: bool) -> None:
     if log is None:
         return
     counts = provenance["counts"]
     parts = " + ".join(f"{count} {source}" for source, count in counts.items())
+    when = " when built" if hit else ""
     log(
         f"replay ({origin}): {parts} = {sum(counts.values())} structures, labelled in "
-        f"{provenance['labelling_seconds']} s (peak RSS {provenance['peak_rss_mib']} MiB); {cache}"
+        f"{provenance['labelling_seconds']} s{when} (peak RSS {provenance['peak_rss_mib']} MiB); {cache}"
     )

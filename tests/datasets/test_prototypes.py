@@ -8,7 +8,14 @@ import pytest
 from ase.units import GPa
 
 from mfwrap.datasets import other_chemistries, prototypes, teachers
-from mfwrap.datasets.prototypes import MIN_BOND_RATIO, library, min_bond_ratio, part_of, prototype_structures
+from mfwrap.datasets.prototypes import (
+    MIN_BOND_RATIO,
+    equilibrate_volume,
+    library,
+    min_bond_ratio,
+    part_of,
+    prototype_structures,
+)
 
 
 def test_the_parts_split_the_library_by_label_whatever_the_seed():
@@ -43,6 +50,25 @@ def test_decorations_use_the_given_elements_and_keep_atoms_apart():
         site_classes = classes[atoms.info["prototype"]]
         pairs = set(zip(site_classes.tolist(), atoms.numbers.tolist()))
         assert len(pairs) == len(set(site_classes.tolist())) == len(set(atoms.numbers.tolist()))
+
+
+def test_volume_equilibration_reaches_zero_pressure_and_leaves_the_draws_alone():
+    made = prototype_structures(6, seed=2, part="replay", rattle=0.0, strain=0.0)
+    volumes = np.array([a.get_volume() for a in made])
+    targets = volumes * np.exp(np.linspace(-0.4, 0.4, 6))  # equilibrium volumes V0; B = 120 GPa
+    moduli = np.array([120.0] * 6)
+
+    def pressure(structures):  # P = B ln(V0 / V), GPa
+        return moduli * np.log(targets / np.array([a.get_volume() for a in structures]))
+
+    equilibrate_volume(made, pressure)
+    np.testing.assert_allclose([a.get_volume() for a in made], targets, rtol=1e-6)
+
+    plain = prototype_structures(6, seed=2, part="replay")
+    relaxed = prototype_structures(6, seed=2, part="replay", pressure=lambda s: np.full(len(s), 10.0))
+    for a, b in zip(plain, relaxed, strict=True):
+        assert a.info["prototype"] == b.info["prototype"] and np.array_equal(a.numbers, b.numbers)
+        assert b.get_volume() > a.get_volume()  # compressed (P > 0): expanded
 
 
 def test_bad_arguments_are_one_line_errors():
