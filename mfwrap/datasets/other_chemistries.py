@@ -3,7 +3,8 @@
 The structures are the ``"test"`` part of :mod:`mfwrap.datasets.prototypes` (AFLOW prototypes whose
 label hashes to the test half; the replay pool of :mod:`mfwrap.replay` draws only from the other half,
 so the two never share a prototype), decorated with :data:`ELEMENTS`: the prototypes module's
-``DEFAULT_ELEMENTS`` without LMFP's Li, Mn, Fe, P and O, so no structure here is an LMFP one.
+``DEFAULT_ELEMENTS`` without LMFP's Li, Mn, Fe, P and O, so no structure here is an LMFP one, and
+brought near the equilibrium volume of CHGNet 0.3.0 (the low teacher) before strain and rattle.
 
 Each structure is labelled by the two teachers of LMFP (:data:`mfwrap.datasets.lmfp_frames.TEACHERS`),
 with the same tasks: ``high`` = CHGNet r2SCAN (energy, forces, stress, magmoms), ``low`` = CHGNet 0.3.0
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import ase.io
+import numpy as np
 
 from mfwrap.data.readers import LabelledStructure
 from mfwrap.datasets.lmfp import _provenance, _sha256, read_lmfp
@@ -43,9 +45,15 @@ LMFP_ELEMENTS = (3, 8, 15, 25, 26)  # Li, O, P, Mn, Fe
 ELEMENTS: tuple[int, ...] = tuple(z for z in DEFAULT_ELEMENTS if z not in LMFP_ELEMENTS)
 
 
-def structures(n: int = 100, seed: int = 0) -> list[ase.Atoms]:
-    """The ``n`` unlabelled structures of the set (prototypes' "test" part, :data:`ELEMENTS`, ``seed``)."""
-    return prototype_structures(n, elements=ELEMENTS, seed=seed, part="test")
+def structures(n: int = 100, seed: int = 0, device: str = "cpu") -> list[ase.Atoms]:
+    """The ``n`` unlabelled structures of the set: prototypes' "test" part, :data:`ELEMENTS`, ``seed``,
+    brought near the low teacher's (CHGNet 0.3.0) equilibrium volume before strain and rattle."""
+    teacher = load_teacher(TEACHERS["low"], device)
+
+    def pressure(frames: list[ase.Atoms]) -> np.ndarray:
+        return np.array([-np.trace(p["s"]) / 3.0 for p in teacher(frames, "efs")])
+
+    return prototype_structures(n, elements=ELEMENTS, seed=seed, part="test", pressure=pressure)
 
 
 def dataset_dir(n: int = 100, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -59,7 +67,7 @@ def dataset_dir(n: int = 100, seed: int = 0, cache_dir: str | os.PathLike | None
 def build_other_chemistries(out: Path, n: int = 100, seed: int = 0, *, device: str = "cpu") -> Path:
     """Label the structures with both teachers into the directory ``out`` (created atomically)."""
     start = time.perf_counter()
-    frames = structures(n, seed)
+    frames = structures(n, seed, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

@@ -18,7 +18,10 @@ Wyckoff letters; 273 distinct labels, a few labels occur with different paramete
    misfit. A misfit, or a tightest contact below :data:`MIN_SPREAD` × its typical one (a prototype with
    short and long bonds, decorated with ill-fitting elements), is redrawn, up to :data:`DECORATION_TRIES`
    times, then that pick is skipped for the next prototype in the order.
-4. **Strain** the cell by (I + ε), ε symmetric with its 6 components uniform in [-strain, strain]
+4. **Equilibrate** (optional): given a model's ``pressure``, the rescaled structures are brought toward
+   zero pressure by a few isotropic secant steps (:func:`equilibrate_volume`), so that they sit near the
+   model's equilibrium volume rather than at the radii's guess.
+5. **Strain** the cell by (I + ε), ε symmetric with its 6 components uniform in [-strain, strain]
    (fractional coordinates kept), then **rattle** every position by N(0, rattle²) Å per component.
    If that brings a contact below :data:`MIN_BOND_RATIO` × (r_i + r_j), cell and positions are scaled up
    until the tightest contact is at that bound, so no structure made here has atoms closer than it.
@@ -40,6 +43,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from ase import Atoms
@@ -51,6 +55,8 @@ MIN_BOND_RATIO = 0.8  # no two atoms closer than this × the sum of their covale
 MIN_SPREAD = 0.9  # a decoration's tightest contact / its typical one (before strain and rattle), at least
 VOLUME_RANGE = (0.4, 2.5)  # volume per atom / mean elemental volume per atom, bounds
 DECORATION_TRIES = 4
+EQUILIBRATION_STEPS = 3  # pressure evaluations of equilibrate_volume
+MAX_SCALE_STEP = 0.1  # largest change of a cell length per equilibration step: exp(±0.1)
 
 _DEFAULT_SYMBOLS = (
     "Li Na K Mg Ca Sr Ba Sc Ti V Cr Mn Fe Co Ni Cu Zn Zr Nb Mo Ag B C N O F Al Si P S Cl Ge Se Sn Br"
@@ -157,6 +163,32 @@ def _elemental_volumes() -> np.ndarray:
     return volumes
 
 
+def equilibrate_volume(
+    structures: list[Atoms],
+    pressure: Callable[[list[Atoms]], np.ndarray],
+    steps: int = EQUILIBRATION_STEPS,
+    bulk_modulus: float = 50.0,
+) -> None:
+    """Scale each structure isotropically, in place, toward zero ``pressure`` (GPa, positive = compressed).
+
+    Step k: Δ ln V = clip(P / B, ±3 :data:`MAX_SCALE_STEP`), B the bulk modulus, ``bulk_modulus`` GPa at
+    first, then the secant -ΔP / Δ ln V of the last step (clipped to [5, 500] GPa); ``steps`` pressure
+    evaluations of all the structures at once.
+    """
+    moduli = np.full(len(structures), float(bulk_modulus))
+    current = np.asarray(pressure(structures), dtype=np.float64)
+    for step in range(steps):
+        change = np.clip(current / moduli, -3 * MAX_SCALE_STEP, 3 * MAX_SCALE_STEP)
+        for atoms, d in zip(structures, change):
+            _scaled(atoms, float(np.exp(d / 3)))
+        if step == steps - 1:
+            break
+        new = np.asarray(pressure(structures), dtype=np.float64)
+        moved = np.abs(change) > 1e-6
+        moduli[moved] = np.clip(-(new - current)[moved] / change[moved], 5.0, 500.0)
+        current = new
+
+
 def random_strain(rng: np.random.Generator, strain: float) -> np.ndarray:
     """I + ε, ε symmetric (3, 3) with its 6 independent components uniform in [-strain, strain]."""
     upper = np.triu(rng.uniform(-strain, strain, (3, 3)))
@@ -172,6 +204,7 @@ def prototype_structures(
     max_atoms: int = 24,
     rattle: float = 0.05,
     strain: float = 0.03,
+    pressure: Callable[[list[Atoms]], np.ndarray] | None = None,
 ) -> list[Atoms]:
     """``n`` decorated, rescaled, strained and rattled prototypes of one ``part`` (module docstring).
 
@@ -183,6 +216,9 @@ def prototype_structures(
         max_atoms: largest prototype cell used.
         rattle: σ of the Gaussian displacements, Å.
         strain: bound on each component of the symmetric strain ε.
+        pressure: a model's pressures (GPa, -tr σ / 3, positive = compressed) of a list of structures;
+            given, the decorated structures are brought toward zero pressure before strain and rattle
+            (:func:`equilibrate_volume`). The random draws do not depend on it.
 
     Returns:
         periodic ``ase.Atoms``, ``info``: "prototype" (AFLOW label), "part", "source" = "prototypes".
@@ -200,23 +236,28 @@ def prototype_structures(
     if n and not pool:
         raise ValueError(f"no prototype of part {part!r} has <= {max_atoms} atoms and <= {elements.size} species")
     rng = np.random.default_rng(seed)
-    structures: list[Atoms] = []
-    while len(structures) < n:
-        made = len(structures)
+    made: list[tuple[Atoms, np.ndarray, np.ndarray]] = []  # decorated structure, I + ε, unit Gaussian noise
+    while len(made) < n:
+        before = len(made)
         for pick in rng.permutation(len(pool)):
             atoms = _decorate(pool[pick], elements, rng)
             if atoms is None:
                 continue
-            atoms.set_cell(atoms.cell.array @ random_strain(rng, strain), scale_atoms=True)
-            atoms.positions = atoms.positions + rng.normal(0.0, rattle, atoms.positions.shape)
-            ratio = min_bond_ratio(atoms)
-            if ratio < MIN_BOND_RATIO:
-                _scaled(atoms, MIN_BOND_RATIO / ratio * (1.0 + 1e-9))
-            atoms.wrap()
             atoms.info.update(prototype=pool[pick].label, part=part, source="prototypes")
-            structures.append(atoms)
-            if len(structures) == n:
+            made.append((atoms, random_strain(rng, strain), rng.standard_normal(atoms.positions.shape)))
+            if len(made) == n:
                 break
-        if len(structures) == made:
+        if len(made) == before:
             raise ValueError(f"no prototype of part {part!r} takes the elements {elements.tolist()} (module docstring)")
+    if pressure is not None and made:
+        equilibrate_volume([atoms for atoms, _, _ in made], pressure)
+    structures = []
+    for atoms, deformation, noise in made:
+        atoms.set_cell(atoms.cell.array @ deformation, scale_atoms=True)
+        atoms.positions = atoms.positions + rattle * noise
+        ratio = min_bond_ratio(atoms)
+        if ratio < MIN_BOND_RATIO:
+            _scaled(atoms, MIN_BOND_RATIO / ratio * (1.0 + 1e-9))
+        atoms.wrap()
+        structures.append(atoms)
     return structures

@@ -8,7 +8,7 @@ Both are written atomically (:func:`mfwrap.files.write_atomic`).
 
 The key is the SHA-256 of everything the labels depend on: :data:`CACHE_VERSION` and mfwrap's version,
 the model's class and ``state_dict`` (every tensor's name, dtype, shape and bytes), the config (without
-``cache_dir``), the origin name and labelling fidelity, the user's structures (numbers, positions, cell,
+``cache_dir``), the origin name, labelling fidelity and targets, the user's structures (numbers, positions, cell,
 pbc) and the bytes of every file source. An entry is reused only when its stored key equals it exactly;
 any change (a fine-tuned weight, another seed, an edited file) labels anew.
 """
@@ -21,7 +21,7 @@ import json
 import resource
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -46,13 +46,21 @@ def model_sha256(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model: nn.Module, config: ReplayConfig, own: Sequence[Atoms], origin: str, fidelity: str | None) -> str:
+def cache_key(
+    model: nn.Module,
+    config: ReplayConfig,
+    own: Sequence[Atoms],
+    origin: str,
+    fidelity: str | None,
+    targets: Collection[str] | None = None,
+) -> str:
     """The SHA-256 naming a replay set (module docstring)."""
     from mfwrap import __version__
 
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "cache_dir"}
     files = {s: hashlib.sha256(Path(s).read_bytes()).hexdigest() for s in config.sources if s not in SOURCE_WORDS}
     head = dict(version=CACHE_VERSION, mfwrap=__version__, config=settings, origin=origin, fidelity=fidelity)
+    head["targets"] = None if targets is None else sorted(targets)
     digest = hashlib.sha256(json.dumps({**head, "files": files}, sort_keys=True).encode())
     digest.update(model_sha256(model).encode())
     for atoms in own:
@@ -121,6 +129,7 @@ def build_replay(
     origin: str,
     fidelity: str | None = None,
     batch_size: int = 8,
+    targets: Collection[str] | None = None,
     log: Callable[[str], None] | None = print,
 ) -> list[LabelledStructure]:
     """The replay set of ``config`` labelled by the frozen ``model`` as fidelity ``origin``, from the cache
@@ -133,6 +142,7 @@ def build_replay(
         origin: the fidelity name the records carry.
         fidelity: the model's fidelity that labels (None for a single-fidelity model).
         batch_size: structures per forward pass while labelling.
+        targets: the labels to keep (None: all the model predicts; see :func:`mfwrap.replay.pseudo_label`).
         log: called with one line: structures per source, labelling seconds, peak memory, cache hit or miss.
 
     Returns:
@@ -143,18 +153,23 @@ def build_replay(
             element the model does not know (naming the elements and the source).
     """
     own = [as_atoms(s) for s in own_structures]
-    key = cache_key(model, config, own, origin, fidelity)
+    key = cache_key(model, config, own, origin, fidelity, targets)
     directory = replay_dir(config, key)
     cached = read_cached(directory, key)
     if cached is not None:
         provenance = json.loads((directory / "provenance.json").read_text())
-        _log(log, origin, provenance, f"cache hit ({directory})")
+        _log(log, origin, provenance, f"cache hit, read from {directory}", hit=True)
         return cached
     start = time.perf_counter()
-    made = replay_structures(model, config, own)
+    made = replay_structures(model, config, own, fidelity=fidelity, batch_size=batch_size)
     structured = time.perf_counter()
     records = pseudo_label(
-        model, [a for s in made.values() for a in s], fidelity=fidelity, name=origin, batch_size=batch_size
+        model,
+        [a for s in made.values() for a in s],
+        fidelity=fidelity,
+        name=origin,
+        batch_size=batch_size,
+        targets=targets,
     )
     from mfwrap import __version__
 
@@ -164,6 +179,7 @@ def build_replay(
         "model": type(model).__name__,
         "origin": origin,
         "fidelity": fidelity,
+        "targets": None if targets is None else sorted(targets),
         "config": dataclasses.asdict(config),
         "counts": {source: len(structures) for source, structures in made.items()},
         "structure_seconds": round(structured - start, 2),
@@ -173,16 +189,17 @@ def build_replay(
     }
     save_torch({"key": key, "records": _to_payload(records)}, directory / "labels.pt")
     write_text(directory / "provenance.json", json.dumps(provenance, indent=2) + "\n")
-    _log(log, origin, provenance, f"cache miss, saved to {directory}")
+    _log(log, origin, provenance, f"cache miss, saved to {directory}", hit=False)
     return records
 
 
-def _log(log: Callable[[str], None] | None, origin: str, provenance: dict[str, Any], cache: str) -> None:
+def _log(log: Callable[[str], None] | None, origin: str, provenance: dict[str, Any], cache: str, hit: bool) -> None:
     if log is None:
         return
     counts = provenance["counts"]
     parts = " + ".join(f"{count} {source}" for source, count in counts.items())
+    when = " when built" if hit else ""
     log(
         f"replay ({origin}): {parts} = {sum(counts.values())} structures, labelled in "
-        f"{provenance['labelling_seconds']} s (peak RSS {provenance['peak_rss_mib']} MiB); {cache}"
+        f"{provenance['labelling_seconds']} s{when} (peak RSS {provenance['peak_rss_mib']} MiB); {cache}"
     )

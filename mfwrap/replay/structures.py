@@ -8,7 +8,8 @@ Sources (:class:`ReplayConfig`, ``sources``), each deterministic under ``seed``:
   [-strain, strain]), every position displaced by N(0, rattle²) Å per component.
 - ``prototypes``: :func:`mfwrap.datasets.prototypes.prototype_structures` of the ``"replay"`` part
   (never a prototype of the out-of-domain test set), decorated with the union of the user's elements and
-  ``DEFAULT_ELEMENTS``, restricted to the elements the model knows (:func:`known_elements`).
+  ``DEFAULT_ELEMENTS``, restricted to the elements the model knows (:func:`known_elements`), brought
+  near the labelling model's equilibrium volume before strain and rattle.
 - a path: the structures of any file :func:`mfwrap.data.readers.read_structures` reads, as they are
   (labels in the file are ignored); min(share, frames) of them, drawn without replacement.
 
@@ -24,7 +25,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -33,6 +34,7 @@ from torch import nn
 
 from mfwrap.data.readers import LabelledStructure, read_structures
 from mfwrap.datasets.prototypes import DEFAULT_ELEMENTS, prototype_structures, random_strain
+from mfwrap.predict import predict
 
 SOURCE_WORDS = ("own", "prototypes")
 SUPERCELL_BELOW = 16  # own cells with fewer atoms are doubled along their shortest cell vector
@@ -182,9 +184,29 @@ def file_structures(path: str, count: int, rng: np.random.Generator) -> list[Ato
     return structures
 
 
-def replay_structures(model: nn.Module, config: ReplayConfig, own: Sequence[Any] = ()) -> dict[str, list[Atoms]]:
+def model_pressure(
+    model: nn.Module, fidelity: str | None = None, batch_size: int = 8
+) -> Callable[[list[Atoms]], np.ndarray]:
+    """``structures -> pressures`` (GPa, -tr σ / 3, positive = compressed) of ``model`` at ``fidelity``."""
+
+    def pressure(structures: list[Atoms]) -> np.ndarray:
+        out = predict(model, structures, fidelity, batch_size, forces=False)
+        return np.array([-np.trace(o["stress"]) / 3.0 for o in out])
+
+    return pressure
+
+
+def replay_structures(
+    model: nn.Module,
+    config: ReplayConfig,
+    own: Sequence[Any] = (),
+    *,
+    fidelity: str | None = None,
+    batch_size: int = 8,
+) -> dict[str, list[Atoms]]:
     """The replay structures of every source of ``config``, checked against :func:`known_elements`
-    of ``model``; ``own``: the user's structures (ase.Atoms or LabelledStructure)."""
+    of ``model``; ``own``: the user's structures (ase.Atoms or LabelledStructure). Prototypes are
+    brought near the equilibrium volume of ``model`` at ``fidelity`` (:func:`model_pressure`)."""
     own = [as_atoms(s) for s in own]
     known = known_elements(model)
     made = {}
@@ -197,7 +219,13 @@ def replay_structures(model: nn.Module, config: ReplayConfig, own: Sequence[Any]
             elements = sorted(elements if known is None else elements & known)
             seed = int(rng.integers(2**31))
             structures = prototype_structures(
-                count, elements=elements, seed=seed, part="replay", rattle=config.rattle, strain=config.strain
+                count,
+                elements=elements,
+                seed=seed,
+                part="replay",
+                rattle=config.rattle,
+                strain=config.strain,
+                pressure=model_pressure(model, fidelity, batch_size),
             )
         else:
             structures = file_structures(source, count, rng)
