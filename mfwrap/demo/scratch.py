@@ -1,6 +1,6 @@
-"""``make demo``: multi-fidelity vs single-fidelity CHGNet on the small LMFP set, on a CPU.
-
-The point of the project in a few minutes. The small two-fidelity LMFP dataset
+"""``python -m mfwrap.demo --scratch``: multi-fidelity vs single-fidelity CHGNet from scratch on the small
+LMFP set, on a CPU (the seed paper's question; ``make demo`` runs :mod:`mfwrap.demo.foundation`).
+ The small two-fidelity LMFP dataset
 (:mod:`mfwrap.datasets.lmfp`; ships prebuilt with the package) has 100 high-fidelity training
 frames (CHGNet r2SCAN labels: energy, forces, stress, magmoms), 300 low-fidelity frames (CHGNet
 0.3.0 labels: energy, forces, stress, no magmoms) on other structures, and 50 high-fidelity test
@@ -22,7 +22,8 @@ test errors side by side and saves a parity plot (PNG). The
 budget is a few minutes, so absolute errors are far from converged; ``mfwrap bench`` runs the
 seed paper's experiments.
 
-    python -m mfwrap.demo [--epochs 2] [--protocol equal-compute|paper] [--high-share 0.5] [--out runs/demo] [--jobs 2]
+    python -m mfwrap.demo --scratch [--epochs 2] [--protocol equal-compute|paper] [--high-share 0.5]
+        [--out runs/demo] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -146,7 +147,11 @@ def _train(method: str, args: argparse.Namespace, threads: int) -> tuple[dict, f
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m mfwrap.demo --scratch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--epochs", type=int, default=2, help="training epochs of each model (default 2)")
     parser.add_argument(
         "--protocol",
@@ -261,7 +266,3 @@ def main(argv: list[str] | None = None) -> dict:
     write_text(args.out / "demo.json", json.dumps(summary, indent=1))
     print(f"\nparity plot: {plot}\nsummary: {args.out / 'demo.json'}  (total {summary['total_seconds']:.0f} s)")
     return summary
-
-
-if __name__ == "__main__":
-    main()
