@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -62,6 +64,27 @@ class FidelityEmbedding(nn.Module):
         scale = float(torch.cat(weights).std()) if weights and sum(w.numel() for w in weights) > 1 else 1.0
         with torch.no_grad():
             self.fidelity_vectors.normal_(0.0, scale)
+
+    def folded(self, fidelity: int) -> nn.Module:
+        """A copy of the wrapped embedding whose output is ``X_Z + X_f`` for fidelity index ``fidelity``,
+        with no fidelity term: X_f is added to every row of its table (an ``nn.Embedding``, or the one
+        ``nn.Embedding`` inside it whose rows it returns, e.g. CHGNet's ``AtomEmbedding``) or to its bias
+        (an ``nn.Linear``). ValueError for a module that has neither, which cannot carry X_f itself."""
+        module = copy.deepcopy(self.embedding)
+        inner = [m for m in module.modules() if isinstance(m, nn.Embedding)]
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            target = module.bias
+        elif len(inner) == 1 and inner[0].embedding_dim == self.features:
+            target = inner[0].weight
+        else:
+            raise ValueError(
+                f"cannot fold the fidelity embedding X_f into {self.name} ({type(module).__name__}): it is neither an "
+                "element table (nn.Embedding) nor an nn.Linear with a bias, so the plain model has no place for X_f"
+            )
+        term = spread_columns(self.fidelity_vectors[fidelity].detach(), self.channels, self.features)
+        with torch.no_grad():
+            target.add_(term.to(target))
+        return module
 
     def add_fidelity(self, like: int) -> None:
         """Append a vector for a new fidelity, equal to the vector of fidelity ``like``."""
