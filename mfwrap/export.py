@@ -45,7 +45,9 @@ def export_fidelity(model: MultiFidelity, fidelity: str) -> nn.Module:
     """
     if not isinstance(model, MultiFidelity):
         kind = "a Δ model (a base and a correction, two networks)" if hasattr(model, "delta") else type(model).__name__
-        raise ValueError(f"only a multi-fidelity model (mfwrap.MultiFidelity) has a fidelity to export; this is {kind}")
+        raise ValueError(
+            f"cannot export {kind}: only an mfwrap.MultiFidelity model has fidelities to fold into its plain backbone"
+        )
     index = resolve_fidelity(model, fidelity)
     if model.composition is not None:
         raise ValueError(

@@ -96,7 +96,7 @@ def test_unknown_fidelities_and_delta_models_are_clear_errors():
     with pytest.raises(ValueError, match=r"unknown fidelity 'scan' \(known: \['pbe', 'r2scan'\]\)"):
         model.export("scan")
     delta = DeltaModel(small_backbone("chgnet"), small_backbone("chgnet"))
-    with pytest.raises(ValueError, match="this is a Δ model"):
+    with pytest.raises(ValueError, match="cannot export a Δ model"):
         export_fidelity(delta, "r2scan")
 
 
