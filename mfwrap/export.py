@@ -4,8 +4,9 @@ The wrapped model at fidelity f is the backbone with the surgery's modules in pl
 of them, at a fixed f, is a plain module with the fidelity's parameters folded in (each mechanism's
 ``folded``: E adds X_f to the element table or bias, M adds the one-hot column W_F[:, f] to the
 bias, R takes copy f or shared + residual_f, C writes row f into the backbone's own composition
-module). :func:`export_fidelity` puts those in the places the surgery report names, so the result
-is the backbone's own architecture (``describe_model`` / ``save_model`` work as for any backbone)
+module). :func:`export_fidelity` puts those in the places the surgery report names, and loads the
+result into a new instance of the backbone's class built from its ``config``, so the result is the
+backbone's own architecture (``describe_model`` / ``save_model`` work as for any backbone)
 and runs without a fidelity anywhere; its outputs (energy, forces, stress, magmoms) equal the
 wrapped model's at f, which the export checks on the probe structures.
 
@@ -19,6 +20,7 @@ cannot give the fidelity's energies.
 from __future__ import annotations
 
 import copy
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -26,8 +28,7 @@ from torch_geometric.data import Batch
 
 from mfwrap.data import keys as K
 from mfwrap.data.graph import to_graph
-from mfwrap.fidelity import resolve_fidelity
-from mfwrap.model_file import build_model, describe_model
+from mfwrap.fidelity import FidelityContext, resolve_fidelity
 from mfwrap.multifidelity import MultiFidelity
 from mfwrap.probe import probe_elements, probe_structures
 
@@ -56,16 +57,18 @@ def export_fidelity(model: MultiFidelity, fidelity: str) -> nn.Module:
             "cannot be exported as a plain model (wrap a backbone with a composition module, or train without C)"
         )
     parameter = next(model.parameters())
-    try:  # the backbone's own class and modules, in the wrapped model's dtype and device
-        fresh = build_model(describe_model(model.backbone)).to(device=parameter.device, dtype=parameter.dtype)
-    except TypeError:
-        fresh = None  # a backbone without config: the folded copy itself is the result
+    fresh = _rebuilt(model.backbone)  # the backbone's own class and modules, in the wrapped model's dtype and device
+    if fresh is not None:
+        fresh.to(device=parameter.device, dtype=parameter.dtype)
     folded = copy.deepcopy(model.backbone)
     for letter, path, type_name, _ in model.surgery.places:
         module = folded.get_submodule(path)
         fold = getattr(module, "folded", None)
         if fold is None:
-            raise ValueError(f"cannot export: the module at {path} ({type_name}, mechanism {letter}) has no `folded`")
+            raise ValueError(
+                f"cannot export: {path} (mechanism {letter}'s place, a {type_name} before the surgery) holds a "
+                f"module of type {type(module).__name__}, which has no `folded` to make it a plain module"
+            )
         if letter == "C":
             if fresh is None:
                 raise ValueError(
@@ -75,7 +78,7 @@ def export_fidelity(model: MultiFidelity, fidelity: str) -> nn.Module:
             folded.set_submodule(path, fold(index, fresh.get_submodule(path)))
         else:
             folded.set_submodule(path, fold(index))
-    left = [name for name, m in folded.named_modules() if getattr(m, "context", None) is model.context]
+    left = [name for name, m in folded.named_modules() if isinstance(getattr(m, "context", None), FidelityContext)]
     if left:
         raise ValueError(f"cannot export: fidelity modules outside the surgery's places remain at {left[:5]}")
     exported = folded
@@ -87,6 +90,20 @@ def export_fidelity(model: MultiFidelity, fidelity: str) -> nn.Module:
         exported.trained_elements = record
     _check_equal(model, exported, index)
     return exported.eval()
+
+
+def _rebuilt(module: nn.Module) -> nn.Module | None:
+    """A new instance of ``module``'s class from its ``config`` (constructor arguments; modules in it rebuilt
+    the same way, or copied), as :func:`mfwrap.model_file.build_model` builds a file's; None without one."""
+    config = getattr(module, "config", None)
+    if not isinstance(config, Mapping):
+        return None
+    arguments = dict(config)
+    for key, value in config.items():
+        if isinstance(value, nn.Module):
+            rebuilt = _rebuilt(value)
+            arguments[key] = copy.deepcopy(value) if rebuilt is None else rebuilt
+    return type(module)(**arguments)
 
 
 def _check_equal(model: MultiFidelity, exported: nn.Module, index: int) -> None:

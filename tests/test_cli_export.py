@@ -70,3 +70,14 @@ def test_a_delta_model_is_refused(tmp_path):
     save_model(DeltaModel(small_backbone("chgnet"), small_backbone("chgnet")), path)
     message = refusal(["export", str(path), "--output", str(tmp_path / "out.pt")])
     assert "cannot export a Δ model" in message
+
+
+def test_a_plain_model_file_is_written_as_it_is_in_another_format(tmp_path, capsys):
+    path, out = tmp_path / "plain.pt", tmp_path / "plain.pth.tar"
+    save_model(small_backbone("chgnet"), path, fidelity_names=["pbe", "r2scan"], target_fidelity="r2scan")
+    assert main(["export", str(path), "--output", str(out), "--format", "chgnet"]) == 0
+    assert "exported fidelity 'r2scan'" in capsys.readouterr().out
+    assert set(torch.load(out, weights_only=True)["model"]) == {"model_args", "state_dict"}
+    assert "single-fidelity model of fidelity 'r2scan'" in refusal(
+        ["export", str(path), "--fidelity", "pbe", "--output", str(tmp_path / "pbe.pt")]
+    )

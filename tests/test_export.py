@@ -91,6 +91,13 @@ def test_a_fidelity_term_with_no_home_in_the_plain_model_is_a_clear_error():
         added.export("r2scan")
 
 
+def test_a_place_holding_a_module_of_unknown_kind_is_a_clear_error():
+    model = mfwrap.MultiFidelity(small_backbone("chgnet"), FIDELITIES, "ER")
+    model.backbone.readout = torch.nn.Identity()  # what the surgery put there is gone
+    with pytest.raises(ValueError, match="readout .* holds a module of type Identity, which has no `folded`"):
+        model.export("pbe")
+
+
 def test_unknown_fidelities_and_delta_models_are_clear_errors():
     model = mfwrap.MultiFidelity(small_backbone("chgnet"), FIDELITIES, "ECMR")
     with pytest.raises(ValueError, match=r"unknown fidelity 'scan' \(known: \['pbe', 'r2scan'\]\)"):
