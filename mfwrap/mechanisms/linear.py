@@ -139,14 +139,15 @@ class FidelityLinear(nn.Module):
 
     def folded(self, fidelity: int) -> nn.Module:
         """A copy of the wrapped layer computing ``W a + (b + W_F[:, f])`` for fidelity index ``fidelity``:
-        the one-hot column in its bias (``bias_path``; an e3nn-style layer whose term is restricted to its
-        ``0e`` columns: its bias over those columns, when it has one per column). ValueError for a layer
-        without a bias, which cannot carry the column."""
+        the one-hot column in its bias (``bias_path``; else a parameter ``bias`` with one entry per column of
+        the term, as an e3nn linear's, which spans its ``0e`` columns in order: the ``channels`` of a term
+        restricted to them, or all columns of a pure ``0e`` output). ValueError for a layer without a bias,
+        which cannot carry the column."""
         module = copy.deepcopy(self.linear)
         path = self.bias_path
-        if path is None and self.channels is not None:
+        if path is None:  # e.g. an e3nn linear, whose bias spans exactly its 0e outputs
             bias = getattr(module, "bias", None)
-            path = "bias" if isinstance(bias, Tensor) and bias.numel() == len(self.channels) else None
+            path = "bias" if isinstance(bias, Tensor) and bias.numel() == self.fidelity_weight.shape[0] else None
         if path is None:
             raise ValueError(
                 f"cannot fold the one-hot fidelity column W_F[:, f] of {self.name} ({type(module).__name__}) into "
