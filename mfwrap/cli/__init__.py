@@ -3,7 +3,7 @@
     mfwrap train CONFIG.yaml [--resume | --overwrite] [--output-dir DIR]
     mfwrap evaluate CHECKPOINT DATA --fidelity NAME [--energy-key KEY ...] [--json OUT]
     mfwrap predict CHECKPOINT STRUCTURES [--fidelity NAME] [--output OUT.extxyz [--prefix P] [--overwrite]]
-    mfwrap export CHECKPOINT --fidelity NAME --output OUT.pt [--format mfwrap|chgnet] [--overwrite]
+    mfwrap export CHECKPOINT --fidelity NAME --output OUT.pt [--format mfwrap|chgnet|sevenn] [--overwrite]
     mfwrap bench EXPERIMENT|all --level quick|medium|full [--seeds 0 1 2] [--jobs 2]
     mfwrap bench report [--root runs/suite] [--out benchmarks/results/suite] [--level L] [--force]
 

@@ -51,7 +51,8 @@ def add_export_parser(commands: Any) -> None:
         "--format",
         default="mfwrap",
         help="mfwrap (default: a file mfwrap.load, predict and evaluate read) or a format the backbone writes, "
-        "e.g. chgnet (native CHGNet: a file chgnet.model.CHGNet.from_file loads)",
+        "e.g. chgnet (native CHGNet: a file chgnet.model.CHGNet.from_file loads), sevenn (SevenNet: a checkpoint "
+        "SevenNetCalculator loads)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     export.set_defaults(func=cmd_export)
