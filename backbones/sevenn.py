@@ -50,6 +50,9 @@ when ``use_modal_wise_shift``.
 squares (:func:`mfwrap.mechanisms.composition_fit.fit_linear_composition`), so that the trainer references a
 bare SevenNet's energies per element as it does every other backbone's.
 
+:meth:`SevenNet.save_sevenn` writes the model back as a sevenn checkpoint (``mfwrap export --format
+sevenn``), which sevenn's ``SevenNetCalculator`` loads.
+
 ``sevenn`` is imported only inside functions of this module.
 """
 
@@ -195,6 +198,8 @@ class SevenNet(nn.Module):
         "linear_types": {"Linear": None},  # e3nn.o3.Linear; no bias path (a bias spans only its 0e outputs)
     }
     multi_modal = False  # whether the sevenn model reads a modality per structure (MultiModalSevenNet)
+    # Files this model writes besides mfwrap's: format name -> method(path) (``mfwrap export --format``).
+    export_formats = {"sevenn": "save_sevenn"}
 
     def __init__(self, pretrained: str | None = None, **sevenn_config: Any) -> None:
         super().__init__()
@@ -304,6 +309,27 @@ class SevenNet(nn.Module):
             data = self._modules[name](data)
         per_atom = data[KEY.ATOMIC_ENERGY].reshape(-1)
         return {K.ENERGY: scatter_sum_float64(per_atom, structure, batch[K.CELL].shape[0])}
+
+    def save_sevenn(self, path: Any) -> None:
+        """Write this model as a sevenn checkpoint (``{"config", "model_state_dict"}``, the complete sevenn
+        model config with sevenn's version), which ``sevenn.util.load_checkpoint`` and
+        ``SevenNetCalculator(model=path)`` load; atomically. The adapted modules keep sevenn's names, so the
+        state dict is the network's own. ValueError for an adapter made without a config (``from_sevenn``
+        of a bare model), whose architecture sevenn could not rebuild."""
+        import sevenn
+        from sevenn.util import load_checkpoint
+
+        from mfwrap.files import save_torch
+
+        if self.config is None:
+            raise ValueError(
+                "this SevenNet was adapted from a sevenn model without its config, so sevenn could not rebuild it; "
+                "adapt a SevenNetCheckpoint or pass config= to SevenNet.from_sevenn"
+            )
+        pretrained = self.config.get("pretrained")
+        config = dict(load_checkpoint(pretrained).config) if pretrained else copy.deepcopy(self.config)
+        state = {key: value.detach().cpu() for key, value in self.state_dict().items()}
+        save_torch({"config": {**config, "version": sevenn.__version__}, "model_state_dict": state}, path)
 
     def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6, residual: bool = False) -> None:
         r"""Fit the per-species shift μ_Z (eV/atom) of the energy rescaling ``E_i = σ y_i + μ_{Z_i}``

@@ -215,6 +215,12 @@ class MultiFidelity(nn.Module):
 
         return CompiledMultiFidelity(self, **options)
 
+    def export(self, fidelity: str) -> nn.Module:
+        """The plain backbone with fidelity ``fidelity`` folded in (:func:`mfwrap.export.export_fidelity`)."""
+        from mfwrap.export import export_fidelity  # export.py imports this module
+
+        return export_fidelity(self, fidelity)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the model (architecture and weights) to ``path`` atomically (:mod:`mfwrap.model_file`)."""
         save_model(self, path, architecture=describe_model(self))

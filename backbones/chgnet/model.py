@@ -101,6 +101,8 @@ class CHGNet(nn.Module):
         "heads": ["magmom_head"],
         "linear_types": {"FactorisedLinear": "blocks.0.bias"},
     }
+    # Files this model writes besides mfwrap's: format name -> method(path) (``mfwrap export --format``).
+    export_formats = {"chgnet": "save_official"}
 
     def __init__(
         self,
@@ -192,6 +194,14 @@ class CHGNet(nn.Module):
         from backbones.chgnet.pretrained import load_pretrained
 
         return load_pretrained(cls, version)
+
+    def save_official(self, path) -> None:
+        """Write this model as an official CHGNet checkpoint, which ``chgnet.model.CHGNet.from_file(path)``
+        loads (:func:`backbones.chgnet.pretrained.save_official`); ValueError for an architecture that
+        official CHGNet cannot build."""
+        from backbones.chgnet.pretrained import save_official
+
+        save_official(self, path)
 
     def compiled(self, **options) -> nn.Module:
         """This model with its network under ``torch.compile`` (:mod:`backbones.chgnet.compiled`)."""

@@ -3,6 +3,7 @@
     mfwrap train CONFIG.yaml [--resume | --overwrite] [--output-dir DIR]
     mfwrap evaluate CHECKPOINT DATA --fidelity NAME [--energy-key KEY ...] [--json OUT]
     mfwrap predict CHECKPOINT STRUCTURES [--fidelity NAME] [--output OUT.extxyz [--prefix P] [--overwrite]]
+    mfwrap export CHECKPOINT --fidelity NAME --output OUT.pt [--format mfwrap|chgnet|sevenn] [--overwrite]
     mfwrap bench EXPERIMENT|all --level quick|medium|full [--seeds 0 1 2] [--jobs 2]
     mfwrap bench report [--root runs/suite] [--out benchmarks/results/suite] [--level L] [--force]
 
@@ -16,6 +17,7 @@ import os
 from typing import Sequence
 
 from mfwrap.cli.bench import add_bench_parser, cmd_bench
+from mfwrap.cli.export import add_export_parser
 from mfwrap.cli.inference import (
     _check_output,
     _device,
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_parser(commands)
     add_inference_parsers(commands)
+    add_export_parser(commands)
     add_bench_parser(commands)
     return parser
 

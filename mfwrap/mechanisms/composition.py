@@ -9,6 +9,8 @@ in and out of either. The least-squares fit is :mod:`mfwrap.mechanisms.compositi
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -95,6 +97,14 @@ class FidelityComposition(nn.Module):
             return per_atom.view(-1, *self.shape)
         total = scatter_sum_float64(per_atom, structure_index(batch), batch[K.CELL].shape[0])  # float64 accumulation
         return total.view(-1, *self.shape)
+
+    def folded(self, fidelity: int, like: nn.Module) -> nn.Module:
+        """A copy of ``like``, a composition module of the backbone's own layout (the module this one
+        replaced, freshly built), holding row ``fidelity`` of the element energies (eV/atom): the plain
+        backbone's composition model at that fidelity."""
+        module = copy.deepcopy(like)
+        write_element_energies(module, self.element_energies[fidelity].detach().double().cpu())
+        return module
 
     def add_fidelity(self, like: int) -> None:
         """Append weights for a new fidelity, equal to those of fidelity ``like``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -62,6 +64,29 @@ class FidelityEmbedding(nn.Module):
         scale = float(torch.cat(weights).std()) if weights and sum(w.numel() for w in weights) > 1 else 1.0
         with torch.no_grad():
             self.fidelity_vectors.normal_(0.0, scale)
+
+    def folded(self, fidelity: int) -> nn.Module:
+        """A copy of the wrapped embedding whose output is ``X_Z + X_f`` for fidelity index ``fidelity``,
+        with no fidelity term: X_f is added to its bias (a parameter ``bias`` with one entry per column of
+        X_f: an ``nn.Linear``'s, or an e3nn linear's, which spans its ``0e`` columns in order) or to every
+        row of its table (an ``nn.Embedding``, or the one ``nn.Embedding`` inside it whose rows it returns,
+        e.g. CHGNet's ``AtomEmbedding``). ValueError for a module that has neither, which cannot carry X_f."""
+        module = copy.deepcopy(self.embedding)
+        vector = self.fidelity_vectors[fidelity].detach()
+        inner = [m for m in module.modules() if isinstance(m, nn.Embedding)]
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, Tensor) and bias.numel() == vector.numel():  # one entry per column of X_f
+            target, term = bias, vector.view_as(bias)
+        elif len(inner) == 1 and inner[0].embedding_dim == self.features:
+            target, term = inner[0].weight, spread_columns(vector, self.channels, self.features)
+        else:
+            raise ValueError(
+                f"cannot fold the fidelity embedding X_f into {self.name} ({type(module).__name__}): it is neither an "
+                "element table (nn.Embedding) nor a layer with a bias, so the plain model has no place for X_f"
+            )
+        with torch.no_grad():
+            target.add_(term.to(target))
+        return module
 
     def add_fidelity(self, like: int) -> None:
         """Append a vector for a new fidelity, equal to the vector of fidelity ``like``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from functools import reduce
 
 import torch
@@ -135,6 +136,27 @@ class FidelityLinear(nn.Module):
             else:
                 weights = torch.cat([p.detach().flatten() for p in self.linear.parameters()])
                 self.fidelity_weight.normal_(0.0, float(weights.std()) if weights.numel() > 1 else 1.0)
+
+    def folded(self, fidelity: int) -> nn.Module:
+        """A copy of the wrapped layer computing ``W a + (b + W_F[:, f])`` for fidelity index ``fidelity``:
+        the one-hot column in its bias (``bias_path``; else a parameter ``bias`` with one entry per column of
+        the term, as an e3nn linear's, which spans its ``0e`` columns in order: the ``channels`` of a term
+        restricted to them, or all columns of a pure ``0e`` output). ValueError for a layer without a bias,
+        which cannot carry the column."""
+        module = copy.deepcopy(self.linear)
+        path = self.bias_path
+        if path is None:  # e.g. an e3nn linear, whose bias spans exactly its 0e outputs
+            bias = getattr(module, "bias", None)
+            path = "bias" if isinstance(bias, Tensor) and bias.numel() == self.fidelity_weight.shape[0] else None
+        if path is None:
+            raise ValueError(
+                f"cannot fold the one-hot fidelity column W_F[:, f] of {self.name} ({type(module).__name__}) into "
+                "the plain model: the layer has no bias to hold it"
+            )
+        bias = reduce(getattr, path.split("."), module)
+        with torch.no_grad():
+            bias.add_(self.fidelity_weight[:, fidelity].detach().to(bias).view_as(bias))
+        return module
 
     def add_fidelity(self, like: int) -> None:
         """Append a column for a new fidelity, equal to the column of fidelity ``like``."""

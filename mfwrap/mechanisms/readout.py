@@ -88,6 +88,10 @@ class FidelityReadout(_RoutedReadout):
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
 
+    def folded(self, fidelity: int) -> nn.Module:
+        """A copy of the readout of fidelity index ``fidelity`` (copy f), a plain module."""
+        return copy.deepcopy(self.copies[fidelity])
+
     def add_fidelity(self, like: int) -> None:
         """Append a copy for a new fidelity, equal to the copy of fidelity ``like``."""
         self.copies.append(self._copy(self.copies[like]))
@@ -138,6 +142,14 @@ class ResidualFidelityReadout(_RoutedReadout):
     def draw_at_random(self) -> None:
         """Nothing to draw: a residual readout built from scratch also starts with zero residuals
         (the shared readout is the backbone's, drawn or pretrained)."""
+
+    def folded(self, fidelity: int) -> nn.Module:
+        """A copy of the shared readout with parameters θ + δ_f for fidelity index ``fidelity``, a plain module."""
+        module = copy.deepcopy(self.shared)
+        with torch.no_grad():
+            for p, d in zip(module.parameters(), self.residuals[fidelity]):
+                p.add_(d)
+        return module
 
     def add_fidelity(self, like: int) -> None:
         """Append a residual for a new fidelity, equal to fidelity ``like``'s."""
