@@ -331,6 +331,32 @@ class SevenNet(nn.Module):
         state = {key: value.detach().cpu() for key, value in self.state_dict().items()}
         save_torch({"config": {**config, "version": sevenn.__version__}, "model_state_dict": state}, path)
 
+    def _species_shift(self) -> tuple[Tensor, Tensor]:
+        """(the shift μ of the energy rescaling, [m,] species-wise; Z of each species); ValueError for one
+        scalar shift, which cannot hold per-element energies."""
+        shift = next(m for m in self.children() if type(m).__name__.endswith("Rescale")).shift
+        if shift.shape[-1] != self.num_species:
+            raise ValueError(
+                "this SevenNet has one scalar energy shift, not one per element; build it with "
+                f"shift=[0.0] * {self.num_species} (species-wise) to hold per-element energies"
+            )
+        numbers = torch.full((self.num_species,), -1, dtype=torch.long)
+        numbers[self.species_index[self.species_index >= 0]] = (self.species_index >= 0).nonzero().flatten()
+        return shift, numbers
+
+    def add_element_energies(self, energies: Tensor) -> None:
+        """Add per-element energies (eV/atom, index Z) to the species-wise shift μ_Z of the energy rescaling
+        ``E_i = σ y_i + μ_{Z_i}``, in place: where an exported fidelity's element energies of mechanism C go
+        (:func:`mfwrap.export.export_fidelity`). ValueError for a scalar or modal-wise shift."""
+        shift, numbers = self._species_shift()
+        if shift.dim() != 1:
+            raise ValueError("this SevenNet's shift is one table per modality; add element energies to one of them")
+        table = torch.zeros(len(self.species_index), dtype=torch.float64)
+        count = min(len(table), len(energies))
+        table[:count] = energies[:count].detach().double().cpu()
+        with torch.no_grad():
+            shift.add_(table[numbers].to(shift))
+
     def fit_composition(self, graphs: Sequence[Data], ridge: float = 1e-6, residual: bool = False) -> None:
         r"""Fit the per-species shift μ_Z (eV/atom) of the energy rescaling ``E_i = σ y_i + μ_{Z_i}``
         by least squares on the energy labels of ``graphs``
@@ -343,15 +369,7 @@ class SevenNet(nn.Module):
         (:mod:`mfwrap.mechanisms.composition_fit`); a modality without energy labels keeps its μ."""
         from mfwrap.mechanisms.composition_fit import fit_linear_composition, residuals
 
-        rescale = next(m for m in self.children() if type(m).__name__.endswith("Rescale"))
-        shift = rescale.shift
-        if shift.shape[-1] != self.num_species:
-            raise ValueError(
-                "this SevenNet has one scalar energy shift, not one per element; build it with "
-                f"shift=[0.0] * {self.num_species} (species-wise) to fit per-element energies"
-            )
-        numbers = torch.full((self.num_species,), -1, dtype=torch.long)
-        numbers[self.species_index[self.species_index >= 0]] = (self.species_index >= 0).nonzero().flatten()
+        shift, numbers = self._species_shift()
         width = len(self.species_index)
         table = torch.zeros(*shift.shape[:-1], width, dtype=torch.float64)
         table[..., numbers] = shift.detach().double().cpu()  # [m,] Z -> μ

@@ -19,6 +19,11 @@ and optionally
   :class:`~mfwrap.MultiFidelity` uses heuristics and warns what they chose. A ``composition``
   module (per-element energies, e.g. an ``nn.Embedding(100, 1)``) is what every training
   method fits by least squares before training (:func:`mfwrap.mechanisms.composition_fit.fit_composition`).
+* ``add_element_energies(energies)`` — for a backbone without a composition module but with
+  per-element energies of its own (e.g. SevenNet's per-species shift): add ``energies`` (index Z,
+  eV/atom) to them, which is where :func:`mfwrap.export.export_fidelity` puts mechanism C's;
+* ``export_formats`` — {format name: name of a method(path)} writing the model in a format of its
+  own package (``mfwrap export --format``, e.g. CHGNet's ``chgnet``);
 * ``compiled(**options) -> nn.Module`` — the same model under ``torch.compile``
   (:func:`mfwrap.compile_model`), optionally with ``energy_and_gradients(batch)`` so that force
   training compiles too.

@@ -10,10 +10,13 @@ backbone's own architecture (``describe_model`` / ``save_model`` work as for any
 and runs without a fidelity anywhere; its outputs (energy, forces, stress, magmoms) equal the
 wrapped model's at f, which the export checks on the probe structures.
 
+Mechanism C *added* to a backbone without a composition module goes where the backbone says, its
+``add_element_energies(energies)`` (index Z, eV/atom; e.g. SevenNet's per-species energy shift).
+
 Cannot be exported, each a ValueError: a model that is not a ``MultiFidelity`` (a Δ model is two
-networks), a place whose module has no ``folded``, and mechanism C *added* to a backbone without
-a composition module: the per-element energies of the fidelity then have no home in the plain
-backbone (C's energies are not a function of anything the backbone computes), so the plain model
+networks), a place whose module has no ``folded`` or cannot hold the fidelity's parameters (E or M
+on a layer without a bias), and mechanism C added to a backbone without ``add_element_energies``:
+the fidelity's per-element energies then have no home in the plain backbone, so the plain model
 cannot give the fidelity's energies.
 """
 
@@ -50,7 +53,7 @@ def export_fidelity(model: MultiFidelity, fidelity: str) -> nn.Module:
             f"cannot export {kind}: only an mfwrap.MultiFidelity model has fidelities to fold into its plain backbone"
         )
     index = resolve_fidelity(model, fidelity)
-    if model.composition is not None:
+    if model.composition is not None and not callable(getattr(model.backbone, "add_element_energies", None)):
         raise ValueError(
             f"{type(model.backbone).__name__} has no composition module, so mechanism C added per-element "
             f"energies of its own, and the plain backbone cannot carry those: fidelity {fidelity!r} of this model "
@@ -78,6 +81,8 @@ def export_fidelity(model: MultiFidelity, fidelity: str) -> nn.Module:
             folded.set_submodule(path, fold(index, fresh.get_submodule(path)))
         else:
             folded.set_submodule(path, fold(index))
+    if model.composition is not None:  # C added to the total energy: the backbone's own per-atom energies take it
+        folded.add_element_energies(model.composition.element_energies[index].detach())
     left = [name for name, m in folded.named_modules() if isinstance(getattr(m, "context", None), FidelityContext)]
     if left:
         raise ValueError(f"cannot export: fidelity modules outside the surgery's places remain at {left[:5]}")

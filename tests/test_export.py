@@ -76,9 +76,10 @@ def test_an_exported_schnet_equals_the_wrapped_model_at_each_fidelity(cells, rea
 
 def test_an_exported_sevennet_equals_the_wrapped_model_at_each_fidelity(cells):
     """With biases in its linears (sevenn's use_bias_in_linear), E and M fold into them, M's term of the
-    mixed-irreps self-interactions included (their 0e columns); the readout folds in any SevenNet."""
-    two_layers = {**SEVENN_SMALL, "num_convolution_layer": 2, "use_bias_in_linear": True}
-    model = _randomised(SevenNet(**two_layers), "EMR", "residual")
+    mixed-irreps self-interactions included (their 0e columns), and C (added) into a species-wise shift;
+    the readout folds in any SevenNet."""
+    two_layers = {**SEVENN_SMALL, "num_convolution_layer": 2, "use_bias_in_linear": True, "shift": [0.0] * 4}
+    model = _randomised(SevenNet(**two_layers), "ECMR", "residual")
     assert model.surgery.restricted  # a term on the 0e columns of a layer with rotating outputs
     _assert_exports_equal(model, cells)
     _assert_exports_equal(_randomised(SevenNet(**SEVENN_SMALL), "R"), cells)
@@ -91,6 +92,9 @@ def test_a_fidelity_term_with_no_home_in_the_plain_model_is_a_clear_error():
     sevennet = _randomised(SevenNet(**SEVENN_SMALL), "E")  # sevenn's linears have no bias by default
     with pytest.raises(ValueError, match="fidelity embedding X_f into onehot_to_feature_x.linear .*layer with a bias"):
         sevennet.export("pbe")
+    scalar_shift = _randomised(SevenNet(**SEVENN_SMALL), "C")
+    with pytest.raises(ValueError, match="one scalar energy shift, not one per element"):
+        scalar_shift.export("pbe")
     spec = {**CHGNet.fidelity_spec, "composition": None}  # C then adds element energies of its own
     added = mfwrap.MultiFidelity(small_backbone("chgnet"), FIDELITIES, "C", spec=spec)
     with pytest.raises(ValueError, match="has no composition module.*cannot be exported as a plain model"):

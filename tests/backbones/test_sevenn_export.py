@@ -20,8 +20,9 @@ def test_an_exported_fidelity_runs_in_sevenns_calculator(cells, tmp_path):  # no
 
     structures = cells[:2]
     torch.manual_seed(0)
-    backbone = SevenNet(**{**SMALL, "chemical_species": ["Si", "Na", "Cl"], "use_bias_in_linear": True})
-    model = mfwrap.MultiFidelity(backbone, ["pbe", "r2scan"], "EMR")  # E and M fold into the linears' biases
+    options = {"chemical_species": ["Si", "Na", "Cl"], "use_bias_in_linear": True, "shift": [0.0] * 3}
+    backbone = SevenNet(**{**SMALL, **options})  # E and M fold into the linears' biases, C into the shift
+    model = mfwrap.MultiFidelity(backbone, ["pbe", "r2scan"], "ECMR")
     model.draw_fidelity_parameters()
     randomise_fidelity_parameters(model, scale=0.3, seed=1)
     model.save(tmp_path / "mf.pt")
