@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from mfwrap.bench import foundation
 from mfwrap.bench.backbones import BACKBONES
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 from mfwrap.files import write_text
@@ -410,6 +411,7 @@ RENDERERS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
     "speed_gpu.json": ("GPU: scatter kernels and CHGNet against official", "benchmarks/speed_gpu.py", _speed_gpu),
     "suite_gpu.json": ("GPU: suite runs on one GPU", "benchmarks/suite_gpu.py", _suite_gpu),
     "transfer_lr.json": ("The learning rate of transfer's fine-tuning", "benchmarks/transfer_lr.py", _transfer_lr),
+    "foundation.json": ("A foundation model gains a fidelity", "benchmarks/foundation.py", foundation.render),
 }
 
 
