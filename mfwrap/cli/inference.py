@@ -68,10 +68,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for target, key in given.items()
     }
     named = [target for target, key in given.items() if key is not None]  # must be in the file, unlike defaults
-    try:
-        records = read_dataset(args.data, name, keys, strict=named)
-    except LabelKeyError as error:
-        raise LabelKeyError(f"{error} (--energy-key, --forces-key, --stress-key, --magmoms-key)") from None
+    if args.against is not None:
+        if named:
+            raise ValueError("--against takes the labels from the reference model: leave out the --*-key options")
+        records = _reference_labels(args, name)
+    elif args.data.startswith(DIVERSE):
+        raise ValueError(f"{args.data}: the diverse set has no labels of its own; give --against REFERENCE_MODEL")
+    else:
+        try:
+            records = read_dataset(args.data, name, keys, strict=named)
+        except LabelKeyError as error:
+            raise LabelKeyError(f"{error} (--energy-key, --forces-key, --stress-key, --magmoms-key)") from None
     graphs = to_graphs(records, model.graph_spec, {name: index})
     warn_unseen_elements(model, [g.atomic_numbers for g in graphs])
     targets = checkpoint.get("targets", "efsm")
@@ -89,11 +96,46 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.data}: nothing to evaluate: its frames label {labelled}, which the model does not predict "
             f"(targets {targets!r}); name the keys of its labels with --energy-key, --forces-key, ..."
         )
-    print(f"{len(graphs)} structures from {args.data} at fidelity {name!r}:")
+    against = f", against the predictions of {args.against}" if args.against is not None else ""
+    print(f"{len(graphs)} structures from {args.data} at fidelity {name!r}{against}:")
     print(format_table({Path(args.checkpoint).name: metrics}, name))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=1))
     return 0
+
+
+DIVERSE = "diverse:"  # evaluate's DATA word for the diverse set: diverse:N
+
+
+def _reference_labels(args: argparse.Namespace, name: str) -> list:
+    """The structures of ``args.data`` labelled by the reference model ``args.against`` at
+    ``args.against_fidelity`` (its drift from the reference, e.g. a foundation model: forgetting), as
+    records of fidelity ``name``. ``diverse:N``: N structures of AFLOW prototypes of the held-out part
+    (:mod:`mfwrap.datasets.prototypes`, seed 0; never in a replay pool), decorated with the elements the
+    reference knows and brought near its zero pressure."""
+    import numpy as np
+
+    from mfwrap.data.readers import read_structures
+    from mfwrap.datasets.prototypes import DEFAULT_ELEMENTS, prototype_structures
+    from mfwrap.model_file import read_model_file
+    from mfwrap.predict import predict
+    from mfwrap.replay import known_elements, pseudo_label
+
+    reference = read_model_file(args.against)[0]
+    fidelity = args.against_fidelity
+    if not args.data.startswith(DIVERSE):
+        return pseudo_label(reference, read_structures(args.data), fidelity=fidelity, name=name)
+    count = args.data[len(DIVERSE) :]
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{args.data}: write the diverse set as diverse:N with N a positive number, e.g. diverse:100")
+    known = known_elements(reference)
+    elements = [z for z in DEFAULT_ELEMENTS if known is None or z in known]
+
+    def pressure(frames: list) -> np.ndarray:
+        return np.array([-np.trace(p["stress"]) / 3.0 for p in predict(reference, frames, fidelity, forces=False)])
+
+    structures = prototype_structures(int(count), elements=elements, part="test", pressure=pressure)
+    return pseudo_label(reference, structures, fidelity=fidelity, name=name)
 
 
 def _check_output(option: str, output: str, inputs: Sequence[str], overwrite: bool) -> None:
@@ -187,7 +229,21 @@ def add_inference_parsers(commands: Any) -> None:
 
     evaluate = commands.add_parser("evaluate", help="MAE / RMSE of a checkpoint on labelled structures")
     common(evaluate)
-    evaluate.add_argument("data", help="labelled structures, any file ase.io.read reads (extxyz, ASE db, ...)")
+    evaluate.add_argument(
+        "data",
+        help="labelled structures, any file ase.io.read reads (extxyz, ASE db, ...), or with --against also unlabelled "
+        "ones, or diverse:N: N structures of held-out AFLOW prototypes of many chemistries",
+    )
+    evaluate.add_argument(
+        "--against",
+        default=None,
+        metavar="REFERENCE",
+        help="a model file whose predictions are the labels (e.g. the foundation model: how far the checkpoint "
+        "has drifted from it, i.e. forgetting, with --fidelity the origin)",
+    )
+    evaluate.add_argument(
+        "--against-fidelity", default=None, help="the fidelity of REFERENCE that labels (if it has several)"
+    )
     for target in ("energy", "forces", "stress", "magmoms"):
         evaluate.add_argument(
             f"--{target}-key",
