@@ -29,35 +29,9 @@ def test_errors_against_a_reference_are_the_differences_of_their_predictions(tmp
     rng = np.random.default_rng(0)
     structures = [random_crystal(rng, max_atoms=5) for _ in range(3)]
     ase.io.write(tmp_path / "s.xyz", structures, format="extxyz")  # no labels: the reference gives them
-    assert main(["evaluate", str(models[0]), str(tmp_path / "s.xyz"), "--against", str(models[1])]) == 0
-    assert (
-        main(
-            [
-                "evaluate",
-                str(models[0]),
-                str(tmp_path / "s.xyz"),
-                "--against",
-                str(models[0]),
-                "--json",
-                str(tmp_path / "self.json"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "evaluate",
-                str(models[0]),
-                str(tmp_path / "s.xyz"),
-                "--against",
-                str(models[1]),
-                "--json",
-                str(tmp_path / "m.json"),
-            ]
-        )
-        == 0
-    )
+    for reference, out in ((models[0], "self.json"), (models[1], "m.json")):
+        argv = ["evaluate", str(models[0]), str(tmp_path / "s.xyz"), "--against", str(reference)]
+        assert main([*argv, "--json", str(tmp_path / out)]) == 0
     assert f"against the predictions of {models[1]}" in capsys.readouterr().out
     mine, theirs = (mfwrap.predict(mfwrap.load(m), ase.io.read(tmp_path / "s.xyz", ":")) for m in models)
     forces = np.concatenate([np.abs(a["forces"] - b["forces"]).ravel() for a, b in zip(mine, theirs)])
