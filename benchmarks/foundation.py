@@ -59,6 +59,7 @@ def _one(method: str, seed: int, options_dict: dict, out: str, work: str, cache_
 
 def main(argv: list[str] | None = None) -> int:
     from mfwrap.bench import foundation as F
+    from mfwrap.bench.runner import die_with_parent
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -106,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         # the shared sets (other chemistries, LMFP) are built once before the workers read them
         F.prepare(args.seeds[0], options, cache_dir=args.cache_dir, log=lambda line: print(line, file=sys.stderr))
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            args.jobs, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
+        with pool:
             futures = [
                 pool.submit(_one, m, s, options.as_dict(), str(args.out), str(args.work), args.cache_dir)
                 for m, s in todo

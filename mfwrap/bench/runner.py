@@ -284,7 +284,7 @@ def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) ->
         lock.release()
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Pool worker initializer: end this worker when the launcher ``parent`` dies, so that no orphan trains on
     after a kill (its run's lock, left behind, is then stale). Linux: the kernel kills it at the parent's
     death (``prctl(PR_SET_PDEATHSIG, SIGKILL)``). Every POSIX system: a daemon thread checks each second
@@ -383,7 +383,7 @@ def run_suite(
     """Run every missing run of ``experiments`` at ``level`` (runs in ``report``'s committed results
     count as done; ``eager``: see :func:`run_one`), each under its directory's lock, so that launchers
     sharing a root share the work; returns {"total", "ran", "failed": names, "elsewhere": names of the
-    runs another process was training}. Workers (``jobs`` > 1) die with this process (:func:`_die_with_parent`)."""
+    runs another process was training}. Workers (``jobs`` > 1) die with this process (:func:`die_with_parent`)."""
     specs = []
     for name in experiments:
         if name not in EXPERIMENTS:
@@ -411,7 +411,7 @@ def run_suite(
         if jobs > 1:
             context = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(
-                jobs, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+                jobs, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
             ) as pool:
                 futures = [pool.submit(_run_in_worker, s, level, str(root), eager) for s in to_train]
                 for future in concurrent.futures.as_completed(futures):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import multiprocessing
+import os
 import shutil
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from mfwrap.bench import foundation as F
+from mfwrap.bench.runner import die_with_parent
 
 METHODS = ("finetune", "mf_ecmr_replay")
 
@@ -96,7 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.jobs == 2:
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as pool:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            2, mp_context=context, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
+        with pool:
             futures = [pool.submit(_run, m, options.as_dict(), str(args.out)) for m in METHODS]
             results = [f.result() for f in futures]
     else:
