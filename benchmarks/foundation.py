@@ -124,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             if source.is_file():
                 shutil.copy2(source, args.keep_models / f"foundation_lmfp_chgnet030_{method}_nh{options.n_high}_s0.pt")
     summary = F.summarise(results)
+    replay = {}  # what labelling each seed's replay set cost (its cache's provenance)
+    for seed in args.seeds:
+        provenance = F.prepare(seed, options, cache_dir=args.cache_dir, log=lambda line: None).replay_provenance
+        keep = ("counts", "structure_seconds", "labelling_seconds", "peak_rss_mib", "model_sha256")
+        replay[seed] = {key: provenance.get(key) for key in keep}
     payload = {
         "experiment": "foundation",
         "version": VERSION,
@@ -134,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": args.note,
         "date": time.strftime("%Y-%m-%d"),
         "wall_s_this_invocation": time.time() - started,
+        "run_hours": sum(r["wall_s"] for r in results) / 3600,
+        "replay": replay,
         "summary": summary,
         "runs": sorted(results, key=lambda r: (r["method"], r["seed"])),
     }

@@ -94,14 +94,18 @@ def prepare(seed: int, options: Options, cache_dir: str | None = None, log: Call
     from mfwrap.datasets.other_chemistries import load_other_chemistries
     from mfwrap.datasets.registry import DATASETS, Split
     from mfwrap.replay import ReplayConfig, build_replay
+    from mfwrap.replay.cache import cache_key, replay_dir
+    from mfwrap.replay.structures import as_atoms
 
     foundation = CHGNet.from_pretrained("0.3.0")
     spec = foundation.graph_spec
     split = DATASETS["lmfp"].split(Split(seed=seed, n_high=options.n_high, n_val=options.n_val, cache_dir=cache_dir))
     config = ReplayConfig(sources=list(options.replay_sources), n=options.replay_n, seed=seed, cache_dir=cache_dir)
-    replay = build_replay(foundation, config, [r.atoms for r in split.train_high], origin=ORIGIN, log=log)
+    own = [r.atoms for r in split.train_high]
+    replay = build_replay(foundation, config, own, origin=ORIGIN, log=log)
+    key = cache_key(foundation, config, [as_atoms(a) for a in own], ORIGIN, None, None)
+    provenance = json.loads((replay_dir(config, key) / "provenance.json").read_text())  # what labelling cost
     other = load_other_chemistries(n=options.ood_n, seed=0, cache_dir=cache_dir)
-    provenance = getattr(replay, "provenance", None) or {}
     as_origin = [LabelledStructure(r.atoms, ORIGIN, r.labels, r.name) for r in other["low"]]
     return Setup(
         seed=seed,
@@ -388,6 +392,15 @@ def render(payload: dict[str, Any]) -> str:
         '("transfer learned from MP-R2SCAN"), so it flatters methods that stay close to the foundation model.\n\n'
     )
     text += table(payload["summary"])
+    costs = [c for c in (payload.get("replay") or {}).values() if c.get("labelling_seconds") is not None]
+    if costs:
+        seconds = [c["structure_seconds"] + c["labelling_seconds"] for c in costs]
+        text += (
+            f"\nCost: {payload['run_hours']:.1f} run-hours of training and evaluation for the {len(payload['runs'])} "
+            f"runs; a replay set of {options['replay_n']} frames took {min(seconds):.0f}–{max(seconds):.0f} s to make "
+            f"and label per seed (peak process memory {max(c['peak_rss_mib'] for c in costs):.0f} MiB), once: it is "
+            "cached and shared by the methods.\n"
+        )
     found = verdicts(payload["summary"])
     if found:
         text += "\nTargets of MF ECMR + replay (issue 29), against plain fine-tuning:\n\n"
