@@ -311,3 +311,22 @@ def test_a_model_of_other_elements_is_wrapped_with_probes_of_its_own_elements():
     assert backbone.supported_numbers == [6, 14]
     mf = mfwrap.MultiFidelity(backbone, ["low", "high"], "ECMR")
     assert mf.surgery.symmetry.startswith("symmetry checked")
+
+
+def test_sevennet0_gains_a_fidelity_its_origin_kept_through_the_residual_composition_fit(pretrained, cells):
+    """SevenNet-0 as a foundation model: the origin fidelity stays SevenNet-0 after the residual fit of the
+    per-fidelity composition (C added: SevenNet has no composition module), and the new fidelity's energies
+    become SevenNet-0's plus the per-element shift that its labels carry."""
+    mf = mfwrap.MultiFidelity(pretrained, ["mptrj_pbe", "r2scan"], "ECMR", origin="mptrj_pbe")
+    bare = mfwrap.predict(pretrained, cells, stress=False)
+    shift = {z: 0.1 * z % 0.7 - 0.3 for c in cells for z in set(c.numbers)}  # eV/atom, per element
+    labels = [b["energy"] + sum(shift[z] for z in c.numbers) for b, c in zip(bare, cells)]
+    graphs = [to_graph(c, mf.graph_spec, fidelity=1, labels={K.ENERGY: e}) for c, e in zip(cells, labels)]
+    graphs += [
+        to_graph(c, mf.graph_spec, fidelity=0, labels={K.ENERGY: b["energy"] + 5.0}) for c, b in zip(cells, bare)
+    ]
+    mf.fit_composition(graphs, residual=True)
+    for ours, reference in zip(mfwrap.predict(mf, cells, fidelity="mptrj_pbe", stress=False), bare):
+        assert ours["energy"] == pytest.approx(reference["energy"], abs=1e-5)
+    for ours, label in zip(mfwrap.predict(mf, cells, fidelity="r2scan", stress=False), labels):
+        assert ours["energy"] == pytest.approx(label, abs=1e-3)
