@@ -226,6 +226,12 @@ class MultiFidelity(nn.Module):
         save_model(self, path, architecture=describe_model(self))
 
 
+def save(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write any mfwrap model (a backbone, e.g. a pretrained foundation model, a :class:`MultiFidelity`,
+    a Δ model) to ``path`` atomically, as :func:`load` reads it (:mod:`mfwrap.model_file`)."""
+    save_model(model, path, architecture=describe_model(model))
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> nn.Module:
     """Read a model from an mfwrap file: :meth:`MultiFidelity.save`'s or a trainer checkpoint
     (``best.pt``, ``last.pt``), of any backbone or method. Reading runs no code from the file;

@@ -11,12 +11,10 @@ from test_cli import _refused
 import mfwrap
 from mf_models import random_crystal, small_backbone
 from mfwrap.cli import main
-from mfwrap.model_file import describe_model, save_model
 
 
 def _saved(path, seed):
-    model = small_backbone("chgnet", seed=seed)
-    save_model(model, path, architecture=describe_model(model))
+    mfwrap.save(small_backbone("chgnet", seed=seed), path)
     return path
 
 

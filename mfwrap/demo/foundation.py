@@ -56,12 +56,11 @@ def _export(out: Path, setup: F.Setup) -> str:
     """The MF model's high fidelity as a plain CHGNet: saved, and its predictions compared with the wrapped model's."""
     import mfwrap
     from mfwrap.data.graph import graph_atoms
-    from mfwrap.model_file import describe_model, save_model
 
     wrapped = mfwrap.load(out / "mf_ecmr_replay" / "best.pt")
     plain = wrapped.export(F.TARGET)
     path = out / "r2scan_chgnet.pt"
-    save_model(plain, path, architecture=describe_model(plain))
+    mfwrap.save(plain, path)
     structures = [graph_atoms(g) for g in setup.test[:4]]
     ours = mfwrap.predict(mfwrap.load(path), structures)
     theirs = mfwrap.predict(wrapped, structures, fidelity=F.TARGET)
