@@ -342,7 +342,7 @@ def _mean(summary: dict[str, Any], method: str, measure_name: str, target: str) 
 def verdicts(summary: dict[str, Any], method: str = "mf_ecmr_replay", reference: str = "finetune") -> list[str]:
     """The issue's targets for MF with replay, each "holds", "partly" or "fails" with its figures:
     in-domain within 5 % of the best method (E, F, S), out of domain at the high fidelity no worse than
-    plain fine-tuning (F, S), forgetting at most 20 % of plain fine-tuning's (E, F, S)."""
+    the fine-tuning ``reference`` (F, S), forgetting at most 20 % of the reference's (E, F, S)."""
     if method not in summary or reference not in summary:
         return []
 
@@ -364,13 +364,13 @@ def verdicts(summary: dict[str, Any], method: str = "mf_ecmr_replay", reference:
         ours, theirs = (_mean(summary, m, "out_of_domain", target) for m in (method, reference))
         passed.append(ours <= theirs)
         parts.append(f"{target} {ours:.4g} vs {theirs:.4g}")
-    lines.append(f"out of domain no worse than plain fine-tuning: **{judge(passed)}** — " + "; ".join(parts))
+    lines.append(f"out of domain no worse than fine-tuning: **{judge(passed)}** — " + "; ".join(parts))
     passed, parts = [], []
     for target in TARGET_NAMES:
         ours, theirs = (_mean(summary, m, "forgetting", target) for m in (method, reference))
         passed.append(ours <= 0.2 * theirs)
         parts.append(f"{target} {ours:.4g} vs {theirs:.4g} ({ours / theirs:.0%})")
-    lines.append(f"forgetting at most 20 % of plain fine-tuning's: **{judge(passed)}** — " + "; ".join(parts))
+    lines.append(f"forgetting at most 20 % of fine-tuning's: **{judge(passed)}** — " + "; ".join(parts))
     return lines
 
 
@@ -401,8 +401,10 @@ def render(payload: dict[str, Any]) -> str:
             f"and label per seed (peak process memory {max(c['peak_rss_mib'] for c in costs):.0f} MiB), once: it is "
             "cached and shared by the methods.\n"
         )
-    found = verdicts(payload["summary"])
-    if found:
-        text += "\nTargets of MF ECMR + replay (issue 29), against plain fine-tuning:\n\n"
-        text += "\n".join(f"- {line}" for line in found) + "\n"
+    for reference in ("finetune", "finetune_refit"):
+        found = verdicts(payload["summary"], reference=reference)
+        if found:
+            label = payload["summary"][reference]["label"]
+            text += f"\nTargets of MF ECMR + replay (issue 29), the fine-tuning compared: {label}.\n\n"
+            text += "\n".join(f"- {line}" for line in found) + "\n"
     return text
