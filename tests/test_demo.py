@@ -70,8 +70,8 @@ def test_foundation_demo_trains_both_methods_at_equal_steps_and_exports_the_new_
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4 high-fidelity frames, 4 replay frames; fine-tuning 2 epochs, MF 1 epochs" in done.stdout
     summary = json.loads((out / "demo.json").read_text())["summary"]
-    assert set(summary) == {"foundation", "finetune", "mf_ecmr_replay"}
-    assert summary["finetune"]["steps"] == summary["mf_ecmr_replay"]["steps"] == 2
+    assert set(summary) == {"foundation", "finetune_refit", "mf_ecmr_replay"}
+    assert summary["finetune_refit"]["steps"] == summary["mf_ecmr_replay"]["steps"] == 2
     assert summary["foundation"]["forgetting"]["forces"]["mean"] < 0.1  # meV/Å: native CHGNet = the official teacher
     for entry in summary.values():
         assert {"in_domain", "out_of_domain", "forgetting"} <= set(entry)

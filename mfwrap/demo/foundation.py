@@ -5,11 +5,13 @@ theory (the CHGNet r2SCAN teacher, fidelity "high"). Two ways to get an r2SCAN m
 optimiser steps (:mod:`mfwrap.bench.foundation`, which the ``foundation`` benchmark runs over three
 seeds and every method):
 
-* plain fine-tuning: all weights on the high-fidelity frames (composition as pretrained);
+* fine-tuning: all weights on the high-fidelity frames, after the composition model is refitted to the
+  residual of CHGNet 0.3.0's prediction (what ``mfwrap train`` does with ``single_fidelity``);
 * multi-fidelity with replay: ``MultiFidelity(CHGNet 0.3.0, ["low", "high"], "ECMR", origin="low")``
-  trained 1 : 1 on the high-fidelity frames and ``--replay-n`` pseudo-labelled replay frames (the
-  frames' structures perturbed and prototype structures of other chemistries, labelled by the frozen
-  CHGNet 0.3.0 at its own fidelity, "low"; :mod:`mfwrap.replay`).
+  trained 1 : 1 on the high-fidelity frames and ``--replay-n`` pseudo-labelled replay frames
+  (``--replay-sources``, default prototype structures of many chemistries, labelled by the frozen
+  CHGNet 0.3.0 at its own fidelity, "low"; :mod:`mfwrap.replay`; the foundation benchmark chose
+  prototypes over adding the frames' own structures on its validation frames).
 
 Printed: in-domain error at the high fidelity (LMFP test frames), out-of-domain error at the high
 fidelity (other chemistries, :mod:`mfwrap.datasets.other_chemistries`) and forgetting (the origin
@@ -36,7 +38,7 @@ import numpy as np
 from mfwrap.bench import foundation as F
 from mfwrap.bench.runner import die_with_parent
 
-METHODS = ("finetune", "mf_ecmr_replay")
+METHODS = ("finetune_refit", "mf_ecmr_replay")
 
 
 def _run(method: str, options_dict: dict, out: str) -> dict:
@@ -78,20 +80,29 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--n-high", type=int, default=25, help="high-fidelity (r2SCAN) training frames (default 25)")
     parser.add_argument("--replay-n", type=int, default=150, help="replay frames (default 150)")
+    parser.add_argument(
+        "--replay-sources", nargs="+", default=["prototypes"], help="replay sources: own, prototypes, a file"
+    )
     parser.add_argument("--mf-epochs", type=int, default=3, help="MF epochs; fine-tuning gets the same steps")
     parser.add_argument("--ood-n", type=int, default=100, help="structures of other chemistries (default 100)")
     parser.add_argument("--jobs", type=int, default=2, choices=(1, 2), help="2: both runs at once (default)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory (default runs/demo)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    options = F.Options(n_high=args.n_high, replay_n=args.replay_n, mf_epochs=args.mf_epochs, ood_n=args.ood_n)
+    options = F.Options(
+        n_high=args.n_high,
+        replay_n=args.replay_n,
+        replay_sources=tuple(args.replay_sources),
+        mf_epochs=args.mf_epochs,
+        ood_n=args.ood_n,
+    )
     print("preparing: CHGNet 0.3.0, the LMFP split, replay labels, other chemistries (cached after a first run) ...")
     setup = F.prepare(0, options, log=lambda line: print(f"  {line}", flush=True))
     epochs = {m: F.epochs_of(F.METHODS[m], setup, options) for m in METHODS}
     print(
         f"  ready after {time.perf_counter() - start:.0f} s: {len(setup.train)} high-fidelity frames, "
-        f"{len(setup.replay)} replay frames; fine-tuning {epochs['finetune']} epochs, MF {epochs['mf_ecmr_replay']} "
-        "epochs: the same optimiser steps. Training both ...",
+        f"{len(setup.replay)} replay frames; fine-tuning {epochs['finetune_refit']} epochs, "
+        f"MF {epochs['mf_ecmr_replay']} epochs: the same optimiser steps. Training both ...",
         flush=True,
     )
     args.out.mkdir(parents=True, exist_ok=True)
