@@ -104,4 +104,9 @@ def test_committed_model_file_predicts_as_recorded(path):
 
 
 if __name__ == "__main__":
+    import sys
+
+    # run as a script, tests/ leads sys.path, and its backbones/ folder would shadow the package (which
+    # model_file then refuses to import): read model files as the tests do, from the repository root
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).parent]
     record_predictions()
