@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Data
 
+FOUNDATION = "backbones.chgnet:CHGNet"  # with pretrained "0.3.0"; by class path: mfwrap imports no backbone
 FIDELITIES = ("low", "high")  # LMFP's: low = CHGNet 0.3.0 = the foundation model (the origin)
 ORIGIN, TARGET = FIDELITIES
 
@@ -90,15 +91,15 @@ def _graphs(records, spec) -> list[Data]:
 
 def prepare(seed: int, options: Options, cache_dir: str | None = None, log: Callable[[str], None] = print) -> Setup:
     """The LMFP split of ``seed``, the foundation model, its replay set and the other-chemistries sets."""
-    from backbones.chgnet import CHGNet
     from mfwrap.data.readers import LabelledStructure
     from mfwrap.datasets.other_chemistries import load_other_chemistries
     from mfwrap.datasets.registry import DATASETS, Split
     from mfwrap.replay import ReplayConfig, build_replay
     from mfwrap.replay.cache import cache_key, replay_dir
     from mfwrap.replay.structures import as_atoms
+    from mfwrap.train.baselines import ModelConfig
 
-    foundation = CHGNet.from_pretrained("0.3.0")
+    foundation = ModelConfig(backbone=FOUNDATION, pretrained="0.3.0").build_backbone()
     spec = foundation.graph_spec
     split = DATASETS["lmfp"].split(Split(seed=seed, n_high=options.n_high, n_val=options.n_val, cache_dir=cache_dir))
     config = ReplayConfig(sources=list(options.replay_sources), n=options.replay_n, seed=seed, cache_dir=cache_dir)
