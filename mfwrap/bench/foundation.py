@@ -246,17 +246,6 @@ def _errors(model: nn.Module, graphs: Sequence[Data], fidelity: str) -> dict[str
     return {target: metrics[target]["mae"] for target in ("energy", "forces", "stress") if target in metrics}
 
 
-def _at(graphs: Sequence[Data], fidelity: str) -> list[Data]:
-    """Copies of ``graphs`` to be evaluated at ``fidelity``."""
-    index = FIDELITIES.index(fidelity)
-    moved = []
-    for graph in graphs:
-        copy = graph.clone()
-        copy["fidelity"] = torch.full_like(graph["fidelity"], index)
-        moved.append(copy)
-    return moved
-
-
 def measure(model: nn.Module, setup: Setup) -> dict[str, dict[str, float]]:
     """In-domain, out-of-domain (both at the high fidelity) and forgetting (at the origin for a
     multi-fidelity model, the model itself otherwise) errors (module docstring)."""
