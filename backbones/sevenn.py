@@ -171,6 +171,28 @@ def model_config(options: Mapping[str, Any], strict: bool = True) -> dict[str, A
     return _plain(config)
 
 
+_CODEGEN = "._compiled_main"  # e3nn's generated tensor-product code (an fx GraphModule) under this name
+
+
+def _drop_codegen_constants(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    """Leave e3nn's code-generation constants out of the state dict: a deep copy of a tensor product turns
+    them into buffers (``..._compiled_main_left_right._tensor_constant0``), which a rebuilt model lacks;
+    they are derived from the irreps, not trained."""
+    for key in [k for k in state_dict if k.startswith(prefix) and _CODEGEN in k and "_tensor_constant" in k]:
+        del state_dict[key]
+
+
+def _drop_codegen_constants_on_load(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """The same on loading (a file written before they were left out)."""
+    _drop_codegen_constants(module, state_dict, prefix, None)
+
+
+def _codegen_constants_not_missing(module: nn.Module, incompatible_keys: Any) -> None:
+    """Loading into a deep-copied model (which holds them as buffers) does not miss them either."""
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not (_CODEGEN in k and "_tensor_constant" in k)]
+
+
 class SevenNet(nn.Module):
     r"""A SevenNet network on mfwrap's periodic graph (see the module docstring for the math).
 
@@ -267,6 +289,9 @@ class SevenNet(nn.Module):
         index[list(type_map)] = torch.tensor(list(type_map.values()))
         self.register_buffer("species_index", index, persistent=False)  # Z -> species index, -1 unknown
         self.supported_numbers = sorted(type_map)  # what mfwrap's probe structures are made of
+        self.register_state_dict_post_hook(_drop_codegen_constants)
+        self.register_load_state_dict_pre_hook(_drop_codegen_constants_on_load)
+        self.register_load_state_dict_post_hook(_codegen_constants_not_missing)
 
     def species(self, numbers: Tensor) -> Tensor:
         """(n,) species indices of atomic numbers Z; ValueError naming any element the model does not know."""

@@ -494,6 +494,21 @@ def read_report(out: str | Path) -> Report:
     return report
 
 
+def claims_document(out: str | Path) -> str:
+    """``claims.md`` of a level's report folder ``out``: the seed paper's claims, then the verdicts of the
+    foundation experiment (:func:`mfwrap.bench.foundation.claims_markdown`) where ``out/../foundation.json``
+    exists."""
+    import json
+
+    text = claims_markdown(check_claims(read_report(out)))
+    foundation = Path(out).parent / "foundation.json"
+    if foundation.is_file():
+        from mfwrap.bench.foundation import claims_markdown as foundation_claims
+
+        text += "\n" + foundation_claims(json.loads(foundation.read_text(encoding="utf-8")))
+    return text
+
+
 def claims_markdown(verdicts: list[Verdict]) -> str:
     lines = [
         "### The seed paper's claims on the LMFP set",

@@ -5,7 +5,8 @@
 * the methods, from the template ``methods.md`` (prose; the levels table comes from
   :data:`mfwrap.bench.grid.LEVELS`);
 * the suite at :data:`SUITE_LEVEL` (each level's reports have their own folder, ``suite/<level>/``):
-  ``suite/medium/claims.md`` verbatim, then each ``suite/medium/<experiment>.md`` with its plot;
+  ``suite/medium/claims.md`` verbatim, then each ``suite/medium/<experiment>.md`` with its plot, then
+  the foundation experiment's ``suite/foundation.md`` and plot (``mfwrap bench foundation``);
 * every other benchmark, one renderer per result file (:data:`RENDERERS`), printing the figures with
   the machine, date and notes the file records; a ``*.json`` without a renderer is an error;
 * the interpretation, from the template ``discussion.md``.
@@ -28,7 +29,6 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from mfwrap.bench import foundation
 from mfwrap.bench.backbones import BACKBONES
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 from mfwrap.files import write_text
@@ -411,7 +411,6 @@ RENDERERS: dict[str, tuple[str, str, Callable[[dict], str]]] = {
     "speed_gpu.json": ("GPU: scatter kernels and CHGNet against official", "benchmarks/speed_gpu.py", _speed_gpu),
     "suite_gpu.json": ("GPU: suite runs on one GPU", "benchmarks/suite_gpu.py", _suite_gpu),
     "transfer_lr.json": ("The learning rate of transfer's fine-tuning", "benchmarks/transfer_lr.py", _transfer_lr),
-    "foundation.json": ("A foundation model gains a fidelity", "benchmarks/foundation.py", foundation.render),
 }
 
 
@@ -617,6 +616,13 @@ def render(results_dir: str | Path = "benchmarks/results", out: str | Path = "be
         text += f"\n\nEvery run: [`{path.name}`]({link(path)})."
         if plot.exists():
             text += f"\n\n![{path.stem}]({link(plot)})"
+        parts.append(text)
+    foundation_md = results / "suite" / "foundation.md"
+    if foundation_md.exists():  # mfwrap bench foundation (mfwrap.bench.foundation_runs)
+        text = foundation_md.read_text(encoding="utf-8").strip()
+        text += f"\n\nEvery run: [`foundation.json`]({link(results / 'suite' / 'foundation.json')})."
+        if (plot := results / "suite" / "foundation.png").exists():
+            text += f"\n\n![foundation]({link(plot)})"
         parts.append(text)
     parts.append(
         "## Speed and other benchmarks\n\nEach table below is one result file, with what that file records "

@@ -1,8 +1,10 @@
 """A foundation model gains a fidelity: the methods users have, at equal compute, measured three ways.
 
-Starting point: a pretrained potential (CHGNet 0.3.0: MPtrj PBE/PBE+U) and N_high frames at a new
-level of theory (LMFP labelled by the CHGNet r2SCAN teacher, "high"). LMFP's "low" teacher *is*
-CHGNet 0.3.0, so "low" is the foundation model's own fidelity: the origin.
+Starting point (a :class:`Case` of :data:`CASES`): a pretrained potential (CHGNet 0.3.0 or SevenNet-0:
+MPtrj PBE/PBE+U, the *origin* fidelity) and N_high frames at a new level of theory: LMFP labelled by
+the CHGNet r2SCAN teacher ("high"; LMFP's "low" teacher *is* CHGNet 0.3.0, so for CHGNet 0.3.0 "low" is
+the origin), or Li3PS4's real r2SCAN energies (with real PBEsol energies and forces of the same
+structures as a third fidelity for the methods that use it).
 
 Methods (:data:`METHODS`), every trained one the same optimiser steps (those of MF over N_high + replay
 frames in ``mf_epochs`` epochs; batch 4, cosine schedule from ``lr``, best checkpoint on the N_val
@@ -18,17 +20,22 @@ high-fidelity validation frames):
 * ``delta`` — Δ-learning on the foundation model's prediction: a fresh network of the same architecture
   learns E_high − E_foundation.
 * ``mf_ecmr_replay``, ``mf_rc_replay``, ``mf_mc_replay`` — :class:`mfwrap.MultiFidelity` from the
-  pretrained model with origin "low" (mechanisms ECMR: the seed paper; RC: a readout and reference
+  pretrained model with its origin (mechanisms ECMR: the seed paper; RC: a readout and reference
   energies per fidelity, the recipe of MACE's multi-head fine-tuning; MC: one-hot in the linears and
   per-fidelity shifts, SevenNet's multi-modal recipe), trained on the N_high frames and pseudo-label
   replay (:mod:`mfwrap.replay`: the user's structures perturbed and prototype structures, labelled by
-  the frozen foundation model at the origin), sampled 1 : 1.
+  the frozen foundation model at the origin), sampled 1 : 1; variants replay prototypes only, sample the
+  new fidelity twice as often, or add the real lower fidelity (``mf_real_low``, with prototype replay
+  ``mf_real_low_prototypes``).
 
-Measured (:func:`measure`): **in-domain** error at the high fidelity on LMFP's test frames;
+Measured (:func:`measure`): **in-domain** error at the high fidelity on the data set's test frames;
 **out-of-domain** error at the high fidelity on other chemistries (:mod:`mfwrap.datasets.other_chemistries`,
 prototypes the replay pool never draws from, without LMFP's elements); **forgetting**: the origin
 fidelity's (a single-fidelity model's own) error against the foundation model's predictions on the
-same other chemistries. Errors: energy meV/atom, forces meV/Å, stress GPa (MAE).
+same other chemistries, and where the data set has a real lower fidelity, the origin's error against
+its labels of the test structures. Errors: energy meV/atom, forces meV/Å, stress GPa (MAE).
+
+:mod:`mfwrap.bench.foundation_runs` runs it (``mfwrap bench foundation``), one file per finished run.
 """
 
 from __future__ import annotations
@@ -50,9 +57,90 @@ ORIGIN, TARGET = FIDELITIES
 
 
 @dataclass(frozen=True)
+class Case:
+    """A foundation model and a data set: which fidelity the model's own is, which one it gains.
+
+    Attributes:
+        name: its key in :data:`CASES`.
+        dataset: a :data:`mfwrap.datasets.registry.DATASETS` name.
+        foundation: class path of the backbone; ``pretrained``: its weights (``from_pretrained``).
+        label: how tables name the foundation model.
+        origin: the foundation model's fidelity (a data fidelity when the data carry its labels).
+        target: the fidelity it gains (the data set's high fidelity).
+        real_low: a real lower fidelity of the data set other than the origin (Li3PS4: PBEsol), or None.
+        ood_origin_teacher: the other-chemistries labels that are the foundation model's own ("low": CHGNet
+            0.3.0 is their low teacher); None: the foundation model labels them here.
+        teacher_note: what the high-fidelity labels are, for the tables.
+    """
+
+    name: str
+    dataset: str
+    foundation: str
+    pretrained: str
+    label: str
+    origin: str
+    target: str
+    real_low: str | None = None
+    ood_origin_teacher: str | None = None
+    teacher_note: str = ""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Fidelity names of every model and graph of the case: the origin, then the data set's others."""
+        from mfwrap.datasets.registry import DATASETS
+
+        return (self.origin, *(f for f in DATASETS[self.dataset].fidelities if f != self.origin))
+
+
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in (
+        Case(
+            "lmfp_chgnet030",
+            "lmfp",
+            FOUNDATION,
+            "0.3.0",
+            "CHGNet 0.3.0",
+            ORIGIN,
+            TARGET,
+            ood_origin_teacher="low",
+            teacher_note="LMFP labelled by the CHGNet r2SCAN teacher (itself CHGNet transfer-learned from a PBE "
+            "CHGNet on MP-r2SCAN: it flatters methods that stay close to the foundation model); LMFP's low "
+            "fidelity is CHGNet 0.3.0 itself, so the origin",
+        ),
+        Case(
+            "li3ps4_chgnet030",
+            "li3ps4",
+            FOUNDATION,
+            "0.3.0",
+            "CHGNet 0.3.0",
+            "mptrj",
+            "r2scan",
+            real_low="pbesol",
+            ood_origin_teacher="low",
+            teacher_note="Li3PS4 real DFT: r2SCAN energies (no forces), PBEsol energies and forces of the same "
+            "structures; the origin is CHGNet 0.3.0's own MPtrj PBE/PBE+U",
+        ),
+        Case(
+            "lmfp_sevenn0",
+            "lmfp",
+            "backbones.sevenn:SevenNet",
+            "7net-0",
+            "SevenNet-0",
+            "mptrj",
+            TARGET,
+            teacher_note="LMFP labelled by the CHGNet r2SCAN teacher; the origin is SevenNet-0's own MPtrj PBE/PBE+U "
+            "(LMFP's low fidelity, CHGNet 0.3.0, is not used)",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
 class Setup:
     """What a run of the foundation experiment needs (:func:`prepare`)."""
 
+    case: Case
     seed: int
     n_high: int
     foundation: nn.Module
@@ -61,9 +149,11 @@ class Setup:
     test: list[Data]
     replay: list[Data]  # pseudo-labels of the foundation model at the origin
     ood_high: list[Data]  # other chemistries, labelled by the high-fidelity teacher
-    ood_origin: list[Data]  # the same structures, labelled by the foundation model (CHGNet 0.3.0)
+    ood_origin: list[Data]  # the same structures, labelled by the foundation model
     replay_provenance: dict[str, Any]
     cache_dir: str | None = None
+    train_low: list[Data] = dataclasses.field(default_factory=list)  # real lower-fidelity frames (case.real_low)
+    real_low_test: list[Data] = dataclasses.field(default_factory=list)  # test structures' real_low labels, as origin
 
 
 @dataclass(frozen=True)
@@ -78,49 +168,71 @@ class Options:
     replay_n: int = 300
     replay_sources: tuple[str, ...] = ("own", "prototypes")
     ood_n: int = 100
+    case: str = "lmfp_chgnet030"
+
+    def __post_init__(self) -> None:
+        if self.case not in CASES:
+            raise ValueError(f"unknown foundation case {self.case!r}; known are {list(CASES)}")
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "replay_sources": list(self.replay_sources)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Options:
+        return cls(**{**data, "replay_sources": tuple(data["replay_sources"])})
 
-def _graphs(records, spec) -> list[Data]:
-    from mfwrap.data.readers import to_graphs
 
-    return to_graphs(records, spec, list(FIDELITIES))
+def _relabel(records, fidelity: str):
+    from mfwrap.data.readers import LabelledStructure
+
+    return [LabelledStructure(r.atoms, fidelity, r.labels, r.name) for r in records]
 
 
 def prepare(seed: int, options: Options, cache_dir: str | None = None, log: Callable[[str], None] = print) -> Setup:
-    """The LMFP split of ``seed``, the foundation model, its replay set and the other-chemistries sets."""
-    from mfwrap.data.readers import LabelledStructure
+    """The data split of ``seed``, the foundation model, its replay set and the other-chemistries sets."""
+    from mfwrap.data.readers import to_graphs
     from mfwrap.datasets.other_chemistries import load_other_chemistries
-    from mfwrap.datasets.registry import DATASETS, Split
+    from mfwrap.datasets.registry import DATASETS, Split, li3ps4_records
     from mfwrap.replay import ReplayConfig, build_replay
     from mfwrap.replay.cache import cache_key, replay_dir
+    from mfwrap.replay.labels import pseudo_label
     from mfwrap.replay.structures import as_atoms
     from mfwrap.train.baselines import ModelConfig
 
-    foundation = ModelConfig(backbone=FOUNDATION, pretrained="0.3.0").build_backbone()
-    spec = foundation.graph_spec
-    split = DATASETS["lmfp"].split(Split(seed=seed, n_high=options.n_high, n_val=options.n_val, cache_dir=cache_dir))
+    case = CASES[options.case]
+    foundation = ModelConfig(backbone=case.foundation, pretrained=case.pretrained).build_backbone()
+    graphs = lambda records: to_graphs(records, foundation.graph_spec, list(case.names))  # noqa: E731
+    dataset = DATASETS[case.dataset]
+    n_val = None if dataset.ships_validation else options.n_val
+    split = dataset.split(Split(seed=seed, n_high=options.n_high, n_val=n_val, cache_dir=cache_dir))
     config = ReplayConfig(sources=list(options.replay_sources), n=options.replay_n, seed=seed, cache_dir=cache_dir)
     own = [r.atoms for r in split.train_high]
-    replay = build_replay(foundation, config, own, origin=ORIGIN, log=log)
-    key = cache_key(foundation, config, [as_atoms(a) for a in own], ORIGIN, None, None)
+    replay = build_replay(foundation, config, own, origin=case.origin, log=log)
+    key = cache_key(foundation, config, [as_atoms(a) for a in own], case.origin, None, None)
     provenance = json.loads((replay_dir(config, key) / "provenance.json").read_text())  # what labelling cost
     other = load_other_chemistries(n=options.ood_n, seed=0, cache_dir=cache_dir)
-    as_origin = [LabelledStructure(r.atoms, ORIGIN, r.labels, r.name) for r in other["low"]]
+    if case.ood_origin_teacher is not None:
+        ood_origin = _relabel(other[case.ood_origin_teacher], case.origin)
+    else:
+        ood_origin = pseudo_label(foundation, [r.atoms for r in other[TARGET]], name=case.origin)
+    real_low_test = []
+    if case.real_low is not None and case.dataset == "li3ps4":
+        real_low_test = graphs(_relabel(li3ps4_records("test", case.real_low), case.origin))
     return Setup(
+        case=case,
         seed=seed,
         n_high=options.n_high,
         foundation=foundation,
-        train=_graphs(split.train_high, spec),
-        val=_graphs(split.val, spec),
-        test=_graphs(split.test, spec),
-        replay=_graphs(replay, spec),
-        ood_high=_graphs(other["high"], spec),
-        ood_origin=_graphs(as_origin, spec),
+        train=graphs(split.train_high),
+        val=graphs(split.val),
+        test=graphs(split.test),
+        replay=graphs(replay),
+        ood_high=graphs(_relabel(other[TARGET], case.target)),
+        ood_origin=graphs(ood_origin),
         replay_provenance=dict(provenance),
         cache_dir=cache_dir,
+        train_low=graphs(split.train_low) if case.real_low is not None else [],
+        real_low_test=real_low_test,
     )
 
 
@@ -132,6 +244,7 @@ class Method:
     label: str
     build: Callable[[Setup], tuple[nn.Module, list[Data], dict[str, Any]]] | None
     multi_fidelity: bool = False
+    needs_real_low: bool = False  # trains on the data set's real lower fidelity (Case.real_low)
 
 
 def _copy(model: nn.Module) -> nn.Module:
@@ -161,17 +274,30 @@ def _delta(setup: Setup):
     return DeltaModel(base, correction), setup.train, {"composition_reference": "labels"}
 
 
-def _mf(mechanisms: str, sources: tuple[str, ...] | None = None, high_share: float = 1.0):
+def _mf(
+    mechanisms: str,
+    sources: tuple[str, ...] | None = None,
+    high_share: float = 1.0,
+    real_low: bool = False,
+    replay: bool = True,
+):
     """MF from the foundation model, trained on the high-fidelity frames and the replay set (that of
-    ``Options.replay_sources``, or one as large from ``sources``), sampled replay : high = 1 : ``high_share``."""
+    ``Options.replay_sources``, or one as large from ``sources``), sampled replay : high = 1 : ``high_share``;
+    with ``real_low`` also the data set's real lower fidelity (share 1); without ``replay``, no replay."""
 
     def build(setup: Setup):
         import mfwrap
 
-        replay = setup.replay if sources is None else _other_replay(setup, sources)
-        model = mfwrap.MultiFidelity(setup.foundation, list(FIDELITIES), mechanisms, origin=ORIGIN)
-        options = {"fidelity_sampling": {ORIGIN: 1.0, TARGET: high_share}, "composition_reference": "residual"}
-        return model, setup.train + replay, options
+        case = setup.case
+        train, sampling = list(setup.train), {case.target: high_share}
+        if replay:
+            train += setup.replay if sources is None else _other_replay(setup, sources)
+            sampling[case.origin] = 1.0
+        if real_low:
+            train += setup.train_low
+            sampling[case.real_low] = 1.0
+        model = mfwrap.MultiFidelity(setup.foundation, list(case.names), mechanisms, origin=case.origin)
+        return model, train, {"fidelity_sampling": sampling, "composition_reference": "residual"}
 
     return build
 
@@ -179,19 +305,20 @@ def _mf(mechanisms: str, sources: tuple[str, ...] | None = None, high_share: flo
 def _other_replay(setup: Setup, sources: tuple[str, ...]) -> list[Data]:
     """A replay set of the same size and seed as ``setup.replay`` from other ``sources`` (no "own")."""
     from mfwrap.data.graph import graph_atoms
+    from mfwrap.data.readers import to_graphs
     from mfwrap.replay import ReplayConfig, build_replay
 
     config = ReplayConfig(sources=list(sources), n=len(setup.replay), seed=setup.seed, cache_dir=setup.cache_dir)
     own = [graph_atoms(g) for g in setup.train]  # their elements join the prototypes' decorations
-    records = build_replay(setup.foundation, config, own, origin=ORIGIN, log=None)
-    return _graphs(records, setup.foundation.graph_spec)
+    records = build_replay(setup.foundation, config, own, origin=setup.case.origin, log=None)
+    return to_graphs(records, setup.foundation.graph_spec, list(setup.case.names))
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("foundation", "CHGNet 0.3.0 as it is", None),
-        Method("foundation_refit", "CHGNet 0.3.0, composition refitted (residual)", None),
+        Method("foundation", "the foundation model as it is", None),
+        Method("foundation_refit", "the foundation model, composition refitted (residual)", None),
         Method("finetune", "fine-tune all weights", lambda s: _finetune(s, refit=False)),
         Method("finetune_refit", "fine-tune all weights, composition refitted", lambda s: _finetune(s, refit=True)),
         Method("transfer", "transfer (frozen body), composition refitted", _transfer),
@@ -216,28 +343,46 @@ METHODS: dict[str, Method] = {
             _mf("ECMR", ("prototypes",), high_share=2.0),
             multi_fidelity=True,
         ),
+        # with the data set's real lower fidelity (Li3PS4: PBEsol energies and forces of every training
+        # structure) as a third fidelity, without and with prototype replay at the origin
+        Method(
+            "mf_real_low",
+            "MF ECMR + real low fidelity, no replay",
+            _mf("ECMR", real_low=True, replay=False),
+            multi_fidelity=True,
+            needs_real_low=True,
+        ),
+        Method(
+            "mf_real_low_prototypes",
+            "MF ECMR + real low fidelity + prototype replay",
+            _mf("ECMR", ("prototypes",), real_low=True),
+            multi_fidelity=True,
+            needs_real_low=True,
+        ),
     )
 }
 
 
-def epochs_of(method: Method, setup: Setup, options: Options) -> int:
-    """Epochs giving ``method`` the optimiser steps MF takes in ``options.mf_epochs`` epochs."""
+def epochs_of(method: Method, setup: Setup, options: Options, n_own: int | None = None) -> int:
+    """Epochs giving ``method`` (``n_own`` training frames; default: those it trains on) the optimiser steps
+    MF takes in ``options.mf_epochs`` epochs over the high-fidelity and replay frames."""
     from mfwrap.bench.grid import in_own_epochs
 
     n_mf = len(setup.train) + len(setup.replay)
-    n_own = n_mf if method.multi_fidelity else len(setup.train)
+    if n_own is None:
+        n_own = n_mf if method.multi_fidelity else len(setup.train)
     return in_own_epochs(options.mf_epochs, n_mf, n_own, options.batch_size)
 
 
-def _errors(model: nn.Module, graphs: Sequence[Data], fidelity: str) -> dict[str, float]:
-    """MAE at ``fidelity``: energy meV/atom, forces meV/Å, stress GPa."""
+def _errors(model: nn.Module, graphs: Sequence[Data], fidelity: str, names: Sequence[str]) -> dict[str, float]:
+    """MAE at ``fidelity``: energy meV/atom, forces meV/Å, stress GPa (the targets ``graphs`` label)."""
     from mfwrap.train.distributed import DistributedContext
     from mfwrap.train.evaluation import evaluate
 
     metrics = evaluate(
         model,
         graphs,
-        fidelity_names=list(FIDELITIES),
+        fidelity_names=list(names),
         targets=["energy", "forces", "stress"],
         ctx=DistributedContext.from_env(),
         device=torch.device("cpu"),
@@ -248,12 +393,17 @@ def _errors(model: nn.Module, graphs: Sequence[Data], fidelity: str) -> dict[str
 
 def measure(model: nn.Module, setup: Setup) -> dict[str, dict[str, float]]:
     """In-domain, out-of-domain (both at the high fidelity) and forgetting (at the origin for a
-    multi-fidelity model, the model itself otherwise) errors (module docstring)."""
-    return {
-        "in_domain": _errors(model, setup.test, TARGET),
-        "out_of_domain": _errors(model, setup.ood_high, TARGET),
-        "forgetting": _errors(model, setup.ood_origin, ORIGIN),
+    multi-fidelity model, the model itself otherwise) errors (module docstring); with a real lower
+    fidelity, also the origin's error against its labels on the test structures (``forgetting_real``)."""
+    case, names = setup.case, setup.case.names
+    found = {
+        "in_domain": _errors(model, setup.test, case.target, names),
+        "out_of_domain": _errors(model, setup.ood_high, case.target, names),
+        "forgetting": _errors(model, setup.ood_origin, case.origin, names),
     }
+    if setup.real_low_test:
+        found["forgetting_real"] = _errors(model, setup.real_low_test, case.origin, names)
+    return found
 
 
 def run_method(name: str, setup: Setup, options: Options, out_dir: str | Path) -> dict[str, Any]:
@@ -262,7 +412,9 @@ def run_method(name: str, setup: Setup, options: Options, out_dir: str | Path) -
     from mfwrap.mechanisms.composition_fit import fit_composition
     from mfwrap.train import TrainConfig, Trainer
 
-    method = METHODS[name]
+    method, case = METHODS[name], setup.case
+    if method.needs_real_low and case.real_low is None:
+        raise ValueError(f"method {name!r} needs a real lower fidelity; case {case.name!r} has none")
     started = time.perf_counter()
     if method.build is None:
         model = _copy(setup.foundation)
@@ -271,18 +423,19 @@ def run_method(name: str, setup: Setup, options: Options, out_dir: str | Path) -
         return {"measures": measure(model, setup), "steps": 0, "epochs": 0, "wall_s": time.perf_counter() - started}
     torch.manual_seed(setup.seed)
     model, train, trainer_options = method.build(setup)
-    epochs = epochs_of(method, setup, options)
+    epochs = epochs_of(method, setup, options, n_own=len(train))
     config = TrainConfig(
         epochs=epochs,
         batch_size=options.batch_size,
         lr=options.lr,
         seed=setup.seed,
-        target_fidelity=TARGET,
+        target_fidelity=case.target,
         output_dir=str(out_dir),
         progress=False,
+        targets="".join(t for t in "efsm" if t != "m" or _predicts_magmoms(setup.foundation)),
         **trainer_options,
     )
-    summary = Trainer(model, config, fidelity_names=list(FIDELITIES)).fit(train, setup.val)
+    summary = Trainer(model, config, fidelity_names=list(case.names)).fit(train, setup.val)
     best = mfwrap.load(Path(out_dir) / "best.pt")
     return {
         "measures": measure(best, setup),
@@ -293,8 +446,17 @@ def run_method(name: str, setup: Setup, options: Options, out_dir: str | Path) -
     }
 
 
+def _predicts_magmoms(model: nn.Module) -> bool:
+    """The backbone names output heads besides the energy readout (as :mod:`mfwrap.bench.backbones` reads it)."""
+    return bool(dict(getattr(type(model), "fidelity_spec", {})).get("heads"))
+
+
+MEASURES = ("in_domain", "out_of_domain", "forgetting", "forgetting_real")
+TARGET_NAMES = ("energy", "forces", "stress")
+
+
 def summarise(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample standard deviation over seeds of every measure, per method."""
+    """Mean and sample standard deviation over seeds of every measure, per method (one case and N_high)."""
     import numpy as np
 
     by_method: dict[str, list[dict[str, Any]]] = {}
@@ -306,10 +468,12 @@ def summarise(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not runs:
             continue
         entry: dict[str, Any] = {"label": METHODS[name].label, "seeds": sorted(r["seed"] for r in runs)}
-        for measure_name in ("in_domain", "out_of_domain", "forgetting"):
+        for measure_name in MEASURES:
+            if not any(measure_name in r["measures"] for r in runs):
+                continue
             entry[measure_name] = {}
-            for target in ("energy", "forces", "stress"):
-                values = [r["measures"][measure_name].get(target) for r in runs]
+            for target in TARGET_NAMES:
+                values = [r["measures"].get(measure_name, {}).get(target) for r in runs]
                 values = [v for v in values if v is not None]
                 if values:
                     entry[measure_name][target] = {
@@ -322,29 +486,39 @@ def summarise(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def table(summary: dict[str, Any]) -> str:
+def _cell(entry: dict[str, Any], measure_name: str, targets: Sequence[str]) -> str:
+    digits = {"energy": 1, "forces": 0, "stress": 3}
+    parts = []
+    for target in targets:
+        value = entry.get(measure_name, {}).get(target)
+        d = digits[target]
+        parts.append("—" if value is None else f"{value['mean']:.{d}f} ± {value['std']:.{d}f}")
+    return " / ".join(parts)
+
+
+def table(summary: dict[str, Any], case: Case | None = None) -> str:
     """Markdown table of :func:`summarise`: E meV/atom / F meV/Å / S GPa per measure, mean ± std; out of domain
-    without E (other chemistries have none of LMFP's elements, whose reference energies at the high fidelity
-    no LMFP frame can teach: that error is the teachers' reference offset, the same for every method)."""
-
-    def cell(entry: dict[str, Any], measure_name: str) -> str:
-        parts = []
-        for target, digits in (("energy", 1), ("forces", 0), ("stress", 3)):
-            if measure_name == "out_of_domain" and target == "energy":
-                continue  # elements LMFP lacks: their reference energies at the new fidelity cannot be learnt
-            value = entry[measure_name].get(target)
-            parts.append("—" if value is None else f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}")
-        return " / ".join(parts)
-
-    lines = [
-        "| method | seeds | steps | in-domain (high) E / F / S | other chemistries (high) F / S "
-        "| forgetting vs CHGNet 0.3.0 E / F / S | wall s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    without E (other chemistries have none of the fine-tuning elements, whose reference energies at the high
+    fidelity no training frame can teach: that error is the teachers' reference offset, the same for every
+    method); with a real lower fidelity, the origin's force error against it on the test structures."""
+    case = case or CASES["lmfp_chgnet030"]
+    real = case.real_low is not None
+    in_domain = [t for t in TARGET_NAMES if any(t in e.get("in_domain", {}) for e in summary.values())]
+    header = (
+        f"| method | seeds | steps | in-domain ({case.target}) {' / '.join(t[0].upper() for t in in_domain)} "
+        f"| other chemistries ({case.target}) F / S | forgetting vs {case.label} E / F / S |"
+        + (f" origin vs real {case.real_low} F |" if real else "")
+        + " wall s |"
+    )
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     for entry in summary.values():
         lines.append(
-            f"| {entry['label']} | {len(entry['seeds'])} | {entry['steps']:.0f} | {cell(entry, 'in_domain')} "
-            f"| {cell(entry, 'out_of_domain')} | {cell(entry, 'forgetting')} | {entry['wall_s']:.0f} |"
+            f"| {entry['label']} | {len(entry['seeds'])} | {entry['steps']:.0f} "
+            f"| {_cell(entry, 'in_domain', in_domain)} "
+            f"| {_cell(entry, 'out_of_domain', ('forces', 'stress'))} "
+            f"| {_cell(entry, 'forgetting', TARGET_NAMES)} |"
+            + (f" {_cell(entry, 'forgetting_real', ('forces',))} |" if real else "")
+            + f" {entry['wall_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -355,92 +529,238 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     write_text(Path(path), json.dumps(payload, indent=1) + "\n")
 
 
-TARGET_NAMES = ("energy", "forces", "stress")
-
-
 def _mean(summary: dict[str, Any], method: str, measure_name: str, target: str) -> float | None:
     value = summary.get(method, {}).get(measure_name, {}).get(target)
     return None if value is None else value["mean"]
 
 
+def _judge(passed: list[bool]) -> str:
+    return "holds" if all(passed) else "partly" if any(passed) else "fails"
+
+
 def verdicts(summary: dict[str, Any], method: str = "mf_ecmr_replay", reference: str = "finetune") -> list[str]:
     """The issue's targets for MF with replay, each "holds", "partly" or "fails" with its figures:
-    in-domain within 5 % of the best method (E, F, S), out of domain at the high fidelity no worse than
-    the fine-tuning ``reference`` (F, S), forgetting at most 20 % of the reference's (E, F, S)."""
+    in-domain within 5 % of the best method (the targets the test frames label), out of domain at the high
+    fidelity no worse than the fine-tuning ``reference`` (F, S), forgetting at most 20 % of the reference's
+    (E, F, S). Methods that do not train (the foundation model itself) are not candidates for the best."""
     if method not in summary or reference not in summary:
         return []
-
-    def judge(passed: list[bool]) -> str:
-        return "holds" if all(passed) else "partly" if any(passed) else "fails"
-
     lines = []
-    best, passed, parts = {}, [], []
+    passed, parts = [], []
     for target in TARGET_NAMES:
-        values = {m: _mean(summary, m, "in_domain", target) for m in summary}
+        values = {m: _mean(summary, m, "in_domain", target) for m in summary if METHODS[m].build is not None}
         values = {m: v for m, v in values.items() if v is not None}
-        best[target] = min(values, key=values.get)
+        if method not in values:
+            continue
+        best = min(values, key=values.get)
         ours = values[method]
-        passed.append(ours <= 1.05 * values[best[target]])
-        parts.append(f"{target} {ours:.4g} vs {values[best[target]]:.4g} ({summary[best[target]]['label']})")
-    lines.append(f"in-domain within 5 % of the best method: **{judge(passed)}** — " + "; ".join(parts))
+        passed.append(ours <= 1.05 * values[best])
+        parts.append(f"{target} {ours:.4g} vs {values[best]:.4g} ({summary[best]['label']})")
+    lines.append(f"in-domain within 5 % of the best method: **{_judge(passed)}** — " + "; ".join(parts))
     passed, parts = [], []
     for target in ("forces", "stress"):
         ours, theirs = (_mean(summary, m, "out_of_domain", target) for m in (method, reference))
         passed.append(ours <= theirs)
         parts.append(f"{target} {ours:.4g} vs {theirs:.4g}")
-    lines.append(f"out of domain no worse than fine-tuning: **{judge(passed)}** — " + "; ".join(parts))
+    lines.append(f"out of domain no worse than fine-tuning: **{_judge(passed)}** — " + "; ".join(parts))
     passed, parts = [], []
     for target in TARGET_NAMES:
         ours, theirs = (_mean(summary, m, "forgetting", target) for m in (method, reference))
         passed.append(ours <= 0.2 * theirs)
         parts.append(f"{target} {ours:.4g} vs {theirs:.4g} ({ours / theirs:.0%})")
-    lines.append(f"forgetting at most 20 % of fine-tuning's: **{judge(passed)}** — " + "; ".join(parts))
+    lines.append(f"forgetting at most 20 % of fine-tuning's: **{_judge(passed)}** — " + "; ".join(parts))
     return lines
 
 
+# The MF methods the targets are judged for (the paper's mechanisms with the issue's 1:1 replay; then the
+# variants chosen on validation frames), against plain fine-tuning and fine-tuning with the refit.
+JUDGED = ("mf_ecmr_replay", "mf_ecmr_prototypes", "mf_ecmr_prototypes_2to1", "mf_real_low_prototypes")
+REFERENCES = ("finetune", "finetune_refit")
+
+
+def _groups(payload: dict[str, Any]):
+    """(case, N_high, summary) of the aggregate, in the order of :data:`CASES` and N_high."""
+    for name in CASES:
+        for n_high, summary in sorted(payload["summary"].get(name, {}).items(), key=lambda kv: int(kv[0])):
+            yield CASES[name], int(n_high), summary
+
+
+def verdict_rows(payload: dict[str, Any]) -> list[tuple[Case, int, str, str, list[str]]]:
+    """(case, N_high, MF method, reference, verdict lines) for every judged pair present."""
+    return [
+        (case, n_high, method, reference, found)
+        for case, n_high, summary in _groups(payload)
+        for method in JUDGED
+        for reference in REFERENCES
+        if (found := verdicts(summary, method=method, reference=reference))
+    ]
+
+
+def claims_markdown(payload: dict[str, Any]) -> str:
+    """The targets' verdicts for ``claims.md``: one line per target, the evidence per case, N_high and pair."""
+    rows = verdict_rows(payload)
+    lines = [
+        "### Foundation models gaining a fidelity (issue 29's targets)",
+        "",
+        "MF with replay from a pretrained model against fine-tuning at equal optimiser steps, means over the "
+        "seeds of `foundation.json` (in-domain: test frames at the new fidelity; out of domain: other chemistries "
+        "at the new fidelity; forgetting: against the foundation model's own predictions there). A target holds "
+        "where every comparison under it does.",
+        "",
+    ]
+    titles = (
+        "MF with replay in-domain within 5 % of the best method",
+        "MF with replay out of domain no worse than fine-tuning",
+        "MF with replay forgets at most 20 % of what fine-tuning forgets",
+    )
+    for index, title in enumerate(titles):
+        # in-domain does not depend on the fine-tuning compared: once per case, N_high and MF
+        chosen = [r for r in rows if r[3] == REFERENCES[0]] if index == 0 else rows
+        outcomes = [found[index].split("**")[1] for *_, found in chosen]
+        status = "not measured" if not outcomes else _judge([o == "holds" for o in outcomes])
+        if outcomes and status == "fails" and any(o == "partly" for o in outcomes):
+            status = "partly"
+        lines.append(f"- **{status}** — {title}")
+        for case, n_high, method, reference, found in chosen:
+            against = "" if index == 0 else f" vs {METHODS[reference].label}"
+            lines.append(
+                f"  - {case.label} on {case.dataset}, N_high {n_high}, {METHODS[method].label}{against}: "
+                f"{found[index].split(': ', 1)[1]}"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def render(payload: dict[str, Any]) -> str:
-    """The results document's section for ``benchmarks/results/foundation.json``."""
+    """``foundation.md``: the settings, one table per case and N_high, the cost and the verdicts."""
     options = payload["options"]
     text = (
-        f"CHGNet 0.3.0 gains a fidelity from {options['n_high']} LMFP frames labelled by the CHGNet r2SCAN "
-        f"teacher (seeds {', '.join(map(str, payload['seeds']))}; {options['n_val']} validation frames pick the best "
-        f"checkpoint; learning rate {options['lr']:g}, cosine, batch {options['batch_size']}). Every trained method "
-        f"takes the optimiser steps of MF in {options['mf_epochs']} epochs over the high-fidelity and "
-        f"{options['replay_n']} replay frames ({' + '.join(options['replay_sources'])}, labelled by the frozen "
-        "CHGNet 0.3.0). In-domain: the LMFP test frames at the high fidelity; other chemistries: "
+        "### Foundation models gain a fidelity\n\n"
+        "A pretrained potential gains a fidelity from N_high frames at a new level of theory. Every trained "
+        f"method takes the optimiser steps of MF in {options['mf_epochs']} epochs over the high-fidelity and "
+        f"{options['replay_n']} replay frames (labelled by the frozen foundation model at its own fidelity, the "
+        f"origin); learning rate {options['lr']:g}, cosine, batch {options['batch_size']}; the validation frames "
+        "pick the best checkpoint. In-domain: the data set's test frames at the new fidelity; other chemistries: "
         f"{options['ood_n']} structures of AFLOW prototypes that the replay pool never draws, without LMFP's "
-        "elements, labelled by the r2SCAN teacher (energy left out: the reference energies of elements LMFP lacks "
-        "cannot be learnt from LMFP); forgetting: the origin fidelity's (a single-fidelity model's own) error "
-        "against CHGNet 0.3.0 on those structures. MAE, mean ± standard deviation over seeds, E meV/atom / "
-        "F meV/Å / S GPa. The high-fidelity teacher is itself CHGNet fine-tuned from a PBE CHGNet "
-        '("transfer learned from MP-R2SCAN"), so it flatters methods that stay close to the foundation model. '
-        "The last row, MF with a replay set as large drawn from the prototypes only, was added after the others on "
-        "the evidence of seed 0's validation frames (the test frames decided nothing): replaying the user's own "
-        "structures at the origin held the new fidelity's energies back.\n\n"
+        "elements, labelled by the CHGNet r2SCAN teacher (energy left out: reference energies of elements the "
+        "training frames lack cannot be learnt); forgetting: the origin fidelity's (a single-fidelity model's own) "
+        "error against the foundation model on those structures. MAE, mean ± standard deviation over seeds, "
+        "E meV/atom / F meV/Å / S GPa. MF variants below the paper's 1:1 replay of own + prototype structures "
+        "were chosen on seed 0's validation frames (the test frames decided nothing).\n"
     )
-    text += table(payload["summary"])
+    if lines := headline(payload):
+        text += "\nIn short (means over seeds; forces in meV/Å, energies in meV/atom):\n\n" + "\n".join(lines) + "\n"
+    for case, n_high, summary in _groups(payload):
+        case_options = payload["options_by_case"][case.name]
+        text += (
+            f"\n#### {case.label} on {case.dataset}, N_high {n_high}\n\n{case.teacher_note}. Replay: "
+            f"{case_options['replay_n']} frames of {' + '.join(case_options['replay_sources'])}.\n\n"
+        )
+        text += table(summary, case)
     costs = [c for c in (payload.get("replay") or {}).values() if c.get("labelling_seconds") is not None]
+    runs = len(payload["runs"])
+    text += f"\nCost: {payload['run_hours']:.1f} run-hours of training and evaluation for the {runs} runs"
     if costs:
         seconds = [c["structure_seconds"] + c["labelling_seconds"] for c in costs]
         text += (
-            f"\nCost: {payload['run_hours']:.1f} run-hours of training and evaluation for the {len(payload['runs'])} "
-            f"runs; a replay set of {options['replay_n']} frames took {min(seconds):.0f}–{max(seconds):.0f} s to make "
-            f"and label per seed (peak process memory {max(c['peak_rss_mib'] for c in costs):.0f} MiB), once: it is "
-            "cached and shared by the methods.\n"
+            f"; a replay set took {min(seconds):.0f}–{max(seconds):.0f} s to make and label per case, seed and "
+            f"N_high (peak process memory {max(c['peak_rss_mib'] for c in costs):.0f} MiB), once: it is cached and "
+            "shared by the methods"
         )
-    rows = []
-    for method in ("mf_ecmr_prototypes", "mf_ecmr_replay"):
-        for reference in ("finetune", "finetune_refit"):
-            found = verdicts(payload["summary"], method=method, reference=reference)
-            if found:
-                labels = [payload["summary"][m]["label"] for m in (method, reference)]
-                rows.append(f"| {labels[0]} | {labels[1]} | " + " | ".join(v.split(": ", 1)[1] for v in found) + " |")
+    text += ".\n"
+    rows = verdict_rows(payload)
     if rows:
         text += (
-            "\nThe targets of issue 29 for MF with replay (in-domain within 5 % of the best method; out of domain "
-            "no worse than the fine-tuning compared; forgetting at most 20 % of its), means over seeds:\n\n"
-            "| MF | fine-tuning compared | in-domain | out of domain | forgetting |\n| --- | --- | --- | --- | --- |\n"
-            + "\n".join(rows)
+            "\nThe targets of issue 29 (in-domain within 5 % of the best method; out of domain no worse than the "
+            "fine-tuning compared; forgetting at most 20 % of its), means over seeds:\n\n"
+            "| case | N_high | MF | fine-tuning compared | in-domain | out of domain | forgetting |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n"
+            + "\n".join(
+                f"| {case.label} on {case.dataset} | {n_high} | {METHODS[m].label} | {METHODS[r].label} | "
+                + " | ".join(v.split(": ", 1)[1] for v in found)
+                + " |"
+                for case, n_high, m, r, found in rows
+            )
             + "\n"
         )
     return text
+
+
+HEADLINE_MF = ("mf_ecmr_prototypes_2to1", "mf_ecmr_prototypes", "mf_real_low_prototypes")  # fixed, not by test
+
+
+def headline(payload: dict[str, Any]) -> list[str]:
+    """One line per case and N_high: the trained method lowest in-domain (forces, or energy where the test
+    frames have no forces), and each MF of :data:`HEADLINE_MF` present against fine-tuning with the refit:
+    in-domain, other chemistries (forces) and forgetting (forces)."""
+    lines = []
+    for case, n_high, summary in _groups(payload):
+        trained = {m: e for m, e in summary.items() if METHODS[m].build is not None}
+        if not trained:
+            continue
+        target = "forces" if any("forces" in e.get("in_domain", {}) for e in trained.values()) else "energy"
+        values = {m: _mean(summary, m, "in_domain", target) for m in trained}
+        values = {m: v for m, v in values.items() if v is not None}
+        best = min(values, key=values.get)
+        parts = [f"lowest in-domain {target}: {summary[best]['label']} ({values[best]:.3g})"]
+        reference = "finetune_refit"
+        for method in HEADLINE_MF:
+            if method in summary and reference in summary:
+                figures = [
+                    f"{_mean(summary, m, name, t):.3g}"
+                    for name, t in (("in_domain", target), ("out_of_domain", "forces"), ("forgetting", "forces"))
+                    for m in (method, reference)
+                ]
+                parts.append(
+                    f"{summary[method]['label']} against {summary[reference]['label']}: in-domain {figures[0]} vs "
+                    f"{figures[1]}, other chemistries {figures[2]} vs {figures[3]}, forgetting {figures[4]} vs "
+                    f"{figures[5]}"
+                )
+        lines.append(f"- {case.label} on {case.dataset}, N_high {n_high}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def plot(payload: dict[str, Any], path: str | Path) -> None:
+    """``foundation.png``: per case, in-domain (forces, or energy where the test frames have no forces), other
+    chemistries' forces and forgetting (forces) against N_high, one line per method (mean ± std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [name for name in CASES if payload["summary"].get(name)]
+    fig, axes = plt.subplots(len(cases), 3, figsize=(13, 3.6 * len(cases)), squeeze=False)
+    for row, name in zip(axes, cases):
+        groups = {int(n): s for n, s in payload["summary"][name].items()}
+        has_forces = any("forces" in e.get("in_domain", {}) for s in groups.values() for e in s.values())
+        panels = (
+            ("in_domain", "forces" if has_forces else "energy"),
+            ("out_of_domain", "forces"),
+            ("forgetting", "forces"),
+        )
+        for ax, (measure_name, target) in zip(row, panels):
+            for method in METHODS:
+                points = [
+                    (n, s[method][measure_name][target])
+                    for n, s in sorted(groups.items())
+                    if method in s and target in s[method].get(measure_name, {})
+                ]
+                if not points:
+                    continue
+                xs = [n for n, _ in points]
+                ax.errorbar(
+                    xs,
+                    [v["mean"] for _, v in points],
+                    yerr=[v["std"] for _, v in points],
+                    marker="o",
+                    capsize=3,
+                    label=METHODS[method].label,
+                )
+            unit = "meV/atom" if target == "energy" else "meV/Å"
+            ax.set_title(f"{CASES[name].label} on {CASES[name].dataset}: {measure_name.replace('_', ' ')}", fontsize=9)
+            ax.set_xlabel("N_high")
+            ax.set_ylabel(f"{target} MAE ({unit})")
+            ax.set_yscale("log")
+        row[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -248,10 +248,10 @@ def write_report(root: str | Path, out: str | Path, force: bool = False) -> list
         plot(experiment, rows, out / f"{experiment}.png")
         written += [out / f"{experiment}.{suffix}" for suffix in ("json", "md", "png")]
     if written:
-        from mfwrap.bench.claims import check_claims, claims_markdown, read_report
+        from mfwrap.bench.claims import claims_document
         from mfwrap.bench.document import SUITE_LEVEL, write_results_document
 
-        write_text(out / "claims.md", claims_markdown(check_claims(read_report(out))))
+        write_text(out / "claims.md", claims_document(out))
         written.append(out / "claims.md")
         results_dir = out.parent.parent  # out is benchmarks/results/suite/<level>: the results document follows
         if out.name == SUITE_LEVEL and out.parent.name == "suite" and (results_dir / "methods.md").exists():

@@ -12,6 +12,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mfwrap.bench.report import warn_old_layout, write_report, write_reports
     from mfwrap.bench.runner import run_suite
 
+    if args.experiment == "foundation":
+        from mfwrap.bench.foundation_runs import run
+
+        return run(args)
     if args.experiment == "report":
         for path in write_reports(args.root, args.out, args.level, args.force):
             print(path)
@@ -74,7 +78,12 @@ def add_bench_parser(commands: Any) -> None:
         "--root/<level>, skipping finished runs and resuming killed ones, then writes the report (mean ± sd over "
         "seeds, tables, plots) to --out/<level>.",
     )
-    bench.add_argument("experiment", choices=[*EXPERIMENTS, "all", "report"])
+    bench.add_argument(
+        "experiment",
+        choices=[*EXPERIMENTS, "all", "report", "foundation"],
+        help="an experiment of the suite (at --level), all of them, report, or foundation: a pretrained model "
+        "gains a fidelity (its own options below; results in OUT/foundation.json, runs in ROOT/foundation)",
+    )
     bench.add_argument(
         "--level",
         choices=list(LEVELS),
@@ -120,4 +129,7 @@ def add_bench_parser(commands: Any) -> None:
         action="store_true",
         help="let the report replace one of another level or with more runs (refused by default)",
     )
+    from mfwrap.bench.foundation_runs import add_arguments
+
+    add_arguments(bench)
     bench.set_defaults(func=cmd_bench)

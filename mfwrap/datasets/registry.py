@@ -167,13 +167,20 @@ def _lmfp(size: str | None, cache_dir: str | os.PathLike | None, gap: float | No
     return Pools(high=data["high_train"], low=data["low_train"], test=data["high_test"])
 
 
+# Li3PS4's extxyz keys: {fidelity: {target: key}}
+LI3PS4_KEYS = {"pbesol": {"energy": "energy", "forces": "forces"}, "r2scan": {"energy": "mtt::r2scan_energy"}}
+
+
+def li3ps4_records(part: str, fidelity: str) -> Records:
+    """The Li3PS4 frames of ``part`` (train, val, test) at ``fidelity`` (pbesol, r2scan)."""
+    return [r for r in read_fidelities(LI3PS4_DIR / f"{part}.xyz", LI3PS4_KEYS) if r.fidelity == fidelity]
+
+
 def _li3ps4(size: str | None, cache_dir: str | os.PathLike | None) -> Pools:
-    keys = {"pbesol": {"energy": "energy", "forces": "forces"}, "r2scan": {"energy": "mtt::r2scan_energy"}}
-
     def high_only(name: str) -> Records:
-        return [r for r in read_fidelities(LI3PS4_DIR / name, keys) if r.fidelity == "r2scan"]
+        return li3ps4_records(name.removesuffix(".xyz"), "r2scan")
 
-    train = read_fidelities(LI3PS4_DIR / "train.xyz", keys)  # each frame at both fidelities, read once
+    train = read_fidelities(LI3PS4_DIR / "train.xyz", LI3PS4_KEYS)  # each frame at both fidelities, read once
     return Pools(
         high=[r for r in train if r.fidelity == "r2scan"],
         low=[r for r in train if r.fidelity == "pbesol"],

@@ -330,3 +330,22 @@ def test_sevennet0_gains_a_fidelity_its_origin_kept_through_the_residual_composi
         assert ours["energy"] == pytest.approx(reference["energy"], abs=1e-5)
     for ours, label in zip(mfwrap.predict(mf, cells, fidelity="r2scan", stress=False), labels):
         assert ours["energy"] == pytest.approx(label, abs=1e-3)
+
+
+def test_a_deep_copy_of_a_used_model_saves_and_loads(tmp_path, pretrained, cells):
+    """e3nn turns its generated tensor-product code's constants into buffers in a deep copy of a model that
+    has run; they are not state (derived from the irreps): the saved file of the copy loads into a rebuilt
+    model, and states load both ways between the copy and the original."""
+    import copy
+
+    model = copy.deepcopy(pretrained)
+    reference = mfwrap.predict(model, cells, stress=False)
+    duplicate = copy.deepcopy(model)
+    assert any("_tensor_constant" in name for name, _ in duplicate.named_buffers())  # what e3nn does
+    assert not any("_tensor_constant" in key for key in duplicate.state_dict())
+    mfwrap.save(duplicate, tmp_path / "copy.pt")
+    loaded = mfwrap.load(tmp_path / "copy.pt")
+    duplicate.load_state_dict(model.state_dict())
+    model.load_state_dict(duplicate.state_dict())
+    for ours, theirs in zip(mfwrap.predict(loaded, cells, stress=False), reference):
+        assert ours["energy"] == pytest.approx(theirs["energy"], abs=1e-6)

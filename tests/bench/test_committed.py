@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mfwrap.bench.claims import check_claims, claims_markdown, read_report
+from mfwrap.bench.claims import check_claims, claims_document, claims_markdown, read_report
 from mfwrap.bench.grid import EXPERIMENTS, LEVELS
 from mfwrap.bench.report import experiment_report, write_report
 from mfwrap.bench.result import RunResult, read_runs
@@ -23,7 +23,11 @@ def test_the_committed_reports_exist():
 
 
 def test_claims_regenerate_from_the_committed_reports_byte_for_byte():
-    assert claims_markdown(check_claims(read_report(COMMITTED))) == (COMMITTED / "claims.md").read_text()
+    """The seed paper's claims from the suite's reports, then the foundation experiment's verdicts."""
+    text = (COMMITTED / "claims.md").read_text()
+    assert claims_document(COMMITTED) == text
+    assert text.startswith(claims_markdown(check_claims(read_report(COMMITTED))))
+    assert "### Foundation models gaining a fidelity" in text
 
 
 @pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: p.stem)
@@ -39,6 +43,9 @@ def test_restored_runs_rebuild_the_report(tmp_path):
     temporary directory) has the committed claims and the tables of the experiments whose runs all restore."""
     root, out = tmp_path / "runs", tmp_path / "benchmarks" / "results" / "suite" / "medium"
     shutil.copytree(COMMITTED.parents[1], out.parents[1], ignore=shutil.ignore_patterns("suite"))  # the other results
+    out.parent.mkdir(parents=True)
+    for name in ("foundation.json", "foundation.md", "foundation.png"):  # the foundation experiment beside the levels
+        shutil.copy2(COMMITTED.parent / name, out.parent / name)
     specs = [
         spec
         for experiment in EXPERIMENTS.values()
