@@ -639,7 +639,9 @@ def render(payload: dict[str, Any]) -> str:
         f"method takes the optimiser steps of MF in {options['mf_epochs']} epochs over the high-fidelity and "
         f"{options['replay_n']} replay frames (labelled by the frozen foundation model at its own fidelity, the "
         f"origin); learning rate {options['lr']:g}, cosine, batch {options['batch_size']}; the validation frames "
-        "pick the best checkpoint. In-domain: the data set's test frames at the new fidelity; other chemistries: "
+        "pick the best checkpoint. Training runs whole epochs, so a method whose epoch is long (the real lower "
+        "fidelity's frames added) takes up to half an epoch fewer or more steps: the steps column says. "
+        "In-domain: the data set's test frames at the new fidelity; other chemistries: "
         f"{options['ood_n']} structures of AFLOW prototypes that the replay pool never draws, without LMFP's "
         "elements, labelled by the CHGNet r2SCAN teacher (energy left out: reference energies of elements the "
         "training frames lack cannot be learnt); forgetting: the origin fidelity's (a single-fidelity model's own) "
@@ -653,7 +655,8 @@ def render(payload: dict[str, Any]) -> str:
         case_options = payload["options_by_case"][case.name]
         text += (
             f"\n#### {case.label} on {case.dataset}, N_high {n_high}\n\n{case.teacher_note}. Replay: "
-            f"{case_options['replay_n']} frames of {' + '.join(case_options['replay_sources'])}.\n\n"
+            f"{case_options['replay_n']} frames of {' + '.join(case_options['replay_sources'])}"
+            f"{''.join(f'; {note}' for note in payload.get('notes_by_case', {}).get(case.name, []))}.\n\n"
         )
         text += table(summary, case)
     costs = [c for c in (payload.get("replay") or {}).values() if c.get("labelling_seconds") is not None]

@@ -42,7 +42,9 @@ def identity(method: str, seed: int, options) -> dict[str, Any]:
     return {"version": VERSION, "method": method, "seed": seed, "options": options.as_dict()}
 
 
-def _one(method: str, seed: int, options_dict: dict, out: str, work: str, cache_dir: str | None) -> dict | None:
+def _one(
+    method: str, seed: int, options_dict: dict, out: str, work: str, cache_dir: str | None, note: str | None = None
+) -> dict | None:
     """One run in a worker process (one torch thread); writes its run file and returns it (None: another
     process holds the run's lock)."""
     import torch
@@ -65,7 +67,7 @@ def _one(method: str, seed: int, options_dict: dict, out: str, work: str, cache_
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         setup = F.prepare(seed, options, cache_dir=cache_dir, log=log)
         result = F.run_method(method, setup, options, run_dir)
-        record = {**identity(method, seed, options), **result, "replay": setup.replay_provenance}
+        record = {**identity(method, seed, options), **result, "replay": setup.replay_provenance, "note": note}
         F.write_json(run_file(Path(out), options.case, method, options.n_high, seed), record)
         log(f"done in {result['wall_s']:.0f} s: {json.dumps(result['measures'])}")
         return record
@@ -110,6 +112,10 @@ def aggregate(runs: list[dict[str, Any]], note: str | None = None) -> dict[str, 
         keep = ("counts", "structure_seconds", "labelling_seconds", "peak_rss_mib", "model_sha256")
         replay.setdefault(key, {k: provenance.get(k) for k in keep})
     first = options_by_case.get("lmfp_chgnet030") or next(iter(options_by_case.values()), {})
+    notes = {}  # {case: the notes its runs were given (--note)}
+    for run in runs:
+        if run.get("note") and run["note"] not in notes.setdefault(run["options"]["case"], []):
+            notes[run["options"]["case"]].append(run["note"])
     return {
         "experiment": "foundation",
         "version": VERSION,
@@ -118,6 +124,7 @@ def aggregate(runs: list[dict[str, Any]], note: str | None = None) -> dict[str, 
         "seeds": sorted({r["seed"] for r in runs}),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads 1 per run",
         "note": note,
+        "notes_by_case": notes,
         "date": time.strftime("%Y-%m-%d"),
         "run_hours": sum(r["wall_s"] for r in runs) / 3600,
         "replay": replay,
@@ -230,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
         )
         with pool:
             futures = {
-                pool.submit(_one, m, s, options.as_dict(), str(out), str(work), args.cache_dir): (m, s) for m, s in todo
+                pool.submit(_one, m, s, options.as_dict(), str(out), str(work), args.cache_dir, args.note): (m, s)
+                for m, s in todo
             }
             for future in concurrent.futures.as_completed(futures):
                 try:

@@ -262,26 +262,31 @@ def machine() -> dict:
     }
 
 
-def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) -> tuple[RunSpec, str]:
-    """Train the run under its directory's lock (:mod:`mfwrap.bench.lock`); returns it and "ran", "failed"
-    (traceback in its ``error.json``), "elsewhere" (another process holds the lock) or "done" (another
-    process finished it since the list of runs to train was made)."""
+def run_claimed(spec: RunSpec, level: str, root: str, eager: bool = False) -> str:
+    """Train the run under its directory's lock (:mod:`mfwrap.bench.lock`), one torch thread; returns "ran",
+    "failed" (traceback in its ``error.json``), "elsewhere" (another process holds the lock) or "done"
+    (finished by another process since the list of runs to train was made). The local pool and the
+    cluster's array tasks (:mod:`mfwrap.bench.cluster`) both train runs through it."""
     torch.set_num_threads(1)
     out = Path(root) / spec.experiment / spec.name
     lock = DirectoryLock(out)
     if not lock.acquire():
-        return spec, "elsewhere"
+        return "elsewhere"
     try:
         if finished(Path(root), spec, level) is not None:
-            return spec, "done"
+            return "done"
         run_one(spec, level, root, eager)
-        return spec, "ran"
+        return "ran"
     except Exception:  # recorded, reported, not fatal to the other runs
         text = traceback.format_exc()
         write_text(out / "error.json", json.dumps({"spec": spec.as_dict(), "traceback": text}, indent=1))
-        return spec, "failed"
+        return "failed"
     finally:
         lock.release()
+
+
+def _run_in_worker(spec: RunSpec, level: str, root: str, eager: bool = False) -> tuple[RunSpec, str]:
+    return spec, run_claimed(spec, level, root, eager)
 
 
 def die_with_parent(parent: int) -> None:
@@ -379,11 +384,17 @@ def run_suite(
     backbone: str | None = None,
     report: str | Path | None = None,
     eager: bool = False,
+    cluster=None,
+    wait: bool = True,
+    only: Sequence[str] | None = None,
 ) -> dict:
     """Run every missing run of ``experiments`` at ``level`` (runs in ``report``'s committed results
     count as done; ``eager``: see :func:`run_one`), each under its directory's lock, so that launchers
     sharing a root share the work; returns {"total", "ran", "failed": names, "elsewhere": names of the
-    runs another process was training}. Workers (``jobs`` > 1) die with this process (:func:`die_with_parent`)."""
+    runs another process was training, "jobs": submitted job ids}. Workers (``jobs`` > 1) die with this
+    process (:func:`die_with_parent`). With ``cluster`` (:class:`mfwrap.bench.cluster.ClusterOptions`) the
+    runs are submitted as a job array instead, and waited for unless ``wait`` is False; ``only``: train
+    only the runs of these names (e.g. the failed and stale ones, :func:`mfwrap.bench.cluster.status`)."""
     specs = []
     for name in experiments:
         if name not in EXPERIMENTS:
@@ -405,8 +416,28 @@ def run_suite(
     for spec in todo:
         first_by_name.setdefault(spec.name, spec)
     to_train = list(first_by_name.values())  # a run two experiments share is trained once
+    if only is not None:
+        to_train = [s for s in to_train if s.name in set(only)]
     print(f"{len(specs)} runs at level {level}: {len(specs) - len(todo)} done, {len(todo)} to run", flush=True)
     outcomes: dict[str, list[str]] = {"ran": [], "failed": [], "elsewhere": [], "done": []}
+    job_ids: list[str] = []
+    if cluster is not None:
+        from mfwrap.bench.cluster import submit_runs
+        from mfwrap.bench.cluster import wait as wait_for
+
+        submitted = submit_runs(to_train, level, root, cluster, eager)
+        job_ids = [str(job.job_id) for job in submitted]
+        print(
+            f"submitted {len(to_train)} runs as {len(submitted)} {cluster.executor} job(s), {cluster.slots} run(s) "
+            f"at once in each: {', '.join(job_ids) or 'none'} (logs in {cluster.folder})",
+            flush=True,
+        )
+        if not wait:
+            print("not waiting: `mfwrap bench status` shows their progress, `mfwrap bench report` reports them")
+            return {"total": len(specs), "ran": 0, "failed": [], "elsewhere": [], "jobs": job_ids}
+        for name, outcome in wait_for(submitted).items():
+            outcomes[outcome].append(name)
+        to_train = []
     with tqdm(total=len(to_train), desc="runs", disable=not to_train) as bar:
         if jobs > 1:
             context = multiprocessing.get_context("spawn")
@@ -440,6 +471,7 @@ def run_suite(
         "ran": len(outcomes["ran"]),
         "failed": outcomes["failed"],
         "elsewhere": outcomes["elsewhere"],
+        "jobs": job_ids,
     }
 
 

@@ -24,6 +24,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     root, out = Path(args.root) / level, Path(args.out) / level  # each level its own folders
     if Path(args.root).is_dir():
         warn_old_layout(Path(args.root))
+    cluster = _cluster_options(args)
+    if args.experiment == "status":
+        return _status(args, level, root, out, cluster)
     experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     if args.plan:
         from mfwrap.bench.runner import plan_suite
@@ -60,9 +63,74 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         return 0
     outcome = run_suite(
-        experiments, level, args.seeds, root, jobs=args.jobs, backbone=args.backbone, report=out, eager=args.eager
+        experiments,
+        level,
+        args.seeds,
+        root,
+        jobs=args.jobs,
+        backbone=args.backbone,
+        report=out,
+        eager=args.eager,
+        cluster=cluster,
+        wait=not args.no_wait,
     )
+    if cluster is not None and args.no_wait:
+        return 0
     write_report(root, out, args.force)
+    return 1 if outcome["failed"] else 0
+
+
+def _cluster_options(args: argparse.Namespace):
+    """The cluster options of ``args`` (None: --executor local)."""
+    if args.executor == "local":
+        return None
+    from mfwrap.bench.cluster import ClusterOptions
+
+    return ClusterOptions(
+        executor=args.executor,
+        folder=args.submitit_folder or str(Path(args.root) / "submitit"),
+        partition=args.partition,
+        gpus_per_job=args.gpus_per_job,
+        runs_per_gpu=args.runs_per_gpu,
+        time_min=args.time,
+        mem_gb=args.mem,
+        cpus_per_run=args.cpus_per_run,
+        max_parallel=args.max_parallel,
+    )
+
+
+def _status(args: argparse.Namespace, level: str, root: Path, out: Path, cluster) -> int:
+    """``mfwrap bench status``: done / running / stale / failed / pending per experiment; with
+    --resubmit-failed, train the failed and stale runs again (through --executor)."""
+    from mfwrap.bench.cluster import status, status_text
+    from mfwrap.bench.grid import EXPERIMENTS, LEVELS
+    from mfwrap.bench.runner import run_suite
+
+    extra = {"backbone": args.backbone} if args.backbone else {}
+    specs = [spec for name in EXPERIMENTS for spec in EXPERIMENTS[name](LEVELS[level], list(args.seeds), **extra)]
+    specs = list({spec.name + spec.experiment: spec for spec in specs}.values())
+    found = status(specs, root)
+    print(f"{root} (level {level}, seeds {' '.join(map(str, args.seeds))}):")
+    print(status_text(found))
+    if not args.resubmit_failed:
+        return 0
+    again = {name for states in found.values() for state in ("failed", "stale") for name, _ in states[state]}
+    if not again:
+        print("nothing to resubmit: no failed or stale runs")
+        return 0
+    experiments = [e for e, states in found.items() if states["failed"] or states["stale"]]
+    outcome = run_suite(
+        experiments,
+        level,
+        args.seeds,
+        root,
+        jobs=args.jobs,
+        backbone=args.backbone,
+        eager=args.eager,
+        cluster=cluster,
+        wait=not args.no_wait,
+        only=sorted(again),
+    )
     return 1 if outcome["failed"] else 0
 
 
@@ -80,9 +148,10 @@ def add_bench_parser(commands: Any) -> None:
     )
     bench.add_argument(
         "experiment",
-        choices=[*EXPERIMENTS, "all", "report", "foundation"],
-        help="an experiment of the suite (at --level), all of them, report, or foundation: a pretrained model "
-        "gains a fidelity (its own options below; results in OUT/foundation.json, runs in ROOT/foundation)",
+        choices=[*EXPERIMENTS, "all", "report", "status", "foundation"],
+        help="an experiment of the suite (at --level), all of them, report, status (done / running / stale / "
+        "failed / pending runs of every experiment at --level and --seeds under --root), or foundation: a "
+        "pretrained model gains a fidelity (its own options below; results in OUT/foundation.json)",
     )
     bench.add_argument(
         "--level",
@@ -128,6 +197,31 @@ def add_bench_parser(commands: Any) -> None:
         "--force",
         action="store_true",
         help="let the report replace one of another level or with more runs (refused by default)",
+    )
+    cluster = bench.add_argument_group("cluster (mfwrap.bench.cluster: submitit)")
+    cluster.add_argument(
+        "--executor",
+        choices=["local", "slurm", "submitit-local"],
+        default="local",
+        help="local (default): --jobs processes here; slurm: one job array of the runs to train (each task "
+        "GPUS-PER-JOB x RUNS-PER-GPU runs side by side); submitit-local: the same path through submitit's local "
+        "executor, on this machine",
+    )
+    cluster.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
+    cluster.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per array task (0: CPU tasks)")
+    cluster.add_argument("--runs-per-gpu", type=int, default=1, help="runs side by side per GPU (per CPU task)")
+    cluster.add_argument("--time", type=int, default=240, help="time limit per task, minutes (runs resume after it)")
+    cluster.add_argument("--mem", type=float, default=None, help="memory per task, GB (default: the partition's)")
+    cluster.add_argument("--cpus-per-run", type=int, default=1, help="CPU cores per run")
+    cluster.add_argument("--max-parallel", type=int, default=None, help="array tasks at once (default: no limit)")
+    cluster.add_argument(
+        "--submitit-folder", default=None, help="submitit's job files and logs (default ROOT/submitit)"
+    )
+    cluster.add_argument(
+        "--no-wait", action="store_true", help="submit and return; `mfwrap bench status` and `report` follow up"
+    )
+    cluster.add_argument(
+        "--resubmit-failed", action="store_true", help="with status: train the failed and stale runs again"
     )
     from mfwrap.bench.foundation_runs import add_arguments
 

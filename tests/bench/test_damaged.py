@@ -28,6 +28,7 @@ def test_a_truncated_result_is_named_not_done_and_trained_again(quick_copy, caps
         "ran": 1,
         "failed": [],
         "elsewhere": [],
+        "jobs": [],
     }
     again = json.loads(damaged.read_text())
     assert again["test"] == json.loads(good)["test"]  # resumed from its finished checkpoint: the same model

@@ -25,7 +25,7 @@ def lmfp_cache(tmp_path, monkeypatch):
 def test_learning_curve_runs_skips_what_is_done_and_reports(tmp_path, lmfp_cache):
     root, out = tmp_path / "runs", tmp_path / "report"
     outcome = runner.run_suite(["learning_curve"], "quick", [0], root)
-    assert outcome == {"total": 4, "ran": 4, "failed": [], "elsewhere": []}
+    assert outcome == {"total": 4, "ran": 4, "failed": [], "elsewhere": [], "jobs": []}
     results = [json.loads(p.read_text()) for p in sorted((root / "learning_curve").glob("*/result.json"))]
     assert len(results) == 4
     for result in results:
@@ -62,7 +62,7 @@ def test_a_run_two_experiments_share_is_trained_once(tmp_path, lmfp_cache):
     # learning_curve (MF and single-fidelity at N_high 10, 25) and low_fidelity_size (MF at N_high 10 with
     # 20 and all low-fidelity frames) share MF at N_high = 10 with all low-fidelity frames
     outcome = runner.run_suite(["learning_curve", "low_fidelity_size"], "quick", [0], tmp_path)
-    assert outcome == {"total": 6, "ran": 5, "failed": [], "elsewhere": []}
+    assert outcome == {"total": 6, "ran": 5, "failed": [], "elsewhere": [], "jobs": []}
     name = "lmfp_chgnet_multi_fidelity-ECMR_nh10_nlall_paper_s0"
     trained = json.loads((tmp_path / "learning_curve" / name / "result.json").read_text())
     reused = json.loads((tmp_path / "low_fidelity_size" / name / "result.json").read_text())
