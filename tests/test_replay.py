@@ -184,3 +184,46 @@ def test_replay_from_the_pretrained_chgnet():
     records = pseudo_label(pretrained, structures, name="mptrj_pbe")
     assert same_labels(records, mfwrap.predict(pretrained, structures))
     assert all(np.isfinite(r.labels["energy"]) for r in records)
+
+
+def test_own_structures_after_a_few_steps_of_the_models_own_dynamics(model, own, tmp_path):
+    """md_steps: Langevin with the labelling model moves each perturbed structure (the same atoms and cell),
+    deterministically under the seed; the cache tells the dynamics apart, and sets made without it keep
+    the key they had before the option existed."""
+    from mfwrap.replay.cache import cache_key
+
+    still = replay_structures(model, ReplayConfig(sources=["own"], n=3), own)["own"]
+    moved_config = ReplayConfig(sources=["own"], n=3, md_steps=3, md_temperature=900.0)
+    moved = replay_structures(model, moved_config, own)["own"]
+    again = replay_structures(model, moved_config, own)["own"]
+    assert same_structures(moved, again)
+    for a, b in zip(still, moved):
+        assert np.array_equal(a.numbers, b.numbers) and np.array_equal(a.cell.array, b.cell.array)
+        shift = np.linalg.norm(a.positions - b.positions, axis=1)
+        assert 1e-4 < shift.max() < 1.0  # moved by three femtosecond steps, not blown apart
+        assert not b.get_velocities().any() and b.calc is None
+    plain = ReplayConfig(sources=["own"], n=3)
+    assert cache_key(model, plain, own, "pbe", None) != cache_key(model, moved_config, own, "pbe", None)
+    legacy = {k: v for k, v in vars(plain).items() if not k.startswith("md_")}
+    assert cache_key(model, plain, own, "pbe", None) == _key_without_md(model, legacy, own)
+    with pytest.raises(ValueError, match="md_steps must be a non-negative integer"):
+        ReplayConfig(sources=["own"], md_steps=-1)
+    with pytest.raises(ValueError, match="md_temperature .* must be > 0"):
+        ReplayConfig(sources=["own"], md_steps=2, md_temperature=0.0)
+
+
+def _key_without_md(model, settings, own):
+    """The cache key as it was computed before the md options existed (their fields absent)."""
+    import hashlib
+
+    from mfwrap import __version__
+    from mfwrap.replay.cache import CACHE_VERSION, model_sha256
+
+    settings = {k: v for k, v in settings.items() if k != "cache_dir"}
+    head = dict(version=CACHE_VERSION, mfwrap=__version__, config=settings, origin="pbe", fidelity=None, targets=None)
+    digest = hashlib.sha256(json.dumps({**head, "files": {}}, sort_keys=True).encode())
+    digest.update(model_sha256(model).encode())
+    for atoms in own:
+        for array in (atoms.numbers.astype(np.int64), atoms.positions, atoms.cell.array, atoms.pbc):
+            digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return digest.hexdigest()

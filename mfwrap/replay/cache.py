@@ -58,6 +58,9 @@ def cache_key(
     from mfwrap import __version__
 
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "cache_dir"}
+    if not settings.get("md_steps"):  # no dynamics: the key of a set made before the md options existed
+        for key in ("md_steps", "md_temperature", "md_timestep"):
+            settings.pop(key, None)
     files = {s: hashlib.sha256(Path(s).read_bytes()).hexdigest() for s in config.sources if s not in SOURCE_WORDS}
     head = dict(version=CACHE_VERSION, mfwrap=__version__, config=settings, origin=origin, fidelity=fidelity)
     head["targets"] = None if targets is None else sorted(targets)

@@ -5,7 +5,11 @@ Sources (:class:`ReplayConfig`, ``sources``), each deterministic under ``seed``:
 - ``own``: the user's structures, perturbed (:func:`perturb`): taken in the order of successive
   ``rng.permutation`` of them (each once before any twice), a cell of fewer than :data:`SUPERCELL_BELOW`
   atoms doubled along its shortest cell vector, strained by (I + ε) (ε symmetric, components uniform in
-  [-strain, strain]), every position displaced by N(0, rattle²) Å per component.
+  [-strain, strain]), every position displaced by N(0, rattle²) Å per component; with ``md_steps`` > 0,
+  then ``md_steps`` steps of Langevin dynamics with the labelling model itself (time step ``md_timestep``
+  fs, ``md_temperature`` K, friction 0.02 fs⁻¹, velocities drawn from Maxwell–Boltzmann at that
+  temperature; random numbers from a generator of their own, so the perturbations are those without
+  dynamics), so the structures are ones the model's own dynamics visits near the user's.
 - ``prototypes``: :func:`mfwrap.datasets.prototypes.prototype_structures` of the ``"replay"`` part
   (never a prototype of the out-of-domain test set), decorated with the union of the user's elements and
   ``DEFAULT_ELEMENTS``, restricted to the elements the model knows (:func:`known_elements`), brought
@@ -50,6 +54,9 @@ class ReplayConfig:
         rattle: σ of the Gaussian displacements, Å (>= 0).
         strain: bound on each component of the symmetric strain (0 <= strain < 1).
         seed: seeds every source.
+        md_steps: Langevin steps with the labelling model after perturbing each ``own`` structure (0: none).
+        md_temperature: the temperature of those steps, K (> 0).
+        md_timestep: their time step, fs (> 0).
         cache_dir: cache root; None = ``$MFWRAP_CACHE`` or ``~/.cache/mfwrap`` (see :mod:`mfwrap.replay.cache`).
     """
 
@@ -59,6 +66,9 @@ class ReplayConfig:
     strain: float = 0.02
     seed: int = 0
     cache_dir: str | None = None
+    md_steps: int = 0
+    md_temperature: float = 600.0
+    md_timestep: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.sources, str) or not self.sources:
@@ -77,6 +87,13 @@ class ReplayConfig:
             raise ValueError(f"replay rattle must be >= 0 Å, got {self.rattle}")
         if not 0 <= self.strain < 1:
             raise ValueError(f"replay strain must be in [0, 1), got {self.strain}")
+        if not isinstance(self.md_steps, int) or self.md_steps < 0:
+            raise ValueError(f"replay md_steps must be a non-negative integer, got {self.md_steps!r}")
+        if self.md_temperature <= 0 or self.md_timestep <= 0:
+            raise ValueError(
+                f"replay md_temperature (K) and md_timestep (fs) must be > 0, got {self.md_temperature}, "
+                f"{self.md_timestep}"
+            )
 
     def shares(self) -> dict[str, int]:
         """Structures asked of each source: n split evenly, the first n mod k sources one more."""
@@ -157,17 +174,52 @@ def source_rng(seed: int, source: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(source.encode("utf-8"))])
 
 
-def own_structures(own: Sequence[Atoms], count: int, rng: np.random.Generator, config: ReplayConfig) -> list[Atoms]:
-    """``count`` perturbed copies of the user's structures (module docstring)."""
+def own_structures(
+    own: Sequence[Atoms],
+    count: int,
+    rng: np.random.Generator,
+    config: ReplayConfig,
+    model: nn.Module | None = None,
+    fidelity: str | None = None,
+) -> list[Atoms]:
+    """``count`` perturbed copies of the user's structures (module docstring), moved by ``config.md_steps``
+    Langevin steps of ``model`` at ``fidelity`` where asked."""
     if not own:
         raise ValueError("replay source 'own' needs the user's structures; none were given")
+    if config.md_steps and model is None:
+        raise ValueError("replay md_steps needs the labelling model to run the dynamics")
     order = np.concatenate([rng.permutation(len(own)) for _ in range(-(-count // len(own)))])[:count]
+    dynamics_rng = source_rng(config.seed, "own dynamics")  # the perturbations are those without dynamics
     structures = []
     for index in order:
         atoms = perturb(own[index], rng, config.rattle, config.strain)
+        if config.md_steps:
+            atoms = langevin(atoms, model, fidelity, dynamics_rng, config)
         atoms.info.update(source="own", index=int(index))
         structures.append(atoms)
     return structures
+
+
+def langevin(
+    atoms: Atoms, model: nn.Module, fidelity: str | None, rng: np.random.Generator, config: ReplayConfig
+) -> Atoms:
+    """``atoms`` after ``config.md_steps`` Langevin steps with ``model`` (module docstring); a copy, bare."""
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from mfwrap.calculator import Calculator
+
+    moved = atoms.copy()
+    moved.calc = Calculator(model, fidelity=fidelity, verbose=False)
+    MaxwellBoltzmannDistribution(moved, temperature_K=config.md_temperature, rng=rng)
+    dynamics = Langevin(
+        moved, config.md_timestep * units.fs, temperature_K=config.md_temperature, friction=0.02 / units.fs, rng=rng
+    )
+    dynamics.run(config.md_steps)
+    moved.calc = None
+    moved.set_velocities(np.zeros_like(moved.positions))  # a structure to label, not a state to continue
+    return moved
 
 
 def file_structures(path: str, count: int, rng: np.random.Generator) -> list[Atoms]:
@@ -213,7 +265,7 @@ def replay_structures(
     for source, count in config.shares().items():
         rng = source_rng(config.seed, source)
         if source == "own":
-            structures = own_structures(own, count, rng, config)
+            structures = own_structures(own, count, rng, config, model, fidelity)
         elif source == "prototypes":
             elements = set(DEFAULT_ELEMENTS).union(*(a.numbers.tolist() for a in own))
             elements = sorted(elements if known is None else elements & known)
