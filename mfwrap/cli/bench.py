@@ -10,7 +10,6 @@ from typing import Any
 def cmd_bench(args: argparse.Namespace) -> int:
     from mfwrap.bench.grid import EXPERIMENTS
     from mfwrap.bench.report import warn_old_layout, write_report, write_reports
-    from mfwrap.bench.runner import run_suite
 
     if args.experiment == "foundation":
         from mfwrap.bench.foundation_runs import run
@@ -62,18 +61,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{left_hours:.1f} h for the runs not finished, with {args.jobs} at once (killed runs resume part-way)"
         )
         return 0
-    outcome = run_suite(
-        experiments,
-        level,
-        args.seeds,
-        root,
-        jobs=args.jobs,
-        backbone=args.backbone,
-        report=out,
-        eager=args.eager,
-        cluster=cluster,
-        wait=not args.no_wait,
-    )
+    outcome = _run_suite(args, experiments, level, root, cluster, report=out)
     if cluster is not None and args.no_wait:
         return 0
     write_report(root, out, args.force)
@@ -104,7 +92,6 @@ def _status(args: argparse.Namespace, level: str, root: Path, out: Path, cluster
     --resubmit-failed, train the failed and stale runs again (through --executor)."""
     from mfwrap.bench.cluster import status, status_text
     from mfwrap.bench.grid import EXPERIMENTS, LEVELS
-    from mfwrap.bench.runner import run_suite
 
     extra = {"backbone": args.backbone} if args.backbone else {}
     specs = [spec for name in EXPERIMENTS for spec in EXPERIMENTS[name](LEVELS[level], list(args.seeds), **extra)]
@@ -119,7 +106,15 @@ def _status(args: argparse.Namespace, level: str, root: Path, out: Path, cluster
         print("nothing to resubmit: no failed or stale runs")
         return 0
     experiments = [e for e, states in found.items() if states["failed"] or states["stale"]]
-    outcome = run_suite(
+    outcome = _run_suite(args, experiments, level, root, cluster, only=sorted(again))
+    return 1 if outcome["failed"] else 0
+
+
+def _run_suite(args: argparse.Namespace, experiments: list[str], level: str, root: Path, cluster, **extra) -> dict:
+    """:func:`mfwrap.bench.runner.run_suite` with the command's seeds, jobs, backbone, eager and cluster options."""
+    from mfwrap.bench.runner import run_suite
+
+    return run_suite(
         experiments,
         level,
         args.seeds,
@@ -129,9 +124,8 @@ def _status(args: argparse.Namespace, level: str, root: Path, out: Path, cluster
         eager=args.eager,
         cluster=cluster,
         wait=not args.no_wait,
-        only=sorted(again),
+        **extra,
     )
-    return 1 if outcome["failed"] else 0
 
 
 def add_bench_parser(commands: Any) -> None:
