@@ -141,9 +141,20 @@ def run_batch(specs: Sequence[Any], level: str, root: str, eager: bool = False, 
     ]
     for process in processes:
         process.start()
-    found = dict(outcomes.get() for _ in specs)  # every run reports, whatever its outcome
+    import queue
+
+    found: dict[str, str] = {}
+    while len(found) < len(specs):  # every run reports, whatever its outcome, unless its slot process dies
+        try:
+            name, outcome = outcomes.get(timeout=5.0)
+            found[name] = outcome
+        except queue.Empty:
+            if not any(process.is_alive() for process in processes):
+                break
     for process in processes:
         process.join()
+    for spec in specs:  # a slot killed (out of memory): its runs' locks are stale, a resubmission resumes them
+        found.setdefault(spec.name, "failed")
     return found
 
 
