@@ -14,6 +14,12 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 
+def predicts_magmoms(backbone: type | object) -> bool:
+    """A backbone (class or instance) names output heads besides the energy readout (``fidelity_spec["heads"]``)."""
+    cls = backbone if isinstance(backbone, type) else type(backbone)
+    return bool(dict(getattr(cls, "fidelity_spec", {})).get("heads"))
+
+
 @dataclass(frozen=True)
 class SuiteBackbone:
     """One backbone of the suite.
@@ -45,7 +51,7 @@ class SuiteBackbone:
     @property
     def predicts_magmoms(self) -> bool:
         """The class names output heads besides the energy readout (``fidelity_spec["heads"]``)."""
-        return bool(dict(getattr(self.load(), "fidelity_spec", {})).get("heads"))
+        return predicts_magmoms(self.load())
 
     @property
     def compilable(self) -> bool:

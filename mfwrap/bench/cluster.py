@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,8 +142,6 @@ def run_batch(specs: Sequence[Any], level: str, root: str, eager: bool = False, 
     ]
     for process in processes:
         process.start()
-    import queue
-
     found: dict[str, str] = {}
     while len(found) < len(specs):  # every run reports, whatever its outcome, unless its slot process dies
         try:

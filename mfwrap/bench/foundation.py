@@ -409,6 +409,7 @@ def measure(model: nn.Module, setup: Setup) -> dict[str, dict[str, float]]:
 def run_method(name: str, setup: Setup, options: Options, out_dir: str | Path) -> dict[str, Any]:
     """Train (or not) method ``name`` on ``setup``; returns its measures, steps and wall seconds."""
     import mfwrap
+    from mfwrap.bench.backbones import predicts_magmoms
     from mfwrap.mechanisms.composition_fit import fit_composition
     from mfwrap.train import TrainConfig, Trainer
 
@@ -432,7 +433,7 @@ def run_method(name: str, setup: Setup, options: Options, out_dir: str | Path) -
         target_fidelity=case.target,
         output_dir=str(out_dir),
         progress=False,
-        targets="".join(t for t in "efsm" if t != "m" or _predicts_magmoms(setup.foundation)),
+        targets="".join(t for t in "efsm" if t != "m" or predicts_magmoms(setup.foundation)),
         **trainer_options,
     )
     summary = Trainer(model, config, fidelity_names=list(case.names)).fit(train, setup.val)
@@ -444,11 +445,6 @@ def run_method(name: str, setup: Setup, options: Options, out_dir: str | Path) -
         "best_epoch": (summary.get("best") or {}).get("epoch"),
         "wall_s": time.perf_counter() - started,
     }
-
-
-def _predicts_magmoms(model: nn.Module) -> bool:
-    """The backbone names output heads besides the energy readout (as :mod:`mfwrap.bench.backbones` reads it)."""
-    return bool(dict(getattr(type(model), "fidelity_spec", {})).get("heads"))
 
 
 MEASURES = ("in_domain", "out_of_domain", "forgetting", "forgetting_real")
